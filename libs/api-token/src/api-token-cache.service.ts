@@ -1,0 +1,156 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { LRUCache } from 'lru-cache';
+import { API_TOKEN_OPTIONS } from './api-token.constants';
+import { CACHE_KEY_PREFIX, cacheKey, escapeGlob, generationKey, parseScopedKey, tenantIndexKey } from './api-token.keys';
+import type { ResolvedApiTokenOptions } from './api-token.options';
+import type { ApiTokenRecord } from './api-token.record';
+import { parseRecord, serializeRecord } from './api-token.record';
+import { scanKeys } from './api-token.redis';
+import { ApiTokenRedisService } from './api-token-redis.service';
+
+/** The three outcomes of a cache lookup. */
+export type CacheLookup =
+  | { status: 'hit'; record: ApiTokenRecord; layer: 'local' | 'redis' }
+  | { status: 'negative'; layer: 'local' | 'redis' }
+  | { status: 'miss' };
+
+const NEGATIVE = Symbol('negative');
+const MISS: CacheLookup = { status: 'miss' };
+const LOCAL_NEGATIVE: CacheLookup = { status: 'negative', layer: 'local' };
+const REDIS_NEGATIVE: CacheLookup = { status: 'negative', layer: 'redis' };
+const SCAN_COUNT = 1000;
+const GENERATION_TTL_SECONDS = 3600;
+
+/**
+ * The token cache: an in-process LRU (L1) in front of Redis (L2), with Dify's keys, JSON and TTLs.
+ *
+ * A Redis error never fails a lookup: it is a miss ({@link ApiTokenRedisService}). Local entries are
+ * guarded by an eviction epoch, so a Redis read or a fill that overlapped an eviction never puts
+ * back what the eviction removed.
+ */
+@Injectable()
+export class ApiTokenCacheService {
+  private readonly local: LRUCache<string, ApiTokenRecord | typeof NEGATIVE> | null;
+  private readonly localNegativeTtl: number;
+  private epoch = 0;
+
+  constructor(
+    private readonly redis: ApiTokenRedisService,
+    @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
+  ) {
+    const { localCacheMax, localCacheTtlMs, negativeTtlSeconds } = options;
+    this.local = localCacheMax > 0 && localCacheTtlMs > 0 ? new LRUCache({ max: localCacheMax, ttl: localCacheTtlMs }) : null;
+    this.localNegativeTtl = Math.min(localCacheTtlMs, negativeTtlSeconds * 1000);
+  }
+
+  /** The in-process answer, with no I/O; `miss` when L1 is off or holds nothing. */
+  lookupLocal(scope: string | null, token: string): CacheLookup {
+    const entry = this.local?.get(cacheKey(scope, token));
+    if (entry === undefined) return MISS;
+    return entry === NEGATIVE ? LOCAL_NEGATIVE : { status: 'hit', record: entry, layer: 'local' };
+  }
+
+  /** L1, then Redis. */
+  async lookup(scope: string | null, token: string): Promise<CacheLookup> {
+    const local = this.lookupLocal(scope, token);
+    return local.status === 'miss' ? this.lookupRedis(scope, token) : local;
+  }
+
+  /** Redis only; what it finds goes to L1. An unreadable entry, or one of another token or scope, is a miss. */
+  async lookupRedis(scope: string | null, token: string): Promise<CacheLookup> {
+    const key = cacheKey(scope, token);
+    const epoch = this.epoch;
+    const raw = await this.redis.call('get', (r) => r.get(key));
+    if (raw == null) return MISS;
+    const record = parseRecord(raw);
+    if (record === undefined || (record && (record.token !== token || (scope && record.type !== scope)))) return MISS;
+    if (epoch === this.epoch) this.setLocal(key, record);
+    return record ? { status: 'hit', record, layer: 'redis' } : REDIS_NEGATIVE;
+  }
+
+  /** The token's generation in Redis: it changes whenever the token is created or revoked. */
+  async generation(token: string): Promise<string | null> {
+    return (await this.redis.call('get', (r) => r.get(generationKey(token)))) ?? null;
+  }
+
+  /** Marks a change of the token, so that fills which overlapped it back off. */
+  async bumpGeneration(token: string, value: string): Promise<void> {
+    await this.redis.call('set', (r) => r.set(generationKey(token), value, 'EX', GENERATION_TTL_SECONDS));
+  }
+
+  /** The local eviction epoch; hand it back to {@link store} so a fill an eviction overlapped stays out of L1. */
+  get localEpoch(): number {
+    return this.epoch;
+  }
+
+  /**
+   * Writes a lookup result (a record, or null for "no such token") to Redis and the tenant index,
+   * then to L1 unless an eviction happened since `epoch`.
+   */
+  async store(scope: string | null, token: string, record: ApiTokenRecord | null, epoch = this.epoch): Promise<void> {
+    const key = cacheKey(scope, token);
+    const { cacheTtlSeconds, negativeTtlSeconds, tenantIndexTtlSeconds } = this.options;
+    await this.redis.call('set', async (r) => {
+      if (!record) return r.set(key, 'null', 'EX', negativeTtlSeconds);
+      const writes: Promise<unknown>[] = [r.set(key, serializeRecord(record), 'EX', cacheTtlSeconds)];
+      if (record.tenantId) {
+        const index = tenantIndexKey(record.tenantId);
+        writes.push(r.sadd(index, key).then(() => r.expire(index, tenantIndexTtlSeconds)));
+      }
+      return Promise.all(writes);
+    });
+    if (epoch === this.epoch) this.setLocal(key, record);
+  }
+
+  /** Drops the entry of one token in one scope, in Redis and L1. */
+  async delete(scope: string | null, token: string): Promise<void> {
+    const key = cacheKey(scope, token);
+    this.evictLocal([key]);
+    await this.redis.call('del', (r) => r.del(key));
+  }
+
+  /**
+   * Drops the entries of a token in every scope. The token is a literal: its glob characters are
+   * escaped, and only keys whose token part equals it exactly are deleted. Returns the keys deleted.
+   */
+  async deleteAllScopes(token: string): Promise<string[]> {
+    const deleted: string[] = [];
+    await this.redis.call('scan', (r) =>
+      scanKeys(r, `${CACHE_KEY_PREFIX}:*:${escapeGlob(token)}`, SCAN_COUNT, async (keys, node) => {
+        const mine = keys.filter((key) => parseScopedKey(CACHE_KEY_PREFIX, key)?.token === token);
+        for (const key of mine) await node.del(key);
+        deleted.push(...mine);
+      }),
+    );
+    this.evictLocal(deleted);
+    return deleted;
+  }
+
+  /** Drops every cached entry of a tenant and its index, without touching the tokens. Returns the keys dropped. */
+  async invalidateTenant(tenantId: string): Promise<string[]> {
+    const index = tenantIndexKey(tenantId);
+    const members = (await this.redis.call('smembers', (r) => r.smembers(index))) ?? [];
+    const keys = members.filter((key) => parseScopedKey(CACHE_KEY_PREFIX, key) !== null);
+    await this.redis.call('del', (r) => Promise.all([...keys, index].map((key) => r.del(key))));
+    this.evictLocal(keys);
+    return keys;
+  }
+
+  /** Drops keys from L1 only (what an invalidation message from another instance does). */
+  evictLocal(keys: readonly string[]): void {
+    this.epoch++;
+    for (const key of keys) this.local?.delete(key);
+  }
+
+  /** Empties L1. */
+  clearLocal(): void {
+    this.epoch++;
+    this.local?.clear();
+  }
+
+  private setLocal(key: string, record: ApiTokenRecord | null): void {
+    if (!this.local) return;
+    if (record) this.local.set(key, record);
+    else if (this.localNegativeTtl > 0) this.local.set(key, NEGATIVE, { ttl: this.localNegativeTtl });
+  }
+}

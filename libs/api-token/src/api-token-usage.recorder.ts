@@ -1,0 +1,81 @@
+import { Inject, Injectable, OnApplicationShutdown } from '@nestjs/common';
+import { LRUCache } from 'lru-cache';
+import { API_TOKEN_OPTIONS } from './api-token.constants';
+import { activeKey } from './api-token.keys';
+import type { ResolvedApiTokenOptions } from './api-token.options';
+import { formatNaiveUtc } from './api-token.record';
+import { setIfNewer } from './api-token.redis';
+import { ApiTokenRedisService } from './api-token-redis.service';
+
+/** Seconds an `api_token_active:*` key lives (Dify). */
+export const ACTIVE_KEY_TTL_SECONDS = 3600;
+const MAX_TRACKED = 100_000;
+const RETRY_MS = 1000;
+
+/**
+ * Records token uses in `api_token_active:{scope}:{token}` (the naive UTC time of the last use).
+ *
+ * Writes are coalesced per token: the first use is written at once, later uses within
+ * `usageWriteIntervalMs` wait for one timer that writes the newest time of each. Uses Redis refused
+ * stay pending and are tried again, and pending uses are written when the application shuts down.
+ * A write never replaces a newer time another instance wrote.
+ */
+@Injectable()
+export class ApiTokenUsageRecorder implements OnApplicationShutdown {
+  private readonly recent: LRUCache<string, true> | null;
+  private pending = new Map<string, number>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly redis: ApiTokenRedisService,
+    @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
+  ) {
+    const interval = options.usageWriteIntervalMs;
+    this.recent = interval > 0 ? new LRUCache({ max: MAX_TRACKED, ttl: interval, ttlAutopurge: false }) : null;
+  }
+
+  /** Records a use now. */
+  record(scope: string | null, token: string): void {
+    const key = activeKey(scope, token);
+    const now = Date.now();
+    if (this.recent?.has(key)) {
+      this.pending.set(key, now);
+      this.schedule();
+      return;
+    }
+    this.recent?.set(key, true);
+    void this.write(new Map([[key, now]]));
+  }
+
+  /** Writes every pending use now; resolves when Redis has answered. */
+  async flushPending(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.pending.size === 0) return;
+    const batch = this.pending;
+    this.pending = new Map();
+    for (const key of batch.keys()) this.recent?.set(key, true);
+    await this.write(batch);
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.flushPending();
+  }
+
+  private schedule(): void {
+    this.timer ??= setTimeout(() => void this.flushPending(), this.options.usageWriteIntervalMs || RETRY_MS).unref();
+  }
+
+  private async write(batch: Map<string, number>): Promise<void> {
+    const entries = [...batch];
+    const done = await this.redis.call('set', (r) =>
+      Promise.all(entries.map(([key, ms]) => setIfNewer(r, key, formatNaiveUtc(new Date(ms)), ACTIVE_KEY_TTL_SECONDS))),
+    );
+    if (done !== undefined) return;
+    for (const [key, ms] of entries) {
+      if (this.pending.size >= MAX_TRACKED) break;
+      if ((this.pending.get(key) ?? 0) < ms) this.pending.set(key, ms);
+    }
+    if (this.pending.size) this.schedule();
+  }
+}

@@ -1,0 +1,141 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { ExecutionError, Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ApiTokenCacheService, CacheLookup } from './api-token-cache.service';
+import { API_TOKEN_OPTIONS } from './api-token.constants';
+import { cacheKey, lockKey } from './api-token.keys';
+import type { ResolvedApiTokenOptions } from './api-token.options';
+import type { ApiTokenRecord } from './api-token.record';
+import { redisDb } from './api-token.redis';
+import { ApiTokenRedisService } from './api-token-redis.service';
+import { ApiTokenRepository } from './api-token.repository';
+import { ApiTokenUsageRecorder } from './api-token-usage.recorder';
+
+/**
+ * The request path: shape check, in-process cache, Redis, then one database lookup per token at a
+ * time (a shared promise in the process, a Redlock lock across processes). Every token it accepts
+ * counts as a use.
+ */
+@Injectable()
+export class ApiTokenAuthenticator {
+  private readonly logger = new Logger('ApiTokenAuthenticator');
+  private readonly inflight = new Map<string, Promise<ApiTokenRecord | null>>();
+  private readonly redlock: Redlock;
+
+  constructor(
+    private readonly cache: ApiTokenCacheService,
+    private readonly repository: ApiTokenRepository,
+    private readonly usage: ApiTokenUsageRecorder,
+    redis: ApiTokenRedisService,
+    @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
+  ) {
+    this.redlock = new Redlock([redis.client], {
+      retryCount: 0,
+      db: redisDb(redis.client),
+    });
+    // Redlock reports every failed attempt as an 'error' event; the lookup handles them itself.
+    this.redlock.on('error', () => undefined);
+  }
+
+  /** Whether a token is worth a lookup (the `tokenPattern` option); anything else is refused with no I/O. */
+  isWellFormed(token: string): boolean {
+    return this.options.tokenPattern.test(token);
+  }
+
+  /**
+   * The token's row if it is valid in this scope (any scope when null), else null.
+   * Throws {@link ApiTokenStoreError} when the database is needed and does not answer.
+   */
+  async authenticate(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    const local = this.authenticateLocal(token, scope);
+    return local !== undefined ? local : this.authenticateRemote(token, scope);
+  }
+
+  /** The answer the process knows with no I/O, or undefined when it must ask Redis or the database. */
+  authenticateLocal(token: string, scope: string | null): ApiTokenRecord | null | undefined {
+    if (!this.isWellFormed(token)) return null;
+    const local = this.cache.lookupLocal(scope, token);
+    if (local.status === 'miss') return undefined;
+    return local.status === 'hit' ? this.used(local.record, scope) : null;
+  }
+
+  /** The rest of the path, after the in-process cache missed. */
+  async authenticateRemote(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    const cached = await this.cache.lookupRedis(scope, token);
+    if (cached.status !== 'miss') return cached.status === 'hit' ? this.used(cached.record, scope) : null;
+    const record = await this.load(token, scope);
+    return record && this.used(record, scope);
+  }
+
+  private used(record: ApiTokenRecord, scope: string | null): ApiTokenRecord {
+    this.usage.record(scope, record.token);
+    return record;
+  }
+
+  private load(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    const key = cacheKey(scope, token);
+    let pending = this.inflight.get(key);
+    if (!pending) {
+      pending = this.fill(token, scope).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, pending);
+    }
+    return pending;
+  }
+
+  /**
+   * One database lookup, written back to the cache. A fill whose lookup overlapped a create or a
+   * revoke of the token (its generation changed) takes back what it wrote and answers null.
+   */
+  private async fill(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    const epoch = this.cache.localEpoch;
+    const waited = await this.acquire(token, scope);
+    if (waited.answer) return waited.answer.status === 'hit' ? waited.answer.record : null;
+    try {
+      if (waited.lock) {
+        const again = await this.cache.lookupRedis(scope, token);
+        if (again.status !== 'miss') return again.status === 'hit' ? again.record : null;
+      }
+      const generation = await this.cache.generation(token);
+      const record = await this.repository.findByToken(token, scope);
+      await this.cache.store(scope, token, record, epoch);
+      if ((await this.cache.generation(token)) !== generation) {
+        await this.cache.delete(scope, token);
+        return null;
+      }
+      return record;
+    } finally {
+      waited.lock?.release().catch(() => undefined);
+    }
+  }
+
+  /**
+   * Takes the lookup lock, or waits for whoever holds it: until the lock is free, the holder's
+   * answer shows in Redis, or `lockWaitMs` runs out. When Redis fails or the wait runs out, the
+   * caller goes to the database without the lock.
+   */
+  private async acquire(token: string, scope: string | null): Promise<{ lock?: Lock; answer?: CacheLookup }> {
+    const resource = lockKey(scope, token);
+    const { lockTtlMs, lockWaitMs, lockRetryDelayMs } = this.options;
+    const deadline = Date.now() + lockWaitMs;
+    for (;;) {
+      try {
+        return { lock: await this.redlock.acquire([resource], lockTtlMs) };
+      } catch (error) {
+        if (!(await isLockedByAnother(error))) return {};
+      }
+      if (Date.now() >= deadline) {
+        this.logger.warn(`Lookup lock not had within ${lockWaitMs} ms; querying the database without it`);
+        return {};
+      }
+      await sleep(lockRetryDelayMs / 2 + Math.random() * lockRetryDelayMs);
+      const seen = await this.cache.lookupRedis(scope, token);
+      if (seen.status !== 'miss') return { answer: seen };
+    }
+  }
+}
+
+async function isLockedByAnother(error: unknown): Promise<boolean> {
+  if (!(error instanceof ExecutionError) || error.attempts.length === 0) return false;
+  const stats = await error.attempts[error.attempts.length - 1];
+  return [...stats.votesAgainst.values()].some((e) => e instanceof ResourceLockedError);
+}

@@ -1,0 +1,41 @@
+/** Redis key names shared with Dify (DESIGN.md §1). */
+export const CACHE_KEY_PREFIX = 'api_token';
+export const ACTIVE_KEY_PREFIX = 'api_token_active';
+export const LOCK_KEY_PREFIX = 'api_token_query_lock';
+export const TENANT_INDEX_PREFIX = 'tenant_tokens';
+/** Not in Dify: changes whenever a token is created or revoked, so a cache fill that overlapped it backs off. */
+export const GENERATION_KEY_PREFIX = 'api_token_generation';
+/** The scope segment used when a lookup has no scope. */
+export const ANY_SCOPE = 'any';
+
+const scopeOf = (scope: string | null | undefined): string => scope || ANY_SCOPE;
+
+export const cacheKey = (scope: string | null | undefined, token: string): string =>
+  `${CACHE_KEY_PREFIX}:${scopeOf(scope)}:${token}`;
+
+export const activeKey = (scope: string | null | undefined, token: string): string =>
+  `${ACTIVE_KEY_PREFIX}:${scopeOf(scope)}:${token}`;
+
+export const lockKey = (scope: string | null | undefined, token: string): string =>
+  `${LOCK_KEY_PREFIX}:${scopeOf(scope)}:${token}`;
+
+export const tenantIndexKey = (tenantId: string): string => `${TENANT_INDEX_PREFIX}:${tenantId}`;
+
+export const generationKey = (token: string): string => `${GENERATION_KEY_PREFIX}:${token}`;
+
+/** Escapes a literal for a Redis glob pattern (`*`, `?`, `[`, `]`, `\`), so a token never widens a MATCH. */
+export const escapeGlob = (literal: string): string => literal.replace(/[*?[\]\\]/g, '\\$&');
+
+/**
+ * Splits `{prefix}:{scope}:{token}` into scope and token like Dify: the scope is the segment
+ * after the prefix, the token is everything after it (tokens may contain `:` in custom formats).
+ * Scope `None` (written by Dify for scope-less lookups) and `any` map to `null`.
+ */
+export function parseScopedKey(prefix: string, key: string): { scope: string | null; token: string } | null {
+  if (!key.startsWith(`${prefix}:`)) return null;
+  const rest = key.slice(prefix.length + 1);
+  const colon = rest.indexOf(':');
+  if (colon <= 0 || colon === rest.length - 1) return null;
+  const scope = rest.slice(0, colon);
+  return { scope: scope === 'None' || scope === ANY_SCOPE ? null : scope, token: rest.slice(colon + 1) };
+}

@@ -1,0 +1,25 @@
+import { Module } from '@nestjs/common';
+import { ApiTokenAuthenticator } from './api-token.authenticator';
+import { ApiTokenCacheService } from './api-token-cache.service';
+import { API_TOKEN_OPTIONS } from './api-token.constants';
+import { ConfigurableModuleClass, MODULE_OPTIONS_TOKEN } from './api-token.module-definition';
+import { type ApiTokenModuleOptions, resolveApiTokenOptions } from './api-token.options';
+import { ApiTokenRedisService } from './api-token-redis.service';
+import { ApiTokenRepository } from './api-token.repository';
+import { ApiTokenUsageRecorder } from './api-token-usage.recorder';
+
+const services = [ApiTokenAuthenticator, ApiTokenCacheService, ApiTokenRedisService, ApiTokenRepository, ApiTokenUsageRecorder];
+
+/**
+ * API-token authentication: register once with `forRoot` or `forRootAsync`, beside
+ * `RedisModule` (`@nestjs-modules/ioredis`) and `TypeOrmModule`, then guard routes with
+ * `@UseGuards(ApiTokenGuard('app'))`. Global unless `isGlobal: false`.
+ */
+@Module({
+  providers: [
+    ...services,
+    { provide: API_TOKEN_OPTIONS, useFactory: (options: ApiTokenModuleOptions) => resolveApiTokenOptions(options), inject: [MODULE_OPTIONS_TOKEN] },
+  ],
+  exports: [...services, API_TOKEN_OPTIONS],
+})
+export class ApiTokenModule extends ConfigurableModuleClass {}

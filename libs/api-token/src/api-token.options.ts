@@ -1,0 +1,77 @@
+/** Options of {@link ApiTokenModule}; every field has a default. */
+export interface ApiTokenModuleOptions {
+  /** Seconds a found token stays in Redis. Default 600 (Dify). */
+  cacheTtlSeconds?: number;
+  /** Seconds a "no such token" entry stays in Redis. Default 60 (Dify). */
+  negativeTtlSeconds?: number;
+  /** Seconds the tenant index `tenant_tokens:{tenant_id}` lives. Default 660 (Dify). */
+  tenantIndexTtlSeconds?: number;
+  /** Milliseconds the single-flight lock is held at most. Default 10000 (Dify). */
+  lockTtlMs?: number;
+  /** Milliseconds a lookup waits for the lock before it queries the database anyway. Default 5000 (Dify). */
+  lockWaitMs?: number;
+  /** Milliseconds between two attempts to take the lock. Default 50. */
+  lockRetryDelayMs?: number;
+  /** Entries in the in-process cache (L1); 0 turns it off. Default 10000. */
+  localCacheMax?: number;
+  /** Milliseconds an entry lives in the in-process cache. Bounds how long a revoked token can live on an instance that missed the revocation message. Default 10000. */
+  localCacheTtlMs?: number;
+  /** Milliseconds between two writes of `api_token_active:*` for one token by this process; 0 writes on every use. Default 1000. */
+  usageWriteIntervalMs?: number;
+  /** Which tokens are worth a lookup; anything else is refused with no I/O. Default: RFC 6750 b64token, at most 255 characters. */
+  tokenPattern?: RegExp;
+}
+
+/** Options after defaults are applied. */
+export type ResolvedApiTokenOptions = Required<ApiTokenModuleOptions>;
+
+/** RFC 6750 `b64token`, at most 255 characters (the size of the `token` column). */
+export const DEFAULT_TOKEN_PATTERN = /^[A-Za-z0-9\-._~+/]{1,255}=*$/;
+
+export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
+  cacheTtlSeconds: 600,
+  negativeTtlSeconds: 60,
+  tenantIndexTtlSeconds: 660,
+  lockTtlMs: 10_000,
+  lockWaitMs: 5_000,
+  lockRetryDelayMs: 50,
+  localCacheMax: 10_000,
+  localCacheTtlMs: 10_000,
+  usageWriteIntervalMs: 1_000,
+  tokenPattern: DEFAULT_TOKEN_PATTERN,
+};
+
+const POSITIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
+  'cacheTtlSeconds',
+  'negativeTtlSeconds',
+  'tenantIndexTtlSeconds',
+  'lockTtlMs',
+];
+const NON_NEGATIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
+  'lockWaitMs',
+  'lockRetryDelayMs',
+  'localCacheMax',
+  'localCacheTtlMs',
+  'usageWriteIntervalMs',
+];
+
+/** Applies defaults and refuses values that cannot work, naming the option. */
+export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): ResolvedApiTokenOptions {
+  const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+  const resolved = { ...DEFAULT_API_TOKEN_OPTIONS, ...defined } as ResolvedApiTokenOptions;
+  for (const name of POSITIVE_INTEGERS) assertInteger(name, resolved[name], 1);
+  for (const name of NON_NEGATIVE_INTEGERS) assertInteger(name, resolved[name], 0);
+  if (!(resolved.tokenPattern instanceof RegExp)) {
+    throw new TypeError('ApiTokenModule: option "tokenPattern" must be a RegExp');
+  }
+  if (resolved.tokenPattern.global || resolved.tokenPattern.sticky) {
+    throw new TypeError('ApiTokenModule: option "tokenPattern" must not have the g or y flag (test() would keep state)');
+  }
+  return resolved;
+}
+
+function assertInteger(name: string, value: unknown, min: number): void {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min) {
+    throw new TypeError(`ApiTokenModule: option "${name}" must be an integer >= ${min}, got ${String(value)}`);
+  }
+}

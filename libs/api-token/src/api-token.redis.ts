@@ -1,0 +1,54 @@
+import type { Cluster, Redis } from 'ioredis';
+
+/** The ioredis client the module works with: one node or a Cluster. */
+export type RedisClient = Redis | Cluster;
+
+const isCluster = (redis: RedisClient): redis is Cluster => redis.isCluster;
+
+/** The nodes that hold keys: the client itself, or every master of a Cluster. */
+export function keyNodes(redis: RedisClient): Redis[] {
+  return isCluster(redis) ? redis.nodes('master') : [redis];
+}
+
+/** The logical database of a single-node client (Redlock's scripts SELECT it); 0 on a Cluster. */
+export function redisDb(redis: RedisClient): number {
+  return isCluster(redis) ? 0 : (redis.options.db ?? 0);
+}
+
+/**
+ * Walks every key matching `pattern` on every node with SCAN (never KEYS), one page at a time.
+ * `onPage` is awaited before the next page is read, so memory stays bounded by `count`.
+ */
+export async function scanKeys(
+  redis: RedisClient,
+  pattern: string,
+  count: number,
+  onPage: (keys: string[], node: Redis) => Promise<void>,
+): Promise<void> {
+  for (const node of keyNodes(redis)) {
+    let cursor = '0';
+    do {
+      const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', count);
+      cursor = next;
+      if (keys.length) await onPage(keys, node);
+    } while (cursor !== '0');
+  }
+}
+
+const SET_IF_NEWER = `
+local current = redis.call('GET', KEYS[1])
+if current and current >= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1`;
+
+type WithSetIfNewer = { apiTokenSetIfNewer(key: string, value: string, ttlSeconds: number): Promise<number> };
+
+/**
+ * Sets a usage time unless the key holds a newer one (naive ISO-8601 times sort as text).
+ * Returns 1 when written. Runs as one script, so it is atomic on a node and on a Cluster (one key).
+ */
+export function setIfNewer(redis: RedisClient, key: string, value: string, ttlSeconds: number): Promise<number> {
+  const client = redis as RedisClient & Partial<WithSetIfNewer>;
+  if (!client.apiTokenSetIfNewer) client.defineCommand('apiTokenSetIfNewer', { numberOfKeys: 1, lua: SET_IF_NEWER });
+  return (client as RedisClient & WithSetIfNewer).apiTokenSetIfNewer(key, value, ttlSeconds);
+}

@@ -1,0 +1,145 @@
+import { Inject, Injectable } from '@nestjs/common';
+import type { Pool, QueryResultRow } from 'pg';
+import type { DataSource } from 'typeorm';
+import { ApiTokenStoreError } from './api-token.errors';
+import type { ApiTokenRecord } from './api-token.record';
+import { toNaiveUtc } from './api-token.record';
+import { API_TOKEN_DATA_SOURCE } from './api-token.constants';
+
+const TS = (column: string) => `to_char(${column}, 'YYYY-MM-DD"T"HH24:MI:SS.US') AS ${column}`;
+const COLUMNS = `id::text, app_id::text, tenant_id::text, type, token, ${TS('last_used_at')}, ${TS('created_at')}`;
+const NOW_UTC = `(now() AT TIME ZONE 'UTC')::timestamp(0)`;
+
+interface Row {
+  id: string;
+  app_id: string | null;
+  tenant_id: string | null;
+  type: string;
+  token: string;
+  last_used_at: string | null;
+  created_at: string | null;
+}
+
+const toRecord = (row: Row): ApiTokenRecord => ({
+  id: row.id,
+  appId: row.app_id,
+  tenantId: row.tenant_id,
+  type: row.type,
+  token: row.token,
+  lastUsedAt: row.last_used_at && toNaiveUtc(row.last_used_at),
+  createdAt: row.created_at && toNaiveUtc(row.created_at),
+});
+
+/** A use of a token to move into `last_used_at`; `scope` null matches the token in every scope. */
+export interface LastUsedUpdate {
+  token: string;
+  scope: string | null;
+  /** Naive UTC ISO-8601. */
+  lastUsedAt: string;
+}
+
+/** Filters of {@link ApiTokenRepository.list}; all optional. */
+export interface ApiTokenFilter {
+  appId?: string;
+  tenantId?: string;
+  type?: string;
+}
+
+/**
+ * `api_tokens` in PostgreSQL, through the TypeORM DataSource's pool.
+ *
+ * Statements go to the pool directly, not through `DataSource.query`: TypeORM's query logger and
+ * `QueryFailedError` carry the parameters, and the parameters are tokens. Timestamps travel as
+ * naive UTC text, so the process's `TZ` never shifts them.
+ */
+@Injectable()
+export class ApiTokenRepository {
+  constructor(@Inject(API_TOKEN_DATA_SOURCE) private readonly dataSource: DataSource) {
+    if (dataSource.options.type !== 'postgres') {
+      throw new TypeError(`ApiTokenRepository needs a PostgreSQL DataSource, got "${dataSource.options.type}"`);
+    }
+  }
+
+  /** The row with this token in this scope (any scope when `scope` is null), or null. */
+  async findByToken(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    const rows = scope
+      ? await this.query<Row>('lookup', `SELECT ${COLUMNS} FROM api_tokens WHERE token = $1 AND type = $2 LIMIT 1`, [token, scope])
+      : await this.query<Row>('lookup', `SELECT ${COLUMNS} FROM api_tokens WHERE token = $1 LIMIT 1`, [token]);
+    return rows.length ? toRecord(rows[0]) : null;
+  }
+
+  /** Whether any row holds this token, in any scope. */
+  async exists(token: string): Promise<boolean> {
+    return (await this.query('lookup', 'SELECT 1 FROM api_tokens WHERE token = $1 LIMIT 1', [token])).length > 0;
+  }
+
+  /** Inserts a token; `created_at` is now, in UTC. */
+  async insert(values: { token: string; type: string; appId?: string | null; tenantId?: string | null }): Promise<ApiTokenRecord> {
+    const rows = await this.query<Row>(
+      'insert',
+      `INSERT INTO api_tokens (app_id, tenant_id, type, token, created_at) VALUES ($1, $2, $3, $4, ${NOW_UTC}) RETURNING ${COLUMNS}`,
+      [values.appId ?? null, values.tenantId ?? null, values.type, values.token],
+    );
+    return toRecord(rows[0]);
+  }
+
+  /** Deletes every row with this token (any scope) and returns them. */
+  async deleteByToken(token: string): Promise<ApiTokenRecord[]> {
+    return (await this.query<Row>('delete', `DELETE FROM api_tokens WHERE token = $1 RETURNING ${COLUMNS}`, [token])).map(toRecord);
+  }
+
+  /** Deletes the row with this id and returns it, or null. */
+  async deleteById(id: string): Promise<ApiTokenRecord | null> {
+    const rows = await this.query<Row>('delete', `DELETE FROM api_tokens WHERE id = $1::uuid RETURNING ${COLUMNS}`, [id]);
+    return rows.length ? toRecord(rows[0]) : null;
+  }
+
+  /** Rows matching every given filter, newest first. */
+  async list(filter: ApiTokenFilter = {}): Promise<ApiTokenRecord[]> {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const add = (sql: string, value: unknown) => {
+      params.push(value);
+      where.push(`${sql} $${params.length}`);
+    };
+    if (filter.appId !== undefined) add('app_id =', filter.appId);
+    if (filter.tenantId !== undefined) add('tenant_id =', filter.tenantId);
+    if (filter.type !== undefined) add('type =', filter.type);
+    const clause = where.length ? ` WHERE ${where.join(' AND ')}` : '';
+    return (await this.query<Row>('list', `SELECT ${COLUMNS} FROM api_tokens${clause} ORDER BY created_at DESC, id`, params)).map(toRecord);
+  }
+
+  /**
+   * Moves `last_used_at` forward for a whole batch in one statement (arrays, so the batch size is not
+   * bound by PostgreSQL's 65,535 parameters). A row only moves forward; when several entries hit one
+   * row the newest wins. Returns the number of rows updated.
+   */
+  async updateLastUsed(updates: readonly LastUsedUpdate[]): Promise<number> {
+    if (updates.length === 0) return 0;
+    const result = await this.run(
+      'update last_used_at',
+      `UPDATE api_tokens t SET last_used_at = u.ts
+         FROM (SELECT a.id, max(v.ts) AS ts
+                 FROM unnest($1::text[], $2::text[], $3::timestamp[]) AS v(token, type, ts)
+                 JOIN api_tokens a ON a.token = v.token AND (v.type IS NULL OR a.type = v.type)
+                GROUP BY a.id) u
+        WHERE t.id = u.id AND (t.last_used_at IS NULL OR t.last_used_at < u.ts)`,
+      [updates.map((u) => u.token), updates.map((u) => u.scope), updates.map((u) => u.lastUsedAt)],
+    );
+    return result.rowCount ?? 0;
+  }
+
+  private async query<T extends QueryResultRow = QueryResultRow>(operation: string, sql: string, params: unknown[]): Promise<T[]> {
+    return (await this.run<T>(operation, sql, params)).rows;
+  }
+
+  private async run<T extends QueryResultRow>(operation: string, sql: string, params: unknown[]) {
+    const pool = (this.dataSource.driver as unknown as { master?: Pool }).master;
+    if (!pool) throw new ApiTokenStoreError(operation, { code: 'NOT_CONNECTED' });
+    try {
+      return await pool.query<T>(sql, params);
+    } catch (error) {
+      throw new ApiTokenStoreError(operation, error);
+    }
+  }
+}

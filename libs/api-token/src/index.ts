@@ -1,0 +1,31 @@
+export { ApiTokenAuthenticator } from './api-token.authenticator';
+export { ApiTokenCacheService, type CacheLookup } from './api-token-cache.service';
+export { API_TOKEN_DATA_SOURCE, API_TOKEN_OPTIONS, API_TOKEN_REDIS } from './api-token.constants';
+export { CurrentApiToken } from './api-token.decorator';
+export { ApiTokenEntity } from './api-token.entity';
+export { ApiTokenStoreError } from './api-token.errors';
+export { API_TOKEN_ERRORS, ApiTokenGuard, type ApiTokenRequest, RETRY_AFTER_SECONDS, parseAuthorization } from './api-token.guard';
+export * from './api-token.keys';
+export { ApiTokenMigration, ApiTokenMigration1764000000000 } from './api-token.migration';
+export { ApiTokenModule } from './api-token.module';
+export type { ApiTokenModuleExtras } from './api-token.module-definition';
+export {
+  type ApiTokenModuleOptions,
+  DEFAULT_API_TOKEN_OPTIONS,
+  DEFAULT_TOKEN_PATTERN,
+  type ResolvedApiTokenOptions,
+  resolveApiTokenOptions,
+} from './api-token.options';
+export {
+  type ApiTokenRecord,
+  type AuthenticatedApiToken,
+  formatNaiveUtc,
+  parseRecord,
+  serializeRecord,
+  toNaiveUtc,
+} from './api-token.record';
+export type { RedisClient } from './api-token.redis';
+export { ApiTokenRedisService } from './api-token-redis.service';
+export { type ApiTokenFilter, ApiTokenRepository, type LastUsedUpdate } from './api-token.repository';
+export { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageRecorder } from './api-token-usage.recorder';
+export { TOKEN_RANDOM_LENGTH, generateApiToken } from './api-token.generator';

@@ -1,0 +1,43 @@
+import type { ApiTokenModuleOptions } from '@app/api-token';
+import type { INestApplication, LoggerService, LogLevel } from '@nestjs/common';
+import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
+import { Test } from '@nestjs/testing';
+import { AppModule } from '../../apps/demo/src/app.module';
+import type { DemoConfig } from '../../apps/demo/src/demo.config';
+import { QueryCounter } from './query-counter';
+import { REDIS_TEST_URL } from './servers';
+
+export interface TestAppOptions {
+  databaseUrl: string;
+  redisUrl?: string;
+  adapter?: 'express' | 'fastify';
+  apiToken?: ApiTokenModuleOptions;
+  flushCron?: string;
+  counter?: QueryCounter;
+  typeorm?: DemoConfig['typeorm'];
+  /** Nest's logger for the app; default: off. */
+  logger?: LoggerService | LogLevel[] | false;
+}
+
+/** The demo application on the test's own database and Redis database, ready to take requests. */
+export async function createTestApp(options: TestAppOptions): Promise<INestApplication> {
+  const config: DemoConfig = {
+    port: 0,
+    databaseUrl: options.databaseUrl,
+    redisUrl: options.redisUrl ?? REDIS_TEST_URL,
+    flushCron: options.flushCron,
+    apiToken: options.apiToken,
+    typeorm: { ...options.counter?.typeorm, ...options.typeorm },
+  };
+  const logger = options.logger ?? false;
+  const moduleRef = await Test.createTestingModule({ imports: [AppModule.forRoot(config)] }).compile();
+  if (options.adapter === 'fastify') {
+    const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger });
+    await app.init();
+    await app.getHttpAdapter().getInstance().ready();
+    return app;
+  }
+  const app = moduleRef.createNestApplication({ logger });
+  await app.init();
+  return app;
+}
