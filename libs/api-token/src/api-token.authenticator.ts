@@ -3,6 +3,7 @@ import { ExecutionError, Lock, Redlock, ResourceLockedError } from '@sesamecare-
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ApiTokenCacheService, CacheLookup } from './api-token-cache.service';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
+import { storedToken } from './api-token.hash';
 import { cacheKey, lockKey } from './api-token.keys';
 import type { ResolvedApiTokenOptions } from './api-token.options';
 import type { ApiTokenRecord } from './api-token.record';
@@ -54,13 +55,14 @@ export class ApiTokenAuthenticator {
   /** The answer the process knows with no I/O, or undefined when it must ask Redis or the database. */
   authenticateLocal(token: string, scope: string | null): ApiTokenRecord | null | undefined {
     if (!this.isWellFormed(token)) return null;
-    const local = this.cache.lookupLocal(scope, token);
+    const local = this.cache.lookupLocal(scope, storedToken(token, this.options));
     if (local.status === 'miss') return undefined;
     return local.status === 'hit' ? this.used(local.record, scope) : null;
   }
 
-  /** The rest of the path, after the in-process cache missed. */
+  /** The rest of the path, after the in-process cache missed (the token is well formed). */
   async authenticateRemote(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    token = storedToken(token, this.options);
     const cached = await this.cache.lookupRedis(scope, token);
     if (cached.status !== 'miss') return cached.status === 'hit' ? this.used(cached.record, scope) : null;
     const record = await this.load(token, scope);

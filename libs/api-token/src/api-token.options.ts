@@ -20,6 +20,11 @@ export interface ApiTokenModuleOptions {
   usageWriteIntervalMs?: number;
   /** Which tokens are worth a lookup; anything else is refused with no I/O. Default: RFC 6750 b64token, at most 255 characters. */
   tokenPattern?: RegExp;
+  /**
+   * Store and cache the SHA-256 (hex) of each token instead of the token. Not Dify-compatible:
+   * a Dify installation cannot read such a table. Default false.
+   */
+  hashTokens?: boolean;
 }
 
 /** Options after defaults are applied. */
@@ -39,6 +44,7 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   localCacheTtlMs: 10_000,
   usageWriteIntervalMs: 1_000,
   tokenPattern: DEFAULT_TOKEN_PATTERN,
+  hashTokens: false,
 };
 
 const POSITIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
@@ -66,6 +72,9 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
   }
   if (resolved.tokenPattern.global || resolved.tokenPattern.sticky) {
     throw new TypeError('ApiTokenModule: option "tokenPattern" must not have the g or y flag (test() would keep state)');
+  }
+  if (typeof resolved.hashTokens !== 'boolean') {
+    throw new TypeError('ApiTokenModule: option "hashTokens" must be a boolean');
   }
   return resolved;
 }

@@ -29,3 +29,4 @@ export { ApiTokenRedisService } from './api-token-redis.service';
 export { type ApiTokenFilter, ApiTokenRepository, type LastUsedUpdate } from './api-token.repository';
 export { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageRecorder } from './api-token-usage.recorder';
 export { TOKEN_RANDOM_LENGTH, generateApiToken } from './api-token.generator';
+export { hashToken, storedToken } from './api-token.hash';
