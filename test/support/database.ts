@@ -6,11 +6,13 @@ import { PG_ADMIN_URL } from './servers';
 export interface TestDatabase {
   name: string;
   url: string;
+  /** Runs one statement on the test database (its own short-lived connection) and returns the rows. */
+  query(sql: string, params?: unknown[]): Promise<Record<string, unknown>[]>;
   drop(): Promise<void>;
 }
 
-async function admin<T>(run: (client: Client) => Promise<T>): Promise<T> {
-  const client = new Client({ connectionString: PG_ADMIN_URL });
+async function admin<T>(run: (client: Client) => Promise<T>, connectionString = PG_ADMIN_URL): Promise<T> {
+  const client = new Client({ connectionString });
   await client.connect();
   try {
     return await run(client);
@@ -27,6 +29,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   return {
     name,
     url: url.toString(),
+    query: (sql, params) => admin((c) => c.query(sql, params), url.toString()).then((r) => r.rows),
     drop: () => admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)).then(() => undefined),
   };
 }

@@ -1,0 +1,62 @@
+import { type ApiTokenRecord, formatNaiveUtc, parseRecord, serializeRecord, toNaiveUtc } from './api-token.record';
+
+const record: ApiTokenRecord = {
+  id: '11111111-2222-4333-8444-555555555555',
+  appId: null,
+  tenantId: 'aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee',
+  type: 'app',
+  token: 'app-abc',
+  lastUsedAt: '2026-02-03T10:00:00.123000',
+  createdAt: '2026-01-01T00:00:00',
+};
+
+describe('naive UTC datetimes', () => {
+  it.each([
+    ['2026-02-03T10:00:00', '2026-02-03T10:00:00'],
+    ['2026-02-03 10:00:00', '2026-02-03T10:00:00'],
+    ['2026-02-03T10:00:00.123456', '2026-02-03T10:00:00.123456'],
+    ['2026-02-03T10:00:00.1', '2026-02-03T10:00:00.100000'],
+    ['2026-02-03T10:00:00.000000', '2026-02-03T10:00:00'],
+    ['2026-02-03T10:00:00.1234567', '2026-02-03T10:00:00.123456'],
+    ['2026-02-03T10:00:00Z', '2026-02-03T10:00:00'],
+    ['2026-02-03T10:00:00.5+00:00', '2026-02-03T10:00:00.500000'],
+    ['2026-02-03T19:00:00+09:00', '2026-02-03T10:00:00'],
+    ['2026-02-03T05:30:00.25-0430', '2026-02-03T10:00:00.250000'],
+  ])('reads %s as %s', (input, output) => expect(toNaiveUtc(input)).toBe(output));
+
+  it.each(['', 'yesterday', '2026-02-30T10:00:00', '2026-02-03', '2026-02-03T10:00', '2026-02-03T10:00:00+9'])('refuses %j', (input) =>
+    expect(toNaiveUtc(input)).toBeNull(),
+  );
+
+  it('formats like Python isoformat()', () => {
+    expect(formatNaiveUtc(new Date(Date.UTC(2026, 1, 3, 10, 0, 0, 123)))).toBe('2026-02-03T10:00:00.123000');
+    expect(formatNaiveUtc(new Date(Date.UTC(2026, 1, 3, 10, 0, 0, 0)))).toBe('2026-02-03T10:00:00');
+  });
+});
+
+describe('cached JSON', () => {
+  it('serializes compactly with Dify field names in order', () => {
+    expect(serializeRecord(record)).toBe(
+      '{"id":"11111111-2222-4333-8444-555555555555","app_id":null,"tenant_id":"aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",' +
+        '"type":"app","token":"app-abc","last_used_at":"2026-02-03T10:00:00.123000","created_at":"2026-01-01T00:00:00"}',
+    );
+  });
+
+  it('round-trips', () => expect(parseRecord(serializeRecord(record))).toEqual(record));
+
+  it('reads null as "no such token"', () => expect(parseRecord('null')).toBeNull());
+
+  it('ignores unknown fields and accepts offsets', () => {
+    const raw = JSON.stringify({ ...JSON.parse(serializeRecord(record)), created_at: '2026-01-01T09:00:00+09:00', extra: [1] });
+    expect(parseRecord(raw)).toEqual({ ...record, createdAt: '2026-01-01T00:00:00' });
+  });
+
+  it.each([
+    ['not JSON', '{"id":'],
+    ['an array', '[]'],
+    ['a string', '"app"'],
+    ['no id', JSON.stringify({ type: 'app', token: 't' })],
+    ['a numeric tenant', JSON.stringify({ id: 'x', type: 'app', token: 't', tenant_id: 5 })],
+    ['a bad date', JSON.stringify({ id: 'x', type: 'app', token: 't', created_at: 'soon' })],
+  ])('treats %s as unreadable', (_name, raw) => expect(parseRecord(raw)).toBeUndefined());
+});

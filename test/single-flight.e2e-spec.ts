@@ -1,0 +1,64 @@
+import { ApiTokenRepository, generateApiToken } from '@app/api-token';
+import type { INestApplication } from '@nestjs/common';
+import type Redis from 'ioredis';
+import request from 'supertest';
+import { createTestDatabase, type TestDatabase } from './support/database';
+import { QueryCounter } from './support/query-counter';
+import { clearLibraryKeys, testRedis } from './support/redis';
+import { createTestApp } from './support/test-app';
+
+describe('single flight across instances', () => {
+  let db: TestDatabase;
+  let apps: INestApplication[];
+  let redis: Redis;
+  const counter = new QueryCounter();
+  const get = (app: INestApplication, token: string) =>
+    request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    redis = testRedis();
+    await clearLibraryKeys(redis);
+    const apiToken = { lockWaitMs: 400, lockRetryDelayMs: 20 };
+    apps = [await createTestApp({ databaseUrl: db.url, counter, apiToken }), await createTestApp({ databaseUrl: db.url, counter, apiToken })];
+  });
+
+  afterAll(async () => {
+    for (const app of apps ?? []) await app.close();
+    await clearLibraryKeys(redis);
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  beforeEach(() => counter.reset());
+
+  it('300 concurrent first requests split over two instances make one database query', async () => {
+    const { token } = await apps[0].get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
+    const answers = await Promise.all(Array.from({ length: 300 }, (_, i) => get(apps[i % 2], token)));
+    expect(answers.map((r) => r.status)).toEqual(Array(300).fill(200));
+    expect(counter.count()).toBe(1);
+  });
+
+  it('a lock left by a dead holder delays the lookup by at most lockWaitMs, then the database answers', async () => {
+    const { token } = await apps[0].get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
+    await redis.set(`api_token_query_lock:app:${token}`, 'dead-holder', 'PX', 10_000);
+    expect((await get(apps[1], token)).status).toBe(200);
+    expect(counter.count()).toBe(1);
+    expect(await redis.get(`api_token_query_lock:app:${token}`)).toBe('dead-holder');
+  });
+
+  it('a database error is answered 503 once, not retried as if the lock had failed', async () => {
+    const token = generateApiToken('app');
+    await db.query('ALTER TABLE api_tokens RENAME TO api_tokens_away');
+    try {
+      const res = await get(apps[0], token);
+      expect(res.status).toBe(503);
+      expect(res.headers['retry-after']).toBeDefined();
+      expect(counter.count()).toBe(1);
+      expect(await redis.exists(`api_token:app:${token}`)).toBe(0);
+    } finally {
+      await db.query('ALTER TABLE api_tokens_away RENAME TO api_tokens');
+    }
+    expect((await get(apps[0], token)).status).toBe(401);
+  });
+});
