@@ -9,6 +9,9 @@ const common = {
   transform: { '^.+\\.ts$': 'ts-jest' },
 };
 
+/** The suites that run a second time against a three-master Redis Cluster. */
+const clusterSuites = ['request-path', 'single-flight', 'usage-flush', 'lifecycle'];
+
 module.exports = {
   projects: [
     { ...common, displayName: 'unit', testMatch: ['<rootDir>/libs/**/*.spec.ts', '<rootDir>/apps/**/*.spec.ts'] },
@@ -17,6 +20,15 @@ module.exports = {
       displayName: 'e2e',
       testMatch: ['<rootDir>/test/**/*.e2e-spec.ts'],
       globalSetup: '<rootDir>/test/support/global-setup.ts',
+      testTimeout: 60000,
+    },
+    {
+      ...common,
+      displayName: 'e2e-cluster',
+      testMatch: clusterSuites.map((name) => `<rootDir>/test/${name}.e2e-spec.ts`),
+      globalSetup: '<rootDir>/test/support/cluster-setup.ts',
+      globalTeardown: '<rootDir>/test/support/cluster-teardown.ts',
+      setupFiles: ['<rootDir>/test/support/cluster-mode.ts'],
       testTimeout: 60000,
     },
   ],

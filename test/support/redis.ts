@@ -1,19 +1,34 @@
-import Redis from 'ioredis';
-import { REDIS_TEST_URL } from './servers';
+import Redis, { Cluster } from 'ioredis';
+import { REDIS_CLUSTER_NODES, REDIS_TEST_URL } from './servers';
 
-/** A client on the suite's own Redis database. */
+/**
+ * A client on the suite's own Redis: its database index on one node, or its private Cluster in
+ * cluster mode (typed as `Redis`: tests use only commands both clients have).
+ */
 export function testRedis(): Redis {
+  if (REDIS_CLUSTER_NODES) {
+    return new Cluster(REDIS_CLUSTER_NODES, { redisOptions: { maxRetriesPerRequest: 1 } }) as unknown as Redis;
+  }
   return new Redis(REDIS_TEST_URL, { maxRetriesPerRequest: 1 });
 }
 
-/** Deletes the library's keys in the suite's own database (only tests write there). */
+/** Deletes the library's keys where the suite writes (only tests write there), on every master of a Cluster. */
 export async function clearLibraryKeys(redis: Redis): Promise<void> {
-  for (const pattern of ['api_token*', 'tenant_tokens:*']) {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length) await redis.del(...keys);
-    } while (cursor !== '0');
+  const cluster = redis as unknown as Cluster;
+  const nodes = redis.isCluster ? await masters(cluster) : [redis];
+  for (const node of nodes) {
+    for (const pattern of ['api_token*', 'tenant_tokens:*']) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+        cursor = next;
+        for (const key of keys) await node.del(key);
+      } while (cursor !== '0');
+    }
   }
+}
+
+async function masters(cluster: Cluster): Promise<Redis[]> {
+  if (cluster.status !== 'ready') await new Promise((resolve) => cluster.once('ready', resolve));
+  return cluster.nodes('master');
 }

@@ -1,11 +1,13 @@
 import type { ApiTokenModuleOptions } from '@app/api-token';
+import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplication, LoggerService, LogLevel } from '@nestjs/common';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
+import type Redis from 'ioredis';
 import { AppModule } from '../../apps/demo/src/app.module';
 import type { DemoConfig } from '../../apps/demo/src/demo.config';
 import { QueryCounter } from './query-counter';
-import { REDIS_TEST_URL } from './servers';
+import { REDIS_CLUSTER_NODES, REDIS_TEST_URL } from './servers';
 
 export interface TestAppOptions {
   databaseUrl: string;
@@ -25,6 +27,7 @@ export async function createTestApp(options: TestAppOptions): Promise<INestAppli
     port: 0,
     databaseUrl: options.databaseUrl,
     redisUrl: options.redisUrl ?? REDIS_TEST_URL,
+    redisClusterNodes: options.redisUrl ? undefined : REDIS_CLUSTER_NODES,
     flushCron: options.flushCron,
     apiToken: options.apiToken,
     typeorm: { ...options.counter?.typeorm, ...options.typeorm },
@@ -35,9 +38,23 @@ export async function createTestApp(options: TestAppOptions): Promise<INestAppli
     const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger });
     await app.init();
     await app.getHttpAdapter().getInstance().ready();
-    return app;
+    return quitRedisOnClose(app);
   }
   const app = moduleRef.createNestApplication({ logger });
   await app.init();
+  return quitRedisOnClose(app);
+}
+
+/**
+ * `@nestjs-modules/ioredis` keeps its connection tokens in a static Set that the first application
+ * to close empties, so a second application in the same process would leave its connection open.
+ */
+function quitRedisOnClose<T extends INestApplication>(app: T): T {
+  const redis = app.get<Redis>(getRedisConnectionToken());
+  const close = app.close.bind(app);
+  app.close = async () => {
+    await close();
+    if (redis.status !== 'end') await redis.quit().catch(() => redis.disconnect());
+  };
   return app;
 }

@@ -3,7 +3,7 @@ import { RedisModule } from '@nestjs-modules/ioredis';
 import { DynamicModule, Module } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import type { DemoConfig } from './demo.config';
+import { type DemoConfig, redisModuleOptions } from './demo.config';
 import { HealthController } from './health.controller';
 import { WhoamiController } from './whoami.controller';
 
@@ -15,19 +15,18 @@ export class AppModule {
       module: AppModule,
       imports: [
         ScheduleModule.forRoot(),
-        RedisModule.forRoot({
-          type: 'single',
-          url: config.redisUrl,
-          options: { maxRetriesPerRequest: 1, commandTimeout: 1000 },
-        }),
+        RedisModule.forRoot(redisModuleOptions(config)),
         TypeOrmModule.forRoot({
           type: 'postgres',
           url: config.databaseUrl,
           migrations: [ApiTokenMigration],
           migrationsRun: true,
+          // pg waits forever by default: bound connecting (and waiting for a pooled client) and each query.
+          connectTimeoutMS: 2000,
           ...config.typeorm,
+          extra: { query_timeout: 5000, ...config.typeorm?.extra },
         }),
-        ApiTokenModule.forRoot({ ...config.apiToken }),
+        ApiTokenModule.forRoot({ flushCron: config.flushCron, ...config.apiToken }),
       ],
       controllers: [HealthController, WhoamiController],
     };

@@ -1,4 +1,5 @@
 import type { ApiTokenModuleOptions } from '@app/api-token';
+import type { RedisModuleOptions } from '@nestjs-modules/ioredis';
 import type { PostgresDataSourceOptions } from 'typeorm/driver/postgres/PostgresDataSourceOptions';
 
 /** What the demo (and the token CLI) read from the environment. */
@@ -6,6 +7,8 @@ export interface DemoConfig {
   port: number;
   databaseUrl: string;
   redisUrl: string;
+  /** Redis Cluster seed nodes (`REDIS_CLUSTER_NODES`); when set they win over `redisUrl`. */
+  redisClusterNodes?: { host: string; port: number }[];
   /** Cron expression with a seconds field for the usage flush; the library's default when absent. */
   flushCron?: string;
   /** Extra options for the library (tests and benchmarks tune them). */
@@ -17,7 +20,7 @@ export interface DemoConfig {
 export const DEFAULT_DATABASE_URL = 'postgres://postgres:postgres@localhost:5432/postgres';
 export const DEFAULT_REDIS_URL = 'redis://localhost:6379';
 
-/** Reads `PORT`, `DATABASE_URL`, `REDIS_URL` and `API_TOKEN_FLUSH_CRON`; refuses a bad `PORT`. */
+/** Reads `PORT`, `DATABASE_URL`, `REDIS_URL`, `REDIS_CLUSTER_NODES` and `API_TOKEN_FLUSH_CRON`; refuses a bad `PORT` or node list. */
 export function loadDemoConfig(env: NodeJS.ProcessEnv = process.env): DemoConfig {
   const port = Number(env.PORT ?? 3000);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -27,6 +30,34 @@ export function loadDemoConfig(env: NodeJS.ProcessEnv = process.env): DemoConfig
     port,
     databaseUrl: env.DATABASE_URL || DEFAULT_DATABASE_URL,
     redisUrl: env.REDIS_URL || DEFAULT_REDIS_URL,
+    redisClusterNodes: env.REDIS_CLUSTER_NODES ? parseClusterNodes(env.REDIS_CLUSTER_NODES) : undefined,
     flushCron: env.API_TOKEN_FLUSH_CRON || undefined,
   };
+}
+
+/** Parses `host:port,host:port,…` (IPv6 hosts in brackets: `[::1]:7000`). */
+export function parseClusterNodes(value: string): { host: string; port: number }[] {
+  return value.split(',').map((entry) => {
+    const match = /^\s*(\[[^\]]+\]|[^:\s]+):(\d{1,5})\s*$/.exec(entry);
+    const port = Number(match?.[2]);
+    if (!match || port < 1 || port > 65535) {
+      throw new Error(`REDIS_CLUSTER_NODES must be host:port[,host:port…], got "${entry.trim()}"`);
+    }
+    return { host: match[1].replace(/^\[|\]$/g, ''), port };
+  });
+}
+
+/** The `@nestjs-modules/ioredis` options for this config: a Cluster when nodes are given, else one node. */
+export function redisModuleOptions(config: Pick<DemoConfig, 'redisUrl' | 'redisClusterNodes'>): RedisModuleOptions {
+  // The library bounds its own calls (redisCommandTimeoutMs); these bound the rest of the app's.
+  const options = {
+    maxRetriesPerRequest: 1,
+    commandTimeout: 1000,
+    connectTimeout: 2000,
+    retryStrategy: (attempt: number) => Math.min(attempt * 100, 2000),
+  };
+  if (config.redisClusterNodes?.length) {
+    return { type: 'cluster', nodes: config.redisClusterNodes, options: { redisOptions: options, clusterRetryStrategy: options.retryStrategy } };
+  }
+  return { type: 'single', url: config.redisUrl, options };
 }

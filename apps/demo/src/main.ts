@@ -1,4 +1,4 @@
-import { ApiTokenRepository, generateApiToken } from '@app/api-token';
+import { ApiTokenRepository, ApiTokenService } from '@app/api-token';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module';
 import { loadDemoConfig } from './demo.config';
@@ -13,7 +13,7 @@ async function bootstrap(): Promise<void> {
   await app.listen(config.port);
   const repository = app.get(ApiTokenRepository);
   const [existing] = await repository.list({ appId: DEMO_APP_ID, type: 'app' });
-  const token = existing?.token ?? (await repository.insert({ token: generateApiToken('app'), type: 'app', appId: DEMO_APP_ID })).token;
+  const token = existing?.token ?? (await app.get(ApiTokenService).create({ scope: 'app', appId: DEMO_APP_ID })).token;
   process.stdout.write(
     `\nDemo listening on port ${config.port}. ${existing ? 'Its' : 'Created its'} demo token; try:\n\n` +
       `  curl -H 'Authorization: Bearer ${token}' http://localhost:${config.port}/app/whoami\n\n`,

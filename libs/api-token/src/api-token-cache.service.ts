@@ -32,6 +32,7 @@ const GENERATION_TTL_SECONDS = 3600;
 export class ApiTokenCacheService {
   private readonly local: LRUCache<string, ApiTokenRecord | typeof NEGATIVE> | null;
   private readonly localNegativeTtl: number;
+  private readonly evictionListeners: ((keys: readonly string[]) => Promise<void>)[] = [];
   private epoch = 0;
 
   constructor(
@@ -102,11 +103,27 @@ export class ApiTokenCacheService {
     if (epoch === this.epoch) this.setLocal(key, record);
   }
 
-  /** Drops the entry of one token in one scope, in Redis and L1. */
+  /** Drops the entry of one token in one scope, in Redis and L1 (and every instance's L1, see {@link onEviction}). */
   async delete(scope: string | null, token: string): Promise<void> {
-    const key = cacheKey(scope, token);
-    this.evictLocal([key]);
-    await this.redis.call('del', (r) => r.del(key));
+    await this.deleteKeys([cacheKey(scope, token)]);
+  }
+
+  /** Drops cache keys in Redis and L1, then tells the {@link onEviction} listeners. */
+  async deleteKeys(keys: readonly string[]): Promise<void> {
+    if (keys.length === 0) return;
+    this.evictLocal(keys);
+    await this.redis.call('del', (r) => Promise.all(keys.map((key) => r.del(key))));
+    await this.evicted(keys);
+  }
+
+  /**
+   * Registers a listener called after every deletion of cache keys from Redis (`delete`, `deleteKeys`,
+   * `deleteAllScopes`, `invalidateTenant`), so that the other instances can drop them from their L1
+   * (the invalidation service publishes them). Deleting and then telling keeps a reader from
+   * re-caching what was just dropped.
+   */
+  onEviction(listener: (keys: readonly string[]) => Promise<void>): void {
+    this.evictionListeners.push(listener);
   }
 
   /**
@@ -121,8 +138,10 @@ export class ApiTokenCacheService {
         for (const key of mine) await node.del(key);
         deleted.push(...mine);
       }),
+      { timeoutMs: 0 },
     );
     this.evictLocal(deleted);
+    await this.evicted(deleted);
     return deleted;
   }
 
@@ -133,6 +152,7 @@ export class ApiTokenCacheService {
     const keys = members.filter((key) => parseScopedKey(CACHE_KEY_PREFIX, key) !== null);
     await this.redis.call('del', (r) => Promise.all([...keys, index].map((key) => r.del(key))));
     this.evictLocal(keys);
+    await this.evicted(keys);
     return keys;
   }
 
@@ -146,6 +166,10 @@ export class ApiTokenCacheService {
   clearLocal(): void {
     this.epoch++;
     this.local?.clear();
+  }
+
+  private async evicted(keys: readonly string[]): Promise<void> {
+    if (keys.length) await Promise.all(this.evictionListeners.map((listener) => listener(keys)));
   }
 
   private setLocal(key: string, record: ApiTokenRecord | null): void {

@@ -1,41 +1,118 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
-import { API_TOKEN_REDIS } from './api-token.constants';
+import { ReplyError } from 'ioredis';
+import { API_TOKEN_OPTIONS, API_TOKEN_REDIS } from './api-token.constants';
+import type { ResolvedApiTokenOptions } from './api-token.options';
 import type { RedisClient } from './api-token.redis';
+
+/** Per-call settings of {@link ApiTokenRedisService.call}. */
+export interface RedisCallOptions {
+  /**
+   * Milliseconds the whole call may take before it counts as failed. Default: the
+   * `redisCommandTimeoutMs` option. Calls that loop over many commands (SCAN) should pass a larger
+   * value, or 0 for no limit of the module's own (the client's `commandTimeout` still applies).
+   */
+  timeoutMs?: number;
+}
+
+/** A call the module gave up on: Redis did not answer within its time. */
+export class RedisCallTimeoutError extends Error {
+  constructor(timeoutMs: number) {
+    super(`no answer within ${timeoutMs} ms`);
+    this.name = 'RedisCallTimeoutError';
+  }
+}
+
+const UNUSABLE_AFTER_READY = new Set(['connecting', 'connect', 'reconnecting', 'close', 'end']);
 
 /**
  * The module's way to Redis: every call goes through {@link call}, which turns a failure into
- * `undefined` and logs one line when Redis stops answering and one when it answers again,
- * never one per request.
+ * `undefined`, so the request path carries on without Redis.
+ *
+ * A dead or hanging Redis costs milliseconds: each call is bounded by `redisCommandTimeoutMs`
+ * whatever the client's own settings (the client belongs to the application and may queue commands
+ * while it reconnects), a client that is known to be disconnected is not called at all, and after a
+ * failure a circuit skips Redis for `redisCooldownMs`, then lets one call through as a probe.
+ * One line is logged when Redis stops answering and one when it answers again, never one per request.
+ *
+ * The circuit is a few lines of state, written here rather than taken from a library (opossum,
+ * cockatiel): it has to share one state across every kind of call and know the ioredis connection
+ * status, which those libraries' per-function wrappers do not.
  */
 @Injectable()
 export class ApiTokenRedisService {
   private readonly logger = new Logger('ApiTokenRedis');
   private down = false;
+  private outages = 0;
+  private retryAt = 0;
+  private probing = false;
+  private everReady = false;
 
-  constructor(@Inject(API_TOKEN_REDIS) readonly client: RedisClient) {}
+  constructor(
+    @Inject(API_TOKEN_REDIS) readonly client: RedisClient,
+    @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
+  ) {}
 
-  /** Whether the last call failed. */
+  /** Whether Redis is taken as down (the circuit is open or probing). */
   get isDown(): boolean {
     return this.down;
   }
 
-  /** Runs a call; a failure yields undefined (the caller carries on without Redis). */
-  async call<T>(operation: string, call: (redis: RedisClient) => Promise<T>): Promise<T | undefined> {
-    try {
-      const result = await call(this.client);
-      if (this.down) {
-        this.down = false;
-        this.logger.log('Redis answers again; caching and usage recording resumed');
-      }
-      return result;
-    } catch (error) {
-      if (!this.down) {
-        this.down = true;
-        this.logger.warn(`Redis ${operation} failed (${describeError(error)}); carrying on without Redis until it answers`);
-      }
+  /**
+   * Runs a call; a failure, a timeout, or a skip while Redis is down yields undefined (the caller
+   * carries on without Redis). An error reply (e.g. WRONGTYPE) also yields undefined but shows Redis
+   * is up, so it does not open the circuit.
+   */
+  async call<T>(operation: string, call: (redis: RedisClient) => Promise<T>, options: RedisCallOptions = {}): Promise<T | undefined> {
+    const probe = this.down;
+    if (probe && (this.probing || Date.now() < this.retryAt)) return undefined;
+    const status = this.client.status;
+    if (status === 'ready') this.everReady = true;
+    else if (this.everReady && UNUSABLE_AFTER_READY.has(status)) {
+      this.failed(operation, `connection ${status}`);
       return undefined;
     }
+    const outage = this.outages;
+    if (probe) this.probing = true;
+    try {
+      const result = await bounded(call(this.client), options.timeoutMs ?? this.options.redisCommandTimeoutMs);
+      if (this.down && outage === this.outages) this.recovered();
+      return result;
+    } catch (error) {
+      if (error instanceof ReplyError) {
+        this.logger.debug(`Redis ${operation} got an error reply (${describeError(error)})`);
+        if (probe && outage === this.outages) this.recovered();
+      } else {
+        this.failed(operation, describeError(error));
+      }
+      return undefined;
+    } finally {
+      if (probe) this.probing = false;
+    }
   }
+
+  private failed(operation: string, reason: string): void {
+    this.retryAt = Date.now() + this.options.redisCooldownMs;
+    if (this.down) return;
+    this.down = true;
+    this.outages++;
+    this.logger.warn(
+      `Redis ${operation} failed (${reason}); carrying on without Redis, trying again every ${this.options.redisCooldownMs} ms`,
+    );
+  }
+
+  private recovered(): void {
+    this.down = false;
+    this.logger.log('Redis answers again; caching and usage recording resumed');
+  }
+}
+
+function bounded<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
+  if (!(timeoutMs > 0)) return promise;
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new RedisCallTimeoutError(timeoutMs)), timeoutMs);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 /** An error's class and code, never its message (a message may quote a key, and keys hold tokens). */

@@ -25,6 +25,7 @@ export class ApiTokenUsageRecorder implements OnApplicationShutdown {
   private readonly recent: LRUCache<string, true> | null;
   private pending = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
+  private readonly writing = new Set<Promise<void>>();
 
   constructor(
     private readonly redis: ApiTokenRedisService,
@@ -44,7 +45,8 @@ export class ApiTokenUsageRecorder implements OnApplicationShutdown {
       return;
     }
     this.recent?.set(key, true);
-    void this.write(new Map([[key, now]]));
+    const write = this.write(new Map([[key, now]])).finally(() => this.writing.delete(write));
+    this.writing.add(write);
   }
 
   /** Writes every pending use now; resolves when Redis has answered. */
@@ -58,7 +60,9 @@ export class ApiTokenUsageRecorder implements OnApplicationShutdown {
     await this.write(batch);
   }
 
+  /** Waits for the writes under way, then writes what is pending, so closing the application loses no use. */
   async onApplicationShutdown(): Promise<void> {
+    await Promise.all(this.writing);
     await this.flushPending();
   }
 

@@ -27,7 +27,7 @@ export class ApiTokenAuthenticator {
     private readonly cache: ApiTokenCacheService,
     private readonly repository: ApiTokenRepository,
     private readonly usage: ApiTokenUsageRecorder,
-    redis: ApiTokenRedisService,
+    private readonly redis: ApiTokenRedisService,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
   ) {
     this.redlock = new Redlock([redis.client], {
@@ -106,25 +106,24 @@ export class ApiTokenAuthenticator {
       }
       return record;
     } finally {
-      waited.lock?.release().catch(() => undefined);
+      const lock = waited.lock;
+      if (lock) void this.redis.call('unlock', () => lock.release());
     }
   }
 
   /**
    * Takes the lookup lock, or waits for whoever holds it: until the lock is free, the holder's
    * answer shows in Redis, or `lockWaitMs` runs out. When Redis fails or the wait runs out, the
-   * caller goes to the database without the lock.
+   * caller goes to the database without the lock; while Redis is down that costs no wait at all.
    */
   private async acquire(token: string, scope: string | null): Promise<{ lock?: Lock; answer?: CacheLookup }> {
     const resource = lockKey(scope, token);
     const { lockTtlMs, lockWaitMs, lockRetryDelayMs } = this.options;
     const deadline = Date.now() + lockWaitMs;
     for (;;) {
-      try {
-        return { lock: await this.redlock.acquire([resource], lockTtlMs) };
-      } catch (error) {
-        if (!(await isLockedByAnother(error))) return {};
-      }
+      const attempt = await lockAttempt(this.redis, this.redlock, resource, lockTtlMs);
+      if (attempt === undefined) return {};
+      if (attempt !== LOCKED) return { lock: attempt };
       if (Date.now() >= deadline) {
         this.logger.warn(`Lookup lock not had within ${lockWaitMs} ms; querying the database without it`);
         return {};
@@ -134,6 +133,28 @@ export class ApiTokenAuthenticator {
       if (seen.status !== 'miss') return { answer: seen };
     }
   }
+}
+
+const LOCKED = Symbol('locked');
+
+/**
+ * One attempt at the lookup lock, through {@link ApiTokenRedisService} so a dead Redis costs no more
+ * than a cache read: the lock, LOCKED when another holds it, undefined when Redis failed or is skipped.
+ * A lock granted after the call gave up on it is released at once.
+ */
+function lockAttempt(redis: ApiTokenRedisService, redlock: Redlock, resource: string, ttlMs: number): Promise<Lock | typeof LOCKED | undefined> {
+  let attempt: Promise<Lock> | undefined;
+  const outcome = redis.call('lock', () => {
+    attempt = redlock.acquire([resource], ttlMs);
+    return attempt.catch(async (error: unknown): Promise<typeof LOCKED> => {
+      if (await isLockedByAnother(error)) return LOCKED;
+      throw error;
+    });
+  });
+  return outcome.then((result) => {
+    if (result === undefined) attempt?.then((lock) => lock.release()).catch(() => undefined);
+    return result;
+  });
 }
 
 async function isLockedByAnother(error: unknown): Promise<boolean> {

@@ -7,8 +7,20 @@ import { type ApiTokenModuleOptions, resolveApiTokenOptions } from './api-token.
 import { ApiTokenRedisService } from './api-token-redis.service';
 import { ApiTokenRepository } from './api-token.repository';
 import { ApiTokenUsageRecorder } from './api-token-usage.recorder';
+import { ApiTokenUsageFlushService } from './api-token-usage-flush.service';
+import { ApiTokenInvalidationService } from './api-token-invalidation.service';
+import { ApiTokenService } from './api-token.service';
 
-const services = [ApiTokenAuthenticator, ApiTokenCacheService, ApiTokenRedisService, ApiTokenRepository, ApiTokenUsageRecorder];
+const services = [
+  ApiTokenAuthenticator,
+  ApiTokenCacheService,
+  ApiTokenRedisService,
+  ApiTokenRepository,
+  ApiTokenUsageRecorder,
+  ApiTokenUsageFlushService,
+  ApiTokenService,
+  ApiTokenInvalidationService,
+];
 
 /**
  * API-token authentication: register once with `forRoot` or `forRootAsync`, beside

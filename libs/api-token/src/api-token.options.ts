@@ -1,3 +1,5 @@
+import { assertFlushCron, DEFAULT_FLUSH_CRON } from './api-token-usage-flush.service';
+
 /** Options of {@link ApiTokenModule}; every field has a default. */
 export interface ApiTokenModuleOptions {
   /** Seconds a found token stays in Redis. Default 600 (Dify). */
@@ -25,6 +27,21 @@ export interface ApiTokenModuleOptions {
    * a Dify installation cannot read such a table. Default false.
    */
   hashTokens?: boolean;
+  /**
+   * Milliseconds one of the module's own Redis calls may take before it counts as failed and the
+   * request carries on without Redis, whatever the client's settings. Default 100.
+   */
+  redisCommandTimeoutMs?: number;
+  /** Milliseconds Redis is skipped after a failure before one call probes it again. Default 1000. */
+  redisCooldownMs?: number;
+  /**
+   * When the usage flush runs: a cron expression (seconds field optional) that runs at least every
+   * 900 s, or false for no schedule (`flushNow()` only). Needs `ScheduleModule.forRoot()` in the
+   * application. Default `0 * * * * *` (every minute).
+   */
+  flushCron?: string | false;
+  /** Uses the usage flush writes per UPDATE statement (and SCAN COUNT hint). Default 1000. */
+  flushPageSize?: number;
 }
 
 /** Options after defaults are applied. */
@@ -45,6 +62,10 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   usageWriteIntervalMs: 1_000,
   tokenPattern: DEFAULT_TOKEN_PATTERN,
   hashTokens: false,
+  redisCommandTimeoutMs: 100,
+  redisCooldownMs: 1_000,
+  flushCron: DEFAULT_FLUSH_CRON,
+  flushPageSize: 1_000,
 };
 
 const POSITIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
@@ -52,6 +73,8 @@ const POSITIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
   'negativeTtlSeconds',
   'tenantIndexTtlSeconds',
   'lockTtlMs',
+  'redisCommandTimeoutMs',
+  'flushPageSize',
 ];
 const NON_NEGATIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
   'lockWaitMs',
@@ -59,6 +82,7 @@ const NON_NEGATIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
   'localCacheMax',
   'localCacheTtlMs',
   'usageWriteIntervalMs',
+  'redisCooldownMs',
 ];
 
 /** Applies defaults and refuses values that cannot work, naming the option. */
@@ -76,6 +100,7 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
   if (typeof resolved.hashTokens !== 'boolean') {
     throw new TypeError('ApiTokenModule: option "hashTokens" must be a boolean');
   }
+  assertFlushCron(resolved.flushCron);
   return resolved;
 }
 

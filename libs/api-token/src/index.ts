@@ -28,5 +28,25 @@ export type { RedisClient } from './api-token.redis';
 export { ApiTokenRedisService } from './api-token-redis.service';
 export { type ApiTokenFilter, ApiTokenRepository, type LastUsedUpdate } from './api-token.repository';
 export { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageRecorder } from './api-token-usage.recorder';
+export {
+  ApiTokenUsageFlushService,
+  DEFAULT_FLUSH_CRON,
+  FLUSH_JOB_NAME,
+  FLUSH_LOCK_KEY,
+  FLUSH_TICK_KEY,
+  MAX_FLUSH_GAP_SECONDS,
+  type UsageFlushStats,
+  longestCronGapSeconds,
+} from './api-token-usage-flush.service';
 export { TOKEN_RANDOM_LENGTH, generateApiToken } from './api-token.generator';
 export { hashToken, storedToken } from './api-token.hash';
+export {
+  type ApiTokenRevocation,
+  ApiTokenService,
+  type ApiTokenSummary,
+  type CreateApiTokenInput,
+  type CreatedApiToken,
+  type ListApiTokensInput,
+  type TenantInvalidation,
+} from './api-token.service';
+export { ApiTokenInvalidationService, INVALIDATION_CHANNEL, invalidationChannel } from './api-token-invalidation.service';

@@ -1,0 +1,274 @@
+import { type ChildProcess, fork, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import Redis from 'ioredis';
+import { Client } from 'pg';
+import type { ServerCommand, ServerRequest, ServerStats, Variant } from './bench.server';
+
+/** PostgreSQL to create the benchmark's own database in. */
+export const PG_ADMIN_URL = process.env.BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+/** The Redis database index the benchmark uses (on its own private redis-server). */
+export const BENCH_REDIS_DB = 7;
+
+/** Everything started by this run, stopped by {@link Cleanup.run} whatever happens. */
+export class Cleanup {
+  private readonly steps: (() => Promise<unknown> | unknown)[] = [];
+
+  add(step: () => Promise<unknown> | unknown): void {
+    this.steps.unshift(step);
+  }
+
+  async run(): Promise<void> {
+    for (const step of this.steps.splice(0)) {
+      try {
+        await step();
+      } catch (error) {
+        console.error('cleanup step failed:', (error as Error).message);
+      }
+    }
+  }
+}
+
+/** The first TCP port from `from` up that nothing listens on (127.0.0.1). */
+export async function freePort(from: number, taken = new Set<number>()): Promise<number> {
+  for (let port = from; port < from + 500; port++) {
+    if (taken.has(port)) continue;
+    const free = await new Promise<boolean>((resolve) => {
+      const probe = createServer()
+        .once('error', () => resolve(false))
+        .once('listening', () => probe.close(() => resolve(true)));
+      probe.listen(port, '127.0.0.1');
+    });
+    if (free) {
+      taken.add(port);
+      return port;
+    }
+  }
+  throw new Error(`no free port from ${from} to ${from + 499}`);
+}
+
+/** A redis-server of this run's own, so that `INFO commandstats` counts only what the benchmark does. */
+export async function startRedis(cleanup: Cleanup, port: number): Promise<{ url: string; admin: Redis }> {
+  const dir = mkdtempSync(join(tmpdir(), 'api-token-bench-redis-'));
+  const child = spawn(
+    process.env.BENCH_REDIS_SERVER ?? 'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--databases', '16'],
+    { stdio: ['ignore', 'ignore', 'inherit'] },
+  );
+  cleanup.add(() => rmSync(dir, { recursive: true, force: true }));
+  cleanup.add(() => stopChild(child));
+  const spawned = new Promise<never>((_, reject) => child.once('error', (e) => reject(new Error(`redis-server: ${e.message} (set BENCH_REDIS_SERVER)`))));
+  const url = `redis://127.0.0.1:${port}/${BENCH_REDIS_DB}`;
+  const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => 100 });
+  cleanup.add(() => admin.disconnect());
+  // Refusals while redis-server starts are expected; the loop below retries them.
+  admin.on('error', () => undefined);
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      await Promise.race([spawned, admin.connect().then(() => admin.ping())]);
+      return { url, admin };
+    } catch (error) {
+      if (Date.now() > deadline || (error as Error).message.startsWith('redis-server:')) throw error;
+      admin.disconnect();
+      await sleep(100);
+    }
+  }
+}
+
+/** Calls per command since the last `CONFIG RESETSTAT`, from `INFO commandstats`, without INFO itself. */
+export async function commandStats(admin: Redis): Promise<Map<string, number>> {
+  const stats = new Map<string, number>();
+  for (const line of (await admin.info('commandstats')).split('\n')) {
+    const match = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim());
+    if (match && match[1] !== 'info') stats.set(match[1], Number(match[2]));
+  }
+  return stats;
+}
+
+/**
+ * Waits until Redis has run no command for 100 ms (2 s at most), so that what an earlier step left
+ * in flight (an unlock sent without waiting for it, a coalesced usage write) is not counted in the next
+ * measurement; returns the counters then.
+ */
+async function quiet(admin: Redis): Promise<Map<string, number>> {
+  const total = (stats: Map<string, number>) => [...stats.values()].reduce((a, b) => a + b, 0);
+  const deadline = Date.now() + 2000;
+  let stats = await commandStats(admin);
+  for (;;) {
+    await sleep(100);
+    const next = await commandStats(admin);
+    if (total(next) === total(stats) || Date.now() > deadline) return next;
+    stats = next;
+  }
+}
+
+/** A database of this run's own on the shared PostgreSQL, dropped (with its connections) at cleanup. */
+export async function createDatabase(cleanup: Cleanup): Promise<string> {
+  const name = `api_token_bench_${process.pid}_${randomBytes(4).toString('hex')}`;
+  await admin((c) => c.query(`CREATE DATABASE ${name}`));
+  cleanup.add(() => admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)));
+  const url = new URL(PG_ADMIN_URL);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+async function admin<T>(run: (client: Client) => Promise<T>): Promise<T> {
+  const client = new Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 5000 });
+  await client.connect();
+  try {
+    return await run(client);
+  } finally {
+    await client.end();
+  }
+}
+
+/** A benchmark server process (bench/bench.server.ts) and its IPC commands. */
+export class BenchServer {
+  private nextId = 0;
+  private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+
+  private constructor(
+    readonly name: string,
+    readonly port: number,
+    private readonly child: ChildProcess,
+  ) {
+    child.on('message', (message: { id?: number; result?: unknown; error?: string }) => {
+      const pending = message.id === undefined ? undefined : this.waiting.get(message.id);
+      if (!pending) return;
+      this.waiting.delete(message.id!);
+      if (message.error) pending.reject(new Error(`${name}: ${message.error}`));
+      else pending.resolve(message.result);
+    });
+    child.once('exit', (code) => {
+      for (const pending of this.waiting.values()) pending.reject(new Error(`${name} exited (${code})`));
+      this.waiting.clear();
+    });
+  }
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** Forks the server and resolves once it listens. */
+  static async start(
+    cleanup: Cleanup,
+    options: { name: string; variant: Variant; port: number; databaseUrl: string; redisUrl: string },
+  ): Promise<BenchServer> {
+    const child = fork(join(__dirname, 'bench.server.ts'), [], {
+      execArgv: ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register'],
+      env: {
+        ...process.env,
+        BENCH_VARIANT: options.variant,
+        PORT: String(options.port),
+        DATABASE_URL: options.databaseUrl,
+        REDIS_URL: options.redisUrl,
+        TS_NODE_TRANSPILE_ONLY: 'true',
+      },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    cleanup.add(() => stopChild(child));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${options.name} did not start within 90 s`)), 90_000);
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`${options.name} exited during start (${code})`));
+      });
+      child.on('message', (message: { ready?: boolean }) => {
+        if (!message.ready) return;
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    return new BenchServer(options.name, options.port, child);
+  }
+
+  stats(): Promise<ServerStats> {
+    return this.send({ command: 'stats' }) as Promise<ServerStats>;
+  }
+
+  async profile<T>(path: string, during: () => Promise<T>): Promise<T> {
+    await this.send({ command: 'profile-start' });
+    try {
+      return await during();
+    } finally {
+      await this.send({ command: 'profile-stop', path });
+    }
+  }
+
+  private send(command: ServerRequest): Promise<unknown> {
+    const id = ++this.nextId;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      this.child.send({ ...command, id } as ServerCommand);
+    });
+  }
+}
+
+/** Asks a child to stop (IPC for servers, SIGTERM otherwise), then kills it by its pid if it lingers. */
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  if (child.connected) child.send({ id: 0, command: 'stop' } satisfies ServerCommand);
+  else child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** The servers and stores one run of the benchmark works with. */
+export interface BenchContext {
+  /** The private redis-server's admin connection. */
+  redis: Redis;
+  servers: { unguarded: BenchServer; noop: BenchServer; default: BenchServer; dify: BenchServer; naive: BenchServer; second: BenchServer };
+  settings: { rounds: number; seconds: number; warmupSeconds: number; connections: number; floodSize: number; stampede: number };
+}
+
+/** What the stores saw while `run` ran. */
+export interface Measured<T> {
+  result: T;
+  /** Commands the measured servers sent to Redis (round trips), in all and by name. */
+  redisCommands: number;
+  redisByCommand: Map<string, number>;
+  /** Commands Redis executed (`INFO commandstats` of the private server), counting those run inside scripts. */
+  redisExecuted: number;
+  lookups: number;
+  statements: number;
+  /** CPU time the measured servers spent, microseconds. */
+  cpuMicros: number;
+  /** Longest event-loop delay of the measured servers during `run`, milliseconds. */
+  eventLoopDelayMaxMs: number;
+}
+
+/** Runs `run` and counts the Redis commands and the statements of `servers` it caused. */
+export async function measure<T>(context: BenchContext, servers: BenchServer[], run: () => Promise<T>): Promise<Measured<T>> {
+  const executedBefore = await quiet(context.redis);
+  const before = await Promise.all(servers.map((s) => s.stats()));
+  const result = await run();
+  const after = await Promise.all(servers.map((s) => s.stats()));
+  const executedAfter = await commandStats(context.redis);
+  let redisExecuted = 0;
+  for (const [command, calls] of executedAfter) redisExecuted += calls - (executedBefore.get(command) ?? 0);
+  const redisByCommand = new Map<string, number>();
+  after.forEach((stats, i) => {
+    for (const [command, calls] of Object.entries(stats.redis)) {
+      const delta = calls - (before[i].redis[command] ?? 0);
+      if (delta > 0) redisByCommand.set(command, (redisByCommand.get(command) ?? 0) + delta);
+    }
+  });
+  const sum = (pick: (s: ServerStats) => number) => after.reduce((n, s, i) => n + pick(s) - pick(before[i]), 0);
+  return {
+    result,
+    redisCommands: [...redisByCommand.values()].reduce((a, b) => a + b, 0),
+    redisByCommand,
+    redisExecuted,
+    lookups: sum((s) => s.lookups),
+    statements: sum((s) => s.statements),
+    cpuMicros: sum((s) => s.cpuMicros),
+    eventLoopDelayMaxMs: Math.max(...after.map((s) => s.eventLoopDelayMaxMs)),
+  };
+}

@@ -1,0 +1,181 @@
+import 'reflect-metadata';
+import { ApiTokenUsageRecorder, type ApiTokenModuleOptions, type AuthenticatedApiToken, CurrentApiToken } from '@app/api-token';
+import { type CanActivate, Controller, type ExecutionContext, Get, type INestApplication, Injectable, Module, UseGuards } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { Session } from 'node:inspector/promises';
+import { writeFile } from 'node:fs/promises';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import Redis from 'ioredis';
+import { Client } from 'pg';
+import { AppModule } from '../apps/demo/src/app.module';
+import type { DemoConfig } from '../apps/demo/src/demo.config';
+import { NaiveTokenGuard } from './naive.guard';
+
+/**
+ * One benchmark server (a child process of bench/run.ts): the demo application plus
+ * `GET /bench/open` (no guard), `GET /bench/noop` (a guard that does nothing) and `GET /bench/naive`
+ * (the naive guard). It talks to its parent
+ * over IPC only, so that reading its counters adds no HTTP request, Redis command or query.
+ */
+
+/** The server configurations the benchmark compares. */
+export const VARIANTS = {
+  /** The library in its default configuration. */
+  default: {},
+  /** Dify's design: no in-process cache, a usage write on every request. */
+  dify: { localCacheMax: 0, usageWriteIntervalMs: 0 },
+} satisfies Record<string, ApiTokenModuleOptions>;
+export type Variant = keyof typeof VARIANTS;
+
+/** Messages the parent sends. */
+export type ServerCommand =
+  | { id: number; command: 'stats' }
+  | { id: number; command: 'profile-start' }
+  | { id: number; command: 'profile-stop'; path: string }
+  | { id: number; command: 'stop' };
+/** A command before the parent numbers it. */
+export type ServerRequest = ServerCommand extends infer C ? (C extends unknown ? Omit<C, 'id'> : never) : never;
+
+/** What the server reports: statements sent to PostgreSQL and commands sent to Redis since it started. */
+export interface ServerStats {
+  statements: number;
+  /** Reads of `api_tokens` by token (the library's lookup and the naive guard's). */
+  lookups: number;
+  /** Commands this process sent to Redis (round trips; not the commands a script runs inside Redis), by name. */
+  redis: Record<string, number>;
+  /** CPU time of the process (user + system), microseconds. */
+  cpuMicros: number;
+  /** Longest event-loop delay since the previous stats, milliseconds. */
+  eventLoopDelayMaxMs: number;
+  rssBytes: number;
+}
+
+const LOOKUP_SQL = /FROM api_tokens WHERE token = \$1/;
+const counts = { statements: 0, lookups: 0 };
+const redisSent: Record<string, number> = {};
+const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+loopDelay.enable();
+
+// Every ioredis client of the process (the application's, and any the library duplicates) sends through here.
+const sendCommand = Redis.prototype.sendCommand;
+Redis.prototype.sendCommand = function (this: Redis, command: Parameters<Redis['sendCommand']>[0], stream?: Parameters<Redis['sendCommand']>[1]) {
+  redisSent[command.name] = (redisSent[command.name] ?? 0) + 1;
+  return sendCommand.call(this, command, stream);
+};
+
+/** A pg Client that counts what it sends (installed through TypeORM's `extra.Client`). */
+class CountingClient extends Client {
+  override query(...args: unknown[]): never {
+    const first = args[0] as string | { text?: string } | undefined;
+    const text = typeof first === 'string' ? first : (first?.text ?? '');
+    counts.statements++;
+    if (LOOKUP_SQL.test(text)) counts.lookups++;
+    return (Client.prototype.query as (...a: unknown[]) => never).apply(this, args);
+  }
+}
+
+/** The unguarded route answers the same shape the guarded ones do. */
+const OPEN_BODY: AuthenticatedApiToken = { id: '00000000-0000-4000-8000-000000000000', appId: null, tenantId: null, type: 'app' };
+
+/** What any guard costs in Nest, whatever it does: admits every request with a fixed identity. */
+@Injectable()
+class NoopGuard implements CanActivate {
+  canActivate(context: ExecutionContext): boolean {
+    context.switchToHttp().getRequest<{ apiToken?: AuthenticatedApiToken }>().apiToken = OPEN_BODY;
+    return true;
+  }
+}
+
+@Controller('bench')
+class BenchController {
+  @Get('open')
+  open(): AuthenticatedApiToken {
+    return OPEN_BODY;
+  }
+
+  @Get('noop')
+  @UseGuards(NoopGuard)
+  noop(@CurrentApiToken() token: AuthenticatedApiToken): AuthenticatedApiToken {
+    return token;
+  }
+
+  @Get('naive')
+  @UseGuards(NaiveTokenGuard)
+  naive(@CurrentApiToken() token: AuthenticatedApiToken): AuthenticatedApiToken {
+    return token;
+  }
+}
+
+async function main(): Promise<void> {
+  const variant = (process.env.BENCH_VARIANT ?? 'default') as Variant;
+  const port = Number(process.env.PORT);
+  const config: DemoConfig = {
+    port,
+    databaseUrl: required('DATABASE_URL'),
+    redisUrl: required('REDIS_URL'),
+    // No scheduled usage flush: no flush tick lands in a measurement.
+    apiToken: { flushCron: false, ...VARIANTS[variant] },
+    typeorm: { extra: { Client: CountingClient, max: 10 } },
+  };
+  @Module({ imports: [AppModule.forRoot(config)], controllers: [BenchController], providers: [NaiveTokenGuard] })
+  class BenchModule {}
+  const app = await NestFactory.create(BenchModule, { logger: ['error', 'warn'] });
+  await app.listen(port, '127.0.0.1');
+  const session = new Session();
+  process.on('message', (message: ServerCommand) => {
+    handle(app, session, message).then(
+      (result) => process.send?.({ id: message.id, result }),
+      (error: Error) => process.send?.({ id: message.id, error: error.message }),
+    );
+  });
+  process.on('disconnect', () => void stop(app));
+  process.send?.({ ready: true });
+}
+
+async function handle(app: INestApplication, session: Session, message: ServerCommand): Promise<unknown> {
+  switch (message.command) {
+    case 'stats': {
+      // Pending coalesced usage writes land now, inside the window being measured.
+      await app.get(ApiTokenUsageRecorder).flushPending();
+      const cpu = process.cpuUsage();
+      const eventLoopDelayMaxMs = loopDelay.max / 1e6;
+      loopDelay.reset();
+      return { ...counts, redis: { ...redisSent }, cpuMicros: cpu.user + cpu.system, eventLoopDelayMaxMs, rssBytes: process.memoryUsage().rss } satisfies ServerStats;
+    }
+    case 'profile-start':
+      session.connect();
+      await session.post('Profiler.enable');
+      await session.post('Profiler.start');
+      return true;
+    case 'profile-stop': {
+      const { profile } = await session.post('Profiler.stop');
+      session.disconnect();
+      await writeFile(message.path, JSON.stringify(profile));
+      return true;
+    }
+    case 'stop':
+      setImmediate(() => void stop(app));
+      return true;
+  }
+}
+
+let stopping = false;
+async function stop(app: INestApplication): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  await app.close().catch(() => undefined);
+  process.exit(0);
+}
+
+function required(name: string): string {
+  const value = process.env[name];
+  if (!value) throw new Error(`bench server: env ${name} is required`);
+  return value;
+}
+
+if (require.main === module) {
+  main().catch((error: unknown) => {
+    console.error('bench server failed to start:', error);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,154 @@
+import 'reflect-metadata';
+import { ApiTokenMigration, ApiTokenRepository, generateApiToken } from '@app/api-token';
+import { existsSync, mkdirSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { DataSource } from 'typeorm';
+import { BenchServer, type BenchContext, Cleanup, createDatabase, freePort, startRedis } from './bench.infra';
+import { load } from './bench.load';
+import { runFloodBench } from './flood.bench';
+import { type ProfileSummary, summarizeProfile } from './hot-path.profile';
+import { type Optional, writeResults } from './results.report';
+import { runStampedeBench } from './stampede.bench';
+import { runThroughputBench } from './throughput.bench';
+
+/**
+ * `npm run bench`: starts a private redis-server, a private database and six server processes,
+ * runs every scenario, writes bench/RESULTS.md, and stops and drops everything it started.
+ * Tunable with BENCH_ROUNDS, BENCH_SECONDS, BENCH_CONNECTIONS (see `settings`).
+ */
+async function main(): Promise<void> {
+  const started = Date.now();
+  const cleanup = new Cleanup();
+  let interrupted = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (interrupted) return;
+    interrupted = true;
+    console.error(`\n${signal}: stopping the benchmark's processes and dropping its database`);
+    void cleanup.run().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const settings: BenchContext['settings'] = {
+      rounds: envInt('BENCH_ROUNDS', 5),
+      seconds: envInt('BENCH_SECONDS', 5),
+      warmupSeconds: 2,
+      connections: envInt('BENCH_CONNECTIONS', 10),
+      floodSize: envInt('BENCH_FLOOD_SIZE', 10_000),
+      stampede: 500,
+    };
+    const ports = new Set<number>();
+    console.log('Starting a private redis-server and a private database…');
+    const redis = await startRedis(cleanup, await freePort(6400, ports));
+    const databaseUrl = await createDatabase(cleanup);
+    const dataSource = new DataSource({ type: 'postgres', url: databaseUrl, migrations: [ApiTokenMigration], extra: { max: 2 } });
+    await dataSource.initialize();
+    cleanup.add(() => dataSource.destroy());
+    await dataSource.runMigrations();
+    const repository = new ApiTokenRepository(dataSource);
+    const hot = await repository.insert({ token: generateApiToken('app'), type: 'app' });
+
+    console.log('Starting six server processes…');
+    const start = async (name: string, variant: 'default' | 'dify') =>
+      BenchServer.start(cleanup, { name, variant, port: await freePort(3100, ports), databaseUrl, redisUrl: redis.url });
+    const [unguarded, noop, def, dify, naive, second] = await Promise.all([
+      start('unguarded', 'default'),
+      start('noop', 'default'),
+      start('default', 'default'),
+      start('dify', 'dify'),
+      start('naive', 'default'),
+      start('second', 'default'),
+    ]);
+    const context: BenchContext = { redis: redis.admin, servers: { unguarded, noop, default: def, dify, naive, second }, settings };
+
+    console.log(`Throughput: ${settings.rounds} alternating rounds of ${settings.seconds} s, ${settings.connections} connections`);
+    const throughput = await runThroughputBench(context, hot.token);
+
+    console.log('CPU profiles: unguarded route, do-nothing guard, default configuration with the hot token…');
+    const profileDir = join('.tmp', 'bench');
+    mkdirSync(profileDir, { recursive: true });
+    const profiles: ProfileSummary[] = [];
+    for (const [name, server, path, authorization] of [
+      ['unguarded', unguarded, '/bench/open', undefined],
+      ['noop', noop, '/bench/noop', undefined],
+      ['default', def, '/app/whoami', `Bearer ${hot.token}`],
+    ] as const) {
+      const file = join(profileDir, `${name}.cpuprofile`);
+      const round = await server.profile(file, () => load({ url: server.url + path, connections: settings.connections, duration: settings.seconds, authorization }));
+      profiles.push(summarizeProfile(file, name, round.requests));
+    }
+
+    console.log(`Stampede: ${settings.stampede} concurrent first requests for one token across two instances`);
+    const stampede = await runStampedeBench(context, repository);
+
+    console.log(`Floods: ${settings.floodSize} distinct unknown tokens, then ${settings.floodSize} malformed ones`);
+    const floods = await runFloodBench(context, hot.token);
+
+    // Both run on the private redis-server too, each in an empty database index of its own.
+    const redisPort = Number(new URL(redis.url).port);
+    const flush = await optional('flush', 'runFlushBench', { redisHost: '127.0.0.1', redisPort, redisDb: 8 });
+    const revocation = await optional('revocation', 'runRevocationBench', { redisHost: '127.0.0.1', redisPort, redisDb: 9 });
+
+    const seconds = (Date.now() - started) / 1000;
+    const pg = await dataSource.query<{ server_version: string }[]>('SHOW server_version');
+    const redisVersion = /redis_version:(\S+)/.exec(await redis.admin.info('server'))?.[1] ?? '?';
+    writeResults(join(__dirname, 'RESULTS.md'), {
+      machine: {
+        cpus: cpus().length,
+        model: cpus()[0]?.model ?? '?',
+        memoryGiB: totalmem() / 2 ** 30,
+        node: process.version,
+        postgres: pg[0].server_version.split(' ')[0],
+        redis: redisVersion,
+      },
+      date: new Date().toISOString(),
+      seconds,
+      settings,
+      throughput,
+      profiles,
+      stampede,
+      floods,
+      flush,
+      revocation,
+    });
+    console.log(`Wrote bench/RESULTS.md (${seconds.toFixed(0)} s)`);
+  } finally {
+    await cleanup.run();
+  }
+}
+
+/** Runs another scenario when its file is there: `bench/{name}.bench.ts` exporting `exported(options)`. */
+async function optional(name: string, exported: string, options: Record<string, unknown>): Promise<Optional> {
+  const file = join(__dirname, `${name}.bench.ts`);
+  if (!existsSync(file)) {
+    console.log(`${name}: not available (no bench/${name}.bench.ts)`);
+    return { status: 'not available', reason: `bench/${name}.bench.ts is not there` };
+  }
+  console.log(`${name}: running ${exported}() from bench/${name}.bench.ts…`);
+  try {
+    const module = (await import(file)) as Record<string, unknown>;
+    const run = module[exported];
+    if (typeof run !== 'function') return { status: 'not available', reason: `bench/${name}.bench.ts does not export ${exported}()` };
+    return { status: 'ran', result: await (run as (o: Record<string, unknown>) => Promise<unknown>)(options) };
+  } catch (error) {
+    console.error(`${name} failed:`, error);
+    return { status: 'failed', reason: (error as Error).message };
+  }
+}
+
+function envInt(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 1) throw new Error(`${name} must be a positive integer, got "${raw}"`);
+  return value;
+}
+
+main().then(
+  () => process.exit(0),
+  (error: unknown) => {
+    console.error('bench failed:', error);
+    process.exit(1);
+  },
+);

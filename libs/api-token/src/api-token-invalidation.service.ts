@@ -1,0 +1,150 @@
+import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import type { Cluster, Redis } from 'ioredis';
+import { randomUUID } from 'node:crypto';
+import { ApiTokenCacheService } from './api-token-cache.service';
+import { CACHE_KEY_PREFIX, parseScopedKey } from './api-token.keys';
+import { type RedisClient, redisDb } from './api-token.redis';
+import { ApiTokenRedisService, describeError } from './api-token-redis.service';
+
+/**
+ * The Redis pub/sub channel on which instances tell each other which cache keys to drop from their
+ * in-process cache. Pub/sub ignores the logical database, so the channel in use carries it as a
+ * suffix (see {@link invalidationChannel}): applications on other databases of one server stay apart.
+ */
+export const INVALIDATION_CHANNEL = 'api_token_invalidation';
+
+/** The channel used with this client: `api_token_invalidation:{db}` (db 0 on a Cluster). */
+export const invalidationChannel = (client: RedisClient): string => `${INVALIDATION_CHANNEL}:${redisDb(client)}`;
+
+/** Keys per published message. */
+const KEYS_PER_MESSAGE = 500;
+
+interface InvalidationMessage {
+  /** The publishing instance, which has already evicted the keys itself. */
+  origin: string;
+  keys: string[];
+}
+
+/**
+ * Keeps every instance's in-process cache (L1) in step with Redis: each time the cache drops keys
+ * from Redis, the keys are published, and every other instance drops them from its L1.
+ *
+ * It listens on a connection of its own (`client.duplicate()`). When that connection comes back
+ * after a loss, messages may have been missed, so L1 is emptied once the channel is subscribed
+ * again. While the connection is down, an entry lives in L1 at most `localCacheTtlMs`.
+ */
+@Injectable()
+export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationShutdown {
+  private readonly logger = new Logger('ApiTokenInvalidation');
+  /** Identifies this instance's own messages, which it skips. */
+  readonly instanceId = randomUUID();
+  readonly channel: string;
+  private subscriber: RedisClient | undefined;
+  private subscribing: Promise<void> = Promise.resolve();
+  private started = false;
+  private listening = false;
+  private closing = false;
+  private received = 0;
+
+  constructor(
+    private readonly redis: ApiTokenRedisService,
+    private readonly cache: ApiTokenCacheService,
+  ) {
+    this.channel = invalidationChannel(redis.client);
+    cache.onEviction((keys) => this.publish(keys));
+  }
+
+  /** Whether the channel is subscribed right now (evictions from other instances reach this one). */
+  get isListening(): boolean {
+    return this.listening;
+  }
+
+  /** Messages from other instances acted on since start. */
+  get receivedCount(): number {
+    return this.received;
+  }
+
+  async onModuleInit(): Promise<void> {
+    const client = this.redis.client;
+    const subscriber = client.isCluster
+      ? (client as Cluster).duplicate([], { lazyConnect: true })
+      : (client as Redis).duplicate({ lazyConnect: true, autoResubscribe: false });
+    this.subscriber = subscriber;
+    subscriber.on('message', (channel: string, message: string) => this.receive(channel, message));
+    subscriber.on('ready', () => (this.subscribing = this.subscribe()));
+    subscriber.on('error', (error: unknown) => this.lost(error));
+    subscriber.on('close', () => this.lost());
+    try {
+      await subscriber.connect();
+    } catch (error) {
+      this.logger.warn(`Invalidation channel not subscribed at start (${describeError(error)}); retrying in the background`);
+    }
+    await this.subscribing;
+    this.started = true;
+  }
+
+  async onApplicationShutdown(): Promise<void> {
+    this.closing = true;
+    const subscriber = this.subscriber;
+    this.subscriber = undefined;
+    if (!subscriber) return;
+    if (subscriber.status === 'ready') await subscriber.quit().catch(() => subscriber.disconnect());
+    else subscriber.disconnect();
+  }
+
+  /** Tells every other instance to drop these cache keys from its L1. Never throws (a lost message is bounded by L1's TTL). */
+  async publish(keys: readonly string[]): Promise<void> {
+    for (let i = 0; i < keys.length; i += KEYS_PER_MESSAGE) {
+      const message: InvalidationMessage = { origin: this.instanceId, keys: keys.slice(i, i + KEYS_PER_MESSAGE) };
+      const payload = JSON.stringify(message);
+      await this.redis.call('publish', (r) => r.publish(this.channel, payload));
+    }
+  }
+
+  private async subscribe(): Promise<void> {
+    const subscriber = this.subscriber;
+    if (!subscriber || this.closing) return;
+    try {
+      await subscriber.subscribe(this.channel);
+    } catch (error) {
+      this.lost(error);
+      // Connected but not subscribed would stay so: reconnect, and subscribe again when ready.
+      if (!this.closing) subscriber.disconnect(true);
+      return;
+    }
+    this.listening = true;
+    if (this.started) {
+      this.cache.clearLocal();
+      this.logger.log('Invalidation channel subscribed again; in-process cache emptied (messages may have been missed)');
+    }
+  }
+
+  private lost(error?: unknown): void {
+    if (!this.listening || this.closing) return;
+    this.listening = false;
+    const reason = error === undefined ? 'connection closed' : describeError(error);
+    this.logger.warn(`Invalidation channel lost (${reason}); in-process entries live at most their TTL until it is back`);
+  }
+
+  private receive(channel: string, message: string): void {
+    if (channel !== this.channel) return;
+    const parsed = parseMessage(message);
+    if (!parsed || parsed.origin === this.instanceId) return;
+    this.received++;
+    this.cache.evictLocal(parsed.keys);
+  }
+}
+
+/** A message of another instance, or null when it is not one (only cache keys are taken from it). */
+function parseMessage(message: string): InvalidationMessage | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(message);
+  } catch {
+    return null;
+  }
+  const v = value as Partial<InvalidationMessage> | null;
+  if (!v || typeof v.origin !== 'string' || !Array.isArray(v.keys)) return null;
+  const keys = v.keys.filter((key): key is string => typeof key === 'string' && parseScopedKey(CACHE_KEY_PREFIX, key) !== null);
+  return { origin: v.origin, keys };
+}

@@ -1,0 +1,348 @@
+import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationBootstrap, Optional } from '@nestjs/common';
+import { Cron, SchedulerRegistry } from '@nestjs/schedule';
+import { ExecutionError, type Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
+import { CronTime } from 'cron';
+import type { Redis } from 'ioredis';
+import { API_TOKEN_OPTIONS } from './api-token.constants';
+import { ApiTokenStoreError } from './api-token.errors';
+import { ACTIVE_KEY_PREFIX, parseScopedKey } from './api-token.keys';
+import type { ResolvedApiTokenOptions } from './api-token.options';
+import { toNaiveUtc } from './api-token.record';
+import { redisDb, scanKeys, setIfNewer } from './api-token.redis';
+import { ApiTokenRedisService, describeError } from './api-token-redis.service';
+import { ApiTokenRepository, type LastUsedUpdate } from './api-token.repository';
+import { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageRecorder } from './api-token-usage.recorder';
+
+/** The flush schedule when the `flushCron` option is not given: every minute, at second 0. */
+export const DEFAULT_FLUSH_CRON = '0 * * * * *';
+/** The longest gap between two scheduled flushes `flushCron` may leave: a quarter of an active key's life. */
+export const MAX_FLUSH_GAP_SECONDS = ACTIVE_KEY_TTL_SECONDS / 4;
+/** Name of the flush job in `SchedulerRegistry`. */
+export const FLUSH_JOB_NAME = 'api-token-usage-flush';
+/** Redlock resource held by the instance that runs a flush. */
+export const FLUSH_LOCK_KEY = 'api_token_flush_lock';
+/** The last scheduled tick (Unix seconds) an instance ran, so an instance that gets the lock late skips that tick. */
+export const FLUSH_TICK_KEY = 'api_token_flush_tick';
+const FLUSH_LOCK_TTL_MS = 30_000;
+/** Bound of the flush's batch calls to Redis (lock, put-back); the walk itself is bounded per command by the client. */
+const BATCH_CALL_TIMEOUT_MS = 10_000;
+
+/** What one flush did. */
+export interface UsageFlushStats {
+  /** `api_token_active:*` keys SCAN returned. */
+  scanned: number;
+  /** Keys read and deleted (GETDEL); a key that expired or was taken between SCAN and GETDEL is not counted. */
+  taken: number;
+  /** Rows whose `last_used_at` moved forward. */
+  updated: number;
+  /** Taken keys that could not be used (bad key shape or time), deleted and counted. */
+  dropped: number;
+  /** Milliseconds the flush took, lock included. */
+  elapsedMs: number;
+}
+
+interface TakenUse extends LastUsedUpdate {
+  key: string;
+}
+
+/** Ends a walk early without it passing for a Redis failure. */
+class WalkStopped extends Error {
+  constructor(readonly reason: unknown) {
+    super('usage flush walk stopped');
+  }
+}
+
+/** The uses one flush has taken and not yet written, written a page (one statement) at a time. */
+class Walk {
+  readonly stats: UsageFlushStats = { scanned: 0, taken: 0, updated: 0, dropped: 0, elapsedMs: 0 };
+  /** Why the walk ended before the end of the keyspace (lock lost), if it did. */
+  stopped: unknown;
+  /** The database error that ended the run, if one did. */
+  failed: ApiTokenStoreError | undefined;
+  private buffer: TakenUse[] = [];
+
+  constructor(
+    readonly pageSize: number,
+    private readonly update: (page: TakenUse[]) => Promise<number>,
+  ) {}
+
+  add(uses: TakenUse[]): void {
+    for (const use of uses) this.buffer.push(use);
+  }
+
+  /** What was taken and not written (after a database failure: everything not in the database). */
+  get unwritten(): readonly TakenUse[] {
+    return this.buffer;
+  }
+
+  /** Writes every full page, and the rest when `final`; a database failure stops the walk. */
+  async write(final: boolean): Promise<void> {
+    while (this.buffer.length >= this.pageSize || (final && this.buffer.length > 0)) {
+      const page = this.buffer.slice(0, this.pageSize);
+      try {
+        this.stats.updated += await this.update(page);
+      } catch (error) {
+        if (!(error instanceof ApiTokenStoreError)) throw error;
+        this.failed = error;
+        throw new WalkStopped(error);
+      }
+      this.buffer = this.buffer.slice(page.length);
+    }
+  }
+}
+
+/**
+ * The longest gap, in seconds, between two runs of a cron schedule; Infinity when it skips an hour,
+ * a day or a month. Uses the `cron` package's parser (the one `@nestjs/schedule` runs the job with).
+ * Throws the parser's error for an invalid expression.
+ */
+export function longestCronGapSeconds(expression: string): number {
+  const [seconds, minutes, hours, daysOfMonth, months, daysOfWeek] = new CronTime(expression).toJSON();
+  if ([hours, daysOfMonth, months, daysOfWeek].some((field) => field !== '*')) return Infinity;
+  const values = (field: string, max: number) =>
+    field === '*' ? Array.from({ length: max }, (_, i) => i) : field.split(',').map(Number);
+  const times = values(minutes, 60)
+    .flatMap((m) => values(seconds, 60).map((s) => m * 60 + s))
+    .sort((a, b) => a - b);
+  let longest = times[0] + 3600 - times[times.length - 1];
+  for (let i = 1; i < times.length; i++) longest = Math.max(longest, times[i] - times[i - 1]);
+  return longest;
+}
+
+/** Validates the `flushCron` option: `false`, or a cron expression with no gap over {@link MAX_FLUSH_GAP_SECONDS}. */
+export function assertFlushCron(value: unknown): void {
+  if (value === false) return;
+  if (typeof value !== 'string' || value.trim() === '') {
+    throw new TypeError('ApiTokenModule: option "flushCron" must be a cron expression or false');
+  }
+  let gap: number;
+  try {
+    gap = longestCronGapSeconds(value);
+  } catch (error) {
+    throw new TypeError(`ApiTokenModule: option "flushCron" is not a valid cron expression: "${value}" (${(error as Error).message})`);
+  }
+  if (gap > MAX_FLUSH_GAP_SECONDS) {
+    const leaves = Number.isFinite(gap) ? `${gap} s` : 'whole hours or days';
+    throw new TypeError(
+      `ApiTokenModule: option "flushCron" "${value}" leaves ${leaves} between flushes; it must run at least every ` +
+        `${MAX_FLUSH_GAP_SECONDS} s, well within the ${ACTIVE_KEY_TTL_SECONDS} s an api_token_active key lives`,
+    );
+  }
+}
+
+/**
+ * Moves usage from `api_token_active:{scope}:{token}` into `api_tokens.last_used_at`, on the `flushCron`
+ * schedule (needs `ScheduleModule.forRoot()` in the application) or on demand with {@link flushNow}.
+ *
+ * One instance runs at a time (a Redlock lock, extended while the run works; an instance that does not
+ * get it skips the tick), and one run per scheduled tick across instances. Each key is read and deleted
+ * in one step (GETDEL), so a use recorded during the run stays for the next one; each page of
+ * `flushPageSize` uses is one forward-only UPDATE. When the database refuses a page, the taken times
+ * go back to Redis unless a newer one is there.
+ */
+@Injectable()
+export class ApiTokenUsageFlushService implements OnApplicationBootstrap, BeforeApplicationShutdown {
+  private readonly logger = new Logger('ApiTokenUsageFlush');
+  private readonly redlock: Redlock;
+  private queue: Promise<unknown> = Promise.resolve();
+  private queued = 0;
+  private scheduled = false;
+  private closing = false;
+  private readonly tickTtlSeconds: number;
+
+  constructor(
+    private readonly redis: ApiTokenRedisService,
+    private readonly repository: ApiTokenRepository,
+    private readonly usage: ApiTokenUsageRecorder,
+    @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
+    @Optional() private readonly scheduler?: SchedulerRegistry,
+  ) {
+    this.redlock = new Redlock([redis.client], { retryCount: 0, db: redisDb(redis.client) });
+    // Redlock reports every failed attempt as an 'error' event; a flush handles them itself.
+    this.redlock.on('error', () => undefined);
+    this.tickTtlSeconds = 2 * (options.flushCron === false ? MAX_FLUSH_GAP_SECONDS : longestCronGapSeconds(options.flushCron));
+  }
+
+  onApplicationBootstrap(): void {
+    // ScheduleModule mounts its jobs in its own bootstrap hook, which may come after this one.
+    if (!this.applySchedule()) setImmediate(() => this.applySchedule(true));
+  }
+
+  /**
+   * Lets a run under way finish, then writes the pending uses: here, not in the recorder's
+   * `onApplicationShutdown`, because `@nestjs-modules/ioredis` may quit the connection in its own
+   * `onApplicationShutdown` first.
+   */
+  async beforeApplicationShutdown(): Promise<void> {
+    this.closing = true;
+    await this.queue;
+    await this.usage.flushPending();
+  }
+
+  /** The scheduled run: skipped while this process runs one, or when another instance has this tick. */
+  @Cron(DEFAULT_FLUSH_CRON, { name: FLUSH_JOB_NAME })
+  async onSchedule(): Promise<void> {
+    if (!this.scheduled && !this.applySchedule(true)) return;
+    if (this.queued > 0 || this.closing) return;
+    await this.enqueue(Math.round(Date.now() / 1000)).catch(() => undefined);
+  }
+
+  /**
+   * Runs a flush now (after this process's pending usage is written to Redis) and returns what it did,
+   * or null when it did not run: another instance holds the lock, or Redis did not answer.
+   * Waits for a run of this process that is under way. Rejects with {@link ApiTokenStoreError} when
+   * the database refused a page (its uses are back in Redis).
+   */
+  flushNow(): Promise<UsageFlushStats | null> {
+    return this.enqueue(null);
+  }
+
+  private enqueue(tick: number | null): Promise<UsageFlushStats | null> {
+    this.queued++;
+    const run = this.queue.then(() => this.run(tick)).finally(() => this.queued--);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Re-times the `@Cron` job to `flushCron`; false when the job is not mounted yet. */
+  private applySchedule(last = false): boolean {
+    const cron = this.options.flushCron;
+    if (this.scheduled) return true;
+    if (!this.scheduler || !this.scheduler.doesExist('cron', FLUSH_JOB_NAME)) {
+      if (last && cron !== false) {
+        this.logger.warn('No flush job is scheduled (import ScheduleModule.forRoot() in the application); flushNow() still works');
+      }
+      return false;
+    }
+    const job = this.scheduler.getCronJob(FLUSH_JOB_NAME);
+    if (cron === false) void job.stop();
+    else if (cron !== DEFAULT_FLUSH_CRON) job.setTime(new CronTime(cron));
+    this.scheduled = true;
+    return true;
+  }
+
+  private async run(tick: number | null): Promise<UsageFlushStats | null> {
+    const started = performance.now();
+    await this.usage.flushPending();
+    const lock = await this.acquire();
+    if (!lock) return null;
+    const held = { lock };
+    try {
+      if (tick !== null && !(await this.claimTick(tick))) return null;
+      const walk = new Walk(this.options.flushPageSize, (page) => this.repository.updateLastUsed(page));
+      const walked = await this.redis.call('scan', async (client) => {
+        try {
+          await scanKeys(client, `${ACTIVE_KEY_PREFIX}:*`, walk.pageSize, async (keys, node) => {
+            walk.stats.scanned += keys.length;
+            walk.add(await this.take(node, keys, walk.stats));
+            await walk.write(false);
+            held.lock = await this.extend(held.lock);
+          });
+        } catch (error) {
+          if (!(error instanceof WalkStopped)) throw error;
+          walk.stopped = error.reason;
+        }
+        return true;
+      }, { timeoutMs: 0 });
+      if (!walked) walk.stopped = 'Redis did not answer';
+      if (!walk.failed) await walk.write(true).catch((error) => ignoreStopped(error));
+      walk.stats.elapsedMs = Math.round(performance.now() - started);
+      const { scanned, taken, updated, dropped, elapsedMs } = walk.stats;
+      const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} elapsed=${elapsedMs}ms`;
+      if (walk.failed) {
+        const kept = await this.putBack(walk.unwritten);
+        this.logger.error(`Usage flush failed: ${line}; ${walk.failed.message}; ${kept}`);
+        throw walk.failed;
+      }
+      const reason = typeof walk.stopped === 'string' ? walk.stopped : describeError(walk.stopped);
+      const note = walk.stopped === undefined ? '' : `; stopped early (${reason})`;
+      this.logger.log(`Usage flush${tick === null ? '' : ` tick=${tick}`}: ${line}${note}`);
+      return walk.stats;
+    } finally {
+      await held.lock.release().catch(() => undefined);
+    }
+  }
+
+  /** The run lock, or null when another instance holds it or Redis did not answer (logged by ApiTokenRedis). */
+  private async acquire(): Promise<Lock | null> {
+    const result = await this.redis.call('lock', async () => {
+      try {
+        return await this.redlock.acquire([FLUSH_LOCK_KEY], FLUSH_LOCK_TTL_MS);
+      } catch (error) {
+        if (await isLockedByAnother(error)) return null;
+        throw error;
+      }
+    }, { timeoutMs: BATCH_CALL_TIMEOUT_MS });
+    if (!result) this.logger.debug(`Usage flush skipped: ${result === null ? 'another instance holds the lock' : 'Redis did not answer'}`);
+    return result ?? null;
+  }
+
+  /**
+   * Records that this tick ran; false when an instance already ran it (or a later one). Called under
+   * the lock. The record lives two schedule gaps, so a host whose clock ran ahead blocks no tick for long.
+   */
+  private async claimTick(tick: number): Promise<boolean> {
+    const last = await this.redis.call('get', (r) => r.get(FLUSH_TICK_KEY));
+    if (last === undefined || Number(last) >= tick) {
+      this.logger.debug(`Usage flush skipped: tick ${tick} ${last === undefined ? 'unknown (Redis did not answer)' : 'already ran'}`);
+      return false;
+    }
+    await this.redis.call('set', (r) => r.set(FLUSH_TICK_KEY, String(tick), 'EX', this.tickTtlSeconds));
+    return true;
+  }
+
+  private async extend(lock: Lock): Promise<Lock> {
+    if (lock.expiration - Date.now() > FLUSH_LOCK_TTL_MS / 2) return lock;
+    try {
+      return await lock.extend(FLUSH_LOCK_TTL_MS);
+    } catch (error) {
+      throw new WalkStopped(error);
+    }
+  }
+
+  /** Reads and deletes a page of keys on the node that holds them; returns the usable uses. */
+  private async take(node: Redis, keys: string[], stats: UsageFlushStats): Promise<TakenUse[]> {
+    const pipeline = node.pipeline();
+    for (const key of keys) pipeline.getdel(key);
+    const replies = (await pipeline.exec()) ?? [];
+    const uses: TakenUse[] = [];
+    replies.forEach(([error, value], i) => {
+      if (error || value == null) return;
+      stats.taken++;
+      const use = parseActiveEntry(keys[i], String(value));
+      if (use) uses.push(use);
+      else stats.dropped++;
+    });
+    return uses;
+  }
+
+  /** Puts taken uses back in Redis, never over a newer time; says how it went. */
+  private async putBack(uses: readonly TakenUse[]): Promise<string> {
+    const done = await this.redis.call('set', (r) =>
+      Promise.all(uses.map((u) => setIfNewer(r, u.key, u.lastUsedAt, ACTIVE_KEY_TTL_SECONDS))),
+      { timeoutMs: BATCH_CALL_TIMEOUT_MS },
+    );
+    return done ? `${uses.length} uses put back in Redis` : `${uses.length} uses lost (Redis did not answer)`;
+  }
+}
+
+/**
+ * Reads one taken `api_token_active:{scope}:{token}` entry (scope `None` or `any`: every scope), or
+ * null when the key or its time is unusable (a token PostgreSQL text cannot hold counts as unusable).
+ */
+export function parseActiveEntry(key: string, value: string): TakenUse | null {
+  const parsed = parseScopedKey(ACTIVE_KEY_PREFIX, key);
+  const lastUsedAt = toNaiveUtc(value);
+  if (!parsed || !lastUsedAt || key.includes('\u0000')) return null;
+  return { key, token: parsed.token, scope: parsed.scope, lastUsedAt };
+}
+
+function ignoreStopped(error: unknown): void {
+  if (!(error instanceof WalkStopped)) throw error;
+}
+
+async function isLockedByAnother(error: unknown): Promise<boolean> {
+  if (!(error instanceof ExecutionError) || error.attempts.length === 0) return false;
+  const stats = await error.attempts[error.attempts.length - 1];
+  return [...stats.votesAgainst.values()].some((e) => e instanceof ResourceLockedError);
+}

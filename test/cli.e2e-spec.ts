@@ -1,0 +1,169 @@
+import { ApiTokenCacheService, ApiTokenRepository, ApiTokenService, generateApiToken } from '@app/api-token';
+import type { INestApplication } from '@nestjs/common';
+import type Redis from 'ioredis';
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import request from 'supertest';
+import { createTestDatabase, type TestDatabase } from './support/database';
+import { clearLibraryKeys, testRedis } from './support/redis';
+import { REDIS_TEST_URL } from './support/servers';
+import { createTestApp } from './support/test-app';
+
+interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+const MASK = '*'.repeat(24);
+
+// Each run of the command starts Node and ts-node: seconds, more when several run at once.
+jest.setTimeout(60_000);
+
+describe('token command line', () => {
+  let db: TestDatabase;
+  let app: INestApplication;
+  let redis: Redis;
+
+  /** `npm run --silent token -- …args` on the test's database and Redis database. */
+  const cli = (args: string[], input?: string): Promise<CliResult> =>
+    new Promise((resolve, reject) => {
+      const child = spawn('npm', ['run', '--silent', 'token', '--', ...args], {
+        cwd: join(__dirname, '..'),
+        env: { ...process.env, DATABASE_URL: db.url, REDIS_URL: REDIS_TEST_URL },
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code, stdout, stderr }));
+      child.stdin.end(input ?? '');
+    });
+  const whoami = (token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
+  const local = (token: string) => app.get(ApiTokenCacheService).lookupLocal('app', token).status;
+  async function until(what: string, check: () => boolean): Promise<void> {
+    const deadline = Date.now() + 5000;
+    while (!check()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+      await sleep(5);
+    }
+  }
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    redis = testRedis();
+    await clearLibraryKeys(redis);
+    app = await createTestApp({ databaseUrl: db.url });
+  });
+
+  afterAll(async () => {
+    await app?.close();
+    await clearLibraryKeys(redis);
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  it('create prints the token and nothing else, and the token works on the running demo', async () => {
+    const appId = randomUUID();
+    const tenantId = randomUUID();
+    const result = await cli(['create', '--scope', 'app', '--app-id', appId, '--tenant-id', tenantId]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/^app-[A-Za-z0-9]{24}\n$/);
+    const token = result.stdout.trim();
+    expect(await app.get(ApiTokenRepository).findByToken(token, 'app')).toMatchObject({ appId, tenantId, type: 'app' });
+    expect((await whoami(token)).body).toMatchObject({ appId, tenantId, type: 'app' });
+  });
+
+  it('list shows tokens masked, as a table or JSON, filtered', async () => {
+    const tenantId = randomUUID();
+    const tokens = app.get(ApiTokenService);
+    const first = await tokens.create({ scope: 'app', tenantId });
+    const second = await tokens.create({ scope: 'dataset', tenantId });
+    await tokens.create({ scope: 'app' });
+
+    const table = await cli(['list', '--tenant-id', tenantId]);
+    expect(table.code).toBe(0);
+    const lines = table.stdout.trimEnd().split('\n');
+    expect(lines[0]).toMatch(/^ID\s+SCOPE\s+TOKEN\s+APP\s+TENANT\s+CREATED\s+LAST USED$/);
+    expect(lines).toHaveLength(3);
+    expect(table.stdout).toContain(`app-${MASK}`);
+    expect(table.stdout).toContain(`dataset-${MASK}`);
+    const json = await cli(['list', '--tenant-id', tenantId, '--scope', 'dataset', '--json']);
+    expect(JSON.parse(json.stdout)).toEqual([expect.objectContaining({ id: second.id, maskedToken: `dataset-${MASK}`, tenantId })]);
+    for (const out of [table.stdout, json.stdout]) {
+      for (const { token } of [first, second]) expect(out).not.toContain(token.slice(-24));
+    }
+  });
+
+  it('revoke takes effect on the running demo: by token, from stdin, and by id', async () => {
+    const tokens = app.get(ApiTokenService);
+    const created = [await tokens.create({ scope: 'app' }), await tokens.create({ scope: 'app' }), await tokens.create({ scope: 'app' })];
+    for (const { token } of created) {
+      expect((await whoami(token)).status).toBe(200);
+      expect(local(token)).toBe('hit');
+    }
+    const [byToken, byStdin, byId] = await Promise.all([
+      cli(['revoke', created[0].token]),
+      cli(['revoke', '-'], `${created[1].token}\n`),
+      cli(['revoke', '--id', created[2].id]),
+    ]);
+    for (const [i, result] of [byToken, byStdin, byId].entries()) {
+      expect(result).toMatchObject({ code: 0, stdout: `Revoked ${created[i].id} (app)\n` });
+    }
+    for (const { token } of created) {
+      await until('the demo drops the revoked token', () => local(token) === 'miss');
+      expect((await whoami(token)).status).toBe(401);
+    }
+  });
+
+  it('invalidate-tenant empties the tenant cache entries on the running demo; its tokens keep working', async () => {
+    const tenantId = randomUUID();
+    const { token } = await app.get(ApiTokenService).create({ scope: 'app', tenantId });
+    expect((await whoami(token)).status).toBe(200);
+    expect(await redis.smembers(`tenant_tokens:${tenantId}`)).toEqual([`api_token:app:${token}`]);
+
+    const result = await cli(['invalidate-tenant', tenantId]);
+
+    expect(result).toMatchObject({ code: 0, stdout: `Dropped 1 cached entry of tenant ${tenantId}\n` });
+    expect(await redis.exists(`api_token:app:${token}`, `tenant_tokens:${tenantId}`)).toBe(0);
+    await until('the demo drops the tenant entries', () => local(token) === 'miss');
+    expect((await whoami(token)).status).toBe(200);
+  });
+
+  it('bad arguments get a clear message on stderr, nothing on stdout, and exit code 2; no match exits 1', async () => {
+    const unknown = generateApiToken('app');
+    const cases: [string[], string | RegExp, number][] = [
+      [[], /Usage: token/, 2],
+      [['bogus'], "unknown command 'bogus'", 2],
+      [['create'], "required option '--scope <scope>' not specified", 2],
+      [['create', '--scope', 'app', '--app-id', 'nope'], "'--app-id <uuid>' argument 'nope' is invalid. must be a UUID", 2],
+      [['create', '--scope', 'a:b'], '"scope" must be 1 to 16', 2],
+      [['list', '--tenant-id', '42'], 'must be a UUID', 2],
+      [['revoke'], 'give a token (or "-" to read it from stdin) or --id', 2],
+      [['revoke', unknown, '--id', randomUUID()], 'give a token or --id, not both', 2],
+      [['invalidate-tenant'], "missing required argument 'tenant-id'", 2],
+      [['invalidate-tenant', 'x'], 'must be a UUID', 2],
+      [['revoke', unknown], 'no token matched; nothing revoked', 1],
+    ];
+    const before = await app.get(ApiTokenRepository).list();
+    const results = await Promise.all(cases.map(([args]) => cli(args)));
+    for (const [i, [args, message, code]] of cases.entries()) {
+      expect({ args, code: results[i].code, stdout: results[i].stdout }).toEqual({ args, code, stdout: '' });
+      expect(results[i].stderr).toEqual(typeof message === 'string' ? expect.stringContaining(message) : expect.stringMatching(message));
+      expect(results[i].stderr).not.toContain(unknown.slice(4));
+    }
+    expect(await app.get(ApiTokenRepository).list()).toEqual(before);
+  });
+
+  it('--help describes every command and exits 0', async () => {
+    const result = await cli(['--help']);
+    expect(result.code).toBe(0);
+    for (const command of ['create', 'list', 'revoke', 'invalidate-tenant']) expect(result.stdout).toContain(command);
+    const sub = await cli(['create', '--help']);
+    expect(sub.code).toBe(0);
+    expect(sub.stdout).toContain('--scope <scope>');
+  });
+});

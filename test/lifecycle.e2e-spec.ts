@@ -1,0 +1,322 @@
+import {
+  ApiTokenAuthenticator,
+  ApiTokenCacheService,
+  ApiTokenInvalidationService,
+  ApiTokenRepository,
+  ApiTokenService,
+  generateApiToken,
+  hashToken,
+} from '@app/api-token';
+import * as generator from '@app/api-token/api-token.generator';
+import type { INestApplication } from '@nestjs/common';
+import type Redis from 'ioredis';
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import request from 'supertest';
+import { createTestDatabase, type TestDatabase } from './support/database';
+import { QueryCounter } from './support/query-counter';
+import { clearLibraryKeys, testRedis } from './support/redis';
+import { createTestApp } from './support/test-app';
+
+/** A promise the test settles by hand. */
+function gate<T = void>(): { promise: Promise<T>; open: (value: T) => void } {
+  let open!: (value: T) => void;
+  const promise = new Promise<T>((resolve) => (open = resolve));
+  return { promise, open };
+}
+
+/** Polls until `check` holds, failing after `deadlineMs`. */
+async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = 5000): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await sleep(5);
+  }
+}
+
+describe('token lifecycle and revocation across two instances', () => {
+  let db: TestDatabase;
+  let a: INestApplication;
+  let b: INestApplication;
+  let redis: Redis;
+  const counter = new QueryCounter();
+  const whoami = (app: INestApplication, token: string, scope = 'app') =>
+    request(app.getHttpServer()).get(`/${scope}/whoami`).set('Authorization', `Bearer ${token}`);
+  const local = (app: INestApplication, token: string, scope: string | null = 'app') =>
+    app.get(ApiTokenCacheService).lookupLocal(scope, token).status;
+  const cached = (token: string, scope = 'app') => redis.get(`api_token:${scope}:${token}`);
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    redis = testRedis();
+    await clearLibraryKeys(redis);
+    a = await createTestApp({ databaseUrl: db.url, counter });
+    b = await createTestApp({ databaseUrl: db.url, counter });
+  });
+
+  afterAll(async () => {
+    await a?.close();
+    await b?.close();
+    await clearLibraryKeys(redis);
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  afterEach(() => jest.restoreAllMocks());
+
+  it('creates tokens in Dify format with the scope default prefix, unique, and lists them masked', async () => {
+    const appId = randomUUID();
+    const tokens = a.get(ApiTokenService);
+    const app = await tokens.create({ scope: 'app', appId });
+    const dataset = await tokens.create({ scope: 'dataset', appId });
+    const custom = await tokens.create({ scope: 'workflow', appId });
+    expect(app.token).toMatch(/^app-[A-Za-z0-9]{24}$/);
+    expect(dataset.token).toMatch(/^dataset-[A-Za-z0-9]{24}$/);
+    expect(custom.token).toMatch(/^workflow-[A-Za-z0-9]{24}$/);
+    expect(app.maskedToken).toBe(`app-${'*'.repeat(24)}`);
+
+    const listed = await b.get(ApiTokenService).list({ appId });
+    expect(listed.map((t) => t.id).sort()).toEqual([app.id, dataset.id, custom.id].sort());
+    const shown = JSON.stringify(listed);
+    for (const { token } of [app, dataset, custom]) expect(shown).not.toContain(token.slice(-24));
+    expect(listed.find((t) => t.id === dataset.id)).toMatchObject({ type: 'dataset', appId, tenantId: null, maskedToken: `dataset-${'*'.repeat(24)}` });
+    expect(await b.get(ApiTokenService).list({ appId, scope: 'workflow' })).toHaveLength(1);
+    expect((await whoami(b, dataset.token, 'dataset')).status).toBe(200);
+  });
+
+  it('refuses bad input with a clear error that does not echo it, before any I/O', async () => {
+    const tokens = a.get(ApiTokenService);
+    const secret = generateApiToken('app');
+    counter.reset();
+    await expect(tokens.create({ scope: 'app', appId: secret })).rejects.toThrow('"appId" must be a UUID');
+    await expect(tokens.create({ scope: 'app', tenantId: 'x' })).rejects.toThrow('"tenantId" must be a UUID');
+    await expect(tokens.create({ scope: 'a:b' })).rejects.toThrow('"scope" must be 1 to 16');
+    await expect(tokens.create({ scope: 'any' })).rejects.toThrow('not "any"');
+    await expect(tokens.create({ scope: 'x'.repeat(17) })).rejects.toThrow('"scope" must be 1 to 16');
+    await expect(tokens.create({ scope: 'app', prefix: 'bad prefix' })).rejects.toThrow('"prefix"');
+    await expect(tokens.list({ tenantId: secret })).rejects.toThrow('"tenantId" must be a UUID');
+    await expect(tokens.revoke('')).rejects.toThrow('the token must be a string');
+    await expect(tokens.revokeById(secret)).rejects.toThrow('"id" must be a UUID');
+    await expect(tokens.invalidateTenant('nope')).rejects.toThrow('"tenantId" must be a UUID');
+    const error = await tokens.list({ appId: secret }).catch((e: Error) => e);
+    expect(String(error)).not.toContain(secret.slice(4));
+    expect(counter.count(/api_tokens/)).toBe(0);
+  });
+
+  it('after a revoke on one instance both refuse the token, and Redis holds no entry of it', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app', appId: randomUUID(), tenantId: randomUUID() });
+    expect((await whoami(a, created.token)).status).toBe(200);
+    expect((await whoami(b, created.token)).status).toBe(200);
+    await a.get(ApiTokenAuthenticator).authenticate(created.token, null);
+    expect(local(a, created.token)).toBe('hit');
+    expect(local(a, created.token, null)).toBe('hit');
+    expect(local(b, created.token)).toBe('hit');
+    const received = a.get(ApiTokenInvalidationService).receivedCount;
+
+    const result = await b.get(ApiTokenService).revoke(created.token);
+
+    expect(result).toEqual({ revoked: [expect.objectContaining({ id: created.id, type: 'app' })], cacheCleared: true });
+    expect(local(b, created.token)).toBe('miss');
+    await until('instance A drops the token from its in-process cache', () => local(a, created.token) === 'miss');
+    expect(local(a, created.token, null)).toBe('miss');
+    expect(a.get(ApiTokenInvalidationService).receivedCount).toBeGreaterThan(received);
+    expect(await redis.exists(`api_token:app:${created.token}`, `api_token:any:${created.token}`)).toBe(0);
+    expect((await whoami(a, created.token)).status).toBe(401);
+    expect((await whoami(b, created.token)).status).toBe(401);
+    expect(await cached(created.token)).toBe('null');
+    expect(await a.get(ApiTokenService).list({ tenantId: created.tenantId! })).toEqual([]);
+  });
+
+  it('revokes by id, and a revoke of an unknown token or id revokes nothing', async () => {
+    const tokens = b.get(ApiTokenService);
+    const created = await tokens.create({ scope: 'dataset' });
+    expect((await whoami(a, created.token, 'dataset')).status).toBe(200);
+    expect((await tokens.revokeById(created.id)).revoked.map((t) => t.id)).toEqual([created.id]);
+    await until('instance A drops the token', () => local(a, created.token, 'dataset') === 'miss');
+    expect((await whoami(a, created.token, 'dataset')).status).toBe(401);
+    expect(await tokens.revokeById(created.id)).toEqual({ revoked: [], cacheCleared: true });
+    expect(await tokens.revoke(generateApiToken('app'))).toEqual({ revoked: [], cacheCleared: true });
+  });
+
+  it('a fill that read the row before the revoke cannot bring the token back', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    const repository = a.get(ApiTokenRepository);
+    const findByToken = repository.findByToken.bind(repository);
+    const read = gate<unknown>();
+    const release = gate();
+    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
+      const row = await findByToken(...args);
+      read.open(row);
+      await release.promise;
+      return row;
+    });
+
+    const pending = whoami(a, created.token).then((res) => res.status);
+    expect(await read.promise).toMatchObject({ id: created.id });
+    await b.get(ApiTokenService).revoke(created.token);
+    release.open();
+
+    expect(await pending).toBe(401);
+    expect(await cached(created.token)).toBeNull();
+    expect(local(a, created.token)).not.toBe('hit');
+    expect((await whoami(a, created.token)).status).toBe(401);
+    expect((await whoami(b, created.token)).status).toBe(401);
+    expect(await cached(created.token)).toBe('null');
+  });
+
+  it('a fill whose write lands after the revoke takes it back on every instance', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    const repository = a.get(ApiTokenRepository);
+    const cache = a.get(ApiTokenCacheService);
+    const findByToken = repository.findByToken.bind(repository);
+    const store = cache.store.bind(cache);
+    const read = gate();
+    const release = gate();
+    const stored = gate();
+    const takeBack = gate();
+    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
+      const row = await findByToken(...args);
+      read.open();
+      await release.promise;
+      return row;
+    });
+    jest.spyOn(cache, 'store').mockImplementationOnce(async (...args) => {
+      await store(...args);
+      stored.open();
+      await takeBack.promise;
+    });
+
+    const pending = whoami(a, created.token).then((res) => res.status);
+    await read.promise;
+    await b.get(ApiTokenService).revoke(created.token);
+    release.open();
+    await stored.promise;
+    // The stale write is in Redis now: instance B reads it and keeps it in its in-process cache.
+    expect(JSON.parse((await cached(created.token))!)).toMatchObject({ id: created.id });
+    expect((await whoami(b, created.token)).status).toBe(200);
+    expect(local(b, created.token)).toBe('hit');
+    takeBack.open();
+
+    expect(await pending).toBe(401);
+    await until('instance B drops the taken-back entry', () => local(b, created.token) === 'miss');
+    expect(await cached(created.token)).toBeNull();
+    expect((await whoami(b, created.token)).status).toBe(401);
+    expect((await whoami(a, created.token)).status).toBe(401);
+  });
+
+  it('a created token works at once even where a negative was cached for it, in its scope and in any', async () => {
+    const token = generateApiToken('app');
+    expect((await whoami(a, token)).status).toBe(401);
+    expect((await whoami(b, token)).status).toBe(401);
+    expect(await a.get(ApiTokenAuthenticator).authenticate(token, null)).toBeNull();
+    expect(await cached(token)).toBe('null');
+    expect(await cached(token, 'any')).toBe('null');
+    expect(local(b, token)).toBe('negative');
+    jest.spyOn(generator, 'generateApiToken').mockReturnValueOnce(token);
+
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+
+    expect(created.token).toBe(token);
+    expect((await whoami(a, token)).status).toBe(200);
+    expect(await a.get(ApiTokenAuthenticator).authenticate(token, null)).toMatchObject({ id: created.id });
+    await until('instance B drops its cached negative', () => local(b, token) !== 'negative');
+    expect((await whoami(b, token)).status).toBe(200);
+  });
+
+  it('retries a generated token that is taken', async () => {
+    const taken = (await a.get(ApiTokenService).create({ scope: 'app' })).token;
+    jest.spyOn(generator, 'generateApiToken').mockReturnValueOnce(taken);
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    expect(created.token).not.toBe(taken);
+    expect(await a.get(ApiTokenRepository).list({ type: 'app' })).toEqual(
+      expect.arrayContaining([expect.objectContaining({ token: taken }), expect.objectContaining({ token: created.token })]),
+    );
+  });
+
+  it('empties the in-process cache when the invalidation channel comes back, since messages may have been missed', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    expect((await whoami(a, created.token)).status).toBe(200);
+    expect(local(a, created.token)).toBe('hit');
+    const invalidation = a.get(ApiTokenInvalidationService);
+    expect(invalidation.isListening).toBe(true);
+    // The pub/sub connections on this suite's database are the two instances' (only this suite uses it).
+    const db = redis.options.db ?? 0;
+    const subscribers = (await redis.call('CLIENT', 'LIST', 'TYPE', 'pubsub')) as string;
+    const ids = subscribers
+      .split('\n')
+      .filter((line) => line.includes(` db=${db} `))
+      .map((line) => /^id=(\d+)/.exec(line)?.[1])
+      .filter((id): id is string => id !== undefined);
+    expect(ids).toHaveLength(2);
+    for (const id of ids) await redis.client('KILL', 'ID', id);
+
+    await until('instance A is subscribed again and has emptied its cache', () => invalidation.isListening && local(a, created.token) === 'miss');
+    expect((await whoami(a, created.token)).status).toBe(200);
+    await until('instance B is subscribed again', () => b.get(ApiTokenInvalidationService).isListening);
+    await b.get(ApiTokenService).revoke(created.token);
+    await until('instance A drops the revoked token', () => local(a, created.token) === 'miss');
+    expect((await whoami(a, created.token)).status).toBe(401);
+  });
+
+  it('tenant invalidation empties the tenant entries and index on every instance, and the tokens keep working', async () => {
+    const tenant = randomUUID();
+    const other = randomUUID();
+    const tokens = a.get(ApiTokenService);
+    const mine = [await tokens.create({ scope: 'app', tenantId: tenant }), await tokens.create({ scope: 'dataset', tenantId: tenant })];
+    const theirs = await tokens.create({ scope: 'app', tenantId: other });
+    for (const app of [a, b]) {
+      for (const t of [...mine, theirs]) expect((await whoami(app, t.token, t.type)).status).toBe(200);
+    }
+    const keys = mine.map((t) => `api_token:${t.type}:${t.token}`);
+    expect((await redis.smembers(`tenant_tokens:${tenant}`)).sort()).toEqual([...keys].sort());
+    expect(local(b, mine[1].token, 'dataset')).toBe('hit');
+
+    expect(await b.get(ApiTokenService).invalidateTenant(tenant)).toEqual({ dropped: 2, cacheCleared: true });
+
+    expect(await redis.exists(...keys, `tenant_tokens:${tenant}`)).toBe(0);
+    expect(await redis.exists(`api_token:app:${theirs.token}`, `tenant_tokens:${other}`)).toBe(2);
+    await until('instance A drops the tenant entries', () => mine.every((t) => local(a, t.token, t.type) === 'miss'));
+    expect(local(a, theirs.token)).toBe('hit');
+    counter.reset();
+    for (const app of [a, b]) {
+      for (const t of mine) expect((await whoami(app, t.token, t.type)).status).toBe(200);
+    }
+    expect(counter.count()).toBe(2);
+    expect(await redis.scard(`tenant_tokens:${tenant}`)).toBe(2);
+  });
+});
+
+describe('token lifecycle in hashed mode', () => {
+  let db: TestDatabase;
+  let app: INestApplication;
+  let redis: Redis;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    redis = testRedis();
+    app = await createTestApp({ databaseUrl: db.url, apiToken: { hashTokens: true } });
+  });
+
+  afterAll(async () => {
+    await app?.close();
+    await clearLibraryKeys(redis);
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  it('stores only the hash, lists no part of the token, and revokes by the token', async () => {
+    const tokens = app.get(ApiTokenService);
+    const created = await tokens.create({ scope: 'app' });
+    expect(created.token).toMatch(/^app-[A-Za-z0-9]{24}$/);
+    expect(await db.query('SELECT token FROM api_tokens')).toEqual([{ token: hashToken(created.token) }]);
+    expect((await tokens.list())[0].maskedToken).toBe('*'.repeat(24));
+    const whoami = () => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${created.token}`);
+    expect((await whoami()).status).toBe(200);
+    expect(await redis.exists(`api_token:app:${hashToken(created.token)}`)).toBe(1);
+
+    expect((await tokens.revoke(created.token)).revoked).toHaveLength(1);
+    expect(await redis.exists(`api_token:app:${hashToken(created.token)}`)).toBe(0);
+    expect((await whoami()).status).toBe(401);
+    expect(await db.query('SELECT token FROM api_tokens')).toEqual([]);
+  });
+});

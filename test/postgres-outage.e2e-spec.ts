@@ -1,0 +1,86 @@
+import { API_TOKEN_ERRORS, ApiTokenRepository, RETRY_AFTER_SECONDS, generateApiToken } from '@app/api-token';
+import type { INestApplication } from '@nestjs/common';
+import type Redis from 'ioredis';
+import { createTestDatabase, type TestDatabase } from './support/database';
+import { get, listen } from './support/http-client';
+import { QueryCounter } from './support/query-counter';
+import { clearLibraryKeys, testRedis } from './support/redis';
+import { TcpProxy } from './support/tcp-proxy';
+import { createTestApp } from './support/test-app';
+
+/**
+ * PostgreSQL taken away through a TCP proxy the test controls: cached tokens keep working, an uncached
+ * one gets 503 with Retry-After (never 401 or 500), nothing negative is cached, and it recovers.
+ */
+describe('PostgreSQL outage', () => {
+  let db: TestDatabase;
+  let proxy: TcpProxy;
+  let app: INestApplication;
+  let port: number;
+  let redis: Redis;
+  const counter = new QueryCounter();
+  let cached: string;
+  let uncached: string;
+  const unknown = generateApiToken('app');
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const target = new URL(db.url);
+    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5432));
+    redis = testRedis();
+    await clearLibraryKeys(redis);
+    app = await createTestApp({
+      databaseUrl: proxy.proxied(db.url),
+      counter,
+      // L1 off: "cached" means cached in Redis, so every request needs Redis or the database.
+      apiToken: { localCacheMax: 0 },
+      typeorm: { connectTimeoutMS: 500, extra: { ...counter.typeorm.extra, query_timeout: 1000 } },
+    });
+    port = await listen(app);
+    const repository = app.get(ApiTokenRepository);
+    cached = (await repository.insert({ token: generateApiToken('app'), type: 'app' })).token;
+    uncached = (await repository.insert({ token: generateApiToken('app'), type: 'app' })).token;
+    expect((await get(port, '/app/whoami', cached)).status).toBe(200);
+  });
+
+  afterAll(async () => {
+    await app?.close();
+    await proxy?.close();
+    await clearLibraryKeys(redis);
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  const cacheKeys = async () => [await redis.exists(`api_token:app:${uncached}`), await redis.exists(`api_token:app:${unknown}`)];
+
+  describe.each([
+    ['refused', 'refuse'],
+    ['black-holed', 'hang'],
+  ] as const)('connections %s', (_, mode) => {
+    it('answers 200 for a cached token and 503 with Retry-After for uncached ones, caching nothing', async () => {
+      proxy.cut(mode);
+      try {
+        for (let i = 0; i < 3; i++) {
+          expect((await get(port, '/app/whoami', cached)).status).toBe(200);
+          for (const token of [uncached, unknown]) {
+            const started = Date.now();
+            const answer = await get(port, '/app/whoami', token);
+            expect([answer.status, answer.headers['retry-after']]).toEqual([503, String(RETRY_AFTER_SECONDS)]);
+            expect(JSON.parse(answer.body).message).toBe(API_TOKEN_ERRORS.unavailable);
+            if (i === 0) console.log(`PostgreSQL ${mode}: uncached token answered 503 in ${Date.now() - started} ms`);
+          }
+        }
+        expect(await cacheKeys()).toEqual([0, 0]);
+      } finally {
+        proxy.restore();
+      }
+    });
+
+    it('recovers by itself once PostgreSQL is back', async () => {
+      expect((await get(port, '/app/whoami', uncached)).status).toBe(200);
+      expect((await get(port, '/app/whoami', unknown)).status).toBe(401);
+      expect(await cacheKeys()).toEqual([1, 1]);
+      await redis.del(`api_token:app:${uncached}`, `api_token:app:${unknown}`);
+    });
+  });
+});

@@ -1,0 +1,1 @@
+export { clusterTeardown as default } from './cluster-setup';

@@ -1,0 +1,391 @@
+import {
+  ApiTokenMigration,
+  ApiTokenModule,
+  ApiTokenRepository,
+  ApiTokenStoreError,
+  ApiTokenUsageFlushService,
+  FLUSH_JOB_NAME,
+  FLUSH_LOCK_KEY,
+  generateApiToken,
+  type UsageFlushStats,
+} from '@app/api-token';
+import { getRedisConnectionToken, RedisModule } from '@nestjs-modules/ioredis';
+import type { INestApplication } from '@nestjs/common';
+import { SchedulerRegistry } from '@nestjs/schedule';
+import { Test } from '@nestjs/testing';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import { Redlock } from '@sesamecare-oss/redlock';
+import type { Cluster, default as Redis } from 'ioredis';
+import { createServer } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Client } from 'pg';
+import request from 'supertest';
+import { CapturingLogger } from './support/capturing-logger';
+import { createTestDatabase, type TestDatabase } from './support/database';
+import { QueryCounter } from './support/query-counter';
+import { clearLibraryKeys, testRedis } from './support/redis';
+import { startRedisCluster } from './support/redis-cluster';
+import { REDIS_TEST_DB, REDIS_TEST_URL } from './support/servers';
+import { createTestApp } from './support/test-app';
+
+jest.setTimeout(60_000);
+
+const NAIVE_MS = (ms: number) => new Date(ms).toISOString().slice(0, 23) + '000';
+const LAST_USED = `to_char(last_used_at, 'YYYY-MM-DD"T"HH24:MI:SS.US') AS last_used_at`;
+const UPDATES = /^\s*UPDATE api_tokens/;
+
+/** A free loopback port whose cluster bus port (+10000) is a valid port too. */
+async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const server = createServer().once('error', reject);
+      server.listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as { port: number };
+        server.close(() => resolve(port));
+      });
+    });
+    if (port + 10_000 <= 65_535) return port;
+  }
+}
+
+/** Polls until `check` holds, failing after `deadlineMs`. */
+async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = 10_000): Promise<void> {
+  const deadline = Date.now() + deadlineMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
+    await sleep(20);
+  }
+}
+
+describe('usage flush', () => {
+  let db: TestDatabase;
+  let redis: Redis;
+  const logger = new CapturingLogger();
+
+  const lastUsed = async (token: string): Promise<string | null> =>
+    ((await db.query(`SELECT ${LAST_USED} FROM api_tokens WHERE token = $1`, [token]))[0]?.last_used_at as string | null) ?? null;
+  const activeKeys = async (): Promise<string[]> => {
+    const keys: string[] = [];
+    let cursor = '0';
+    do {
+      const [next, page] = await redis.scan(cursor, 'MATCH', 'api_token_active:*', 'COUNT', 1000);
+      cursor = next;
+      keys.push(...page);
+    } while (cursor !== '0');
+    return keys;
+  };
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    redis = testRedis();
+    await clearLibraryKeys(redis);
+  });
+
+  afterAll(async () => {
+    await clearLibraryKeys(redis);
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  beforeEach(async () => {
+    await clearLibraryKeys(redis);
+    logger.lines.length = 0;
+  });
+
+  describe('on demand', () => {
+    let app: INestApplication;
+    let flush: ApiTokenUsageFlushService;
+    let repository: ApiTokenRepository;
+    const counter = new QueryCounter();
+    const newToken = async (scope = 'app') => (await repository.insert({ token: generateApiToken(scope), type: scope })).token;
+
+    beforeAll(async () => {
+      app = await createTestApp({ databaseUrl: db.url, counter, logger, apiToken: { flushCron: false, usageWriteIntervalMs: 60_000 } });
+      flush = app.get(ApiTokenUsageFlushService);
+      repository = app.get(ApiTokenRepository);
+    });
+
+    afterAll(() => app?.close());
+
+    it('writes this process\'s pending uses before it flushes', async () => {
+      const token = await newToken();
+      const whoami = () => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
+      expect((await whoami()).status).toBe(200);
+      const before = Date.now();
+      expect((await whoami()).status).toBe(200); // coalesced: pending in the process, not in Redis yet
+      const after = Date.now();
+      const stats = await flush.flushNow();
+      expect(stats).toMatchObject({ scanned: 1, taken: 1, updated: 1, dropped: 0 });
+      const written = Date.parse(`${await lastUsed(token)}Z`);
+      expect(written).toBeGreaterThanOrEqual(before);
+      expect(written).toBeLessThanOrEqual(after);
+      expect(await activeKeys()).toEqual([]);
+    });
+
+    it('flushes 20,000 keys completely, one UPDATE per page of 1,000', async () => {
+      const n = 20_000;
+      const base = Date.parse('2026-03-01T00:00:00Z');
+      await db.query(
+        `INSERT INTO api_tokens (type, token) SELECT 'app', 'app-bulk' || lpad(i::text, 20, '0') FROM generate_series(1, ${n}) AS i`,
+      );
+      const token = (i: number) => `app-bulk${String(i).padStart(20, '0')}`;
+      for (let start = 1; start <= n; start += 5000) {
+        const pipeline = redis.pipeline();
+        for (let i = start; i < start + 5000; i++) pipeline.set(`api_token_active:app:${token(i)}`, NAIVE_MS(base + i), 'EX', 3600);
+        await pipeline.exec();
+      }
+      counter.reset();
+      const stats = await flush.flushNow();
+      expect(stats).toMatchObject({ scanned: n, taken: n, updated: n, dropped: 0 });
+      expect(counter.count(UPDATES)).toBe(n / 1000);
+      const rows = await db.query(`SELECT token, ${LAST_USED} FROM api_tokens WHERE token LIKE 'app-bulk%'`);
+      expect(rows).toHaveLength(n);
+      const wrong = rows.filter((r) => r.last_used_at !== NAIVE_MS(base + Number((r.token as string).slice(8))));
+      expect(wrong).toEqual([]);
+      expect(await activeKeys()).toEqual([]);
+    });
+
+    it('only moves last_used_at forward, and reads Dify\'s None scope as every scope', async () => {
+      const [older, newer, anyScope] = [await newToken(), await newToken(), await newToken('dataset')];
+      const t2 = '2026-05-01T12:00:00.500000';
+      await db.query(`UPDATE api_tokens SET last_used_at = $1 WHERE token = ANY($2)`, [t2, [older, newer]]);
+      await redis.set(`api_token_active:app:${older}`, '2026-05-01T11:59:59.999000', 'EX', 3600);
+      await redis.set(`api_token_active:app:${newer}`, '2026-05-01T12:00:00.501000', 'EX', 3600);
+      await redis.set(`api_token_active:None:${anyScope}`, '2026-05-02T00:00:00+02:00', 'EX', 3600);
+      const stats = await flush.flushNow();
+      expect(stats).toMatchObject({ taken: 3, updated: 2, dropped: 0 });
+      expect(await lastUsed(older)).toBe(t2);
+      expect(await lastUsed(newer)).toBe('2026-05-01T12:00:00.501000');
+      expect(await lastUsed(anyScope)).toBe('2026-05-01T22:00:00.000000');
+      expect(await activeKeys()).toEqual([]);
+    });
+
+    it('drops and counts bad keys without stopping good ones, and logs no token', async () => {
+      const [good, badTime, badDate] = [await newToken(), await newToken(), await newToken()];
+      const t = '2026-06-01T08:00:00.250000';
+      await redis.set(`api_token_active:app:${good}`, t, 'EX', 3600);
+      await redis.set(`api_token_active:app:${badTime}`, 'last tuesday', 'EX', 3600);
+      await redis.set(`api_token_active:app:${badDate}`, '2026-13-01T00:00:00', 'EX', 3600);
+      await redis.set('api_token_active:app', t, 'EX', 3600);
+      await redis.set(`api_token_active::${good}`, t, 'EX', 3600);
+      const stats = await flush.flushNow();
+      expect(stats).toMatchObject({ scanned: 5, taken: 5, updated: 1, dropped: 4 });
+      expect(await lastUsed(good)).toBe(t);
+      expect(await lastUsed(badTime)).toBeNull();
+      expect(await activeKeys()).toEqual([]);
+      const lines = logger.matching(/Usage flush/);
+      expect(lines.map((l) => l.text)).toEqual([expect.stringMatching(/scanned=5 taken=5 updated=1 dropped=4 elapsed=\d+ms/)]);
+      for (const secret of [good, badTime, badDate]) expect(logger.lines.filter((l) => l.text.includes(secret.slice(4)))).toEqual([]);
+    });
+
+    it('answers null while another instance holds the lock', async () => {
+      const other = new Redlock([redis], { retryCount: 0, db: REDIS_TEST_DB });
+      const lock = await other.acquire([FLUSH_LOCK_KEY], 10_000);
+      const token = await newToken();
+      await redis.set(`api_token_active:app:${token}`, '2026-07-01T00:00:00', 'EX', 3600);
+      expect(await flush.flushNow()).toBeNull();
+      expect(await redis.exists(`api_token_active:app:${token}`)).toBe(1);
+      await lock.release();
+      expect(await flush.flushNow()).toMatchObject({ taken: 1, updated: 1 });
+    });
+
+    it('puts taken times back when the database fails, never over a newer one', async () => {
+      const [a, b] = [await newToken(), await newToken()];
+      const [ta, tb, newer] = ['2026-08-01T00:00:00.100000', '2026-08-01T00:00:00.200000', '2026-08-01T00:00:09.900000'];
+      await redis.set(`api_token_active:app:${a}`, ta, 'EX', 3600);
+      await redis.set(`api_token_active:app:${b}`, tb, 'EX', 3600);
+      const blocker = new Client({ connectionString: db.url });
+      await blocker.connect();
+      try {
+        await blocker.query('BEGIN');
+        await blocker.query('LOCK TABLE api_tokens IN ACCESS EXCLUSIVE MODE');
+        const run = flush.flushNow().then(
+          () => undefined,
+          (error: unknown) => error,
+        );
+        let pid: number | undefined;
+        // From another connection: inside the blocker's transaction pg_stat_activity is a frozen snapshot.
+        await until('the flush UPDATE waits on the table lock', async () => {
+          const rows = await db.query(
+            `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%UPDATE api_tokens%'`,
+          );
+          pid = rows[0]?.pid as number | undefined;
+          return pid !== undefined;
+        });
+        expect(await redis.exists(`api_token_active:app:${a}`)).toBe(0); // taken
+        await redis.set(`api_token_active:app:${a}`, newer, 'EX', 3600); // a use recorded during the run
+        await blocker.query('SELECT pg_terminate_backend($1)', [pid]);
+        const error = await run;
+        expect(error).toBeInstanceOf(ApiTokenStoreError);
+        expect(String((error as Error).message)).not.toContain(a.slice(4));
+      } finally {
+        await blocker.query('ROLLBACK').catch(() => undefined);
+        await blocker.end();
+      }
+      expect(await redis.get(`api_token_active:app:${a}`)).toBe(newer);
+      expect(await redis.get(`api_token_active:app:${b}`)).toBe(tb);
+      expect(await lastUsed(a)).toBeNull();
+      expect(logger.matching(/Usage flush failed: .*update last_used_at failed \(57P01\); 2 uses put back/)).toHaveLength(1);
+      expect(await flush.flushNow()).toMatchObject({ taken: 2, updated: 2 });
+      expect([await lastUsed(a), await lastUsed(b)]).toEqual([newer, tb]);
+    });
+
+    it('loses nothing of a writer that keeps setting newer times for 40 tokens while flushes run', async () => {
+      const tokens: string[] = [];
+      for (let i = 0; i < 40; i++) tokens.push(await newToken());
+      const base = Date.parse('2026-09-01T00:00:00Z');
+      const rounds = 60;
+      let writing = true;
+      const writer = (async () => {
+        for (let r = 1; r <= rounds; r++) {
+          const pipeline = redis.pipeline();
+          tokens.forEach((token, i) => pipeline.set(`api_token_active:app:${token}`, NAIVE_MS(base + r * 1000 + i), 'EX', 3600));
+          await pipeline.exec();
+          await sleep(2);
+        }
+        writing = false;
+      })();
+      const runs: UsageFlushStats[] = [];
+      while (writing) {
+        const stats = await flush.flushNow();
+        if (stats) runs.push(stats);
+      }
+      await writer;
+      runs.push((await flush.flushNow())!);
+      expect(runs.filter((s) => s.taken > 0).length).toBeGreaterThan(2);
+      const rows = await db.query(`SELECT token, ${LAST_USED} FROM api_tokens WHERE token = ANY($1)`, [tokens]);
+      const got = Object.fromEntries(rows.map((r) => [r.token, r.last_used_at]));
+      expect(tokens.map((token) => got[token])).toEqual(tokens.map((_, i) => NAIVE_MS(base + rounds * 1000 + i)));
+      expect(await activeKeys()).toEqual([]);
+    });
+  });
+
+  describe('on a schedule', () => {
+    const zone = process.env.TZ;
+    beforeAll(() => {
+      process.env.TZ = 'Asia/Kolkata'; // UTC+05:30: a local-time slip would show
+    });
+    afterAll(() => {
+      if (zone === undefined) delete process.env.TZ;
+      else process.env.TZ = zone;
+    });
+
+    it('gives a used token its last_used_at within a tick, in UTC, and removes its key', async () => {
+      const app = await createTestApp({ databaseUrl: db.url, logger, flushCron: '* * * * * *' });
+      try {
+        expect(app.get(SchedulerRegistry).getCronJob(FLUSH_JOB_NAME).cronTime.source).toBe('* * * * * *');
+        const { token } = await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
+        const before = Date.now();
+        expect((await request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`)).status).toBe(200);
+        const after = Date.now();
+        await until('last_used_at is set', async () => (await lastUsed(token)) !== null);
+        const written = Date.parse(`${await lastUsed(token)}Z`);
+        expect(written).toBeGreaterThanOrEqual(before);
+        expect(written).toBeLessThanOrEqual(after);
+        expect(await redis.exists(`api_token_active:app:${token}`)).toBe(0);
+        expect(logger.matching(/Usage flush tick=\d+: scanned=1 taken=1 updated=1/).length).toBeGreaterThanOrEqual(1);
+      } finally {
+        await app.close();
+      }
+    });
+
+    it('runs once per tick across two instances on one schedule, even for an instance that ticks late', async () => {
+      const apps = [
+        await createTestApp({ databaseUrl: db.url, logger, flushCron: '* * * * * *' }),
+        await createTestApp({ databaseUrl: db.url, logger, flushCron: '* * * * * *' }),
+      ];
+      try {
+        const runs = () => logger.matching(/Usage flush tick=\d+:/);
+        const lateSkips = () => logger.matching(/Usage flush skipped: tick \d+ already ran/);
+        let late = 0;
+        while (runs().length < 6 || late < 3) {
+          const seen = runs().length;
+          await until('the next scheduled run', () => runs().length > seen);
+          const tick = Number(/tick=(\d+)/.exec(runs()[runs().length - 1].text)![1]);
+          // An instance whose timer fires late (a busy event loop, another host): same tick, after the run ended.
+          if (Date.now() > tick * 1000 + 400) continue;
+          late++;
+          for (const app of apps) await app.get(ApiTokenUsageFlushService).onSchedule();
+        }
+        const ticks = runs().map((l) => /tick=(\d+)/.exec(l.text)![1]);
+        expect(new Set(ticks).size).toBe(ticks.length);
+        expect(lateSkips().length).toBeGreaterThanOrEqual(late);
+        expect(logger.matching(/Usage flush skipped: another instance holds the lock/).length).toBeGreaterThanOrEqual(1);
+      } finally {
+        await Promise.all(apps.map((app) => app.close()));
+      }
+    });
+  });
+  describe('lifecycle', () => {
+    it('writes the pending uses to Redis when the application closes', async () => {
+      const app = await createTestApp({ databaseUrl: db.url, apiToken: { flushCron: false, usageWriteIntervalMs: 60_000 } });
+      const { token } = await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
+      const whoami = () => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
+      expect((await whoami()).status).toBe(200);
+      await until('the first use is in Redis', async () => (await redis.exists(`api_token_active:app:${token}`)) === 1);
+      const before = Date.now();
+      expect((await whoami()).status).toBe(200);
+      await app.close();
+      const written = Date.parse(`${await redis.get(`api_token_active:app:${token}`)}Z`);
+      expect(written).toBeGreaterThanOrEqual(before);
+    });
+
+    it('without ScheduleModule: warns at start-up, and flushNow() still flushes', async () => {
+      const moduleRef = await Test.createTestingModule({
+        imports: [
+          RedisModule.forRoot({ type: 'single', url: REDIS_TEST_URL }),
+          TypeOrmModule.forRoot({ type: 'postgres', url: db.url, migrations: [ApiTokenMigration], migrationsRun: true }),
+          ApiTokenModule.forRoot({}),
+        ],
+      }).compile();
+      const app = moduleRef.createNestApplication({ logger });
+      await app.init();
+      try {
+        await until('the warning', () => logger.matching(/No flush job is scheduled \(import ScheduleModule.forRoot\(\)/).length === 1);
+        const { token } = await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
+        await redis.set(`api_token_active:app:${token}`, '2026-10-01T00:00:00.001000', 'EX', 3600);
+        expect(await app.get(ApiTokenUsageFlushService).flushNow()).toMatchObject({ taken: 1, updated: 1 });
+        expect(await lastUsed(token)).toBe('2026-10-01T00:00:00.001000');
+      } finally {
+        await app.close();
+      }
+    });
+  });
+  describe('on a Redis Cluster', () => {
+    it('takes the keys from every master and flushes them all', async () => {
+      const cluster = await startRedisCluster([await freePort(), await freePort(), await freePort()]);
+      try {
+        const moduleRef = await Test.createTestingModule({
+          imports: [
+            RedisModule.forRoot({ type: 'cluster', nodes: cluster.nodes.map((n) => `redis://${n}`) }),
+            TypeOrmModule.forRoot({ type: 'postgres', url: db.url, migrations: [ApiTokenMigration], migrationsRun: true }),
+            ApiTokenModule.forRoot({ flushCron: false, flushPageSize: 50 }),
+          ],
+        }).compile();
+        const app = moduleRef.createNestApplication({ logger: false });
+        await app.init();
+        const client = app.get<Cluster>(getRedisConnectionToken());
+        try {
+          const repository = app.get(ApiTokenRepository);
+          const tokens: string[] = [];
+          for (let i = 0; i < 200; i++) tokens.push((await repository.insert({ token: generateApiToken('app'), type: 'app' })).token);
+          const time = (i: number) => NAIVE_MS(Date.parse('2026-11-01T00:00:00Z') + i);
+          await Promise.all(tokens.map((token, i) => client.set(`api_token_active:app:${token}`, time(i), 'EX', 3600)));
+          const perMaster = await Promise.all(client.nodes('master').map((node) => node.dbsize()));
+          expect(perMaster.filter((n) => n > 0)).toHaveLength(3);
+          expect(await app.get(ApiTokenUsageFlushService).flushNow()).toMatchObject({ scanned: 200, taken: 200, updated: 200, dropped: 0 });
+          const rows = await db.query(`SELECT token, ${LAST_USED} FROM api_tokens WHERE token = ANY($1)`, [tokens]);
+          const got = Object.fromEntries(rows.map((r) => [r.token, r.last_used_at]));
+          expect(tokens.map((token) => got[token])).toEqual(tokens.map((_, i) => time(i)));
+          const left = await Promise.all(client.nodes('master').map((node) => node.keys('api_token_active:*')));
+          expect(left.flat()).toEqual([]);
+        } finally {
+          await app.close();
+          client.disconnect();
+        }
+      } finally {
+        await cluster.stop();
+      }
+    });
+  });
+});
