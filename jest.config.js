@@ -13,6 +13,7 @@ const common = {
 const clusterSuites = ['request-path', 'single-flight', 'usage-flush', 'lifecycle'];
 
 module.exports = {
+  testTimeout: 60000,
   projects: [
     { ...common, displayName: 'unit', testMatch: ['<rootDir>/libs/**/*.spec.ts', '<rootDir>/apps/**/*.spec.ts'] },
     {
@@ -20,7 +21,6 @@ module.exports = {
       displayName: 'e2e',
       testMatch: ['<rootDir>/test/**/*.e2e-spec.ts'],
       globalSetup: '<rootDir>/test/support/global-setup.ts',
-      testTimeout: 60000,
     },
     {
       ...common,
@@ -29,7 +29,6 @@ module.exports = {
       globalSetup: '<rootDir>/test/support/cluster-setup.ts',
       globalTeardown: '<rootDir>/test/support/cluster-teardown.ts',
       setupFiles: ['<rootDir>/test/support/cluster-mode.ts'],
-      testTimeout: 60000,
     },
   ],
 };

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import request from 'supertest';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { clearLibraryKeys, testRedis } from './support/redis';
-import { REDIS_TEST_URL } from './support/servers';
+import { REDIS_ENV } from './support/servers';
 import { createTestApp } from './support/test-app';
 
 interface CliResult {
@@ -32,7 +32,7 @@ describe('token command line', () => {
     new Promise((resolve, reject) => {
       const child = spawn('npm', ['run', '--silent', 'token', '--', ...args], {
         cwd: join(__dirname, '..'),
-        env: { ...process.env, DATABASE_URL: db.url, REDIS_URL: REDIS_TEST_URL },
+        env: { ...process.env, DATABASE_URL: db.url, ...REDIS_ENV },
       });
       let stdout = '';
       let stderr = '';

@@ -31,7 +31,7 @@ describe.each(['express', 'fastify'] as const)('hostile Authorization values (%s
     app = await createTestApp({ databaseUrl: db.url, redisUrl: server.url(), adapter, counter, logger });
     port = await listen(app);
     control = new Redis(server.url());
-    monitor = await new Redis(server.url()).monitor();
+    monitor = await control.monitor();
     monitor.on('monitor', (_time: string, args: string[]) => commands.push(args));
   });
 

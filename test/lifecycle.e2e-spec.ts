@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import request from 'supertest';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { QueryCounter } from './support/query-counter';
-import { clearLibraryKeys, testRedis } from './support/redis';
+import { clearLibraryKeys, countExisting, killSubscribers, testRedis } from './support/redis';
 import { createTestApp } from './support/test-app';
 
 /** A promise the test settles by hand. */
@@ -120,7 +120,7 @@ describe('token lifecycle and revocation across two instances', () => {
     await until('instance A drops the token from its in-process cache', () => local(a, created.token) === 'miss');
     expect(local(a, created.token, null)).toBe('miss');
     expect(a.get(ApiTokenInvalidationService).receivedCount).toBeGreaterThan(received);
-    expect(await redis.exists(`api_token:app:${created.token}`, `api_token:any:${created.token}`)).toBe(0);
+    expect(await countExisting(redis, `api_token:app:${created.token}`, `api_token:any:${created.token}`)).toBe(0);
     expect((await whoami(a, created.token)).status).toBe(401);
     expect((await whoami(b, created.token)).status).toBe(401);
     expect(await cached(created.token)).toBe('null');
@@ -240,15 +240,7 @@ describe('token lifecycle and revocation across two instances', () => {
     const invalidation = a.get(ApiTokenInvalidationService);
     expect(invalidation.isListening).toBe(true);
     // The pub/sub connections on this suite's database are the two instances' (only this suite uses it).
-    const db = redis.options.db ?? 0;
-    const subscribers = (await redis.call('CLIENT', 'LIST', 'TYPE', 'pubsub')) as string;
-    const ids = subscribers
-      .split('\n')
-      .filter((line) => line.includes(` db=${db} `))
-      .map((line) => /^id=(\d+)/.exec(line)?.[1])
-      .filter((id): id is string => id !== undefined);
-    expect(ids).toHaveLength(2);
-    for (const id of ids) await redis.client('KILL', 'ID', id);
+    expect(await killSubscribers(redis)).toBe(2);
 
     await until('instance A is subscribed again and has emptied its cache', () => invalidation.isListening && local(a, created.token) === 'miss');
     expect((await whoami(a, created.token)).status).toBe(200);
@@ -273,8 +265,8 @@ describe('token lifecycle and revocation across two instances', () => {
 
     expect(await b.get(ApiTokenService).invalidateTenant(tenant)).toEqual({ dropped: 2, cacheCleared: true });
 
-    expect(await redis.exists(...keys, `tenant_tokens:${tenant}`)).toBe(0);
-    expect(await redis.exists(`api_token:app:${theirs.token}`, `tenant_tokens:${other}`)).toBe(2);
+    expect(await countExisting(redis, ...keys, `tenant_tokens:${tenant}`)).toBe(0);
+    expect(await countExisting(redis, `api_token:app:${theirs.token}`, `tenant_tokens:${other}`)).toBe(2);
     await until('instance A drops the tenant entries', () => mine.every((t) => local(a, t.token, t.type) === 'miss'));
     expect(local(a, theirs.token)).toBe('hit');
     counter.reset();

@@ -32,3 +32,27 @@ async function masters(cluster: Cluster): Promise<Redis[]> {
   if (cluster.status !== 'ready') await new Promise((resolve) => cluster.once('ready', resolve));
   return cluster.nodes('master');
 }
+
+/** How many of the keys exist, one EXISTS per key (keys of several slots on a Cluster). */
+export async function countExisting(redis: Redis, ...keys: string[]): Promise<number> {
+  const found = await Promise.all(keys.map((key) => redis.exists(key)));
+  return found.reduce((sum, n) => sum + n, 0);
+}
+
+/** Kills the pub/sub connections on the suite's database index (every master of a Cluster); returns how many. */
+export async function killSubscribers(redis: Redis): Promise<number> {
+  const db = redis.isCluster ? 0 : (redis.options.db ?? 0);
+  const nodes = redis.isCluster ? await masters(redis as unknown as Cluster) : [redis];
+  let killed = 0;
+  for (const node of nodes) {
+    const list = (await node.call('CLIENT', 'LIST', 'TYPE', 'pubsub')) as string;
+    const ids = list
+      .split('\n')
+      .filter((line) => line.includes(` db=${db} `))
+      .map((line) => /^id=(\d+)/.exec(line)?.[1])
+      .filter((id): id is string => id !== undefined);
+    for (const id of ids) await node.client('KILL', 'ID', id);
+    killed += ids.length;
+  }
+  return killed;
+}

@@ -1,9 +1,8 @@
-import { ApiTokenMigration, ApiTokenModule } from '@app/api-token';
-import { RedisModule } from '@nestjs-modules/ioredis';
+import { ApiTokenModule } from '@app/api-token';
 import { DynamicModule, Module } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
-import { TypeOrmModule } from '@nestjs/typeorm';
-import { type DemoConfig, redisModuleOptions } from './demo.config';
+import type { DemoConfig } from './demo.config';
+import { storeModules } from './demo.stores';
 import { HealthController } from './health.controller';
 import { WhoamiController } from './whoami.controller';
 
@@ -15,17 +14,7 @@ export class AppModule {
       module: AppModule,
       imports: [
         ScheduleModule.forRoot(),
-        RedisModule.forRoot(redisModuleOptions(config)),
-        TypeOrmModule.forRoot({
-          type: 'postgres',
-          url: config.databaseUrl,
-          migrations: [ApiTokenMigration],
-          migrationsRun: true,
-          // pg waits forever by default: bound connecting (and waiting for a pooled client) and each query.
-          connectTimeoutMS: 2000,
-          ...config.typeorm,
-          extra: { query_timeout: 5000, ...config.typeorm?.extra },
-        }),
+        ...storeModules(config),
         ApiTokenModule.forRoot({ flushCron: config.flushCron, ...config.apiToken }),
       ],
       controllers: [HealthController, WhoamiController],

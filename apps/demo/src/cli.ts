@@ -1,10 +1,9 @@
-import { ApiTokenMigration, ApiTokenModule, ApiTokenService, type ApiTokenSummary } from '@app/api-token';
-import { RedisModule } from '@nestjs-modules/ioredis';
+import { ApiTokenModule, ApiTokenService, type ApiTokenSummary } from '@app/api-token';
 import { ConsoleLogger, type DynamicModule, type INestApplicationContext, type LogLevel, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import { TypeOrmModule } from '@nestjs/typeorm';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { type DemoConfig, loadDemoConfig } from './demo.config';
+import { storeModules } from './demo.stores';
 
 /** Exit codes of the token command. */
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
@@ -26,20 +25,7 @@ class TokenCliModule {
     return {
       module: TokenCliModule,
       imports: [
-        RedisModule.forRoot({
-          type: 'single',
-          url: config.redisUrl,
-          options: { maxRetriesPerRequest: 1, commandTimeout: 1000, connectTimeout: 2000 },
-        }),
-        TypeOrmModule.forRoot({
-          type: 'postgres',
-          url: config.databaseUrl,
-          migrations: [ApiTokenMigration],
-          migrationsRun: true,
-          connectTimeoutMS: 2000,
-          retryAttempts: 0,
-          ...config.typeorm,
-        }),
+        ...storeModules(config, { retryAttempts: 0 }),
         ApiTokenModule.forRoot({ ...config.apiToken, flushCron: false }),
       ],
     };
@@ -105,7 +91,7 @@ function cacheNotCleared(what: string): never {
 export function buildProgram(out: (text: string) => void = (text) => process.stdout.write(text)): Command {
   const program = new Command('token')
     .description(
-      'Administer API tokens in the database and Redis the demo uses (env DATABASE_URL, REDIS_URL).\n' +
+      'Administer API tokens in the database and Redis the demo uses (env DATABASE_URL, REDIS_URL or REDIS_CLUSTER_NODES).\n' +
         `Exit codes: ${EXIT.ok} done, ${EXIT.failed} failed (nothing matched, store unreachable), ${EXIT.usage} bad arguments.`,
     )
     .exitOverride()

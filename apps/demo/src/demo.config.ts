@@ -1,5 +1,4 @@
 import type { ApiTokenModuleOptions } from '@app/api-token';
-import type { RedisModuleOptions } from '@nestjs-modules/ioredis';
 import type { PostgresDataSourceOptions } from 'typeorm/driver/postgres/PostgresDataSourceOptions';
 
 /** What the demo (and the token CLI) read from the environment. */
@@ -45,19 +44,4 @@ export function parseClusterNodes(value: string): { host: string; port: number }
     }
     return { host: match[1].replace(/^\[|\]$/g, ''), port };
   });
-}
-
-/** The `@nestjs-modules/ioredis` options for this config: a Cluster when nodes are given, else one node. */
-export function redisModuleOptions(config: Pick<DemoConfig, 'redisUrl' | 'redisClusterNodes'>): RedisModuleOptions {
-  // The library bounds its own calls (redisCommandTimeoutMs); these bound the rest of the app's.
-  const options = {
-    maxRetriesPerRequest: 1,
-    commandTimeout: 1000,
-    connectTimeout: 2000,
-    retryStrategy: (attempt: number) => Math.min(attempt * 100, 2000),
-  };
-  if (config.redisClusterNodes?.length) {
-    return { type: 'cluster', nodes: config.redisClusterNodes, options: { redisOptions: options, clusterRetryStrategy: options.retryStrategy } };
-  }
-  return { type: 'single', url: config.redisUrl, options };
 }

@@ -1,6 +1,8 @@
 import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
 import type { Cluster, Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ApiTokenCacheService } from './api-token-cache.service';
 import { CACHE_KEY_PREFIX, parseScopedKey } from './api-token.keys';
 import { type RedisClient, redisDb } from './api-token.redis';
@@ -18,6 +20,9 @@ export const invalidationChannel = (client: RedisClient): string => `${INVALIDAT
 
 /** Keys per published message. */
 const KEYS_PER_MESSAGE = 500;
+const RECONNECT_MS = 1000;
+const CLUSTER_READY_WAIT_MS = 2000;
+const CLUSTER_NODE_RETRIES = 5;
 
 interface InvalidationMessage {
   /** The publishing instance, which has already evicted the keys itself. */
@@ -39,7 +44,7 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
   /** Identifies this instance's own messages, which it skips. */
   readonly instanceId = randomUUID();
   readonly channel: string;
-  private subscriber: RedisClient | undefined;
+  private subscriber: Redis | undefined;
   private subscribing: Promise<void> = Promise.resolve();
   private started = false;
   private listening = false;
@@ -65,22 +70,54 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
   }
 
   async onModuleInit(): Promise<void> {
-    const client = this.redis.client;
-    const subscriber = client.isCluster
-      ? (client as Cluster).duplicate([], { lazyConnect: true })
-      : (client as Redis).duplicate({ lazyConnect: true, autoResubscribe: false });
+    await this.connect();
+    await this.subscribing;
+    this.started = true;
+  }
+
+  private async connect(): Promise<void> {
+    if (this.closing) return;
+    const subscriber = await this.createSubscriber();
+    if (!subscriber) {
+      this.logger.warn('Invalidation channel not subscribed at start (no Redis node yet); retrying in the background');
+      setTimeout(() => void this.connect(), RECONNECT_MS).unref();
+      return;
+    }
     this.subscriber = subscriber;
     subscriber.on('message', (channel: string, message: string) => this.receive(channel, message));
     subscriber.on('ready', () => (this.subscribing = this.subscribe()));
     subscriber.on('error', (error: unknown) => this.lost(error));
     subscriber.on('close', () => this.lost());
+    subscriber.on('end', () => {
+      if (this.subscriber === subscriber) void this.connect();
+    });
     try {
       await subscriber.connect();
     } catch (error) {
       this.logger.warn(`Invalidation channel not subscribed at start (${describeError(error)}); retrying in the background`);
     }
-    await this.subscribing;
-    this.started = true;
+  }
+
+  /**
+   * A connection of its own for SUBSCRIBE. On a Cluster it is a plain connection to one master
+   * (PUBLISH reaches every node), so that its loss and return are seen like on a single node; after a
+   * few failed reconnects it ends and another master is picked.
+   */
+  private async createSubscriber(): Promise<Redis | undefined> {
+    const client = this.redis.client;
+    if (!client.isCluster) return (client as Redis).duplicate({ lazyConnect: true, autoResubscribe: false });
+    const cluster = client as Cluster;
+    if (cluster.status !== 'ready') {
+      await Promise.race([once(cluster, 'ready'), sleep(CLUSTER_READY_WAIT_MS)]);
+    }
+    const masters = cluster.nodes('master');
+    if (masters.length === 0) return undefined;
+    const node = masters[Math.floor(Math.random() * masters.length)];
+    return node.duplicate({
+      lazyConnect: true,
+      autoResubscribe: false,
+      retryStrategy: (attempt: number) => (attempt > CLUSTER_NODE_RETRIES ? null : Math.min(attempt * 100, 1000)),
+    });
   }
 
   async onApplicationShutdown(): Promise<void> {

@@ -1,0 +1,42 @@
+import { ApiTokenMigration } from '@app/api-token';
+import { RedisModule, type RedisModuleOptions } from '@nestjs-modules/ioredis';
+import type { DynamicModule } from '@nestjs/common';
+import { TypeOrmModule } from '@nestjs/typeorm';
+import type { DemoConfig } from './demo.config';
+
+/** The `@nestjs-modules/ioredis` options for this config: a Cluster when nodes are given, else one node. */
+export function redisModuleOptions(config: Pick<DemoConfig, 'redisUrl' | 'redisClusterNodes'>): RedisModuleOptions {
+  // The library bounds its own calls (redisCommandTimeoutMs); these bound the rest of the app's.
+  const options = {
+    maxRetriesPerRequest: 1,
+    commandTimeout: 1000,
+    connectTimeout: 2000,
+    retryStrategy: (attempt: number) => Math.min(attempt * 100, 2000),
+  };
+  if (config.redisClusterNodes?.length) {
+    return { type: 'cluster', nodes: config.redisClusterNodes, options: { redisOptions: options, clusterRetryStrategy: options.retryStrategy } };
+  }
+  return { type: 'single', url: config.redisUrl, options };
+}
+
+/**
+ * The stores the library needs, as the demo and the token CLI wire them: the Redis connection and the
+ * TypeORM data source, with the library's migration applied on start. `retryAttempts` is TypeORM's
+ * connection retry count (the CLI wants none).
+ */
+export function storeModules(config: DemoConfig, { retryAttempts = 9 } = {}): DynamicModule[] {
+  return [
+    RedisModule.forRoot(redisModuleOptions(config)),
+    TypeOrmModule.forRoot({
+      type: 'postgres',
+      url: config.databaseUrl,
+      migrations: [ApiTokenMigration],
+      migrationsRun: true,
+      // pg waits forever by default: bound connecting (and waiting for a pooled client) and each query.
+      connectTimeoutMS: 2000,
+      retryAttempts,
+      ...config.typeorm,
+      extra: { query_timeout: 5000, ...config.typeorm?.extra },
+    }),
+  ];
+}

@@ -1,0 +1,327 @@
+import { Injectable } from '@nestjs/common';
+import { ANY_SCOPE } from './api-token.keys';
+
+/**
+ * How one authentication ended, first step that answered: the guard refused the `Authorization`
+ * header, the shape check refused the token, the in-process cache or Redis answered (a record or a
+ * cached "no such token"), or both caches missed and the token was looked up.
+ */
+export const LOOKUP_OUTCOMES = ['bad_header', 'malformed', 'local_hit', 'local_negative', 'redis_hit', 'redis_negative', 'miss'] as const;
+export type LookupOutcome = (typeof LOOKUP_OUTCOMES)[number];
+
+/** The result of one database lookup on the request path. */
+export const DATABASE_RESULTS = ['found', 'not_found', 'error'] as const;
+export type DatabaseResult = (typeof DATABASE_RESULTS)[number];
+
+/** Why a Redis call yielded nothing: not sent (circuit open, connection down), failed or timed out, or an error reply. */
+export const REDIS_FALLBACK_REASONS = ['skipped', 'failed', 'error_reply'] as const;
+export type RedisFallbackReason = (typeof REDIS_FALLBACK_REASONS)[number];
+
+/** How a usage flush ended: every key walked, stopped early (lock lost, Redis gone), the database refused a page, or not run. */
+export const FLUSH_OUTCOMES = ['completed', 'stopped', 'failed', 'skipped'] as const;
+export type FlushOutcome = (typeof FLUSH_OUTCOMES)[number];
+
+/** What dropped cache entries in Redis: a token's creation, its revocation, or a tenant invalidation. */
+export const INVALIDATION_KINDS = ['create', 'revoke', 'tenant'] as const;
+export type InvalidationKind = (typeof INVALIDATION_KINDS)[number];
+
+/** Values read from the services when a snapshot is taken, rather than counted. */
+export type ApiTokenMetricsSource = 'localCacheEntries' | 'usagePending' | 'redisUp' | 'invalidationListening' | 'invalidationMessagesReceived';
+
+/** Label of the scopes beyond {@link MAX_SCOPE_LABELS}, and of scope strings that cannot be a scope. */
+export const OTHER_LABEL = 'other';
+/** Distinct scope labels kept; later scopes count under {@link OTHER_LABEL}. */
+export const MAX_SCOPE_LABELS = 20;
+/** Distinct Redis operation labels kept; later ones count under {@link OTHER_LABEL}. */
+export const MAX_OPERATION_LABELS = 20;
+/** What a scope label may look like: the `type` column's size, no `:` (never a key, never a token of the generated shape). */
+const SCOPE_LABEL = /^[A-Za-z0-9_.-]{1,16}$/;
+const OPERATION_LABEL = /^[a-z_]{1,32}$/;
+
+/** Upper bounds (seconds) of the histogram buckets. */
+export const DATABASE_LOOKUP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] as const;
+export const LOCK_WAIT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] as const;
+export const FLUSH_DURATION_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120] as const;
+
+/** Authentications by outcome (keys are the `outcome` label values). */
+export class LookupCounts implements Record<LookupOutcome, number> {
+  bad_header = 0;
+  malformed = 0;
+  local_hit = 0;
+  local_negative = 0;
+  redis_hit = 0;
+  redis_negative = 0;
+  miss = 0;
+}
+
+/** Database lookups of the request path by result (keys are the `result` label values). */
+export class DatabaseCounts implements Record<DatabaseResult, number> {
+  found = 0;
+  not_found = 0;
+  error = 0;
+}
+
+/**
+ * The counters of one scope label, as plain numbers: the request path increments them directly
+ * (an in-process hit costs a map read and one increment).
+ */
+export class ScopeCounters {
+  readonly lookups = new LookupCounts();
+  readonly databaseLookups = new DatabaseCounts();
+  /** Misses that shared a lookup already under way in the process. */
+  singleFlightJoins = 0;
+  /** Lookups that found the lookup lock held by another and waited. */
+  lockWaits = 0;
+  /** Waits that ran out (`lockWaitMs`) and went to the database without the lock. */
+  lockTimeouts = 0;
+  /** Authentications that failed because the database did not answer (the guard answers 503). */
+  unavailable = 0;
+}
+
+/** One scope's counters in a snapshot. */
+export interface ScopeMetricsSnapshot {
+  lookups: Record<LookupOutcome, number>;
+  databaseLookups: Record<DatabaseResult, number>;
+  singleFlightJoins: number;
+  lockWaits: number;
+  lockTimeouts: number;
+  unavailable: number;
+}
+
+/** A duration histogram in a snapshot: cumulative counts per upper bound, as Prometheus has them. */
+export interface TimingSnapshot {
+  count: number;
+  sumSeconds: number;
+  buckets: { le: number; count: number }[];
+}
+
+/** Everything {@link ApiTokenMetrics} knows, as plain data. Scope labels: the scope, `any` (no scope), or `other`. */
+export interface ApiTokenMetricsSnapshot {
+  scopes: Record<string, ScopeMetricsSnapshot>;
+  databaseLookupSeconds: TimingSnapshot;
+  lockWaitSeconds: TimingSnapshot;
+  localCache: { entries: number };
+  redis: {
+    up: boolean;
+    /** Times Redis was taken as down (one per outage, however many calls failed). */
+    outages: number;
+    /** Calls that yielded nothing, by operation and reason. */
+    fallbacks: Record<string, Record<RedisFallbackReason, number>>;
+  };
+  usage: {
+    /** Uses waiting in the process to be written to Redis. */
+    pending: number;
+    /** Uses given up because too many were pending while Redis did not answer. */
+    dropped: number;
+  };
+  flush: {
+    runs: Record<FlushOutcome, number>;
+    scanned: number;
+    taken: number;
+    updated: number;
+    dropped: number;
+    /** Uses taken from Redis that neither reached the database nor went back to Redis. */
+    usesLost: number;
+    durationSeconds: TimingSnapshot;
+    /** Unix time (seconds) of the end of the last completed run, null before the first. */
+    lastSuccessAt: number | null;
+  };
+  invalidation: {
+    revocations: { revoked: number; not_found: number };
+    tenantInvalidations: number;
+    /** Invalidations whose Redis part did not go through (entries may be served until they expire), by kind. */
+    failures: Record<InvalidationKind, number>;
+    listening: boolean;
+    messagesReceived: number;
+  };
+}
+
+/** A duration histogram kept as plain numbers. */
+class Timing {
+  private count = 0;
+  private sum = 0;
+  private readonly counts: number[];
+
+  constructor(private readonly bounds: readonly number[]) {
+    this.counts = bounds.map(() => 0);
+  }
+
+  observe(seconds: number): void {
+    this.count++;
+    this.sum += seconds;
+    for (let i = 0; i < this.bounds.length; i++) {
+      if (seconds <= this.bounds[i]) {
+        this.counts[i]++;
+        break;
+      }
+    }
+  }
+
+  snapshot(): TimingSnapshot {
+    let cumulative = 0;
+    const buckets = this.bounds.map((le, i) => ({ le, count: (cumulative += this.counts[i]) }));
+    return { count: this.count, sumSeconds: this.sum, buckets: [...buckets, { le: Infinity, count: this.count }] };
+  }
+}
+
+const zeros = <K extends string>(keys: readonly K[]): Record<K, number> =>
+  Object.fromEntries(keys.map((key) => [key, 0])) as Record<K, number>;
+
+/**
+ * Counters and timings of the module, kept as plain numbers per low-cardinality label set (scope,
+ * outcome), cheap enough for the request path. Read them with {@link snapshot}, or export them to
+ * Prometheus with `registerApiTokenMetrics`. No label or value ever holds a token or a key: scope
+ * labels are at most {@link MAX_SCOPE_LABELS} strings shaped like the `type` column, others are `other`.
+ */
+@Injectable()
+export class ApiTokenMetrics {
+  private readonly scopes = new Map<string, ScopeCounters>();
+  private readonly other = new ScopeCounters();
+  private readonly fallbacks = new Map<string, Record<RedisFallbackReason, number>>();
+  private readonly otherFallbacks = zeros(REDIS_FALLBACK_REASONS);
+  private readonly sources = new Map<ApiTokenMetricsSource, () => number>();
+  private readonly databaseLookupTiming = new Timing(DATABASE_LOOKUP_BUCKETS);
+  private readonly lockWaitTiming = new Timing(LOCK_WAIT_BUCKETS);
+  private readonly flushTiming = new Timing(FLUSH_DURATION_BUCKETS);
+  private redisOutages = 0;
+  private usageDropped = 0;
+  private readonly flushRuns = zeros(FLUSH_OUTCOMES);
+  private readonly flushTotals = { scanned: 0, taken: 0, updated: 0, dropped: 0, usesLost: 0 };
+  private lastFlushSuccess: number | null = null;
+  private readonly revocations = { revoked: 0, not_found: 0 };
+  private tenantInvalidations = 0;
+  private readonly invalidationFailures = zeros(INVALIDATION_KINDS);
+
+  /** The counters of a scope (null: `any`); count on the returned object. Allocates only the first time a scope is seen. */
+  scope(scope: string | null): ScopeCounters {
+    return this.scopes.get(scope ?? ANY_SCOPE) ?? this.addScope(scope ?? ANY_SCOPE);
+  }
+
+  /** Counts one authentication that ended at `outcome`. */
+  lookup(scope: string | null, outcome: LookupOutcome): void {
+    this.scope(scope).lookups[outcome]++;
+  }
+
+  /** Counts one database lookup of the request path and its duration. */
+  databaseLookup(scope: string | null, result: DatabaseResult, seconds: number): void {
+    this.scope(scope).databaseLookups[result]++;
+    this.databaseLookupTiming.observe(seconds);
+  }
+
+  /** Counts a wait for the lookup lock held by another, and how long it lasted. */
+  lockWaited(scope: string | null, seconds: number, timedOut: boolean): void {
+    const counters = this.scope(scope);
+    counters.lockWaits++;
+    if (timedOut) counters.lockTimeouts++;
+    this.lockWaitTiming.observe(seconds);
+  }
+
+  /** Counts a Redis call that yielded nothing. */
+  redisFallback(operation: string, reason: RedisFallbackReason): void {
+    let counts = this.fallbacks.get(operation);
+    if (!counts) {
+      if (this.fallbacks.size >= MAX_OPERATION_LABELS || !OPERATION_LABEL.test(operation)) counts = this.otherFallbacks;
+      else this.fallbacks.set(operation, (counts = zeros(REDIS_FALLBACK_REASONS)));
+    }
+    counts[reason]++;
+  }
+
+  /** Counts the start of a Redis outage. */
+  redisOutage(): void {
+    this.redisOutages++;
+  }
+
+  /** Counts uses the recorder gave up on. */
+  usesDropped(count: number): void {
+    this.usageDropped += count;
+  }
+
+  /** Counts a usage flush that ran, with what it did. */
+  flushRan(outcome: Exclude<FlushOutcome, 'skipped'>, stats: { scanned: number; taken: number; updated: number; dropped: number; elapsedMs: number }): void {
+    this.flushRuns[outcome]++;
+    this.flushTotals.scanned += stats.scanned;
+    this.flushTotals.taken += stats.taken;
+    this.flushTotals.updated += stats.updated;
+    this.flushTotals.dropped += stats.dropped;
+    this.flushTiming.observe(stats.elapsedMs / 1000);
+    if (outcome === 'completed') this.lastFlushSuccess = Date.now() / 1000;
+  }
+
+  /** Counts a usage flush that did not run (another instance had the lock or the tick, or Redis did not answer). */
+  flushSkipped(): void {
+    this.flushRuns.skipped++;
+  }
+
+  /** Counts uses a failed flush could put neither in the database nor back in Redis. */
+  flushUsesLost(count: number): void {
+    this.flushTotals.usesLost += count;
+  }
+
+  /** Counts a revocation call: whether it deleted a row. */
+  revocation(found: boolean): void {
+    this.revocations[found ? 'revoked' : 'not_found']++;
+  }
+
+  /** Counts a tenant invalidation call. */
+  tenantInvalidation(): void {
+    this.tenantInvalidations++;
+  }
+
+  /** Counts an invalidation whose Redis part did not go through. */
+  invalidationFailed(kind: InvalidationKind): void {
+    this.invalidationFailures[kind]++;
+  }
+
+  /** Registers where a live value is read when a snapshot is taken (the last registration wins). */
+  source(name: ApiTokenMetricsSource, read: () => number): void {
+    this.sources.set(name, read);
+  }
+
+  /** A copy of every counter, timing and live value. */
+  snapshot(): ApiTokenMetricsSnapshot {
+    const read = (name: ApiTokenMetricsSource): number => this.sources.get(name)?.() ?? 0;
+    const scopes: Record<string, ScopeMetricsSnapshot> = {};
+    for (const [label, counters] of this.scopes) scopes[label] = copyScope(counters);
+    if (this.scopes.size >= MAX_SCOPE_LABELS || hasCounts(this.other)) scopes[OTHER_LABEL] = copyScope(this.other);
+    const fallbacks: Record<string, Record<RedisFallbackReason, number>> = {};
+    for (const [operation, counts] of this.fallbacks) fallbacks[operation] = { ...counts };
+    if (Object.values(this.otherFallbacks).some((n) => n > 0)) fallbacks[OTHER_LABEL] = { ...this.otherFallbacks };
+    return {
+      scopes,
+      databaseLookupSeconds: this.databaseLookupTiming.snapshot(),
+      lockWaitSeconds: this.lockWaitTiming.snapshot(),
+      localCache: { entries: read('localCacheEntries') },
+      redis: { up: this.sources.has('redisUp') ? read('redisUp') === 1 : true, outages: this.redisOutages, fallbacks },
+      usage: { pending: read('usagePending'), dropped: this.usageDropped },
+      flush: {
+        runs: { ...this.flushRuns },
+        ...this.flushTotals,
+        durationSeconds: this.flushTiming.snapshot(),
+        lastSuccessAt: this.lastFlushSuccess,
+      },
+      invalidation: {
+        revocations: { ...this.revocations },
+        tenantInvalidations: this.tenantInvalidations,
+        failures: { ...this.invalidationFailures },
+        listening: read('invalidationListening') === 1,
+        messagesReceived: read('invalidationMessagesReceived'),
+      },
+    };
+  }
+
+  private addScope(scope: string): ScopeCounters {
+    if (this.scopes.size >= MAX_SCOPE_LABELS || !SCOPE_LABEL.test(scope)) return this.other;
+    const counters = new ScopeCounters();
+    this.scopes.set(scope, counters);
+    return counters;
+  }
+}
+
+function copyScope(counters: ScopeCounters): ScopeMetricsSnapshot {
+  return { ...counters, lookups: { ...counters.lookups }, databaseLookups: { ...counters.databaseLookups } };
+}
+
+function hasCounts(counters: ScopeCounters): boolean {
+  const { lookups, databaseLookups, ...rest } = counters;
+  return [lookups, databaseLookups, rest].some((counts) => Object.values(counts).some((n) => n > 0));
+}
