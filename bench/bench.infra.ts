@@ -61,6 +61,7 @@ export async function startRedis(cleanup: Cleanup, port: number): Promise<{ url:
   );
   cleanup.add(() => rmSync(dir, { recursive: true, force: true }));
   cleanup.add(() => stopChild(child));
+  killOnExit(child);
   const spawned = new Promise<never>((_, reject) => child.once('error', (e) => reject(new Error(`redis-server: ${e.message} (set BENCH_REDIS_SERVER)`))));
   const url = `redis://127.0.0.1:${port}/${BENCH_REDIS_DB}`;
   const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => 100 });
@@ -172,6 +173,7 @@ export class BenchServer {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     cleanup.add(() => stopChild(child));
+    killOnExit(child);
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`${options.name} did not start within 90 s`)), 90_000);
       child.once('exit', (code) => {
@@ -207,6 +209,34 @@ export class BenchServer {
       this.child.send({ ...command, id } as ServerCommand);
     });
   }
+}
+
+/** Runs `exported(options)` of a module in a child process (bench/optional.runner.ts). */
+export async function runIsolated(
+  cleanup: Cleanup,
+  file: string,
+  exported: string,
+  options: Record<string, unknown>,
+): Promise<{ result: unknown } | { error: string }> {
+  const child = fork(join(__dirname, 'optional.runner.ts'), [], {
+    execArgv: ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register'],
+    env: { ...process.env, TS_NODE_TRANSPILE_ONLY: 'true' },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  cleanup.add(() => stopChild(child));
+  killOnExit(child);
+  return new Promise((resolve) => {
+    child.once('message', (message: { result: unknown } | { error: string }) => resolve(message));
+    child.once('exit', (code) => resolve({ error: `the process exited (${code}) without an answer` }));
+    child.send({ file, exported, options });
+  });
+}
+
+/** Kills a child by its pid if this process exits without cleaning up (a crash, an exit() in a library). */
+function killOnExit(child: ChildProcess): void {
+  const kill = () => child.kill('SIGKILL');
+  process.once('exit', kill);
+  child.once('exit', () => process.off('exit', kill));
 }
 
 /** Asks a child to stop (IPC for servers, SIGTERM otherwise), then kills it by its pid if it lingers. */

@@ -4,7 +4,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { DataSource } from 'typeorm';
-import { BenchServer, type BenchContext, Cleanup, createDatabase, freePort, startRedis } from './bench.infra';
+import { BenchServer, type BenchContext, Cleanup, createDatabase, freePort, runIsolated, startRedis } from './bench.infra';
 import { load } from './bench.load';
 import { runFloodBench } from './flood.bench';
 import { type ProfileSummary, summarizeProfile } from './hot-path.profile';
@@ -87,8 +87,8 @@ async function main(): Promise<void> {
 
     // Both run on the private redis-server too, each in an empty database index of its own.
     const redisPort = Number(new URL(redis.url).port);
-    const flush = await optional('flush', 'runFlushBench', { redisHost: '127.0.0.1', redisPort, redisDb: 8 });
-    const revocation = await optional('revocation', 'runRevocationBench', { redisHost: '127.0.0.1', redisPort, redisDb: 9 });
+    const flush = await optional(cleanup, 'flush', 'runFlushBench', { redisHost: '127.0.0.1', redisPort, redisDb: 8 });
+    const revocation = await optional(cleanup, 'revocation', 'runRevocationBench', { redisHost: '127.0.0.1', redisPort, redisDb: 9 });
 
     const seconds = (Date.now() - started) / 1000;
     const pg = await dataSource.query<{ server_version: string }[]>('SHOW server_version');
@@ -119,22 +119,19 @@ async function main(): Promise<void> {
 }
 
 /** Runs another scenario when its file is there: `bench/{name}.bench.ts` exporting `exported(options)`. */
-async function optional(name: string, exported: string, options: Record<string, unknown>): Promise<Optional> {
+async function optional(cleanup: Cleanup, name: string, exported: string, options: Record<string, unknown>): Promise<Optional> {
   const file = join(__dirname, `${name}.bench.ts`);
   if (!existsSync(file)) {
     console.log(`${name}: not available (no bench/${name}.bench.ts)`);
     return { status: 'not available', reason: `bench/${name}.bench.ts is not there` };
   }
-  console.log(`${name}: running ${exported}() from bench/${name}.bench.ts…`);
-  try {
-    const module = (await import(file)) as Record<string, unknown>;
-    const run = module[exported];
-    if (typeof run !== 'function') return { status: 'not available', reason: `bench/${name}.bench.ts does not export ${exported}()` };
-    return { status: 'ran', result: await (run as (o: Record<string, unknown>) => Promise<unknown>)(options) };
-  } catch (error) {
-    console.error(`${name} failed:`, error);
-    return { status: 'failed', reason: (error as Error).message };
+  console.log(`${name}: running ${exported}() from bench/${name}.bench.ts in a process of its own…`);
+  const outcome = await runIsolated(cleanup, file, exported, options);
+  if ('error' in outcome) {
+    console.error(`${name} failed: ${outcome.error}`);
+    return { status: 'failed', reason: outcome.error };
   }
+  return { status: 'ran', result: outcome.result };
 }
 
 function envInt(name: string, fallback: number): number {

@@ -16,11 +16,11 @@ export class TcpProxy {
   ) {}
 
   static async start(targetHost: string, targetPort: number): Promise<TcpProxy> {
-    let proxy: TcpProxy | undefined;
-    const server = createServer((client) => proxy?.accept(client, targetHost, targetPort));
+    const server = createServer();
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
-    proxy = new TcpProxy(server, (server.address() as { port: number }).port);
+    const proxy = new TcpProxy(server, (server.address() as { port: number }).port);
+    server.on('connection', (client) => proxy.accept(client, targetHost, targetPort));
     return proxy;
   }
 

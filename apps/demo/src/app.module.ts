@@ -1,9 +1,11 @@
 import { ApiTokenModule } from '@app/api-token';
 import { DynamicModule, Module } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
+import { TerminusModule } from '@nestjs/terminus';
 import type { DemoConfig } from './demo.config';
 import { storeModules } from './demo.stores';
 import { HealthController } from './health.controller';
+import { MetricsController } from './metrics.controller';
 import { WhoamiController } from './whoami.controller';
 
 /** The demo application: the library wired the way a service would wire it. */
@@ -16,8 +18,9 @@ export class AppModule {
         ScheduleModule.forRoot(),
         ...storeModules(config),
         ApiTokenModule.forRoot({ flushCron: config.flushCron, ...config.apiToken }),
+        TerminusModule,
       ],
-      controllers: [HealthController, WhoamiController],
+      controllers: [HealthController, MetricsController, WhoamiController],
     };
   }
 }

@@ -1,4 +1,4 @@
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, Optional } from '@nestjs/common';
 import { LRUCache } from 'lru-cache';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
 import { CACHE_KEY_PREFIX, cacheKey, escapeGlob, generationKey, parseScopedKey, tenantIndexKey } from './api-token.keys';
@@ -7,6 +7,7 @@ import type { ApiTokenRecord } from './api-token.record';
 import { parseRecord, serializeRecord } from './api-token.record';
 import { scanKeys } from './api-token.redis';
 import { ApiTokenRedisService } from './api-token-redis.service';
+import { ApiTokenMetrics } from './api-token.metrics';
 
 /** The three outcomes of a cache lookup. */
 export type CacheLookup =
@@ -38,7 +39,9 @@ export class ApiTokenCacheService {
   constructor(
     private readonly redis: ApiTokenRedisService,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
+    @Optional() metrics?: ApiTokenMetrics,
   ) {
+    metrics?.source('localCacheEntries', () => this.local?.size ?? 0);
     const { localCacheMax, localCacheTtlMs, negativeTtlSeconds } = options;
     this.local = localCacheMax > 0 && localCacheTtlMs > 0 ? new LRUCache({ max: localCacheMax, ttl: localCacheTtlMs }) : null;
     this.localNegativeTtl = Math.min(localCacheTtlMs, negativeTtlSeconds * 1000);

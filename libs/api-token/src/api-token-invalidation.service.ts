@@ -1,4 +1,4 @@
-import { Injectable, Logger, OnApplicationShutdown, OnModuleInit } from '@nestjs/common';
+import { Injectable, Logger, OnApplicationShutdown, OnModuleInit, Optional } from '@nestjs/common';
 import type { Cluster, Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
@@ -7,6 +7,7 @@ import { ApiTokenCacheService } from './api-token-cache.service';
 import { CACHE_KEY_PREFIX, parseScopedKey } from './api-token.keys';
 import { type RedisClient, redisDb } from './api-token.redis';
 import { ApiTokenRedisService, describeError } from './api-token-redis.service';
+import { ApiTokenMetrics } from './api-token.metrics';
 
 /**
  * The Redis pub/sub channel on which instances tell each other which cache keys to drop from their
@@ -54,9 +55,12 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
   constructor(
     private readonly redis: ApiTokenRedisService,
     private readonly cache: ApiTokenCacheService,
+    @Optional() metrics?: ApiTokenMetrics,
   ) {
     this.channel = invalidationChannel(redis.client);
     cache.onEviction((keys) => this.publish(keys));
+    metrics?.source('invalidationListening', () => (this.listening ? 1 : 0));
+    metrics?.source('invalidationMessagesReceived', () => this.received);
   }
 
   /** Whether the channel is subscribed right now (evictions from other instances reach this one). */

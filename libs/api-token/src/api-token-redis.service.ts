@@ -1,8 +1,9 @@
-import { Inject, Injectable, Logger } from '@nestjs/common';
+import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
 import { ReplyError } from 'ioredis';
 import { API_TOKEN_OPTIONS, API_TOKEN_REDIS } from './api-token.constants';
 import type { ResolvedApiTokenOptions } from './api-token.options';
 import type { RedisClient } from './api-token.redis';
+import { ApiTokenMetrics } from './api-token.metrics';
 
 /** Per-call settings of {@link ApiTokenRedisService.call}. */
 export interface RedisCallOptions {
@@ -50,7 +51,10 @@ export class ApiTokenRedisService {
   constructor(
     @Inject(API_TOKEN_REDIS) readonly client: RedisClient,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
-  ) {}
+    @Optional() private readonly metrics: ApiTokenMetrics = new ApiTokenMetrics(),
+  ) {
+    metrics.source('redisUp', () => (this.down ? 0 : 1));
+  }
 
   /** Whether Redis is taken as down (the circuit is open or probing). */
   get isDown(): boolean {
@@ -64,11 +68,15 @@ export class ApiTokenRedisService {
    */
   async call<T>(operation: string, call: (redis: RedisClient) => Promise<T>, options: RedisCallOptions = {}): Promise<T | undefined> {
     const probe = this.down;
-    if (probe && (this.probing || Date.now() < this.retryAt)) return undefined;
+    if (probe && (this.probing || Date.now() < this.retryAt)) {
+      this.metrics.redisFallback(operation, 'skipped');
+      return undefined;
+    }
     const status = this.client.status;
     if (status === 'ready') this.everReady = true;
     else if (this.everReady && UNUSABLE_AFTER_READY.has(status)) {
       this.failed(operation, `connection ${status}`);
+      this.metrics.redisFallback(operation, 'skipped');
       return undefined;
     }
     const outage = this.outages;
@@ -80,9 +88,11 @@ export class ApiTokenRedisService {
     } catch (error) {
       if (error instanceof ReplyError) {
         this.logger.debug(`Redis ${operation} got an error reply (${describeError(error)})`);
+        this.metrics.redisFallback(operation, 'error_reply');
         if (probe && outage === this.outages) this.recovered();
       } else {
         this.failed(operation, describeError(error));
+        this.metrics.redisFallback(operation, 'failed');
       }
       return undefined;
     } finally {
@@ -95,6 +105,7 @@ export class ApiTokenRedisService {
     if (this.down) return;
     this.down = true;
     this.outages++;
+    this.metrics.redisOutage();
     this.logger.warn(
       `Redis ${operation} failed (${reason}); carrying on without Redis, trying again every ${this.options.redisCooldownMs} ms`,
     );

@@ -12,6 +12,7 @@ import { redisDb, scanKeys, setIfNewer } from './api-token.redis';
 import { ApiTokenRedisService, describeError } from './api-token-redis.service';
 import { ApiTokenRepository, type LastUsedUpdate } from './api-token.repository';
 import { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageRecorder } from './api-token-usage.recorder';
+import { ApiTokenMetrics } from './api-token.metrics';
 
 /** The flush schedule when the `flushCron` option is not given: every minute, at second 0. */
 export const DEFAULT_FLUSH_CRON = '0 * * * * *';
@@ -156,6 +157,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     private readonly usage: ApiTokenUsageRecorder,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
     @Optional() private readonly scheduler?: SchedulerRegistry,
+    @Optional() private readonly metrics?: ApiTokenMetrics,
   ) {
     this.redlock = new Redlock([redis.client], { retryCount: 0, db: redisDb(redis.client) });
     // Redlock reports every failed attempt as an 'error' event; a flush handles them itself.
@@ -225,10 +227,16 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     const started = performance.now();
     await this.usage.flushPending();
     const lock = await this.acquire();
-    if (!lock) return null;
+    if (!lock) {
+      this.metrics?.flushSkipped();
+      return null;
+    }
     const held = { lock };
     try {
-      if (tick !== null && !(await this.claimTick(tick))) return null;
+      if (tick !== null && !(await this.claimTick(tick))) {
+        this.metrics?.flushSkipped();
+        return null;
+      }
       const walk = new Walk(this.options.flushPageSize, (page) => this.repository.updateLastUsed(page));
       const walked = await this.redis.call('scan', async (client) => {
         try {
@@ -249,6 +257,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       walk.stats.elapsedMs = Math.round(performance.now() - started);
       const { scanned, taken, updated, dropped, elapsedMs } = walk.stats;
       const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} elapsed=${elapsedMs}ms`;
+      this.metrics?.flushRan(walk.failed ? 'failed' : walk.stopped === undefined ? 'completed' : 'stopped', walk.stats);
       if (walk.failed) {
         const kept = await this.putBack(walk.unwritten);
         this.logger.error(`Usage flush failed: ${line}; ${walk.failed.message}; ${kept}`);
@@ -322,6 +331,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       Promise.all(uses.map((u) => setIfNewer(r, u.key, u.lastUsedAt, ACTIVE_KEY_TTL_SECONDS))),
       { timeoutMs: BATCH_CALL_TIMEOUT_MS },
     );
+    if (!done) this.metrics?.flushUsesLost(uses.length);
     return done ? `${uses.length} uses put back in Redis` : `${uses.length} uses lost (Redis did not answer)`;
   }
 }

@@ -1,4 +1,4 @@
-import { Inject, Injectable, OnApplicationShutdown } from '@nestjs/common';
+import { Inject, Injectable, OnApplicationShutdown, Optional } from '@nestjs/common';
 import { LRUCache } from 'lru-cache';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
 import { activeKey } from './api-token.keys';
@@ -6,6 +6,7 @@ import type { ResolvedApiTokenOptions } from './api-token.options';
 import { formatNaiveUtc } from './api-token.record';
 import { setIfNewer } from './api-token.redis';
 import { ApiTokenRedisService } from './api-token-redis.service';
+import { ApiTokenMetrics } from './api-token.metrics';
 
 /** Seconds an `api_token_active:*` key lives (Dify). */
 export const ACTIVE_KEY_TTL_SECONDS = 3600;
@@ -30,7 +31,9 @@ export class ApiTokenUsageRecorder implements OnApplicationShutdown {
   constructor(
     private readonly redis: ApiTokenRedisService,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
+    @Optional() private readonly metrics?: ApiTokenMetrics,
   ) {
+    metrics?.source('usagePending', () => this.pending.size);
     const interval = options.usageWriteIntervalMs;
     this.recent = interval > 0 ? new LRUCache({ max: MAX_TRACKED, ttl: interval, ttlAutopurge: false }) : null;
   }
@@ -76,8 +79,12 @@ export class ApiTokenUsageRecorder implements OnApplicationShutdown {
       Promise.all(entries.map(([key, ms]) => setIfNewer(r, key, formatNaiveUtc(new Date(ms)), ACTIVE_KEY_TTL_SECONDS))),
     );
     if (done !== undefined) return;
-    for (const [key, ms] of entries) {
-      if (this.pending.size >= MAX_TRACKED) break;
+    for (let i = 0; i < entries.length; i++) {
+      if (this.pending.size >= MAX_TRACKED) {
+        this.metrics?.usesDropped(entries.length - i);
+        break;
+      }
+      const [key, ms] = entries[i];
       if ((this.pending.get(key) ?? 0) < ms) this.pending.set(key, ms);
     }
     if (this.pending.size) this.schedule();

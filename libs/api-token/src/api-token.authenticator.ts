@@ -1,4 +1,4 @@
-import { Inject, Injectable, Logger } from '@nestjs/common';
+import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
 import { ExecutionError, Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ApiTokenCacheService, CacheLookup } from './api-token-cache.service';
@@ -11,6 +11,8 @@ import { redisDb } from './api-token.redis';
 import { ApiTokenRedisService } from './api-token-redis.service';
 import { ApiTokenRepository } from './api-token.repository';
 import { ApiTokenUsageRecorder } from './api-token-usage.recorder';
+import { ApiTokenStoreError } from './api-token.errors';
+import { ApiTokenMetrics } from './api-token.metrics';
 
 /**
  * The request path: shape check, in-process cache, Redis, then one database lookup per token at a
@@ -29,6 +31,7 @@ export class ApiTokenAuthenticator {
     private readonly usage: ApiTokenUsageRecorder,
     private readonly redis: ApiTokenRedisService,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
+    @Optional() private readonly metrics: ApiTokenMetrics = new ApiTokenMetrics(),
   ) {
     this.redlock = new Redlock([redis.client], {
       retryCount: 0,
@@ -54,18 +57,33 @@ export class ApiTokenAuthenticator {
 
   /** The answer the process knows with no I/O, or undefined when it must ask Redis or the database. */
   authenticateLocal(token: string, scope: string | null): ApiTokenRecord | null | undefined {
-    if (!this.isWellFormed(token)) return null;
+    const counts = this.metrics.scope(scope).lookups;
+    if (!this.isWellFormed(token)) {
+      counts.malformed++;
+      return null;
+    }
     const local = this.cache.lookupLocal(scope, storedToken(token, this.options));
     if (local.status === 'miss') return undefined;
-    return local.status === 'hit' ? this.used(local.record, scope) : null;
+    if (local.status === 'hit') {
+      counts.local_hit++;
+      return this.used(local.record, scope);
+    }
+    counts.local_negative++;
+    return null;
   }
 
   /** The rest of the path, after the in-process cache missed (the token is well formed). */
   async authenticateRemote(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     token = storedToken(token, this.options);
     const cached = await this.cache.lookupRedis(scope, token);
+    const counters = this.metrics.scope(scope);
+    if (cached.status === 'hit') counters.lookups.redis_hit++;
+    else counters.lookups[cached.status === 'negative' ? 'redis_negative' : 'miss']++;
     if (cached.status !== 'miss') return cached.status === 'hit' ? this.used(cached.record, scope) : null;
-    const record = await this.load(token, scope);
+    const record = await this.load(token, scope).catch((error: unknown) => {
+      if (error instanceof ApiTokenStoreError) counters.unavailable++;
+      throw error;
+    });
     return record && this.used(record, scope);
   }
 
@@ -77,7 +95,8 @@ export class ApiTokenAuthenticator {
   private load(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     const key = cacheKey(scope, token);
     let pending = this.inflight.get(key);
-    if (!pending) {
+    if (pending) this.metrics.scope(scope).singleFlightJoins++;
+    else {
       pending = this.fill(token, scope).finally(() => this.inflight.delete(key));
       this.inflight.set(key, pending);
     }
@@ -98,7 +117,7 @@ export class ApiTokenAuthenticator {
         if (again.status !== 'miss') return again.status === 'hit' ? again.record : null;
       }
       const generation = await this.cache.generation(token);
-      const record = await this.repository.findByToken(token, scope);
+      const record = await this.lookUp(token, scope);
       await this.cache.store(scope, token, record, epoch);
       if ((await this.cache.generation(token)) !== generation) {
         await this.cache.delete(scope, token);
@@ -111,6 +130,19 @@ export class ApiTokenAuthenticator {
     }
   }
 
+  /** The database lookup, counted and timed. */
+  private async lookUp(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    const started = performance.now();
+    try {
+      const record = await this.repository.findByToken(token, scope);
+      this.metrics.databaseLookup(scope, record ? 'found' : 'not_found', (performance.now() - started) / 1000);
+      return record;
+    } catch (error) {
+      this.metrics.databaseLookup(scope, 'error', (performance.now() - started) / 1000);
+      throw error;
+    }
+  }
+
   /**
    * Takes the lookup lock, or waits for whoever holds it: until the lock is free, the holder's
    * answer shows in Redis, or `lockWaitMs` runs out. When Redis fails or the wait runs out, the
@@ -120,17 +152,28 @@ export class ApiTokenAuthenticator {
     const resource = lockKey(scope, token);
     const { lockTtlMs, lockWaitMs, lockRetryDelayMs } = this.options;
     const deadline = Date.now() + lockWaitMs;
+    let waitedSince: number | undefined;
+    const waited = (timedOut = false) => {
+      if (waitedSince !== undefined) this.metrics.lockWaited(scope, (performance.now() - waitedSince) / 1000, timedOut);
+    };
     for (;;) {
       const attempt = await lockAttempt(this.redis, this.redlock, resource, lockTtlMs);
-      if (attempt === undefined) return {};
-      if (attempt !== LOCKED) return { lock: attempt };
+      if (attempt === undefined || attempt !== LOCKED) {
+        waited();
+        return attempt === undefined ? {} : { lock: attempt };
+      }
+      waitedSince ??= performance.now();
       if (Date.now() >= deadline) {
+        waited(true);
         this.logger.warn(`Lookup lock not had within ${lockWaitMs} ms; querying the database without it`);
         return {};
       }
       await sleep(lockRetryDelayMs / 2 + Math.random() * lockRetryDelayMs);
       const seen = await this.cache.lookupRedis(scope, token);
-      if (seen.status !== 'miss') return { answer: seen };
+      if (seen.status !== 'miss') {
+        waited();
+        return { answer: seen };
+      }
     }
   }
 }

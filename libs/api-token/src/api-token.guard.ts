@@ -3,6 +3,7 @@ import {
   ExecutionContext,
   HttpException,
   Injectable,
+  Optional,
   ServiceUnavailableException,
   Type,
   UnauthorizedException,
@@ -11,6 +12,7 @@ import {
 import { HttpAdapterHost } from '@nestjs/core';
 import { ApiTokenAuthenticator } from './api-token.authenticator';
 import { ApiTokenStoreError } from './api-token.errors';
+import { ApiTokenMetrics } from './api-token.metrics';
 import { type ApiTokenRecord, type AuthenticatedApiToken, toAuthenticated } from './api-token.record';
 
 /** Messages of the 401 answers, word for word Dify's. */
@@ -64,14 +66,21 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
     constructor(
       private readonly authenticator: ApiTokenAuthenticator,
       private readonly adapterHost: HttpAdapterHost,
-    ) {}
+      @Optional() private readonly metrics?: ApiTokenMetrics,
+    ) {
+      // The guard's scope takes its metrics label first, and shows at 0 before any request.
+      metrics?.scope(scope);
+    }
 
     canActivate(context: ExecutionContext): boolean | Promise<boolean> {
       const http = context.switchToHttp();
       const request = http.getRequest<{ headers: Record<string, string | string[] | undefined> } & Partial<ApiTokenRequest>>();
       const header = request.headers.authorization;
       const parsed = parseAuthorization(Array.isArray(header) ? header[0] : header);
-      if ('error' in parsed) throw this.unauthorized(http.getResponse(), parsed.error);
+      if ('error' in parsed) {
+        this.metrics?.lookup(scope, 'bad_header');
+        throw this.unauthorized(http.getResponse(), parsed.error);
+      }
       const local = this.authenticator.authenticateLocal(parsed.token, scope);
       if (local !== undefined) return this.admit(request, http.getResponse(), local);
       return this.authenticator.authenticateRemote(parsed.token, scope).then(

@@ -10,6 +10,8 @@ import { ApiTokenUsageRecorder } from './api-token-usage.recorder';
 import { ApiTokenUsageFlushService } from './api-token-usage-flush.service';
 import { ApiTokenInvalidationService } from './api-token-invalidation.service';
 import { ApiTokenService } from './api-token.service';
+import { ApiTokenMetrics } from './api-token.metrics';
+import { ApiTokenHealthIndicator } from './api-token.health';
 
 const services = [
   ApiTokenAuthenticator,
@@ -20,6 +22,8 @@ const services = [
   ApiTokenUsageFlushService,
   ApiTokenService,
   ApiTokenInvalidationService,
+  ApiTokenMetrics,
+  ApiTokenHealthIndicator,
 ];
 
 /**

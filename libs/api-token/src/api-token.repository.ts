@@ -73,6 +73,11 @@ export class ApiTokenRepository {
     return (await this.query('lookup', 'SELECT 1 FROM api_tokens WHERE token = $1 LIMIT 1', [token])).length > 0;
   }
 
+  /** Reads one row of `api_tokens` (none needed): throws {@link ApiTokenStoreError} when the table cannot be read. */
+  async checkTable(): Promise<void> {
+    await this.query('health check', 'SELECT 1 FROM api_tokens LIMIT 1', []);
+  }
+
   /** Inserts a token; `created_at` is now, in UTC. */
   async insert(values: { token: string; type: string; appId?: string | null; tenantId?: string | null }): Promise<ApiTokenRecord> {
     const rows = await this.query<Row>(

@@ -1,4 +1,4 @@
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, Optional } from '@nestjs/common';
 import { randomUUID } from 'node:crypto';
 import { ApiTokenCacheService } from './api-token-cache.service';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
@@ -9,6 +9,7 @@ import type { ResolvedApiTokenOptions } from './api-token.options';
 import type { ApiTokenRecord } from './api-token.record';
 import { ApiTokenRedisService } from './api-token-redis.service';
 import { ApiTokenRepository } from './api-token.repository';
+import { ApiTokenMetrics } from './api-token.metrics';
 
 /** What {@link ApiTokenService.create} needs. */
 export interface CreateApiTokenInput {
@@ -95,6 +96,7 @@ export class ApiTokenService {
     private readonly cache: ApiTokenCacheService,
     private readonly redis: ApiTokenRedisService,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
+    @Optional() private readonly metrics?: ApiTokenMetrics,
   ) {}
 
   /**
@@ -119,6 +121,7 @@ export class ApiTokenService {
       const record = await this.repository.insert({ token: stored, type: scope, appId, tenantId });
       await this.cache.bumpGeneration(stored, randomUUID());
       await this.cache.deleteKeys([cacheKey(scope, stored), cacheKey(null, stored)]);
+      if (this.redis.isDown) this.metrics?.invalidationFailed('create');
       return { ...this.summarize(record), token };
     }
     throw new Error(`ApiTokenService.create: no unused token after ${CREATE_ATTEMPTS} attempts`);
@@ -140,6 +143,7 @@ export class ApiTokenService {
     }
     const stored = storedToken(token, this.options);
     const rows = await this.repository.deleteByToken(stored);
+    this.metrics?.revocation(rows.length > 0);
     return this.invalidate(stored, rows);
   }
 
@@ -148,6 +152,7 @@ export class ApiTokenService {
     const uuid = checkUuid(id, 'id');
     if (!uuid) throw new TypeError('ApiTokenService.revokeById: "id" must be a UUID');
     const row = await this.repository.deleteById(uuid);
+    this.metrics?.revocation(row !== null);
     return row ? this.invalidate(row.token, [row]) : { revoked: [], cacheCleared: true };
   }
 
@@ -156,7 +161,10 @@ export class ApiTokenService {
     const uuid = checkUuid(tenantId, 'tenantId');
     if (!uuid) throw new TypeError('ApiTokenService.invalidateTenant: "tenantId" must be a UUID');
     const keys = await this.cache.invalidateTenant(uuid);
-    return { dropped: keys.length, cacheCleared: !this.redis.isDown };
+    const cacheCleared = !this.redis.isDown;
+    this.metrics?.tenantInvalidation();
+    if (!cacheCleared) this.metrics?.invalidationFailed('tenant');
+    return { dropped: keys.length, cacheCleared };
   }
 
   /** What `list` shows of a stored token: its prefix when it has the generated shape (never in hashed mode), then asterisks. */
@@ -169,7 +177,9 @@ export class ApiTokenService {
     const scopes = new Set<string | null>([null, ...rows.map((row) => row.type)]);
     await this.cache.deleteKeys([...scopes].map((scope) => cacheKey(scope, stored)));
     await this.cache.deleteAllScopes(stored);
-    return { revoked: rows.map((row) => this.summarize(row)), cacheCleared: !this.redis.isDown };
+    const cacheCleared = !this.redis.isDown;
+    if (!cacheCleared) this.metrics?.invalidationFailed('revoke');
+    return { revoked: rows.map((row) => this.summarize(row)), cacheCleared };
   }
 
   private summarize(record: ApiTokenRecord): ApiTokenSummary {

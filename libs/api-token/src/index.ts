@@ -50,3 +50,25 @@ export {
   type TenantInvalidation,
 } from './api-token.service';
 export { ApiTokenInvalidationService, INVALIDATION_CHANNEL, invalidationChannel } from './api-token-invalidation.service';
+export {
+  type ApiTokenMetricsSnapshot,
+  type ApiTokenMetricsSource,
+  ApiTokenMetrics,
+  DATABASE_RESULTS,
+  type DatabaseResult,
+  FLUSH_OUTCOMES,
+  type FlushOutcome,
+  INVALIDATION_KINDS,
+  type InvalidationKind,
+  LOOKUP_OUTCOMES,
+  type LookupOutcome,
+  MAX_OPERATION_LABELS,
+  MAX_SCOPE_LABELS,
+  OTHER_LABEL,
+  REDIS_FALLBACK_REASONS,
+  type RedisFallbackReason,
+  type ScopeMetricsSnapshot,
+  type TimingSnapshot,
+} from './api-token.metrics';
+export { API_TOKEN_COUNTERS, API_TOKEN_GAUGES, API_TOKEN_HISTOGRAMS, registerApiTokenMetrics } from './api-token.prometheus';
+export { type ApiTokenHealthCheckOptions, ApiTokenHealthIndicator, type ApiTokenHealthResult } from './api-token.health';

@@ -1,0 +1,67 @@
+import { Logger } from '@nestjs/common';
+import { ReplyError } from 'ioredis';
+import { ApiTokenRedisService } from './api-token-redis.service';
+import { resolveApiTokenOptions } from './api-token.options';
+import type { RedisClient } from './api-token.redis';
+
+function setup(status = 'ready') {
+  const client = { status } as unknown as RedisClient & { status: string };
+  const service = new ApiTokenRedisService(client, resolveApiTokenOptions({ redisCommandTimeoutMs: 20, redisCooldownMs: 60_000 }));
+  const warn = jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
+  const log = jest.spyOn(Logger.prototype, 'log').mockImplementation(() => undefined);
+  jest.spyOn(Logger.prototype, 'debug').mockImplementation(() => undefined);
+  return { client, service, warn, log };
+}
+
+describe('ApiTokenRedisService', () => {
+  afterEach(() => jest.restoreAllMocks());
+
+  it('gives up on a call that does not answer within the timeout and skips Redis afterwards', async () => {
+    const { service, warn } = setup();
+    expect(await service.call('get', () => new Promise(() => undefined))).toBeUndefined();
+    expect(service.isDown).toBe(true);
+    const fn = jest.fn(async () => 'x');
+    expect(await service.call('get', fn)).toBeUndefined();
+    expect(fn).not.toHaveBeenCalled();
+    expect(warn).toHaveBeenCalledTimes(1);
+  });
+
+  it('does not call a client that lost its connection, and probes after the cool-down', async () => {
+    const { client, service, warn, log } = setup();
+    await service.call('get', async () => 'ok');
+    client.status = 'reconnecting';
+    const fn = jest.fn(async () => 'x');
+    expect(await service.call('get', fn)).toBeUndefined();
+    expect(fn).not.toHaveBeenCalled();
+    client.status = 'ready';
+    jest.spyOn(Date, 'now').mockReturnValue(Date.now() + 60_001);
+    expect(await service.call('get', fn)).toBe('x');
+    expect([service.isDown, warn.mock.calls.length, log.mock.calls.length]).toEqual([false, 1, 1]);
+  });
+
+  it('lets one probe through at a time', async () => {
+    const { service } = setup();
+    await service.call('get', () => Promise.reject(new Error('down')));
+    jest.spyOn(Date, 'now').mockReturnValue(Date.now() + 60_001);
+    let answer!: (v: string) => void;
+    const probe = service.call('get', () => new Promise<string>((resolve) => (answer = resolve)));
+    const other = jest.fn(async () => 'x');
+    expect(await service.call('get', other)).toBeUndefined();
+    expect(other).not.toHaveBeenCalled();
+    answer('y');
+    expect(await probe).toBe('y');
+    expect(service.isDown).toBe(false);
+  });
+
+  it('does not open the circuit on an error reply (Redis answered)', async () => {
+    const { service, warn } = setup();
+    expect(await service.call('get', () => Promise.reject(new ReplyError('WRONGTYPE')))).toBeUndefined();
+    expect([service.isDown, warn.mock.calls.length]).toEqual([false, 0]);
+  });
+
+  it('honours a per-call timeout of 0 (no limit of its own)', async () => {
+    const { service } = setup();
+    const slow = service.call('scan', () => new Promise<string>((resolve) => setTimeout(() => resolve('done'), 50)), { timeoutMs: 0 });
+    expect(await slow).toBe('done');
+  });
+});

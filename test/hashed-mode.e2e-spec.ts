@@ -1,0 +1,87 @@
+import { ApiTokenRepository, ApiTokenService, ApiTokenUsageRecorder, generateApiToken, hashToken } from '@app/api-token';
+import type { INestApplication } from '@nestjs/common';
+import Redis from 'ioredis';
+import { createTestDatabase, type TestDatabase } from './support/database';
+import { get, listen } from './support/http-client';
+import { PrivateRedisServer } from './support/redis-server';
+import { createTestApp } from './support/test-app';
+
+const TENANT = '6f1c2f5e-1111-4a2b-8c3d-000000000001';
+
+/** `hashTokens: true` end to end: the table and Redis hold SHA-256 hex, never a token or a piece of one. */
+describe('hashed mode', () => {
+  let db: TestDatabase;
+  let server: PrivateRedisServer;
+  let app: INestApplication;
+  let port: number;
+  let redis: Redis;
+  const tokens: string[] = [];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    server = await PrivateRedisServer.start();
+    redis = new Redis(server.url());
+    app = await createTestApp({ databaseUrl: db.url, redisUrl: server.url(), apiToken: { hashTokens: true } });
+    port = await listen(app);
+    for (let i = 0; i < 3; i++) tokens.push((await app.get(ApiTokenService).create({ scope: 'app', tenantId: TENANT })).token);
+  });
+
+  afterAll(async () => {
+    await app?.close();
+    redis?.disconnect();
+    await server?.kill();
+    await db?.drop();
+  });
+
+  const allKeys = async () => {
+    const keys: string[] = [];
+    let cursor = '0';
+    do {
+      const [next, page] = await redis.scan(cursor, 'COUNT', 1000);
+      cursor = next;
+      keys.push(...page);
+    } while (cursor !== '0');
+    return keys;
+  };
+  const pieces = (token: string) => {
+    const secret = token.slice(token.indexOf('-') + 1);
+    return Array.from({ length: secret.length - 7 }, (_, i) => secret.slice(i, i + 8));
+  };
+
+  it('authenticates by the token while the table holds only its SHA-256', async () => {
+    for (const token of tokens) expect((await get(port, '/app/whoami', token)).status).toBe(200);
+    expect((await get(port, '/app/whoami', generateApiToken('app'))).status).toBe(401);
+    const rows = await db.query('SELECT token FROM api_tokens ORDER BY token');
+    expect(rows.map((r) => r.token)).toEqual(tokens.map(hashToken).sort());
+  });
+
+  it('keeps hits, negatives, the tenant index and usage in Redis under the hash', async () => {
+    const unknown = generateApiToken('app');
+    expect((await get(port, '/app/whoami', unknown)).status).toBe(401);
+    await app.get(ApiTokenUsageRecorder).flushPending();
+    const hash = hashToken(tokens[0]);
+    expect(await redis.exists(`api_token:app:${hash}`)).toBe(1);
+    expect(await redis.exists(`api_token_active:app:${hash}`)).toBe(1);
+    expect(await redis.get(`api_token:app:${hashToken(unknown)}`)).toBe('null');
+    expect(await redis.sismember(`tenant_tokens:${TENANT}`, `api_token:app:${hash}`)).toBe(1);
+    expect(JSON.parse((await redis.get(`api_token:app:${hash}`)) as string).token).toBe(hash);
+
+    const stored = [...(await allKeys())];
+    for (const key of stored) if ((await redis.type(key)) === 'string') stored.push((await redis.get(key)) as string);
+    for (const key of [`tenant_tokens:${TENANT}`]) stored.push(...(await redis.smembers(key)));
+    const text = stored.join('\n');
+    const leaks = [...tokens, unknown].flatMap(pieces).filter((piece) => text.includes(piece));
+    expect(leaks).toEqual([]);
+  });
+
+  it('does not accept a row holding the token itself (not Dify-compatible)', async () => {
+    const plain = (await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' })).token;
+    expect((await get(port, '/app/whoami', plain)).status).toBe(401);
+  });
+
+  it('revokes by the token', async () => {
+    await app.get(ApiTokenService).revoke(tokens[1]);
+    expect((await get(port, '/app/whoami', tokens[1])).status).toBe(401);
+    expect(await redis.get(`api_token:app:${hashToken(tokens[1])}`)).toBe('null');
+  });
+});
