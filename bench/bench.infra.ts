@@ -225,11 +225,12 @@ export async function runIsolated(
   });
   cleanup.add(() => stopChild(child));
   killOnExit(child);
-  return new Promise((resolve) => {
-    child.once('message', (message: { result: unknown } | { error: string }) => resolve(message));
-    child.once('exit', (code) => resolve({ error: `the process exited (${code}) without an answer` }));
-    child.send({ file, exported, options });
-  });
+  let answer: { result: unknown } | { error: string } | undefined;
+  child.once('message', (message: { result: unknown } | { error: string }) => (answer = message));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  child.send({ file, exported, options });
+  const code = await exited;
+  return answer ?? { error: `the process exited (${code}) without an answer` };
 }
 
 /** Kills a child by its pid if this process exits without cleaning up (a crash, an exit() in a library). */
@@ -243,7 +244,9 @@ function killOnExit(child: ChildProcess): void {
 async function stopChild(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  if (child.connected) child.send({ id: 0, command: 'stop' } satisfies ServerCommand);
+  // A child that is exiting already may have closed its IPC channel: then SIGTERM.
+  child.on('error', () => undefined);
+  if (child.connected) child.send({ id: 0, command: 'stop' } satisfies ServerCommand, (error) => error && child.kill('SIGTERM'));
   else child.kill('SIGTERM');
   const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
   await exited;

@@ -21,6 +21,8 @@ const LOCAL_NEGATIVE: CacheLookup = { status: 'negative', layer: 'local' };
 const REDIS_NEGATIVE: CacheLookup = { status: 'negative', layer: 'redis' };
 const SCAN_COUNT = 1000;
 const GENERATION_TTL_SECONDS = 3600;
+/** Deletions and generation changes are tried even while Redis is taken as down: skipping one could keep a revoked token cached. */
+const FORCE = { force: true } as const;
 
 /**
  * The token cache: an in-process LRU (L1) in front of Redis (L2), with Dify's keys, JSON and TTLs.
@@ -79,7 +81,7 @@ export class ApiTokenCacheService {
 
   /** Marks a change of the token, so that fills which overlapped it back off. */
   async bumpGeneration(token: string, value: string): Promise<void> {
-    await this.redis.call('set', (r) => r.set(generationKey(token), value, 'EX', GENERATION_TTL_SECONDS));
+    await this.redis.call('set', (r) => r.set(generationKey(token), value, 'EX', GENERATION_TTL_SECONDS), FORCE);
   }
 
   /** The local eviction epoch; hand it back to {@link store} so a fill an eviction overlapped stays out of L1. */
@@ -115,7 +117,7 @@ export class ApiTokenCacheService {
   async deleteKeys(keys: readonly string[]): Promise<void> {
     if (keys.length === 0) return;
     this.evictLocal(keys);
-    await this.redis.call('del', (r) => Promise.all(keys.map((key) => r.del(key))));
+    await this.redis.call('del', (r) => Promise.all(keys.map((key) => r.del(key))), FORCE);
     await this.evicted(keys);
   }
 
@@ -141,7 +143,7 @@ export class ApiTokenCacheService {
         for (const key of mine) await node.del(key);
         deleted.push(...mine);
       }),
-      { timeoutMs: 0 },
+      { timeoutMs: 0, force: true },
     );
     this.evictLocal(deleted);
     await this.evicted(deleted);
@@ -151,9 +153,9 @@ export class ApiTokenCacheService {
   /** Drops every cached entry of a tenant and its index, without touching the tokens. Returns the keys dropped. */
   async invalidateTenant(tenantId: string): Promise<string[]> {
     const index = tenantIndexKey(tenantId);
-    const members = (await this.redis.call('smembers', (r) => r.smembers(index))) ?? [];
+    const members = (await this.redis.call('smembers', (r) => r.smembers(index), FORCE)) ?? [];
     const keys = members.filter((key) => parseScopedKey(CACHE_KEY_PREFIX, key) !== null);
-    await this.redis.call('del', (r) => Promise.all([...keys, index].map((key) => r.del(key))));
+    await this.redis.call('del', (r) => Promise.all([...keys, index].map((key) => r.del(key))), FORCE);
     this.evictLocal(keys);
     await this.evicted(keys);
     return keys;

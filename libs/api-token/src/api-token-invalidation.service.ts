@@ -138,7 +138,7 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
     for (let i = 0; i < keys.length; i += KEYS_PER_MESSAGE) {
       const message: InvalidationMessage = { origin: this.instanceId, keys: keys.slice(i, i + KEYS_PER_MESSAGE) };
       const payload = JSON.stringify(message);
-      await this.redis.call('publish', (r) => r.publish(this.channel, payload));
+      await this.redis.call('publish', (r) => r.publish(this.channel, payload), { force: true });
     }
   }
 

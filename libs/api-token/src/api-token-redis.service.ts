@@ -13,6 +13,11 @@ export interface RedisCallOptions {
    * value, or 0 for no limit of the module's own (the client's `commandTimeout` still applies).
    */
   timeoutMs?: number;
+  /**
+   * Call even while the circuit is open: for writes that must not be skipped because an earlier call
+   * failed (revocation and invalidation). Still not called on a connection known to be down.
+   */
+  force?: boolean;
 }
 
 /** A call the module gave up on: Redis did not answer within its time. */
@@ -68,7 +73,7 @@ export class ApiTokenRedisService {
    */
   async call<T>(operation: string, call: (redis: RedisClient) => Promise<T>, options: RedisCallOptions = {}): Promise<T | undefined> {
     const probe = this.down;
-    if (probe && (this.probing || Date.now() < this.retryAt)) {
+    if (probe && !options.force && (this.probing || Date.now() < this.retryAt)) {
       this.metrics.redisFallback(operation, 'skipped');
       return undefined;
     }
@@ -80,7 +85,8 @@ export class ApiTokenRedisService {
       return undefined;
     }
     const outage = this.outages;
-    if (probe) this.probing = true;
+    const probing = probe && !this.probing;
+    if (probing) this.probing = true;
     try {
       const result = await bounded(call(this.client), options.timeoutMs ?? this.options.redisCommandTimeoutMs);
       if (this.down && outage === this.outages) this.recovered();
@@ -96,7 +102,7 @@ export class ApiTokenRedisService {
       }
       return undefined;
     } finally {
-      if (probe) this.probing = false;
+      if (probing) this.probing = false;
     }
   }
 

@@ -67,6 +67,7 @@ export {
   OTHER_LABEL,
   REDIS_FALLBACK_REASONS,
   type RedisFallbackReason,
+  ScopeCounters,
   type ScopeMetricsSnapshot,
   type TimingSnapshot,
 } from './api-token.metrics';
