@@ -64,4 +64,14 @@ describe('ApiTokenRedisService', () => {
     const slow = service.call('scan', () => new Promise<string>((resolve) => setTimeout(() => resolve('done'), 50)), { timeoutMs: 0 });
     expect(await slow).toBe('done');
   });
+
+  it('still makes a forced call (a revocation write) while the circuit is open', async () => {
+    const { service } = setup();
+    await service.call('get', () => Promise.reject(new Error('down')));
+    const skipped = jest.fn(async () => 1);
+    expect(await service.call('del', skipped)).toBeUndefined();
+    expect(skipped).not.toHaveBeenCalled();
+    expect(await service.call('del', async () => 1, { force: true })).toBe(1);
+    expect(service.isDown).toBe(false);
+  });
 });

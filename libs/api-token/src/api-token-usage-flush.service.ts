@@ -170,15 +170,10 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     if (!this.applySchedule()) setImmediate(() => this.applySchedule(true));
   }
 
-  /**
-   * Lets a run under way finish, then writes the pending uses: here, not in the recorder's
-   * `onApplicationShutdown`, because `@nestjs-modules/ioredis` may quit the connection in its own
-   * `onApplicationShutdown` first.
-   */
+  /** Lets a run under way finish before the connections close. */
   async beforeApplicationShutdown(): Promise<void> {
     this.closing = true;
     await this.queue;
-    await this.usage.flushPending();
   }
 
   /** The scheduled run: skipped while this process runs one, or when another instance has this tick. */

@@ -1,4 +1,4 @@
-import { Inject, Injectable, OnApplicationShutdown, Optional } from '@nestjs/common';
+import { BeforeApplicationShutdown, Inject, Injectable, Optional } from '@nestjs/common';
 import { LRUCache } from 'lru-cache';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
 import { activeKey } from './api-token.keys';
@@ -22,7 +22,7 @@ const RETRY_MS = 1000;
  * A write never replaces a newer time another instance wrote.
  */
 @Injectable()
-export class ApiTokenUsageRecorder implements OnApplicationShutdown {
+export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
   private readonly recent: LRUCache<string, true> | null;
   private pending = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
@@ -63,8 +63,12 @@ export class ApiTokenUsageRecorder implements OnApplicationShutdown {
     await this.write(batch);
   }
 
-  /** Waits for the writes under way, then writes what is pending, so closing the application loses no use. */
-  async onApplicationShutdown(): Promise<void> {
+  /**
+   * Waits for the writes under way, then writes what is pending, so closing the application loses no
+   * use. Before shutdown, not on it: `@nestjs-modules/ioredis` may quit the connection in its own
+   * `onApplicationShutdown` first.
+   */
+  async beforeApplicationShutdown(): Promise<void> {
     await Promise.all(this.writing);
     await this.flushPending();
   }
