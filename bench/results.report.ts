@@ -92,7 +92,7 @@ function render(r: BenchResults): string {
     '|---:|---:|---:|---:|---:|---:|---:|---:|',
     ...r.stampede.map((t, i) => `| ${i + 1} | ${t.requests} | ${t.ok} | ${t.lookups} | ${t.redisCommands} | ${t.redisExecuted} | ${f(t.milliseconds, 0)} | ${f(t.eventLoopDelayMaxMs, 0)} |`),
     '',
-    ...r.stampede.map((t, i) => `- trial ${i + 1} Redis commands sent: ${Object.entries(t.redisByCommand).map(([c, n]) => `${c} ${n}`).join(', ')}`),
+    ...r.stampede.map((t, i) => `- trial ${i + 1} Redis commands sent: ${Object.entries(t.redisByCommand).map(([c, n]) => `${c} ${n}`).join(', ') || 'none'}`),
     '',
     `## 3. Floods (${s.floodSize} distinct tokens each, ${s.connections} connections, default configuration)`,
     '',

@@ -15,7 +15,7 @@ import { runThroughputBench } from './throughput.bench';
 /**
  * `npm run bench`: starts a private redis-server, a private database and six server processes,
  * runs every scenario, writes bench/RESULTS.md, and stops and drops everything it started.
- * Tunable with BENCH_ROUNDS, BENCH_SECONDS, BENCH_CONNECTIONS (see `settings`).
+ * Tunable with BENCH_ROUNDS, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_FLOOD_SIZE (see `settings`).
  */
 async function main(): Promise<void> {
   const started = Date.now();

@@ -4,12 +4,12 @@ import type Redis from 'ioredis';
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import request from 'supertest';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { clearLibraryKeys, testRedis } from './support/redis';
 import { REDIS_ENV } from './support/servers';
 import { createTestApp } from './support/test-app';
+import { until } from './support/until';
 
 interface CliResult {
   code: number | null;
@@ -44,14 +44,6 @@ describe('token command line', () => {
     });
   const whoami = (token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
   const local = (token: string) => app.get(ApiTokenCacheService).lookupLocal('app', token).status;
-  async function until(what: string, check: () => boolean): Promise<void> {
-    const deadline = Date.now() + 5000;
-    while (!check()) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-      await sleep(5);
-    }
-  }
-
   beforeAll(async () => {
     db = await createTestDatabase();
     redis = testRedis();

@@ -11,27 +11,18 @@ import * as generator from '@app/api-token/api-token.generator';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import request from 'supertest';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { QueryCounter } from './support/query-counter';
 import { clearLibraryKeys, countExisting, killSubscribers, testRedis } from './support/redis';
 import { createTestApp } from './support/test-app';
+import { until } from './support/until';
 
 /** A promise the test settles by hand. */
 function gate<T = void>(): { promise: Promise<T>; open: (value: T) => void } {
   let open!: (value: T) => void;
   const promise = new Promise<T>((resolve) => (open = resolve));
   return { promise, open };
-}
-
-/** Polls until `check` holds, failing after `deadlineMs`. */
-async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = 5000): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await sleep(5);
-  }
 }
 
 describe('token lifecycle and revocation across two instances', () => {

@@ -13,22 +13,13 @@ import {
 } from '@app/api-token';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { get, listen } from './support/http-client';
 import { clearLibraryKeys, testRedis } from './support/redis';
 import { REDIS_TEST_URL } from './support/servers';
 import { TcpProxy } from './support/tcp-proxy';
 import { createTestApp } from './support/test-app';
-
-/** Polls until `check` holds, or fails naming `what` after the deadline. */
-async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = 15_000): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
-    await sleep(20);
-  }
-}
+import { until } from './support/until';
 
 const NAME = '[a-zA-Z_:][a-zA-Z0-9_:]*';
 const LABEL = '[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\\\\n]|\\\\[\\\\"n])*"';

@@ -2,22 +2,13 @@ import { ApiTokenAuthenticator, ApiTokenRepository, generateApiToken } from '@ap
 import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
 import { Agent } from 'node:http';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { CapturingLogger } from './support/capturing-logger';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { type Answer, get, listen } from './support/http-client';
 import { QueryCounter } from './support/query-counter';
 import { PrivateRedisServer } from './support/redis-server';
 import { createTestApp } from './support/test-app';
-
-/** Polls until `check` holds, or fails with `what` after the deadline. */
-async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = 15_000): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
-    await sleep(20);
-  }
-}
+import { until } from './support/until';
 
 interface Sample extends Answer {
   phase: string;

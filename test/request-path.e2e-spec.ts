@@ -13,6 +13,7 @@ import { createTestDatabase, type TestDatabase } from './support/database';
 import { QueryCounter } from './support/query-counter';
 import { clearLibraryKeys, testRedis } from './support/redis';
 import { createTestApp } from './support/test-app';
+import { until } from './support/until';
 
 const MISSING = "Authorization header must be provided and start with 'Bearer'";
 const SCHEME = "Authorization scheme must be 'Bearer'";
@@ -116,7 +117,8 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
         expect(await redis.sismember(`tenant_tokens:${tenantId}`, key)).toBe(1);
 
         const activeKey = `api_token_active:app:${record.token}`;
-        const active = await pollFor(() => redis.get(activeKey));
+        await until('the use is recorded', async () => (await redis.exists(activeKey)) === 1);
+        const active = await redis.get(activeKey);
         expect(active).toMatch(NAIVE_UTC);
         expect(Math.abs(Date.parse(`${active}Z`) - Date.now())).toBeLessThan(120_000);
         const activeTtl = await redis.ttl(activeKey);
@@ -214,13 +216,3 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
     }
   });
 });
-
-async function pollFor<T>(read: () => Promise<T | null>, deadlineMs = 5000): Promise<T> {
-  const end = Date.now() + deadlineMs;
-  for (;;) {
-    const value = await read();
-    if (value !== null) return value;
-    if (Date.now() > end) throw new Error('value did not appear before the deadline');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}

@@ -26,6 +26,7 @@ import { clearLibraryKeys, testRedis } from './support/redis';
 import { REDIS_CLUSTER_NODES, REDIS_TEST_DB, REDIS_TEST_URL } from './support/servers';
 import { redisModuleOptions } from '../apps/demo/src/demo.stores';
 import { createTestApp } from './support/test-app';
+import { until } from './support/until';
 
 jest.setTimeout(60_000);
 
@@ -34,15 +35,6 @@ const LAST_USED = `to_char(last_used_at, 'YYYY-MM-DD"T"HH24:MI:SS.US') AS last_u
 const UPDATES = /^\s*UPDATE api_tokens/;
 
 /** A free loopback port whose cluster bus port (+10000) is a valid port too. */
-/** Polls until `check` holds, failing after `deadlineMs`. */
-async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = 10_000): Promise<void> {
-  const deadline = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await sleep(20);
-  }
-}
-
 describe('usage flush', () => {
   let db: TestDatabase;
   let redis: Redis;
