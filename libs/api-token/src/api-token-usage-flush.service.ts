@@ -160,8 +160,6 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     @Optional() private readonly metrics?: ApiTokenMetrics,
   ) {
     this.redlock = new Redlock([redis.client], { retryCount: 0, db: redisDb(redis.client) });
-    // Redlock reports every failed attempt as an 'error' event; a flush handles them itself.
-    this.redlock.on('error', () => undefined);
     this.tickTtlSeconds = 2 * (options.flushCron === false ? MAX_FLUSH_GAP_SECONDS : longestCronGapSeconds(options.flushCron));
   }
 

@@ -33,12 +33,7 @@ export class ApiTokenAuthenticator {
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
     @Optional() private readonly metrics: ApiTokenMetrics = new ApiTokenMetrics(),
   ) {
-    this.redlock = new Redlock([redis.client], {
-      retryCount: 0,
-      db: redisDb(redis.client),
-    });
-    // Redlock reports every failed attempt as an 'error' event; the lookup handles them itself.
-    this.redlock.on('error', () => undefined);
+    this.redlock = new Redlock([redis.client], { retryCount: 0, db: redisDb(redis.client) });
   }
 
   /** Whether a token is worth a lookup (the `tokenPattern` option); anything else is refused with no I/O. */
