@@ -51,9 +51,15 @@ export class ApiTokenCacheService {
 
   /** The in-process answer, with no I/O; `miss` when L1 is off or holds nothing. */
   lookupLocal(scope: string | null, token: string): CacheLookup {
-    const entry = this.local?.get(cacheKey(scope, token));
+    const entry = this.peekLocal(scope, token);
     if (entry === undefined) return MISS;
-    return entry === NEGATIVE ? LOCAL_NEGATIVE : { status: 'hit', record: entry, layer: 'local' };
+    return entry === null ? LOCAL_NEGATIVE : { status: 'hit', record: entry, layer: 'local' };
+  }
+
+  /** {@link lookupLocal} without an answer object, for the request path: the record, null (cached negative) or undefined (miss). */
+  peekLocal(scope: string | null, token: string): ApiTokenRecord | null | undefined {
+    const entry = this.local?.get(cacheKey(scope, token));
+    return entry === NEGATIVE ? null : entry;
   }
 
   /** L1, then Redis. */

@@ -123,11 +123,17 @@ export class ApiTokenRedisService {
   }
 }
 
+/**
+ * Rejects when `promise` has not settled within `timeoutMs`. The rejection waits for `setImmediate`,
+ * which runs after the event loop's I/O phase: when the loop itself was blocked past the timeout
+ * (a burst of requests), a reply already in the socket is read first and wins, so a busy process
+ * does not take a live Redis for a dead one.
+ */
 function bounded<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
   if (!(timeoutMs > 0)) return promise;
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new RedisCallTimeoutError(timeoutMs)), timeoutMs);
+    timer = setTimeout(() => setImmediate(() => reject(new RedisCallTimeoutError(timeoutMs))), timeoutMs);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }

@@ -57,11 +57,11 @@ export class ApiTokenAuthenticator {
       counts.malformed++;
       return null;
     }
-    const local = this.cache.lookupLocal(scope, storedToken(token, this.options));
-    if (local.status === 'miss') return undefined;
-    if (local.status === 'hit') {
+    const local = this.cache.peekLocal(scope, storedToken(token, this.options));
+    if (local === undefined) return undefined;
+    if (local) {
       counts.local_hit++;
-      return this.used(local.record, scope);
+      return this.used(local, scope);
     }
     counts.local_negative++;
     return null;
@@ -70,13 +70,8 @@ export class ApiTokenAuthenticator {
   /** The rest of the path, after the in-process cache missed (the token is well formed). */
   async authenticateRemote(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     token = storedToken(token, this.options);
-    const cached = await this.cache.lookupRedis(scope, token);
-    const counters = this.metrics.scope(scope);
-    if (cached.status === 'hit') counters.lookups.redis_hit++;
-    else counters.lookups[cached.status === 'negative' ? 'redis_negative' : 'miss']++;
-    if (cached.status !== 'miss') return cached.status === 'hit' ? this.used(cached.record, scope) : null;
-    const record = await this.load(token, scope).catch((error: unknown) => {
-      if (error instanceof ApiTokenStoreError) counters.unavailable++;
+    const record = await this.shared(token, scope).catch((error: unknown) => {
+      if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
       throw error;
     });
     return record && this.used(record, scope);
@@ -87,15 +82,31 @@ export class ApiTokenAuthenticator {
     return record;
   }
 
-  private load(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+  /** Single flight in the process: concurrent lookups of one key share one Redis read and, on a miss, one fill. */
+  private shared(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     const key = cacheKey(scope, token);
     let pending = this.inflight.get(key);
     if (pending) this.metrics.scope(scope).singleFlightJoins++;
     else {
-      pending = this.fill(token, scope).finally(() => this.inflight.delete(key));
+      pending = this.resolve(token, scope).finally(() => this.inflight.delete(key));
       this.inflight.set(key, pending);
     }
     return pending;
+  }
+
+  private async resolve(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    const cached = await this.cache.lookupRedis(scope, token);
+    const lookups = this.metrics.scope(scope).lookups;
+    if (cached.status === 'hit') {
+      lookups.redis_hit++;
+      return cached.record;
+    }
+    if (cached.status === 'negative') {
+      lookups.redis_negative++;
+      return null;
+    }
+    lookups.miss++;
+    return this.fill(token, scope);
   }
 
   /**
