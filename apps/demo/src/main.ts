@@ -15,9 +15,12 @@ async function bootstrap(): Promise<void> {
   const [existing] = await repository.list({ appId: DEMO_APP_ID, type: 'app' });
   const token = existing?.token ?? (await app.get(ApiTokenService).create({ scope: 'app', appId: DEMO_APP_ID })).token;
   process.stdout.write(
-    `\nDemo listening on port ${config.port}. ${existing ? 'Its' : 'Created its'} demo token; try:\n\n` +
+    `\nDemo listening on port ${config.port}, with ${existing ? 'its' : 'a newly created'} demo token; try:\n\n` +
       `  curl -H 'Authorization: Bearer ${token}' http://localhost:${config.port}/app/whoami\n\n`,
   );
 }
 
-void bootstrap();
+bootstrap().catch((error: unknown) => {
+  process.stderr.write(`Demo failed to start: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+});
