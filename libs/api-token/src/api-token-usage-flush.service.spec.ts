@@ -80,4 +80,11 @@ describe('parseActiveEntry', () => {
   ])('drops %p = %p', (key, value) => {
     expect(parseActiveEntry(key, value)).toBeNull();
   });
+
+  it('drops a time too far in the future (it would stick: updates only move forward), keeps clock skew', () => {
+    const now = Date.parse('2026-02-03T10:00:00Z');
+    expect(parseActiveEntry('api_token_active:app:t', '2026-02-03T10:04:59', now)?.lastUsedAt).toBe('2026-02-03T10:04:59');
+    expect(parseActiveEntry('api_token_active:app:t', '2026-02-03T10:05:01', now)).toBeNull();
+    expect(parseActiveEntry('api_token_active:app:t', '2099-01-01T00:00:00', now)).toBeNull();
+  });
 });

@@ -329,14 +329,19 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
   }
 }
 
+/** How far ahead of this process's clock a use time may be (clock skew between hosts); later ones are dropped. */
+export const MAX_FUTURE_SKEW_MS = 5 * 60_000;
+
 /**
  * Reads one taken `api_token_active:{scope}:{token}` entry (scope `None` or `any`: every scope), or
- * null when the key or its time is unusable (a token PostgreSQL text cannot hold counts as unusable).
+ * null when the key or its time is unusable: a token PostgreSQL text cannot hold, or a time more than
+ * {@link MAX_FUTURE_SKEW_MS} ahead of `now` (updates only move forward, so it would stick).
  */
-export function parseActiveEntry(key: string, value: string): TakenUse | null {
+export function parseActiveEntry(key: string, value: string, now = Date.now()): TakenUse | null {
   const parsed = parseScopedKey(ACTIVE_KEY_PREFIX, key);
   const lastUsedAt = toNaiveUtc(value);
   if (!parsed || !lastUsedAt || key.includes('\u0000')) return null;
+  if (Date.parse(`${lastUsedAt}Z`) > now + MAX_FUTURE_SKEW_MS) return null;
   return { key, token: parsed.token, scope: parsed.scope, lastUsedAt };
 }
 

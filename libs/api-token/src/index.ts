@@ -35,6 +35,7 @@ export {
   FLUSH_LOCK_KEY,
   FLUSH_TICK_KEY,
   MAX_FLUSH_GAP_SECONDS,
+  MAX_FUTURE_SKEW_MS,
   type UsageFlushStats,
   longestCronGapSeconds,
 } from './api-token-usage-flush.service';
