@@ -1,8 +1,9 @@
 import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
+import { ExecutionError, type Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
 import { ReplyError } from 'ioredis';
 import { API_TOKEN_OPTIONS, API_TOKEN_REDIS } from './api-token.constants';
 import type { ResolvedApiTokenOptions } from './api-token.options';
-import type { RedisClient } from './api-token.redis';
+import { type RedisClient, redisDb } from './api-token.redis';
 import { ApiTokenMetrics } from './api-token.metrics';
 
 /** Per-call settings of {@link ApiTokenRedisService.call}. */
@@ -28,6 +29,9 @@ export class RedisCallTimeoutError extends Error {
   }
 }
 
+/** What {@link ApiTokenRedisService.tryLock} answers when another holder has the lock. */
+export const LOCKED = Symbol('locked');
+
 const UNUSABLE_AFTER_READY = new Set(['connecting', 'connect', 'reconnecting', 'close', 'end']);
 
 /**
@@ -52,6 +56,7 @@ export class ApiTokenRedisService {
   private retryAt = 0;
   private probing = false;
   private everReady = false;
+  private redlock: Redlock | undefined;
 
   constructor(
     @Inject(API_TOKEN_REDIS) readonly client: RedisClient,
@@ -106,6 +111,35 @@ export class ApiTokenRedisService {
     }
   }
 
+  /**
+   * One attempt (no retry) at a Redlock lock, through {@link call} so a dead Redis costs no more than
+   * any other call: the lock, {@link LOCKED} when another holder has it, undefined when Redis failed or
+   * is skipped. A lock granted after the call gave up on it is released at once.
+   */
+  async tryLock(resource: string, ttlMs: number, options?: RedisCallOptions): Promise<Lock | typeof LOCKED | undefined> {
+    this.redlock ??= new Redlock([this.client], { retryCount: 0, db: redisDb(this.client) });
+    const redlock = this.redlock;
+    let attempt: Promise<Lock> | undefined;
+    const result = await this.call(
+      'lock',
+      () => {
+        attempt = redlock.acquire([resource], ttlMs);
+        return attempt.catch(async (error: unknown): Promise<typeof LOCKED> => {
+          if (await isLockedByAnother(error)) return LOCKED;
+          throw error;
+        });
+      },
+      options,
+    );
+    if (result === undefined) attempt?.then((lock) => lock.release()).catch(() => undefined);
+    return result;
+  }
+
+  /** Releases a lock without waiting; if Redis does not answer, the lock expires by itself. */
+  unlock(lock: Lock): void {
+    void this.call('unlock', () => lock.release());
+  }
+
   private failed(operation: string, reason: string): void {
     this.retryAt = Date.now() + this.options.redisCooldownMs;
     if (this.down) return;
@@ -143,4 +177,10 @@ export function describeError(error: unknown): string {
   if (!(error instanceof Error)) return typeof error;
   const code = (error as { code?: unknown }).code;
   return typeof code === 'string' ? `${error.name} ${code}` : error.name;
+}
+
+async function isLockedByAnother(error: unknown): Promise<boolean> {
+  if (!(error instanceof ExecutionError) || error.attempts.length === 0) return false;
+  const stats = await error.attempts[error.attempts.length - 1];
+  return [...stats.votesAgainst.values()].some((e) => e instanceof ResourceLockedError);
 }

@@ -1,6 +1,6 @@
 import { BeforeApplicationShutdown, Inject, Injectable, Logger, OnApplicationBootstrap, Optional } from '@nestjs/common';
 import { Cron, SchedulerRegistry } from '@nestjs/schedule';
-import { ExecutionError, type Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
+import type { Lock } from '@sesamecare-oss/redlock';
 import { CronTime } from 'cron';
 import type { Redis } from 'ioredis';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
@@ -8,8 +8,8 @@ import { ApiTokenStoreError } from './api-token.errors';
 import { ACTIVE_KEY_PREFIX, parseScopedKey } from './api-token.keys';
 import type { ResolvedApiTokenOptions } from './api-token.options';
 import { toNaiveUtc } from './api-token.record';
-import { redisDb, scanKeys, setIfNewer } from './api-token.redis';
-import { ApiTokenRedisService, describeError } from './api-token-redis.service';
+import { scanKeys, setIfNewer } from './api-token.redis';
+import { ApiTokenRedisService, LOCKED, describeError } from './api-token-redis.service';
 import { ApiTokenRepository, type LastUsedUpdate } from './api-token.repository';
 import { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageRecorder } from './api-token-usage.recorder';
 import { ApiTokenMetrics } from './api-token.metrics';
@@ -144,7 +144,6 @@ export function assertFlushCron(value: unknown): void {
 @Injectable()
 export class ApiTokenUsageFlushService implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly logger = new Logger('ApiTokenUsageFlush');
-  private readonly redlock: Redlock;
   private queue: Promise<unknown> = Promise.resolve();
   private queued = 0;
   private scheduled = false;
@@ -159,7 +158,6 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     @Optional() private readonly scheduler?: SchedulerRegistry,
     @Optional() private readonly metrics?: ApiTokenMetrics,
   ) {
-    this.redlock = new Redlock([redis.client], { retryCount: 0, db: redisDb(redis.client) });
     this.tickTtlSeconds = 2 * (options.flushCron === false ? MAX_FLUSH_GAP_SECONDS : longestCronGapSeconds(options.flushCron));
   }
 
@@ -267,16 +265,12 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
 
   /** The run lock, or null when another instance holds it or Redis did not answer (logged by ApiTokenRedis). */
   private async acquire(): Promise<Lock | null> {
-    const result = await this.redis.call('lock', async () => {
-      try {
-        return await this.redlock.acquire([FLUSH_LOCK_KEY], FLUSH_LOCK_TTL_MS);
-      } catch (error) {
-        if (await isLockedByAnother(error)) return null;
-        throw error;
-      }
-    }, { timeoutMs: BATCH_CALL_TIMEOUT_MS });
-    if (!result) this.logger.debug(`Usage flush skipped: ${result === null ? 'another instance holds the lock' : 'Redis did not answer'}`);
-    return result ?? null;
+    const result = await this.redis.tryLock(FLUSH_LOCK_KEY, FLUSH_LOCK_TTL_MS, { timeoutMs: BATCH_CALL_TIMEOUT_MS });
+    if (result === LOCKED || !result) {
+      this.logger.debug(`Usage flush skipped: ${result === LOCKED ? 'another instance holds the lock' : 'Redis did not answer'}`);
+      return null;
+    }
+    return result;
   }
 
   /**
@@ -347,10 +341,4 @@ export function parseActiveEntry(key: string, value: string, now = Date.now()): 
 
 function ignoreStopped(error: unknown): void {
   if (!(error instanceof WalkStopped)) throw error;
-}
-
-async function isLockedByAnother(error: unknown): Promise<boolean> {
-  if (!(error instanceof ExecutionError) || error.attempts.length === 0) return false;
-  const stats = await error.attempts[error.attempts.length - 1];
-  return [...stats.votesAgainst.values()].some((e) => e instanceof ResourceLockedError);
 }

@@ -1,5 +1,5 @@
 import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
-import { ExecutionError, Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
+import type { Lock } from '@sesamecare-oss/redlock';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ApiTokenCacheService, CacheLookup } from './api-token-cache.service';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
@@ -7,8 +7,7 @@ import { storedToken } from './api-token.hash';
 import { cacheKey, lockKey } from './api-token.keys';
 import type { ResolvedApiTokenOptions } from './api-token.options';
 import type { ApiTokenRecord } from './api-token.record';
-import { redisDb } from './api-token.redis';
-import { ApiTokenRedisService } from './api-token-redis.service';
+import { ApiTokenRedisService, LOCKED } from './api-token-redis.service';
 import { ApiTokenRepository } from './api-token.repository';
 import { ApiTokenUsageRecorder } from './api-token-usage.recorder';
 import { ApiTokenStoreError } from './api-token.errors';
@@ -23,7 +22,6 @@ import { ApiTokenMetrics } from './api-token.metrics';
 export class ApiTokenAuthenticator {
   private readonly logger = new Logger('ApiTokenAuthenticator');
   private readonly inflight = new Map<string, Promise<ApiTokenRecord | null>>();
-  private readonly redlock: Redlock;
 
   constructor(
     private readonly cache: ApiTokenCacheService,
@@ -33,7 +31,6 @@ export class ApiTokenAuthenticator {
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
     @Optional() private readonly metrics: ApiTokenMetrics = new ApiTokenMetrics(),
   ) {
-    this.redlock = new Redlock([redis.client], { retryCount: 0, db: redisDb(redis.client) });
   }
 
   /** Whether a token is worth a lookup (the `tokenPattern` option); anything else is refused with no I/O. */
@@ -132,7 +129,7 @@ export class ApiTokenAuthenticator {
       return record;
     } finally {
       const lock = waited.lock;
-      if (lock) void this.redis.call('unlock', () => lock.release());
+      if (lock) this.redis.unlock(lock);
     }
   }
 
@@ -163,8 +160,8 @@ export class ApiTokenAuthenticator {
       if (waitedSince !== undefined) this.metrics.lockWaited(scope, (performance.now() - waitedSince) / 1000, timedOut);
     };
     for (;;) {
-      const attempt = await lockAttempt(this.redis, this.redlock, resource, lockTtlMs);
-      if (attempt === undefined || attempt !== LOCKED) {
+      const attempt = await this.redis.tryLock(resource, lockTtlMs);
+      if (attempt !== LOCKED) {
         waited();
         return attempt === undefined ? {} : { lock: attempt };
       }
@@ -182,32 +179,4 @@ export class ApiTokenAuthenticator {
       }
     }
   }
-}
-
-const LOCKED = Symbol('locked');
-
-/**
- * One attempt at the lookup lock, through {@link ApiTokenRedisService} so a dead Redis costs no more
- * than a cache read: the lock, LOCKED when another holds it, undefined when Redis failed or is skipped.
- * A lock granted after the call gave up on it is released at once.
- */
-function lockAttempt(redis: ApiTokenRedisService, redlock: Redlock, resource: string, ttlMs: number): Promise<Lock | typeof LOCKED | undefined> {
-  let attempt: Promise<Lock> | undefined;
-  const outcome = redis.call('lock', () => {
-    attempt = redlock.acquire([resource], ttlMs);
-    return attempt.catch(async (error: unknown): Promise<typeof LOCKED> => {
-      if (await isLockedByAnother(error)) return LOCKED;
-      throw error;
-    });
-  });
-  return outcome.then((result) => {
-    if (result === undefined) attempt?.then((lock) => lock.release()).catch(() => undefined);
-    return result;
-  });
-}
-
-async function isLockedByAnother(error: unknown): Promise<boolean> {
-  if (!(error instanceof ExecutionError) || error.attempts.length === 0) return false;
-  const stats = await error.attempts[error.attempts.length - 1];
-  return [...stats.votesAgainst.values()].some((e) => e instanceof ResourceLockedError);
 }
