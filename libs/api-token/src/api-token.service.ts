@@ -1,4 +1,4 @@
-import { Inject, Injectable, Optional } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationShutdown, Optional } from '@nestjs/common';
 import { randomUUID } from 'node:crypto';
 import { ApiTokenCacheService } from './api-token-cache.service';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
@@ -54,8 +54,9 @@ export interface ApiTokenRevocation {
   /** The rows deleted; empty when no row matched. */
   revoked: ApiTokenSummary[];
   /**
-   * False when Redis did not answer during the invalidation: cached entries may then outlive the
-   * row (up to `cacheTtlSeconds`); revoke again once Redis is back.
+   * False when Redis did not answer during the invalidation. This process then tries again every
+   * second until Redis answers; a process that ends before that (the CLI) should revoke again once
+   * Redis is back, or cached entries may outlive the row up to `cacheTtlSeconds`.
    */
   cacheCleared: boolean;
 }
@@ -79,6 +80,9 @@ const GENERATED_SHAPE = new RegExp(`^([A-Za-z][A-Za-z0-9_.-]{0,31})-[A-Za-z0-9]{
 const MASK = '*'.repeat(TOKEN_RANDOM_LENGTH);
 const MAX_TOKEN_LENGTH = 255;
 const CREATE_ATTEMPTS = 5;
+const RETRY_INTERVAL_MS = 1000;
+/** Revocations whose cache invalidation waits for Redis; past this, the oldest are given up (and logged). */
+const MAX_PENDING_INVALIDATIONS = 10_000;
 
 /**
  * Token lifecycle: create, list, revoke, and tenant-wide cache invalidation.
@@ -90,7 +94,13 @@ const CREATE_ATTEMPTS = 5;
  * "no such token" never hides a new token.
  */
 @Injectable()
-export class ApiTokenService {
+export class ApiTokenService implements OnApplicationShutdown {
+  private readonly logger = new Logger('ApiTokenService');
+  /** Stored tokens whose revocation could not reach Redis, with the scopes of their deleted rows. */
+  private readonly pendingInvalidations = new Map<string, (string | null)[]>();
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retrying = false;
+
   constructor(
     private readonly repository: ApiTokenRepository,
     private readonly cache: ApiTokenCacheService,
@@ -172,14 +182,59 @@ export class ApiTokenService {
     return this.options.hashTokens ? MASK : mask(token);
   }
 
+  onApplicationShutdown(): void {
+    if (this.retryTimer) clearInterval(this.retryTimer);
+    this.retryTimer = undefined;
+    if (this.pendingInvalidations.size) {
+      this.logger.warn(`${this.pendingInvalidations.size} revocation(s) did not reach Redis before shutdown; revoke them again`);
+    }
+  }
+
   private async invalidate(stored: string, rows: ApiTokenRecord[]): Promise<ApiTokenRevocation> {
-    await this.cache.bumpGeneration(stored, randomUUID());
-    const scopes = new Set<string | null>([null, ...rows.map((row) => row.type)]);
-    await this.cache.deleteKeys([...scopes].map((scope) => cacheKey(scope, stored)));
-    await this.cache.deleteAllScopes(stored);
-    const cacheCleared = !this.redis.isDown;
-    if (!cacheCleared) this.metrics?.invalidationFailed('revoke');
+    const scopes = [...new Set<string | null>([null, ...rows.map((row) => row.type)])];
+    const cacheCleared = await this.clearCache(stored, scopes);
+    if (!cacheCleared) {
+      this.metrics?.invalidationFailed('revoke');
+      this.retryLater(stored, scopes);
+    }
     return { revoked: rows.map((row) => this.summarize(row)), cacheCleared };
+  }
+
+  /** Drops a revoked token from every cache, in the order that keeps fills from bringing it back; false when Redis did not answer. */
+  private async clearCache(stored: string, scopes: (string | null)[]): Promise<boolean> {
+    await this.cache.bumpGeneration(stored, randomUUID());
+    await this.cache.deleteKeys(scopes.map((scope) => cacheKey(scope, stored)));
+    await this.cache.deleteAllScopes(stored);
+    return !this.redis.isDown;
+  }
+
+  private retryLater(stored: string, scopes: (string | null)[]): void {
+    if (this.pendingInvalidations.size >= MAX_PENDING_INVALIDATIONS) {
+      const [oldest] = this.pendingInvalidations.keys();
+      this.pendingInvalidations.delete(oldest);
+      this.logger.error('Too many revocations waiting for Redis; the oldest is given up (revoke it again)');
+    }
+    this.pendingInvalidations.set(stored, scopes);
+    this.retryTimer ??= setInterval(() => void this.retryPending(), RETRY_INTERVAL_MS).unref();
+  }
+
+  /** Tries the waiting invalidations again, oldest first, until one fails; one round at a time. */
+  private async retryPending(): Promise<void> {
+    if (this.retrying) return;
+    this.retrying = true;
+    try {
+      for (const [stored, scopes] of [...this.pendingInvalidations]) {
+        if (!(await this.clearCache(stored, scopes))) return;
+        this.pendingInvalidations.delete(stored);
+      }
+    } finally {
+      this.retrying = false;
+    }
+    if (this.pendingInvalidations.size === 0 && this.retryTimer) {
+      clearInterval(this.retryTimer);
+      this.retryTimer = undefined;
+      this.logger.log('Revocations that could not reach Redis are now cleared from the cache');
+    }
   }
 
   private summarize(record: ApiTokenRecord): ApiTokenSummary {
