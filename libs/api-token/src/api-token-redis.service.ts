@@ -64,6 +64,9 @@ export class ApiTokenRedisService {
     @Optional() private readonly metrics: ApiTokenMetrics = new ApiTokenMetrics(),
   ) {
     metrics.source('redisUp', () => (this.down ? 0 : 1));
+    // Without any 'error' listener ioredis prints every failed reconnect; this module reports an
+    // outage in one line of its own, so it gives a client that has no listener a silent one.
+    if (typeof client.listenerCount === 'function' && client.listenerCount('error') === 0) client.on('error', () => undefined);
   }
 
   /** Whether Redis is taken as down (the circuit is open or probing). */
