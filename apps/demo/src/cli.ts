@@ -1,4 +1,4 @@
-import { ApiTokenModule, ApiTokenService, type ApiTokenSummary } from '@app/api-token';
+import { ApiTokenModule, ApiTokenService, isUuid, type ApiTokenSummary } from '@app/api-token';
 import { ConsoleLogger, type DynamicModule, type INestApplicationContext, type LogLevel, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
@@ -39,10 +39,8 @@ class StderrLogger extends ConsoleLogger {
   }
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
 function uuid(value: string): string {
-  if (!UUID.test(value)) throw new InvalidArgumentError('must be a UUID.');
+  if (!isUuid(value)) throw new InvalidArgumentError('must be a UUID.');
   return value;
 }
 

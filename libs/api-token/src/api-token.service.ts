@@ -70,6 +70,9 @@ export interface TenantInvalidation {
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Whether a value is a UUID, as the app, tenant and token ids must be. */
+export const isUuid = (value: unknown): value is string => typeof value === 'string' && UUID.test(value);
 /** The `type` column is varchar(16); `:` separates the parts of a cache key; `any` and `None` name "no scope" in keys. */
 const SCOPE = /^[A-Za-z0-9_.-]{1,16}$/;
 const RESERVED_SCOPES = new Set([ANY_SCOPE, 'None']);
@@ -268,6 +271,6 @@ function checkScope(value: unknown, name: string): string {
 /** The UUID, null when absent; never echoes the value (a token pasted in the wrong place stays out of errors). */
 function checkUuid(value: unknown, name: string): string | null {
   if (value === undefined || value === null) return null;
-  if (typeof value !== 'string' || !UUID.test(value)) throw new TypeError(`ApiTokenService: "${name}" must be a UUID`);
+  if (!isUuid(value)) throw new TypeError(`ApiTokenService: "${name}" must be a UUID`);
   return value.toLowerCase();
 }

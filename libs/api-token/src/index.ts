@@ -49,6 +49,7 @@ export {
   type CreatedApiToken,
   type ListApiTokensInput,
   type TenantInvalidation,
+  isUuid,
 } from './api-token.service';
 export { ApiTokenInvalidationService, INVALIDATION_CHANNEL, invalidationChannel } from './api-token-invalidation.service';
 export {
