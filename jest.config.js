@@ -3,8 +3,8 @@ const common = {
   preset: 'ts-jest',
   testEnvironment: 'node',
   moduleNameMapper: {
-    '^@app/api-token$': '<rootDir>/libs/api-token/src',
-    '^@app/api-token/(.*)$': '<rootDir>/libs/api-token/src/$1',
+    // The demo imports the library by its package name, like an application; the source stands in for the build.
+    '^nestjs-api-token$': '<rootDir>/libs/api-token/src',
   },
   transform: { '^.+\\.ts$': 'ts-jest' },
 };

@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { ApiTokenUsageRecorder, type ApiTokenModuleOptions, type AuthenticatedApiToken, CurrentApiToken } from '@app/api-token';
+import { ApiTokenUsageRecorder, type ApiTokenModuleOptions, type AuthenticatedApiToken, CurrentApiToken } from '../libs/api-token/src';
 import { type CanActivate, Controller, type ExecutionContext, Get, type INestApplication, Injectable, Module, UseGuards } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Session } from 'node:inspector/promises';

@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageFlushService } from '@app/api-token';
+import { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageFlushService } from '../libs/api-token/src';
 import { NestFactory } from '@nestjs/core';
 import Redis from 'ioredis';
 import { randomBytes } from 'node:crypto';

@@ -1,4 +1,4 @@
-import { ApiTokenAuthenticator, ApiTokenService } from '@app/api-token';
+import { ApiTokenAuthenticator, ApiTokenService } from '../libs/api-token/src';
 import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';

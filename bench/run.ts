@@ -1,5 +1,5 @@
 import 'reflect-metadata';
-import { ApiTokenMigration, ApiTokenRepository, generateApiToken } from '@app/api-token';
+import { ApiTokenMigration, ApiTokenRepository, generateApiToken } from '../libs/api-token/src';
 import { existsSync, mkdirSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';

@@ -1,5 +1,5 @@
-import type { ApiTokenRepository } from '@app/api-token';
-import { generateApiToken } from '@app/api-token';
+import type { ApiTokenRepository } from '../libs/api-token/src';
+import { generateApiToken } from '../libs/api-token/src';
 import { type BenchContext, measure } from './bench.infra';
 import { burst } from './bench.load';
 

@@ -1,4 +1,4 @@
-import { ApiTokenCacheService, ApiTokenRepository, ApiTokenService, generateApiToken } from '@app/api-token';
+import { ApiTokenCacheService, ApiTokenRepository, ApiTokenService, generateApiToken } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { spawn } from 'node:child_process';

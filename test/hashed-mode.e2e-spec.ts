@@ -1,4 +1,4 @@
-import { ApiTokenRepository, ApiTokenService, ApiTokenUsageRecorder, generateApiToken, hashToken } from '@app/api-token';
+import { ApiTokenRepository, ApiTokenService, ApiTokenUsageRecorder, generateApiToken, hashToken } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
 import { createTestDatabase, type TestDatabase } from './support/database';

@@ -1,4 +1,4 @@
-import { ApiTokenRepository, generateApiToken } from '@app/api-token';
+import { ApiTokenRepository, generateApiToken } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
 import { CapturingLogger } from './support/capturing-logger';

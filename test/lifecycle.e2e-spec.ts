@@ -6,8 +6,8 @@ import {
   ApiTokenService,
   generateApiToken,
   hashToken,
-} from '@app/api-token';
-import * as generator from '@app/api-token/api-token.generator';
+} from '../libs/api-token/src';
+import * as generator from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';

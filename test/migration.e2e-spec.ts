@@ -1,4 +1,4 @@
-import { ApiTokenRepository } from '@app/api-token';
+import { ApiTokenRepository } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { createTestApp } from './support/test-app';

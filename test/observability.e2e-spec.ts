@@ -10,7 +10,7 @@ import {
   ApiTokenService,
   ApiTokenUsageFlushService,
   generateApiToken,
-} from '@app/api-token';
+} from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { createTestDatabase, type TestDatabase } from './support/database';

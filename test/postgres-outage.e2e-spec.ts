@@ -1,4 +1,4 @@
-import { API_TOKEN_ERRORS, ApiTokenRepository, RETRY_AFTER_SECONDS, generateApiToken } from '@app/api-token';
+import { API_TOKEN_ERRORS, ApiTokenRepository, RETRY_AFTER_SECONDS, generateApiToken } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { createTestDatabase, type TestDatabase } from './support/database';

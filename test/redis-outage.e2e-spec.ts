@@ -1,4 +1,4 @@
-import { ApiTokenAuthenticator, ApiTokenRepository, generateApiToken } from '@app/api-token';
+import { ApiTokenAuthenticator, ApiTokenRepository, generateApiToken } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
 import { Agent } from 'node:http';

@@ -5,7 +5,7 @@ import {
   generateApiToken,
   parseRecord,
   toNaiveUtc,
-} from '@app/api-token';
+} from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import request from 'supertest';

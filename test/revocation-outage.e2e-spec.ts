@@ -1,4 +1,4 @@
-import { ApiTokenService } from '@app/api-token';
+import { ApiTokenService } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import request from 'supertest';

@@ -1,4 +1,4 @@
-import { ApiTokenRepository, generateApiToken } from '@app/api-token';
+import { ApiTokenRepository, generateApiToken } from '../libs/api-token/src';
 import Redis from 'ioredis';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createTestDatabase, type TestDatabase } from './support/database';

@@ -1,4 +1,4 @@
-import { ApiTokenRepository, generateApiToken } from '@app/api-token';
+import { ApiTokenRepository, generateApiToken } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import request from 'supertest';

@@ -8,7 +8,7 @@ import {
   FLUSH_LOCK_KEY,
   generateApiToken,
   type UsageFlushStats,
-} from '@app/api-token';
+} from '../libs/api-token/src';
 import { RedisModule } from '@nestjs-modules/ioredis';
 import type { INestApplication } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';

@@ -1,4 +1,4 @@
-import type { ApiTokenModuleOptions } from '@app/api-token';
+import type { ApiTokenModuleOptions } from '../../libs/api-token/src';
 import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplication, LoggerService, LogLevel } from '@nestjs/common';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';

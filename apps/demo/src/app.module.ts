@@ -1,4 +1,4 @@
-import { ApiTokenModule } from '@app/api-token';
+import { ApiTokenModule } from 'nestjs-api-token';
 import { DynamicModule, Module } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
 import { TerminusModule } from '@nestjs/terminus';

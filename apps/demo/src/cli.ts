@@ -1,4 +1,4 @@
-import { ApiTokenModule, ApiTokenService, isUuid, type ApiTokenSummary } from '@app/api-token';
+import { ApiTokenModule, ApiTokenService, isUuid, type ApiTokenSummary } from 'nestjs-api-token';
 import { ConsoleLogger, type DynamicModule, type INestApplicationContext, type LogLevel, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';

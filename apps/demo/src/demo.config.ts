@@ -1,4 +1,4 @@
-import type { ApiTokenModuleOptions } from '@app/api-token';
+import type { ApiTokenModuleOptions } from 'nestjs-api-token';
 import type { PostgresDataSourceOptions } from 'typeorm/driver/postgres/PostgresDataSourceOptions';
 
 /** What the demo (and the token CLI) read from the environment. */

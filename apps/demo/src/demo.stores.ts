@@ -1,4 +1,4 @@
-import { ApiTokenMigration } from '@app/api-token';
+import { ApiTokenMigration } from 'nestjs-api-token';
 import { RedisModule, type RedisModuleOptions } from '@nestjs-modules/ioredis';
 import type { DynamicModule } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';

@@ -1,4 +1,4 @@
-import { ApiTokenHealthIndicator } from '@app/api-token';
+import { ApiTokenHealthIndicator } from 'nestjs-api-token';
 import { Controller, Get } from '@nestjs/common';
 import { HealthCheck, type HealthCheckResult, HealthCheckService } from '@nestjs/terminus';
 

@@ -1,4 +1,4 @@
-import { ApiTokenRepository, ApiTokenService } from '@app/api-token';
+import { ApiTokenRepository, ApiTokenService } from 'nestjs-api-token';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module';
 import { loadDemoConfig } from './demo.config';

@@ -1,4 +1,4 @@
-import { ApiTokenMetrics, registerApiTokenMetrics } from '@app/api-token';
+import { ApiTokenMetrics, registerApiTokenMetrics } from 'nestjs-api-token';
 import { Controller, Get, Header } from '@nestjs/common';
 import { Registry } from 'prom-client';
 

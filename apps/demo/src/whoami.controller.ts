@@ -1,4 +1,4 @@
-import { ApiTokenGuard, type AuthenticatedApiToken, CurrentApiToken } from '@app/api-token';
+import { ApiTokenGuard, type AuthenticatedApiToken, CurrentApiToken } from 'nestjs-api-token';
 import { Controller, Get, UseGuards } from '@nestjs/common';
 
 @Controller()

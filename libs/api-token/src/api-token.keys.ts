@@ -5,6 +5,8 @@ export const LOCK_KEY_PREFIX = 'api_token_query_lock';
 export const TENANT_INDEX_PREFIX = 'tenant_tokens';
 /** Not in Dify: changes whenever a token is created or revoked, so a cache fill that overlapped it backs off. */
 export const GENERATION_KEY_PREFIX = 'api_token_generation';
+/** Seconds an `api_token_active:*` key lives (Dify). */
+export const ACTIVE_KEY_TTL_SECONDS = 3600;
 /** The scope segment used when a lookup has no scope. */
 export const ANY_SCOPE = 'any';
 

@@ -1,17 +1,17 @@
 import { Module } from '@nestjs/common';
-import { ApiTokenAuthenticator } from './api-token.authenticator';
-import { ApiTokenCacheService } from './api-token-cache.service';
+import { ApiTokenAuthenticator } from './auth/api-token.authenticator';
+import { ApiTokenCacheService } from './cache/token-cache.service';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
 import { ConfigurableModuleClass, MODULE_OPTIONS_TOKEN } from './api-token.module-definition';
 import { type ApiTokenModuleOptions, resolveApiTokenOptions } from './api-token.options';
-import { ApiTokenRedisService } from './api-token-redis.service';
-import { ApiTokenRepository } from './api-token.repository';
-import { ApiTokenUsageRecorder } from './api-token-usage.recorder';
-import { ApiTokenUsageFlushService } from './api-token-usage-flush.service';
-import { ApiTokenInvalidationService } from './api-token-invalidation.service';
-import { ApiTokenService } from './api-token.service';
-import { ApiTokenMetrics } from './api-token.metrics';
-import { ApiTokenHealthIndicator } from './api-token.health';
+import { ApiTokenRedisService } from './redis/redis-access.service';
+import { ApiTokenRepository } from './store/api-token.repository';
+import { ApiTokenUsageRecorder } from './usage/usage.recorder';
+import { ApiTokenUsageFlushService } from './usage/usage-flush.service';
+import { ApiTokenInvalidationService } from './cache/cache-invalidation.service';
+import { ApiTokenService } from './tokens/api-token.service';
+import { ApiTokenMetrics } from './metrics/api-token.metrics';
+import { ApiTokenHealthIndicator } from './metrics/api-token.health';
 
 const services = [
   ApiTokenAuthenticator,

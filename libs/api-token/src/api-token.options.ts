@@ -1,4 +1,4 @@
-import { assertFlushCron, DEFAULT_FLUSH_CRON } from './api-token-usage-flush.service';
+import { assertFlushCron, DEFAULT_FLUSH_CRON } from './usage/flush.schedule';
 
 /** Options of {@link ApiTokenModule}; every field has a default. */
 export interface ApiTokenModuleOptions {

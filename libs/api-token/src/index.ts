@@ -1,12 +1,12 @@
-export { ApiTokenAuthenticator } from './api-token.authenticator';
-export { ApiTokenCacheService, type CacheLookup } from './api-token-cache.service';
+export { ApiTokenAuthenticator } from './auth/api-token.authenticator';
+export { ApiTokenCacheService, type CacheLookup } from './cache/token-cache.service';
 export { API_TOKEN_DATA_SOURCE, API_TOKEN_OPTIONS, API_TOKEN_REDIS } from './api-token.constants';
-export { CurrentApiToken } from './api-token.decorator';
-export { ApiTokenEntity } from './api-token.entity';
+export { CurrentApiToken } from './auth/current-api-token.decorator';
+export { ApiTokenEntity } from './store/api-token.entity';
 export { ApiTokenStoreError } from './api-token.errors';
-export { API_TOKEN_ERRORS, ApiTokenGuard, type ApiTokenRequest, RETRY_AFTER_SECONDS, parseAuthorization } from './api-token.guard';
+export { API_TOKEN_ERRORS, ApiTokenGuard, type ApiTokenRequest, RETRY_AFTER_SECONDS, parseAuthorization } from './auth/api-token.guard';
 export * from './api-token.keys';
-export { ApiTokenMigration, ApiTokenMigration1764000000000 } from './api-token.migration';
+export { ApiTokenMigration, ApiTokenMigration1764000000000 } from './store/api-token.migration';
 export { ApiTokenModule } from './api-token.module';
 export type { ApiTokenModuleExtras } from './api-token.module-definition';
 export {
@@ -23,24 +23,22 @@ export {
   parseRecord,
   serializeRecord,
   toNaiveUtc,
-} from './api-token.record';
-export type { RedisClient } from './api-token.redis';
-export { ApiTokenRedisService } from './api-token-redis.service';
-export { type ApiTokenFilter, ApiTokenRepository, type LastUsedUpdate } from './api-token.repository';
-export { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageRecorder } from './api-token-usage.recorder';
+} from './store/api-token.record';
+export type { RedisClient } from './redis/redis.commands';
+export { ApiTokenRedisService } from './redis/redis-access.service';
+export { type ApiTokenFilter, ApiTokenRepository, type LastUsedUpdate } from './store/api-token.repository';
+export { DEFAULT_FLUSH_CRON, MAX_FLUSH_GAP_SECONDS, longestCronGapSeconds } from './usage/flush.schedule';
+export { ApiTokenUsageRecorder } from './usage/usage.recorder';
 export {
   ApiTokenUsageFlushService,
-  DEFAULT_FLUSH_CRON,
   FLUSH_JOB_NAME,
   FLUSH_LOCK_KEY,
   FLUSH_TICK_KEY,
-  MAX_FLUSH_GAP_SECONDS,
   MAX_FUTURE_SKEW_MS,
   type UsageFlushStats,
-  longestCronGapSeconds,
-} from './api-token-usage-flush.service';
-export { TOKEN_RANDOM_LENGTH, generateApiToken } from './api-token.generator';
-export { hashToken, storedToken } from './api-token.hash';
+} from './usage/usage-flush.service';
+export { TOKEN_RANDOM_LENGTH, generateApiToken } from './tokens/token.generator';
+export { hashToken, storedToken } from './tokens/token.hash';
 export {
   type ApiTokenRevocation,
   ApiTokenService,
@@ -50,8 +48,8 @@ export {
   type ListApiTokensInput,
   type TenantInvalidation,
   isUuid,
-} from './api-token.service';
-export { ApiTokenInvalidationService, INVALIDATION_CHANNEL, invalidationChannel } from './api-token-invalidation.service';
+} from './tokens/api-token.service';
+export { ApiTokenInvalidationService, INVALIDATION_CHANNEL, invalidationChannel } from './cache/cache-invalidation.service';
 export {
   type ApiTokenMetricsSnapshot,
   type ApiTokenMetricsSource,
@@ -72,6 +70,6 @@ export {
   ScopeCounters,
   type ScopeMetricsSnapshot,
   type TimingSnapshot,
-} from './api-token.metrics';
-export { API_TOKEN_COUNTERS, API_TOKEN_GAUGES, API_TOKEN_HISTOGRAMS, registerApiTokenMetrics } from './api-token.prometheus';
-export { type ApiTokenHealthCheckOptions, ApiTokenHealthIndicator, type ApiTokenHealthResult } from './api-token.health';
+} from './metrics/api-token.metrics';
+export { API_TOKEN_COUNTERS, API_TOKEN_GAUGES, API_TOKEN_HISTOGRAMS, registerApiTokenMetrics } from './metrics/prometheus.registration';
+export { type ApiTokenHealthCheckOptions, ApiTokenHealthIndicator, type ApiTokenHealthResult } from './metrics/api-token.health';

@@ -1,8 +1,8 @@
 import { Logger } from '@nestjs/common';
 import { ReplyError } from 'ioredis';
-import { ApiTokenRedisService } from './api-token-redis.service';
-import { resolveApiTokenOptions } from './api-token.options';
-import type { RedisClient } from './api-token.redis';
+import { ApiTokenRedisService } from './redis-access.service';
+import { resolveApiTokenOptions } from '../api-token.options';
+import type { RedisClient } from './redis.commands';
 
 function setup(status = 'ready') {
   const client = { status } as unknown as RedisClient & { status: string };

@@ -3,11 +3,11 @@ import type { Cluster, Redis } from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ApiTokenCacheService } from './api-token-cache.service';
-import { CACHE_KEY_PREFIX, parseScopedKey } from './api-token.keys';
-import { type RedisClient, redisDb } from './api-token.redis';
-import { ApiTokenRedisService, describeError } from './api-token-redis.service';
-import { ApiTokenMetrics } from './api-token.metrics';
+import { ApiTokenCacheService } from './token-cache.service';
+import { CACHE_KEY_PREFIX, parseScopedKey } from '../api-token.keys';
+import { type RedisClient, redisDb } from '../redis/redis.commands';
+import { ApiTokenRedisService, describeError } from '../redis/redis-access.service';
+import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /**
  * The Redis pub/sub channel on which instances tell each other which cache keys to drop from their

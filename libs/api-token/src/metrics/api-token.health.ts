@@ -1,7 +1,7 @@
 import { Injectable } from '@nestjs/common';
-import { keyNodes } from './api-token.redis';
-import { ApiTokenRedisService, describeError } from './api-token-redis.service';
-import { ApiTokenRepository } from './api-token.repository';
+import { keyNodes } from '../redis/redis.commands';
+import { ApiTokenRedisService, describeError } from '../redis/redis-access.service';
+import { ApiTokenRepository } from '../store/api-token.repository';
 
 /**
  * What a check returns: `{ [key]: { status: 'up' | 'down', ... } }`, the shape of `@nestjs/terminus`'s

@@ -1,17 +1,17 @@
 import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
 import type { Lock } from '@sesamecare-oss/redlock';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ApiTokenCacheService, CacheLookup } from './api-token-cache.service';
-import { API_TOKEN_OPTIONS } from './api-token.constants';
-import { storedToken } from './api-token.hash';
-import { cacheKey, lockKey } from './api-token.keys';
-import type { ResolvedApiTokenOptions } from './api-token.options';
-import type { ApiTokenRecord } from './api-token.record';
-import { ApiTokenRedisService, LOCKED } from './api-token-redis.service';
-import { ApiTokenRepository } from './api-token.repository';
-import { ApiTokenUsageRecorder } from './api-token-usage.recorder';
-import { ApiTokenStoreError } from './api-token.errors';
-import { ApiTokenMetrics } from './api-token.metrics';
+import { ApiTokenCacheService, CacheLookup } from '../cache/token-cache.service';
+import { API_TOKEN_OPTIONS } from '../api-token.constants';
+import { storedToken } from '../tokens/token.hash';
+import { cacheKey, lockKey } from '../api-token.keys';
+import type { ResolvedApiTokenOptions } from '../api-token.options';
+import type { ApiTokenRecord } from '../store/api-token.record';
+import { ApiTokenRedisService, LOCKED } from '../redis/redis-access.service';
+import { ApiTokenRepository } from '../store/api-token.repository';
+import { ApiTokenUsageRecorder } from '../usage/usage.recorder';
+import { ApiTokenStoreError } from '../api-token.errors';
+import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /**
  * The request path: shape check, in-process cache, Redis, then one database lookup per token at a

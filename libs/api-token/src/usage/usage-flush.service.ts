@@ -3,21 +3,18 @@ import { Cron, SchedulerRegistry } from '@nestjs/schedule';
 import type { Lock } from '@sesamecare-oss/redlock';
 import { CronTime } from 'cron';
 import type { Redis } from 'ioredis';
-import { API_TOKEN_OPTIONS } from './api-token.constants';
-import { ApiTokenStoreError } from './api-token.errors';
-import { ACTIVE_KEY_PREFIX, parseScopedKey } from './api-token.keys';
-import type { ResolvedApiTokenOptions } from './api-token.options';
-import { toNaiveUtc } from './api-token.record';
-import { scanKeys, setIfNewer } from './api-token.redis';
-import { ApiTokenRedisService, LOCKED, describeError } from './api-token-redis.service';
-import { ApiTokenRepository, type LastUsedUpdate } from './api-token.repository';
-import { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageRecorder } from './api-token-usage.recorder';
-import { ApiTokenMetrics } from './api-token.metrics';
+import { API_TOKEN_OPTIONS } from '../api-token.constants';
+import { ApiTokenStoreError } from '../api-token.errors';
+import { ACTIVE_KEY_PREFIX, ACTIVE_KEY_TTL_SECONDS, parseScopedKey } from '../api-token.keys';
+import type { ResolvedApiTokenOptions } from '../api-token.options';
+import { toNaiveUtc } from '../store/api-token.record';
+import { scanKeys, setIfNewer } from '../redis/redis.commands';
+import { ApiTokenRedisService, LOCKED, describeError } from '../redis/redis-access.service';
+import { ApiTokenRepository, type LastUsedUpdate } from '../store/api-token.repository';
+import { ApiTokenUsageRecorder } from './usage.recorder';
+import { DEFAULT_FLUSH_CRON, MAX_FLUSH_GAP_SECONDS, longestCronGapSeconds } from './flush.schedule';
+import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
-/** The flush schedule when the `flushCron` option is not given: every minute, at second 0. */
-export const DEFAULT_FLUSH_CRON = '0 * * * * *';
-/** The longest gap between two scheduled flushes `flushCron` may leave: a quarter of an active key's life. */
-export const MAX_FLUSH_GAP_SECONDS = ACTIVE_KEY_TTL_SECONDS / 4;
 /** Name of the flush job in `SchedulerRegistry`. */
 export const FLUSH_JOB_NAME = 'api-token-usage-flush';
 /** Redlock resource held by the instance that runs a flush. */
@@ -89,45 +86,6 @@ class Walk {
       }
       this.buffer = this.buffer.slice(page.length);
     }
-  }
-}
-
-/**
- * The longest gap, in seconds, between two runs of a cron schedule; Infinity when it skips an hour,
- * a day or a month. Uses the `cron` package's parser (the one `@nestjs/schedule` runs the job with).
- * Throws the parser's error for an invalid expression.
- */
-export function longestCronGapSeconds(expression: string): number {
-  const [seconds, minutes, hours, daysOfMonth, months, daysOfWeek] = new CronTime(expression).toJSON();
-  if ([hours, daysOfMonth, months, daysOfWeek].some((field) => field !== '*')) return Infinity;
-  const values = (field: string, max: number) =>
-    field === '*' ? Array.from({ length: max }, (_, i) => i) : field.split(',').map(Number);
-  const times = values(minutes, 60)
-    .flatMap((m) => values(seconds, 60).map((s) => m * 60 + s))
-    .sort((a, b) => a - b);
-  let longest = times[0] + 3600 - times[times.length - 1];
-  for (let i = 1; i < times.length; i++) longest = Math.max(longest, times[i] - times[i - 1]);
-  return longest;
-}
-
-/** Validates the `flushCron` option: `false`, or a cron expression with no gap over {@link MAX_FLUSH_GAP_SECONDS}. */
-export function assertFlushCron(value: unknown): void {
-  if (value === false) return;
-  if (typeof value !== 'string' || value.trim() === '') {
-    throw new TypeError('ApiTokenModule: option "flushCron" must be a cron expression or false');
-  }
-  let gap: number;
-  try {
-    gap = longestCronGapSeconds(value);
-  } catch (error) {
-    throw new TypeError(`ApiTokenModule: option "flushCron" is not a valid cron expression: "${value}" (${(error as Error).message})`);
-  }
-  if (gap > MAX_FLUSH_GAP_SECONDS) {
-    const leaves = Number.isFinite(gap) ? `${gap} s` : 'whole hours or days';
-    throw new TypeError(
-      `ApiTokenModule: option "flushCron" "${value}" leaves ${leaves} between flushes; it must run at least every ` +
-        `${MAX_FLUSH_GAP_SECONDS} s, well within the ${ACTIVE_KEY_TTL_SECONDS} s an api_token_active key lives`,
-    );
   }
 }
 

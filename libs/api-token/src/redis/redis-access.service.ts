@@ -1,10 +1,10 @@
 import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
 import { ExecutionError, type Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
 import { ReplyError } from 'ioredis';
-import { API_TOKEN_OPTIONS, API_TOKEN_REDIS } from './api-token.constants';
-import type { ResolvedApiTokenOptions } from './api-token.options';
-import { type RedisClient, redisDb } from './api-token.redis';
-import { ApiTokenMetrics } from './api-token.metrics';
+import { API_TOKEN_OPTIONS, API_TOKEN_REDIS } from '../api-token.constants';
+import type { ResolvedApiTokenOptions } from '../api-token.options';
+import { type RedisClient, redisDb } from './redis.commands';
+import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /** Per-call settings of {@link ApiTokenRedisService.call}. */
 export interface RedisCallOptions {

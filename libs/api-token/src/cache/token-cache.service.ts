@@ -1,13 +1,13 @@
 import { Inject, Injectable, Optional } from '@nestjs/common';
 import { LRUCache } from 'lru-cache';
-import { API_TOKEN_OPTIONS } from './api-token.constants';
-import { CACHE_KEY_PREFIX, cacheKey, escapeGlob, generationKey, parseScopedKey, tenantIndexKey } from './api-token.keys';
-import type { ResolvedApiTokenOptions } from './api-token.options';
-import type { ApiTokenRecord } from './api-token.record';
-import { parseRecord, serializeRecord } from './api-token.record';
-import { scanKeys } from './api-token.redis';
-import { ApiTokenRedisService } from './api-token-redis.service';
-import { ApiTokenMetrics } from './api-token.metrics';
+import { API_TOKEN_OPTIONS } from '../api-token.constants';
+import { CACHE_KEY_PREFIX, cacheKey, escapeGlob, generationKey, parseScopedKey, tenantIndexKey } from '../api-token.keys';
+import type { ResolvedApiTokenOptions } from '../api-token.options';
+import type { ApiTokenRecord } from '../store/api-token.record';
+import { parseRecord, serializeRecord } from '../store/api-token.record';
+import { scanKeys } from '../redis/redis.commands';
+import { ApiTokenRedisService } from '../redis/redis-access.service';
+import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /** The three outcomes of a cache lookup. */
 export type CacheLookup =

@@ -11,9 +11,9 @@ import {
 } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import { ApiTokenAuthenticator } from './api-token.authenticator';
-import { ApiTokenStoreError } from './api-token.errors';
-import { ApiTokenMetrics } from './api-token.metrics';
-import { type ApiTokenRecord, type AuthenticatedApiToken, toAuthenticated } from './api-token.record';
+import { ApiTokenStoreError } from '../api-token.errors';
+import { ApiTokenMetrics } from '../metrics/api-token.metrics';
+import { type ApiTokenRecord, type AuthenticatedApiToken, toAuthenticated } from '../store/api-token.record';
 
 /** Messages of the 401 answers, word for word Dify's. */
 export const API_TOKEN_ERRORS = {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { ResolvedApiTokenOptions } from './api-token.options';
+import type { ResolvedApiTokenOptions } from '../api-token.options';
 
 /** SHA-256 of a token, hex: what the table and Redis hold in hashed mode. */
 export const hashToken = (token: string): string => createHash('sha256').update(token).digest('hex');

@@ -1,15 +1,13 @@
 import { BeforeApplicationShutdown, Inject, Injectable, Optional } from '@nestjs/common';
 import { LRUCache } from 'lru-cache';
-import { API_TOKEN_OPTIONS } from './api-token.constants';
-import { activeKey } from './api-token.keys';
-import type { ResolvedApiTokenOptions } from './api-token.options';
-import { formatNaiveUtc } from './api-token.record';
-import { setIfNewer } from './api-token.redis';
-import { ApiTokenRedisService } from './api-token-redis.service';
-import { ApiTokenMetrics } from './api-token.metrics';
+import { API_TOKEN_OPTIONS } from '../api-token.constants';
+import { ACTIVE_KEY_TTL_SECONDS, activeKey } from '../api-token.keys';
+import type { ResolvedApiTokenOptions } from '../api-token.options';
+import { formatNaiveUtc } from '../store/api-token.record';
+import { setIfNewer } from '../redis/redis.commands';
+import { ApiTokenRedisService } from '../redis/redis-access.service';
+import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
-/** Seconds an `api_token_active:*` key lives (Dify). */
-export const ACTIVE_KEY_TTL_SECONDS = 3600;
 const MAX_TRACKED = 100_000;
 const RETRY_MS = 1000;
 

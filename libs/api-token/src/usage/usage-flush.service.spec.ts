@@ -1,5 +1,6 @@
-import { resolveApiTokenOptions } from './api-token.options';
-import { DEFAULT_FLUSH_CRON, longestCronGapSeconds, MAX_FLUSH_GAP_SECONDS, parseActiveEntry } from './api-token-usage-flush.service';
+import { resolveApiTokenOptions } from '../api-token.options';
+import { DEFAULT_FLUSH_CRON, longestCronGapSeconds, MAX_FLUSH_GAP_SECONDS } from './flush.schedule';
+import { parseActiveEntry } from './usage-flush.service';
 
 describe('longestCronGapSeconds', () => {
   it.each([

@@ -1,10 +1,10 @@
 import { Inject, Injectable } from '@nestjs/common';
 import type { Pool, QueryResultRow } from 'pg';
 import type { DataSource } from 'typeorm';
-import { ApiTokenStoreError } from './api-token.errors';
+import { ApiTokenStoreError } from '../api-token.errors';
 import type { ApiTokenRecord } from './api-token.record';
 import { toNaiveUtc } from './api-token.record';
-import { API_TOKEN_DATA_SOURCE } from './api-token.constants';
+import { API_TOKEN_DATA_SOURCE } from '../api-token.constants';
 
 const TS = (column: string) => `to_char(${column}, 'YYYY-MM-DD"T"HH24:MI:SS.US') AS ${column}`;
 const COLUMNS = `id::text, app_id::text, tenant_id::text, type, token, ${TS('last_used_at')}, ${TS('created_at')}`;

@@ -1,5 +1,5 @@
 import { Injectable } from '@nestjs/common';
-import { ANY_SCOPE } from './api-token.keys';
+import { ANY_SCOPE } from '../api-token.keys';
 
 /**
  * How one authentication ended, first step that answered: the guard refused the `Authorization`

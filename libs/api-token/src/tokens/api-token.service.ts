@@ -1,15 +1,15 @@
 import { Inject, Injectable, Logger, OnApplicationShutdown, Optional } from '@nestjs/common';
 import { randomUUID } from 'node:crypto';
-import { ApiTokenCacheService } from './api-token-cache.service';
-import { API_TOKEN_OPTIONS } from './api-token.constants';
-import { TOKEN_RANDOM_LENGTH, generateApiToken } from './api-token.generator';
-import { storedToken } from './api-token.hash';
-import { ANY_SCOPE, cacheKey } from './api-token.keys';
-import type { ResolvedApiTokenOptions } from './api-token.options';
-import type { ApiTokenRecord } from './api-token.record';
-import { ApiTokenRedisService } from './api-token-redis.service';
-import { ApiTokenRepository } from './api-token.repository';
-import { ApiTokenMetrics } from './api-token.metrics';
+import { ApiTokenCacheService } from '../cache/token-cache.service';
+import { API_TOKEN_OPTIONS } from '../api-token.constants';
+import { TOKEN_RANDOM_LENGTH, generateApiToken } from './token.generator';
+import { storedToken } from './token.hash';
+import { ANY_SCOPE, cacheKey } from '../api-token.keys';
+import type { ResolvedApiTokenOptions } from '../api-token.options';
+import type { ApiTokenRecord } from '../store/api-token.record';
+import { ApiTokenRedisService } from '../redis/redis-access.service';
+import { ApiTokenRepository } from '../store/api-token.repository';
+import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /** What {@link ApiTokenService.create} needs. */
 export interface CreateApiTokenInput {

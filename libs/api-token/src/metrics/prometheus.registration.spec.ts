@@ -1,6 +1,6 @@
 import { Registry } from 'prom-client';
 import { ApiTokenMetrics } from './api-token.metrics';
-import { API_TOKEN_COUNTERS, API_TOKEN_GAUGES, API_TOKEN_HISTOGRAMS, registerApiTokenMetrics } from './api-token.prometheus';
+import { API_TOKEN_COUNTERS, API_TOKEN_GAUGES, API_TOKEN_HISTOGRAMS, registerApiTokenMetrics } from './prometheus.registration';
 
 /** The value of one sample line, `name{labels} value`, or undefined when absent. */
 function sample(text: string, name: string, labels = ''): number | undefined {
@@ -84,7 +84,7 @@ describe('without the optional peers installed', () => {
       // @nestjs-modules/ioredis 2.2 itself requires @nestjs/terminus (its optional dependency) when it loads.
       jest.doMock('@nestjs-modules/ioredis', () => ({ getRedisConnectionToken: (name?: string) => `redis:${name ?? 'default'}` }));
       // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const library = require('./index') as typeof import('./index');
+      const library = require('../index') as typeof import('../index');
       const metrics = new library.ApiTokenMetrics();
       metrics.lookup('app', 'miss');
       expect(metrics.snapshot().scopes.app.lookups.miss).toBe(1);
