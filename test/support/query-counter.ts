@@ -10,7 +10,7 @@ export class QueryCounter {
   readonly typeorm = { extra: { Client: this.clientClass() } };
 
   /** Statements whose text matches `pattern` (default: reads of `api_tokens` by token). */
-  count(pattern: RegExp = /FROM api_tokens WHERE token = \$1/): number {
+  count(pattern: RegExp = /FROM api_tokens\b[^;]*WHERE (t\.)?token = \$1/): number {
     return this.seen.filter((sql) => pattern.test(sql)).length;
   }
 

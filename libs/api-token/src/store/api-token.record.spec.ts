@@ -8,6 +8,8 @@ const record: ApiTokenRecord = {
   token: 'app-abc',
   lastUsedAt: '2026-02-03T10:00:00.123000',
   createdAt: '2026-01-01T00:00:00',
+  expiresAt: null,
+  rateLimit: null,
 };
 
 describe('naive UTC datetimes', () => {
@@ -59,4 +61,31 @@ describe('cached JSON', () => {
     ['a numeric tenant', JSON.stringify({ id: 'x', type: 'app', token: 't', tenant_id: 5 })],
     ['a bad date', JSON.stringify({ id: 'x', type: 'app', token: 't', created_at: 'soon' })],
   ])('treats %s as unreadable', (_name, raw) => expect(parseRecord(raw)).toBeUndefined());
+});
+
+describe('cached JSON with a policy', () => {
+  const withPolicy: ApiTokenRecord = { ...record, expiresAt: '2026-03-01T00:00:00', rateLimit: { limit: 100, windowSeconds: 60 } };
+
+  it('keeps Dify fields first, in order, and adds the library fields after them', () => {
+    const json = serializeRecord(withPolicy);
+    expect(Object.keys(JSON.parse(json))).toEqual([
+      'id', 'app_id', 'tenant_id', 'type', 'token', 'last_used_at', 'created_at', 'expires_at', 'rate_limit',
+    ]);
+    expect(json).toContain('"expires_at":"2026-03-01T00:00:00","rate_limit":{"limit":100,"window_seconds":60}}');
+  });
+
+  it('writes no library field for a token without a policy', () => {
+    expect(Object.keys(JSON.parse(serializeRecord(record)))).toHaveLength(7);
+  });
+
+  it('round-trips', () => expect(parseRecord(serializeRecord(withPolicy))).toEqual(withPolicy));
+
+  it.each([
+    ['an unreadable expiry', { expires_at: 'soon' }],
+    ['a non-string expiry', { expires_at: 5 }],
+    ['a rate limit without a window', { rate_limit: { limit: 5 } }],
+    ['a zero rate limit', { rate_limit: { limit: 0, window_seconds: 60 } }],
+  ])('takes an entry with %s for a miss', (_, extra) => {
+    expect(parseRecord(JSON.stringify({ ...JSON.parse(serializeRecord(record)), ...extra }))).toBeUndefined();
+  });
 });

@@ -9,6 +9,19 @@ export interface ApiTokenRecord {
   token: string;
   lastUsedAt: string | null;
   createdAt: string | null;
+  /**
+   * When the token stops being valid (naive UTC ISO-8601), or null for never. Not Dify's: it lives in
+   * the library's own `api_token_policies` table and travels after Dify's fields in the cached JSON.
+   */
+  expiresAt?: string | null;
+  /** The token's own rate limit, or null for none (also `api_token_policies`). */
+  rateLimit?: RateLimitPolicy | null;
+}
+
+/** A per-token rate limit: at most `limit` requests per `windowSeconds`. */
+export interface RateLimitPolicy {
+  limit: number;
+  windowSeconds: number;
 }
 
 /** What the guard attaches to the request: the token's identity, never its secret. */
@@ -56,9 +69,13 @@ export function formatNaiveUtc(date: Date, micros = date.getUTCMilliseconds() * 
   return micros === 0 ? base : `${base}.${String(micros).padStart(6, '0')}`;
 }
 
-/** Serializes a record to Dify's cached JSON: compact, snake_case, fields in Dify's order. */
+/**
+ * Serializes a record to Dify's cached JSON: compact, snake_case, Dify's seven fields in Dify's order,
+ * then the library's own (`expires_at`, `rate_limit`) only when set, so the entry of a token without a
+ * policy is byte for byte what Dify writes, and Dify's reader (which ignores extra fields) reads both.
+ */
 export function serializeRecord(record: ApiTokenRecord): string {
-  return JSON.stringify({
+  const dify = {
     id: record.id,
     app_id: record.appId,
     tenant_id: record.tenantId,
@@ -66,7 +83,23 @@ export function serializeRecord(record: ApiTokenRecord): string {
     token: record.token,
     last_used_at: record.lastUsedAt,
     created_at: record.createdAt,
+  };
+  const { expiresAt, rateLimit } = record;
+  if (!expiresAt && !rateLimit) return JSON.stringify(dify);
+  return JSON.stringify({
+    ...dify,
+    ...(expiresAt ? { expires_at: expiresAt } : {}),
+    ...(rateLimit ? { rate_limit: { limit: rateLimit.limit, window_seconds: rateLimit.windowSeconds } } : {}),
   });
+}
+
+const isPositiveInteger = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
+
+/** The `rate_limit` field of a cached entry: a policy, null when absent, undefined when unreadable. */
+function parseRateLimit(value: unknown): RateLimitPolicy | null | undefined {
+  if (value == null) return null;
+  const v = value as { limit?: unknown; window_seconds?: unknown };
+  return isPositiveInteger(v.limit) && isPositiveInteger(v.window_seconds) ? { limit: v.limit, windowSeconds: v.window_seconds } : undefined;
 }
 
 const isNullableString = (v: unknown): v is string | null | undefined => v == null || typeof v === 'string';
@@ -88,6 +121,10 @@ export function parseRecord(raw: string): ApiTokenRecord | null | undefined {
   const lastUsedAt = v.last_used_at == null ? null : toNaiveUtc(v.last_used_at);
   const createdAt = v.created_at == null ? null : toNaiveUtc(v.created_at);
   if ((v.last_used_at != null && lastUsedAt === null) || (v.created_at != null && createdAt === null)) return undefined;
+  if (!isNullableString(v.expires_at)) return undefined;
+  const expiresAt = v.expires_at == null ? null : toNaiveUtc(v.expires_at);
+  const rateLimit = parseRateLimit(v.rate_limit);
+  if ((v.expires_at != null && expiresAt === null) || rateLimit === undefined) return undefined;
   return {
     id: v.id,
     appId: v.app_id ?? null,
@@ -96,5 +133,7 @@ export function parseRecord(raw: string): ApiTokenRecord | null | undefined {
     token: v.token,
     lastUsedAt,
     createdAt,
+    expiresAt,
+    rateLimit,
   };
 }

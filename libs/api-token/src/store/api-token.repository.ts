@@ -2,12 +2,20 @@ import { Inject, Injectable } from '@nestjs/common';
 import type { Pool, QueryResultRow } from 'pg';
 import type { DataSource } from 'typeorm';
 import { ApiTokenStoreError } from '../api-token.errors';
-import type { ApiTokenRecord } from './api-token.record';
+import type { ApiTokenRecord, RateLimitPolicy } from './api-token.record';
 import { toNaiveUtc } from './api-token.record';
 import { API_TOKEN_DATA_SOURCE } from '../api-token.constants';
 
-const TS = (column: string) => `to_char(${column}, 'YYYY-MM-DD"T"HH24:MI:SS.US') AS ${column}`;
+const TS = (column: string, table = '') => `to_char(${table}${column}, 'YYYY-MM-DD"T"HH24:MI:SS.US') AS ${column}`;
+/** Dify's columns of `api_tokens`, unqualified (statements on that table alone: insert, delete). */
 const COLUMNS = `id::text, app_id::text, tenant_id::text, type, token, ${TS('last_used_at')}, ${TS('created_at')}`;
+/** The same columns of `api_tokens t` with the token's policy from `api_token_policies p` (left joined). */
+const POLICY_COLUMNS = `${TS('expires_at', 'p.')}, p.rate_limit, p.rate_window_seconds`;
+const JOINED_COLUMNS =
+  `t.id::text, t.app_id::text, t.tenant_id::text, t.type, t.token, ${TS('last_used_at', 't.')}, ${TS('created_at', 't.')}, ` +
+  POLICY_COLUMNS;
+/** `api_tokens t` with its policy: one query reads both (the policy table is the library's, never Dify's). */
+const JOINED = 'api_tokens t LEFT JOIN api_token_policies p ON p.token_id = t.id';
 const NOW_UTC = `(now() AT TIME ZONE 'UTC')::timestamp(0)`;
 
 interface Row {
@@ -18,6 +26,10 @@ interface Row {
   token: string;
   last_used_at: string | null;
   created_at: string | null;
+  /** Absent in statements that do not join the policy table. */
+  expires_at?: string | null;
+  rate_limit?: number | null;
+  rate_window_seconds?: number | null;
 }
 
 const toRecord = (row: Row): ApiTokenRecord => ({
@@ -28,6 +40,8 @@ const toRecord = (row: Row): ApiTokenRecord => ({
   token: row.token,
   lastUsedAt: row.last_used_at && toNaiveUtc(row.last_used_at),
   createdAt: row.created_at && toNaiveUtc(row.created_at),
+  expiresAt: row.expires_at ? toNaiveUtc(row.expires_at) : null,
+  rateLimit: row.rate_limit && row.rate_window_seconds ? { limit: row.rate_limit, windowSeconds: row.rate_window_seconds } : null,
 });
 
 /** A use of a token to move into `last_used_at`; `scope` null matches the token in every scope. */
@@ -36,6 +50,24 @@ export interface LastUsedUpdate {
   scope: string | null;
   /** Naive UTC ISO-8601. */
   lastUsedAt: string;
+}
+
+/** A row to insert: the token's columns and, when it has one, its policy. */
+export interface NewApiToken {
+  token: string;
+  type: string;
+  appId?: string | null;
+  tenantId?: string | null;
+  /** Naive UTC ISO-8601, or null/absent for no expiry. */
+  expiresAt?: string | null;
+  rateLimit?: RateLimitPolicy | null;
+}
+
+/** A change of policy: a value sets it, null clears it, undefined leaves it as it is. */
+export interface ApiTokenPolicyUpdate {
+  /** Naive UTC ISO-8601. */
+  expiresAt?: string | null;
+  rateLimit?: RateLimitPolicy | null;
 }
 
 /** Filters of {@link ApiTokenRepository.list}; all optional. */
@@ -63,8 +95,8 @@ export class ApiTokenRepository {
   /** The row with this token in this scope (any scope when `scope` is null), or null. */
   async findByToken(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     const rows = scope
-      ? await this.query<Row>('lookup', `SELECT ${COLUMNS} FROM api_tokens WHERE token = $1 AND type = $2 LIMIT 1`, [token, scope])
-      : await this.query<Row>('lookup', `SELECT ${COLUMNS} FROM api_tokens WHERE token = $1 LIMIT 1`, [token]);
+      ? await this.query<Row>('lookup', `SELECT ${JOINED_COLUMNS} FROM ${JOINED} WHERE t.token = $1 AND t.type = $2 LIMIT 1`, [token, scope])
+      : await this.query<Row>('lookup', `SELECT ${JOINED_COLUMNS} FROM ${JOINED} WHERE t.token = $1 LIMIT 1`, [token]);
     return rows.length ? toRecord(rows[0]) : null;
   }
 
@@ -78,14 +110,58 @@ export class ApiTokenRepository {
     await this.query('health check', 'SELECT 1 FROM api_tokens LIMIT 1', []);
   }
 
-  /** Inserts a token; `created_at` is now, in UTC. */
-  async insert(values: { token: string; type: string; appId?: string | null; tenantId?: string | null }): Promise<ApiTokenRecord> {
+  /**
+   * Inserts a token, and its policy (expiry, rate limit) when it has one, in one statement; `created_at`
+   * is now, in UTC.
+   */
+  async insert(values: NewApiToken): Promise<ApiTokenRecord> {
+    const { expiresAt = null, rateLimit = null } = values;
     const rows = await this.query<Row>(
       'insert',
-      `INSERT INTO api_tokens (app_id, tenant_id, type, token, created_at) VALUES ($1, $2, $3, $4, ${NOW_UTC}) RETURNING ${COLUMNS}`,
-      [values.appId ?? null, values.tenantId ?? null, values.type, values.token],
+      `WITH t AS (
+         INSERT INTO api_tokens (app_id, tenant_id, type, token, created_at) VALUES ($1, $2, $3, $4, ${NOW_UTC}) RETURNING *
+       ), p AS (
+         INSERT INTO api_token_policies (token_id, expires_at, rate_limit, rate_window_seconds)
+         SELECT t.id, $5::timestamp, $6::integer, $7::integer FROM t WHERE $5::timestamp IS NOT NULL OR $6::integer IS NOT NULL
+         RETURNING *
+       )
+       SELECT ${JOINED_COLUMNS} FROM t LEFT JOIN p ON p.token_id = t.id`,
+      [values.appId ?? null, values.tenantId ?? null, values.type, values.token, expiresAt, rateLimit?.limit ?? null, rateLimit?.windowSeconds ?? null],
     );
     return toRecord(rows[0]);
+  }
+
+  /**
+   * Sets a token's policy (expiry, rate limit; null clears one, undefined leaves it) and returns the
+   * token with it, or null when no row has this id.
+   */
+  async setPolicy(id: string, policy: ApiTokenPolicyUpdate): Promise<ApiTokenRecord | null> {
+    const keepExpiry = policy.expiresAt === undefined;
+    const keepLimit = policy.rateLimit === undefined;
+    const rows = await this.query<Row>(
+      'update policy',
+      `WITH p AS (
+         INSERT INTO api_token_policies (token_id, expires_at, rate_limit, rate_window_seconds)
+         SELECT id, $2::timestamp, $4::integer, $5::integer FROM api_tokens WHERE id = $1::uuid
+         ON CONFLICT (token_id) DO UPDATE SET
+           expires_at = CASE WHEN $3::boolean THEN api_token_policies.expires_at ELSE EXCLUDED.expires_at END,
+           rate_limit = CASE WHEN $6::boolean THEN api_token_policies.rate_limit ELSE EXCLUDED.rate_limit END,
+           rate_window_seconds = CASE WHEN $6::boolean THEN api_token_policies.rate_window_seconds ELSE EXCLUDED.rate_window_seconds END
+         RETURNING *
+       )
+       SELECT t.id::text, t.app_id::text, t.tenant_id::text, t.type, t.token, ${TS('last_used_at', 't.')}, ${TS('created_at', 't.')},
+              ${POLICY_COLUMNS}
+         FROM api_tokens t JOIN p ON p.token_id = t.id`,
+      [
+        id,
+        policy.expiresAt ?? null,
+        keepExpiry,
+        policy.rateLimit?.limit ?? null,
+        policy.rateLimit?.windowSeconds ?? null,
+        keepLimit,
+      ],
+    );
+    return rows.length ? toRecord(rows[0]) : null;
   }
 
   /** Deletes every row with this token (any scope) and returns them. */
@@ -107,11 +183,12 @@ export class ApiTokenRepository {
       params.push(value);
       where.push(`${sql} $${params.length}`);
     };
-    if (filter.appId !== undefined) add('app_id =', filter.appId);
-    if (filter.tenantId !== undefined) add('tenant_id =', filter.tenantId);
-    if (filter.type !== undefined) add('type =', filter.type);
+    if (filter.appId !== undefined) add('t.app_id =', filter.appId);
+    if (filter.tenantId !== undefined) add('t.tenant_id =', filter.tenantId);
+    if (filter.type !== undefined) add('t.type =', filter.type);
     const clause = where.length ? ` WHERE ${where.join(' AND ')}` : '';
-    return (await this.query<Row>('list', `SELECT ${COLUMNS} FROM api_tokens${clause} ORDER BY created_at DESC, id`, params)).map(toRecord);
+    const sql = `SELECT ${JOINED_COLUMNS} FROM ${JOINED}${clause} ORDER BY t.created_at DESC, t.id`;
+    return (await this.query<Row>('list', sql, params)).map(toRecord);
   }
 
   /**
