@@ -1,4 +1,4 @@
-import { withoutValues } from './cli';
+import { main, withoutValues } from './cli';
 
 describe('withoutValues', () => {
   const secret = 'app-AbCdEfGhIjKlMnOpQrStUvWx';
@@ -12,5 +12,28 @@ describe('withoutValues', () => {
   ])('%s', (message, expected) => {
     expect(withoutValues(message)).toBe(expected);
     expect(withoutValues(message)).not.toContain(secret.slice(4));
+  });
+});
+
+describe('token command: bad arguments', () => {
+  const secret = 'app-AbCdEfGhIjKlMnOpQrStUvWx';
+  afterEach(() => jest.restoreAllMocks());
+
+  it.each([
+    [[secret], /^error: unknown command\n/],
+    [['list', `--token=${secret}`], /^error: unknown option '--token'\n/],
+    [['list', '--app-id', secret], /^error: option '--app-id <uuid>' is invalid: must be a UUID/],
+    [['list', '--scope', 'any'], /^error: option '--scope <scope>' is invalid: must be 1 to 16 letters/],
+    [['create', '--scope', 'None'], /^error: option '--scope <scope>' is invalid: must be 1 to 16 letters/],
+    [['revoke', '--id', secret], /^error: option '--id <uuid>' is invalid: must be a UUID/],
+    [['invalidate-tenant', secret], /^error: argument 'tenant-id' is invalid: must be a UUID/],
+  ])('%j: exit 2, a message naming what is wrong, never the value', async (args, message) => {
+    const written: string[] = [];
+    jest.spyOn(process.stderr, 'write').mockImplementation((chunk) => written.push(String(chunk)) > 0);
+    jest.spyOn(process.stdout, 'write').mockImplementation((chunk) => written.push(String(chunk)) > 0);
+    expect(await main(args)).toBe(2);
+    const text = written.join('');
+    expect(text).toMatch(message);
+    expect(text).not.toContain(secret.slice(4, 12));
   });
 });

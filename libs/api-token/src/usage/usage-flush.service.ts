@@ -111,6 +111,8 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
   private queued = 0;
   private scheduled = false;
   private closing = false;
+  /** This process's last run accounted for its uses (written, put back or counted lost) and could not delete its marker. */
+  private markerCounted = false;
   private readonly tickTtlSeconds: number;
 
   constructor(
@@ -205,6 +207,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
             walk.add(await this.take(node, keys, walk.stats, now));
             await this.markUnwritten(walk.unwritten.length);
             await walk.write(false);
+            await this.markUnwritten(walk.unwritten.length);
             held.lock = await this.extend(held.lock);
           });
         } catch (error) {
@@ -221,11 +224,12 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       this.metrics?.flushRan(walk.failed ? 'failed' : walk.stopped === undefined ? 'completed' : 'stopped', walk.stats);
       if (walk.failed) {
         const kept = await this.putBack(walk.unwritten);
-        await this.markUnwritten(0);
+        // Lost uses are counted by putBack; a marker left behind must not count them twice.
+        this.markerCounted = !(await this.markUnwritten(0));
         this.logger.error(`Usage flush failed: ${line}; ${walk.failed.message}; ${kept}`);
         throw walk.failed;
       }
-      await this.markUnwritten(0);
+      this.markerCounted = !(await this.markUnwritten(0));
       const reason = typeof walk.stopped === 'string' ? walk.stopped : describeError(walk.stopped);
       const note = walk.stopped === undefined ? '' : `; stopped early (${reason})`;
       this.logger.log(`Usage flush${tick === null ? '' : ` tick=${tick}`}: ${line}${note}`);
@@ -268,18 +272,24 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     return time && Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000);
   }
 
-  /** Counts as lost the uses a killed run had taken and not written (its marker is left over). */
+  /**
+   * Counts as lost the uses a killed run had taken and not written (its marker is left over). Not
+   * when this process's last run left the marker after accounting for its uses; another instance
+   * would count those (a run whose Redis went down at its end, then a run elsewhere).
+   */
   private async countLeftOver(): Promise<void> {
     const left = Number(await this.redis.call('get', (r) => r.get(FLUSH_UNWRITTEN_KEY)));
-    if (left > 0) {
+    const counted = this.markerCounted;
+    this.markerCounted = false;
+    if (left > 0 && !counted) {
       this.metrics?.flushUsesLost(left);
       this.logger.warn(`An earlier usage flush ended mid-run: ${left} uses it had taken were not written (lost)`);
     }
   }
 
-  /** Records how many taken uses are not in the database yet (0 deletes the marker). */
-  private async markUnwritten(count: number): Promise<void> {
-    await this.redis.call('set', (r): Promise<unknown> => (count > 0 ? r.set(FLUSH_UNWRITTEN_KEY, String(count), 'EX', ACTIVE_KEY_TTL_SECONDS) : r.del(FLUSH_UNWRITTEN_KEY)));
+  /** Records how many taken uses are not in the database yet (0 deletes the marker); false when Redis did not answer. */
+  private async markUnwritten(count: number): Promise<boolean> {
+    return undefined !== await this.redis.call('set', (r): Promise<unknown> => (count > 0 ? r.set(FLUSH_UNWRITTEN_KEY, String(count), 'EX', ACTIVE_KEY_TTL_SECONDS) : r.del(FLUSH_UNWRITTEN_KEY)));
   }
 
   private async extend(lock: Lock): Promise<Lock> {
