@@ -128,17 +128,11 @@ describe('token command line', () => {
 
   it('bad arguments get a clear message on stderr, nothing on stdout, and exit code 2; no match exits 1', async () => {
     const unknown = generateApiToken('app');
+    // Each case is a Node and ts-node start-up; the other argument errors run in-process in apps/demo/src/cli.spec.ts.
     const cases: [string[], string | RegExp, number][] = [
       [[], /Usage: token/, 2],
       [['bogus'], 'unknown command', 2],
-      [['create'], "required option '--scope <scope>' not specified", 2],
       [['create', '--scope', 'app', '--app-id', 'nope'], "option '--app-id <uuid>' is invalid: must be a UUID", 2],
-      [['create', '--scope', 'a:b'], "option '--scope <scope>' is invalid: must be 1 to 16", 2],
-      [['list', '--tenant-id', '42'], 'must be a UUID', 2],
-      [['revoke'], 'give a token (or "-" to read it from stdin) or --id', 2],
-      [['revoke', unknown, '--id', randomUUID()], 'give a token or --id, not both', 2],
-      [['invalidate-tenant'], "missing required argument 'tenant-id'", 2],
-      [['invalidate-tenant', 'x'], 'must be a UUID', 2],
       [['revoke', unknown], 'no token matched; nothing revoked', 1],
     ];
     // What the commands could change; last_used_at is the flush's (the app flushes every minute).

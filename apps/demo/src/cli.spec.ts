@@ -19,6 +19,7 @@ describe('token command: bad arguments', () => {
   const secret = 'app-AbCdEfGhIjKlMnOpQrStUvWx';
   afterEach(() => jest.restoreAllMocks());
 
+  // Every one of these fails before the stores are reached.
   it.each([
     [[secret], /^error: unknown command\n/],
     [['list', `--token=${secret}`], /^error: unknown option '--token'\n/],
@@ -27,6 +28,13 @@ describe('token command: bad arguments', () => {
     [['create', '--scope', 'None'], /^error: option '--scope <scope>' is invalid: must be 1 to 16 letters/],
     [['revoke', '--id', secret], /^error: option '--id <uuid>' is invalid: must be a UUID/],
     [['invalidate-tenant', secret], /^error: argument 'tenant-id' is invalid: must be a UUID/],
+    [['create'], /^error: required option '--scope <scope>' not specified/],
+    [['create', '--scope', 'a:b'], /^error: option '--scope <scope>' is invalid: must be 1 to 16/],
+    [['list', '--tenant-id', '42'], /must be a UUID/],
+    [['revoke'], /^error: give a token \(or "-" to read it from stdin\) or --id/],
+    [['revoke', secret, '--id', '6f1c2f5e-1111-4a2b-8c3d-000000000001'], /^error: give a token or --id, not both/],
+    [['invalidate-tenant'], /^error: missing required argument 'tenant-id'/],
+    [['invalidate-tenant', 'x'], /must be a UUID/],
   ])('%j: exit 2, a message naming what is wrong, never the value', async (args, message) => {
     const written: string[] = [];
     jest.spyOn(process.stderr, 'write').mockImplementation((chunk) => written.push(String(chunk)) > 0);
