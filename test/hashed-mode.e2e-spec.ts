@@ -4,6 +4,7 @@ import Redis from 'ioredis';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { get, listen } from './support/http-client';
 import { PrivateRedisServer } from './support/redis-server';
+import { QueryCounter } from './support/query-counter';
 import { createTestApp } from './support/test-app';
 
 const TENANT = '6f1c2f5e-1111-4a2b-8c3d-000000000001';
@@ -77,6 +78,21 @@ describe('hashed mode', () => {
   it('does not accept a row holding the token itself (not Dify-compatible)', async () => {
     const plain = (await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' })).token;
     expect((await get(port, '/app/whoami', plain)).status).toBe(401);
+  });
+
+  it('stores sha256: and hex, which an instance in plain mode on the same stores refuses with no I/O', async () => {
+    const stored = hashToken(tokens[0]);
+    expect(stored).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(await db.query('SELECT count(*)::int AS n FROM api_tokens WHERE token = $1', [stored])).toEqual([{ n: 1 }]);
+    const counter = new QueryCounter();
+    const plain = await createTestApp({ databaseUrl: db.url, redisUrl: server.url(), counter });
+    try {
+      const plainPort = await listen(plain);
+      expect((await get(plainPort, '/app/whoami', stored)).status).toBe(401);
+      expect(counter.count()).toBe(0);
+    } finally {
+      await plain.close();
+    }
   });
 
   it('revokes by the token', async () => {

@@ -4,7 +4,7 @@ import Redis from 'ioredis';
 import { CapturingLogger } from './support/capturing-logger';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { HOSTILE_AUTHORIZATION } from './support/hostile-corpus';
-import { get, listen, rawAuthorization } from './support/http-client';
+import { get, listen, rawAuthorization, rawRequest } from './support/http-client';
 import { QueryCounter } from './support/query-counter';
 import { PrivateRedisServer } from './support/redis-server';
 import { createTestApp } from './support/test-app';
@@ -72,6 +72,25 @@ describe.each(['express', 'fastify'] as const)('hostile Authorization values (%s
     expect(answer.status).toBeLessThan(500);
     expect(counter.count(/.*/)).toBe(0);
     expect(await appCommands()).toEqual([]);
+  });
+
+  it('refuses a request with more than one Authorization header, even when the first holds a valid token, with no I/O', async () => {
+    const record = await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
+    const header = (name: string) => `${name}: Bearer ${record.token}`;
+    await appCommands();
+    counter.reset();
+    for (const lines of [
+      [header('Authorization'), header('Authorization')],
+      [header('Authorization'), 'Authorization: Bearer other'],
+      [header('authorization'), 'X-Other: 1', 'AUTHORIZATION: Bearer other'],
+    ]) {
+      const answer = await rawRequest(port, '/app/whoami', Buffer.from(lines.join('\r\n'), 'latin1'));
+      expect(answer.status).toBe(401);
+      expect(answer.raw).toContain('only once');
+    }
+    expect(counter.count(/.*/)).toBe(0);
+    expect(await appCommands()).toEqual([]);
+    expect((await rawRequest(port, '/app/whoami', Buffer.from(header('Authorization'), 'latin1'))).status).toBe(200);
   });
 
   it('still serves a valid token afterwards, and logged none of the values', async () => {

@@ -2,6 +2,7 @@ import {
   ApiTokenAuthenticator,
   ApiTokenCacheService,
   ApiTokenInvalidationService,
+  ApiTokenRedisService,
   ApiTokenRepository,
   ApiTokenService,
   generateApiToken,
@@ -41,8 +42,10 @@ describe('token lifecycle and revocation across two instances', () => {
     db = await createTestDatabase();
     redis = testRedis();
     await clearLibraryKeys(redis);
-    a = await createTestApp({ databaseUrl: db.url, counter });
-    b = await createTestApp({ databaseUrl: db.url, counter });
+    // An in-process TTL far longer than any wait below: an entry that goes must have been evicted, not expired.
+    const apiToken = { localCacheTtlMs: 300_000 };
+    a = await createTestApp({ databaseUrl: db.url, counter, apiToken });
+    b = await createTestApp({ databaseUrl: db.url, counter, apiToken });
   });
 
   afterAll(async () => {
@@ -193,6 +196,64 @@ describe('token lifecycle and revocation across two instances', () => {
     expect(await cached(created.token)).toBeNull();
     expect((await whoami(b, created.token)).status).toBe(401);
     expect((await whoami(a, created.token)).status).toBe(401);
+  });
+
+  it('a Redis read that overlapped a revocation does not put the token back in the in-process cache', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    expect((await whoami(b, created.token)).status).toBe(200);
+    expect(local(a, created.token)).toBe('miss');
+    const redisService = a.get(ApiTokenRedisService);
+    const call = redisService.call.bind(redisService) as (...args: unknown[]) => Promise<unknown>;
+    const read = gate();
+    const release = gate();
+    jest.spyOn(redisService, 'call').mockImplementation((async (...args: unknown[]) => {
+      const result = await call(...args);
+      if (args[0] === 'get' && typeof result === 'string' && result.includes(created.id)) {
+        read.open();
+        await release.promise;
+      }
+      return result;
+    }) as never);
+    const invalidation = a.get(ApiTokenInvalidationService);
+    const received = invalidation.receivedCount;
+
+    const pending = whoami(a, created.token).then((res) => res.status);
+    await read.promise;
+    await b.get(ApiTokenService).revoke(created.token);
+    await until('instance A hears of the revocation', () => invalidation.receivedCount > received);
+    release.open();
+
+    expect(await pending).toBe(200); // answered from what it read before the revocation
+    expect(local(a, created.token)).toBe('miss');
+    expect((await whoami(a, created.token)).status).toBe(401);
+  });
+
+  it('a fill that overlapped an eviction does not fill the in-process cache', async () => {
+    const tenantId = randomUUID();
+    const tokens = a.get(ApiTokenService);
+    const [cachedOne, filled] = [await tokens.create({ scope: 'app', tenantId }), await tokens.create({ scope: 'app', tenantId })];
+    expect((await whoami(b, cachedOne.token)).status).toBe(200);
+    const repository = a.get(ApiTokenRepository);
+    const findByToken = repository.findByToken.bind(repository);
+    const read = gate();
+    const release = gate();
+    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
+      const row = await findByToken(...args);
+      read.open();
+      await release.promise;
+      return row;
+    });
+    const invalidation = a.get(ApiTokenInvalidationService);
+    const received = invalidation.receivedCount;
+
+    const pending = whoami(a, filled.token).then((res) => res.status);
+    await read.promise;
+    expect((await b.get(ApiTokenService).invalidateTenant(tenantId)).dropped).toBe(1);
+    await until('instance A hears of the tenant invalidation', () => invalidation.receivedCount > received);
+    release.open();
+
+    expect(await pending).toBe(200);
+    expect(local(a, filled.token)).toBe('miss');
   });
 
   it('a created token works at once even where a negative was cached for it, in its scope and in any', async () => {

@@ -6,11 +6,14 @@ import {
   ApiTokenCacheService,
   ApiTokenMetrics,
   type ApiTokenMetricsSnapshot,
+  ApiTokenRedisService,
   ApiTokenRepository,
   ApiTokenService,
   ApiTokenUsageFlushService,
+  FLUSH_LOCK_KEY,
   generateApiToken,
 } from '../libs/api-token/src';
+import { FLUSH_UNWRITTEN_KEY } from '../libs/api-token/src/usage/usage-flush.service';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { createTestDatabase, type TestDatabase } from './support/database';
@@ -355,5 +358,35 @@ describe('observability', () => {
         for (const text of texts) expect(text.includes(secret.slice(i, i + 8))).toBe(false);
       }
     }
+  });
+
+  it('counts the uses lost when PostgreSQL and Redis fail together during a flush', async () => {
+    await app.get(ApiTokenUsageFlushService).flushNow(); // the uses of the tests above
+    const tokens = [await newToken(), await newToken()];
+    for (const token of tokens) await redis.set(`api_token_active:app:${token}`, '2026-05-05T00:00:00', 'EX', 3600);
+    const lostBefore = snapshot().flush.usesLost;
+    const update = repository.updateLastUsed.bind(repository);
+    // Both stores go away once the uses are taken from Redis, as the UPDATE starts.
+    jest.spyOn(repository, 'updateLastUsed').mockImplementationOnce((page) => {
+      pgProxy.cut('refuse');
+      redisProxy.cut('refuse');
+      return update(page);
+    });
+    try {
+      await expect(app.get(ApiTokenUsageFlushService).flushNow()).rejects.toThrow(/api_tokens/);
+      expect(snapshot().flush.usesLost - lostBefore).toBe(2);
+    } finally {
+      jest.restoreAllMocks();
+      pgProxy.restore();
+      redisProxy.restore();
+    }
+    for (const token of tokens) expect(await redis.exists(`api_token_active:app:${token}`)).toBe(0);
+    await until('Redis answers the app again', async () => (await whoami(tokens[0])).status === 200 && !app.get(ApiTokenRedisService).isDown);
+    // The failed run could neither delete its marker nor release its lock (let it expire now).
+    expect(await redis.get(FLUSH_UNWRITTEN_KEY)).toBe('2');
+    await redis.del(FLUSH_LOCK_KEY);
+    expect(await app.get(ApiTokenUsageFlushService).flushNow()).not.toBeNull();
+    expect(snapshot().flush.usesLost - lostBefore).toBe(2);
+    expect(await redis.exists(FLUSH_UNWRITTEN_KEY)).toBe(0);
   });
 });

@@ -1,5 +1,7 @@
 import {
+  ApiTokenAuthenticator,
   ApiTokenCacheService,
+  ApiTokenGuard,
   ApiTokenRepository,
   type ApiTokenRecord,
   generateApiToken,
@@ -170,6 +172,39 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       const answers = await Promise.all(Array.from({ length: 300 }, () => whoami('/app/whoami', `Bearer ${record.token}`)));
       expect(answers.map((r) => r.status)).toEqual(Array(300).fill(200));
       expect(counter.count()).toBe(1);
+    });
+  });
+
+  describe('scopes', () => {
+    it('refuses an app record a writer put under the dataset key: 401, after one database lookup', async () => {
+      const { token } = await newToken('app');
+      expect((await whoami('/app/whoami', `Bearer ${token}`)).status).toBe(200);
+      await redis.set(`api_token:dataset:${token}`, (await redis.get(`api_token:app:${token}`))!, 'EX', 600);
+      counter.reset();
+      const res = await whoami('/dataset/whoami', `Bearer ${token}`);
+      expect(res.status).toBe(401);
+      expect(counter.count()).toBe(1);
+    });
+
+    it('refuses an app record held in the in-process cache under the dataset key', async () => {
+      const record = await newToken('app');
+      await app.get(ApiTokenCacheService).store('dataset', record.token, record);
+      expect((await whoami('/dataset/whoami', `Bearer ${record.token}`)).status).toBe(401);
+    });
+
+    it('refuses the reserved scope "any" where a lookup enters, before any I/O, and keeps the scope-less entry', async () => {
+      const { token } = await newToken('dataset');
+      const authenticator = app.get(ApiTokenAuthenticator);
+      expect(await authenticator.authenticate(token, null)).toMatchObject({ type: 'dataset' });
+      const entry = await redis.get(`api_token:any:${token}`);
+      counter.reset();
+      for (const scope of ['any', 'None', 'a:b']) {
+        await expect(authenticator.authenticate(token, scope)).rejects.toThrow(/"scope" must be 1 to 16 letters/);
+      }
+      expect(() => ApiTokenGuard('any')).toThrow(/not "any" or "None"/);
+      expect(counter.count(/.*/)).toBe(0);
+      expect(await redis.get(`api_token:any:${token}`)).toBe(entry);
+      expect(await authenticator.authenticate(token, null)).toMatchObject({ type: 'dataset' });
     });
   });
 

@@ -1,4 +1,4 @@
-import { ApiTokenRepository, generateApiToken } from '../libs/api-token/src';
+import { ApiTokenAuthenticator, ApiTokenCacheService, ApiTokenRepository, RETRY_AFTER_SECONDS, generateApiToken } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import request from 'supertest';
@@ -39,6 +39,21 @@ describe('single flight across instances', () => {
     expect(counter.count()).toBe(1);
   });
 
+  it('concurrent misses in one process share one Redis read', async () => {
+    const { token } = await apps[0].get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
+    expect((await get(apps[1], token)).status).toBe(200); // in Redis now, not in apps[0]'s in-process cache
+    const cache = apps[0].get(ApiTokenCacheService);
+    const lookupRedis = jest.spyOn(cache, 'lookupRedis');
+    try {
+      const authenticator = apps[0].get(ApiTokenAuthenticator);
+      const results = await Promise.all(Array.from({ length: 50 }, () => authenticator.authenticate(token, 'app')));
+      expect(results.every((r) => r?.token === token)).toBe(true);
+      expect(lookupRedis).toHaveBeenCalledTimes(1);
+    } finally {
+      lookupRedis.mockRestore();
+    }
+  });
+
   it('a lock left by a dead holder delays the lookup by at most lockWaitMs, then the database answers', async () => {
     const { token } = await apps[0].get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
     await redis.set(`api_token_query_lock:app:${token}`, 'dead-holder', 'PX', 10_000);
@@ -53,7 +68,8 @@ describe('single flight across instances', () => {
     try {
       const res = await get(apps[0], token);
       expect(res.status).toBe(503);
-      expect(res.headers['retry-after']).toBeDefined();
+      expect(res.headers['retry-after']).toBe(String(RETRY_AFTER_SECONDS));
+      expect(RETRY_AFTER_SECONDS).toBe(5);
       expect(counter.count()).toBe(1);
       expect(await redis.exists(`api_token:app:${token}`)).toBe(0);
     } finally {

@@ -1,4 +1,5 @@
 import {
+  ApiTokenMetrics,
   ApiTokenMigration,
   ApiTokenModule,
   ApiTokenRepository,
@@ -26,6 +27,7 @@ import { clearLibraryKeys, testRedis } from './support/redis';
 import { REDIS_CLUSTER_NODES, REDIS_TEST_DB, REDIS_TEST_URL } from './support/servers';
 import { redisModuleOptions } from '../apps/demo/src/demo.stores';
 import { createTestApp } from './support/test-app';
+import { FLUSH_UNWRITTEN_KEY } from '../libs/api-token/src/usage/usage-flush.service';
 import { until } from './support/until';
 
 jest.setTimeout(60_000);
@@ -136,6 +138,56 @@ describe('usage flush', () => {
       expect(await lastUsed(newer)).toBe('2026-05-01T12:00:00.501000');
       expect(await lastUsed(anyScope)).toBe('2026-05-01T22:00:00.000000');
       expect(await activeKeys()).toEqual([]);
+    });
+
+    it('writes the newest of two uses of one row (Dify\'s None scope and the row\'s own), whichever is newer', async () => {
+      const [noneNewer, appNewer] = [await newToken(), await newToken()];
+      const [older, newer] = ['2026-05-03T10:00:00.100000', '2026-05-03T10:00:07.900000'];
+      await redis.set(`api_token_active:None:${noneNewer}`, newer, 'EX', 3600);
+      await redis.set(`api_token_active:app:${noneNewer}`, older, 'EX', 3600);
+      await redis.set(`api_token_active:None:${appNewer}`, older, 'EX', 3600);
+      await redis.set(`api_token_active:app:${appNewer}`, newer, 'EX', 3600);
+      expect(await flush.flushNow()).toMatchObject({ taken: 4, updated: 2, dropped: 0 });
+      expect([await lastUsed(noneNewer), await lastUsed(appNewer)]).toEqual([newer, newer]);
+    });
+
+    it('checks use times against Redis\'s clock, not this instance\'s: a clock 20 minutes behind drops nothing', async () => {
+      const token = await newToken();
+      const now = NAIVE_MS(Date.now());
+      await redis.set(`api_token_active:app:${token}`, now, 'EX', 3600);
+      const realNow = Date.now.bind(Date);
+      jest.spyOn(Date, 'now').mockImplementation(() => realNow() - 20 * 60_000);
+      try {
+        expect(await flush.flushNow()).toMatchObject({ taken: 1, updated: 1, dropped: 0 });
+      } finally {
+        jest.restoreAllMocks();
+      }
+      expect(await lastUsed(token)).toBe(now);
+    });
+
+    it('counts as lost the uses a run killed mid-way left taken and unwritten; a run marks them while it writes', async () => {
+      const metrics = app.get(ApiTokenMetrics);
+      const lostBefore = metrics.snapshot().flush.usesLost;
+      await redis.set(FLUSH_UNWRITTEN_KEY, '7', 'EX', 3600); // what a run killed during its UPDATE leaves
+      const tokens = [await newToken(), await newToken(), await newToken()];
+      for (const token of tokens) await redis.set(`api_token_active:app:${token}`, '2026-05-04T00:00:00', 'EX', 3600);
+      const marked: (string | null)[] = [];
+      const update = repository.updateLastUsed.bind(repository);
+      jest.spyOn(repository, 'updateLastUsed').mockImplementation(async (page) => {
+        marked.push(await redis.get(FLUSH_UNWRITTEN_KEY));
+        return update(page);
+      });
+      try {
+        expect(await flush.flushNow()).toMatchObject({ taken: 3, updated: 3 });
+      } finally {
+        jest.restoreAllMocks();
+      }
+      expect(metrics.snapshot().flush.usesLost - lostBefore).toBe(7);
+      expect(marked).toEqual(['3']);
+      expect(await redis.exists(FLUSH_UNWRITTEN_KEY)).toBe(0);
+      expect(logger.matching(/ended mid-run: 7 uses/)).toHaveLength(1);
+      expect(await flush.flushNow()).toMatchObject({ taken: 0 });
+      expect(metrics.snapshot().flush.usesLost - lostBefore).toBe(7);
     });
 
     it('drops and counts bad keys without stopping good ones, and logs no token', async () => {

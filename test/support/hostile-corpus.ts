@@ -28,6 +28,8 @@ export const HOSTILE_AUTHORIZATION: HostileValue[] = [
   { name: 'other scheme', value: text('Token app-AAAAAAAAAAAAAAAAAAAAAAAA') },
   { name: 'three words', value: text('Bearer app-abc def ghi') },
   { name: '256 characters', value: text(`Bearer ${'a'.repeat(256)}`) },
+  { name: '255 b64token characters then 12,000 "="', value: text(`Bearer ${'x'.repeat(255)}${'='.repeat(12_000)}`) },
+  { name: '250 characters then 6 "="', value: text(`Bearer ${'x'.repeat(250)}======`) },
   { name: '8 KB', value: text(`Bearer ${'a'.repeat(8_000)}`) },
   { name: '20 KB (over the header limit)', value: text(`Bearer ${'a'.repeat(20_000)}`) },
   { name: '70 KB', value: text(`Bearer ${'A'.repeat(70_000)}`) },

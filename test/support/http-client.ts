@@ -38,6 +38,11 @@ export function get(port: number, path: string, token: string | undefined, agent
  * resolves with the status code of the answer (0 when the connection closed with no answer).
  */
 export function rawAuthorization(port: number, path: string, value: Buffer): Promise<{ status: number; raw: string }> {
+  return rawRequest(port, path, Buffer.concat([Buffer.from('Authorization: ', 'latin1'), value]));
+}
+
+/** Sends `GET {path}` with the raw bytes of its header lines (CRLF-separated, no final CRLF) over a new socket. */
+export function rawRequest(port: number, path: string, headerLines: Buffer): Promise<{ status: number; raw: string }> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1');
     socket.setTimeout(5000, () => socket.destroy());
@@ -45,8 +50,8 @@ export function rawAuthorization(port: number, path: string, value: Buffer): Pro
     socket.on('connect', () => {
       socket.write(
         Buffer.concat([
-          Buffer.from(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: `, 'latin1'),
-          value,
+          Buffer.from(`GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\n`, 'latin1'),
+          headerLines,
           Buffer.from('\r\nConnection: close\r\n\r\n', 'latin1'),
         ]),
       );

@@ -1,4 +1,4 @@
-import { ApiTokenModule, ApiTokenService, isUuid, type ApiTokenSummary } from 'nestjs-api-token';
+import { ApiTokenModule, ApiTokenService, SCOPE_RULE, isScope, isUuid, type ApiTokenSummary } from 'nestjs-api-token';
 import { ConsoleLogger, type DynamicModule, type INestApplicationContext, type LogLevel, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
@@ -42,6 +42,24 @@ class StderrLogger extends ConsoleLogger {
 function uuid(value: string): string {
   if (!isUuid(value)) throw new InvalidArgumentError('must be a UUID.');
   return value;
+}
+
+function scope(value: string): string {
+  if (!isScope(value)) throw new InvalidArgumentError(`must be ${SCOPE_RULE}.`);
+  return value;
+}
+
+/**
+ * Commander's error messages quote what was typed (`argument 'app-…' is invalid`, `unknown command
+ * 'app-…'`): a token pasted in the wrong place would land on screen and in logs. These keep the
+ * option or argument's name and drop its value.
+ */
+export function withoutValues(message: string): string {
+  return message
+    .replace(/ argument '[^']*' is invalid\./g, ' is invalid:')
+    .replace(/command-argument value '[^']*' is invalid for argument ('[^']*')\./g, 'argument $1 is invalid:')
+    .replace(/unknown command '[^']*'/g, 'unknown command')
+    .replace(/unknown option '([^'=]*)[^']*'/g, (_, name: string) => (/^(--[a-z][a-z-]{0,31}|-[A-Za-z])$/.test(name) ? `unknown option '${name}'` : 'unknown option'));
 }
 
 /** Runs `work` with the library's services, then closes every connection. */
@@ -93,12 +111,13 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
         `Exit codes: ${EXIT.ok} done, ${EXIT.failed} failed (nothing matched, store unreachable), ${EXIT.usage} bad arguments.`,
     )
     .exitOverride()
+    .configureOutput({ outputError: (text, write) => write(withoutValues(text)) })
     .showHelpAfterError('(run with --help for usage)');
 
   program
     .command('create')
     .description('create a token and print it (and nothing else)')
-    .requiredOption('--scope <scope>', 'scope of the token: app, dataset, or another (at most 16 characters)')
+    .requiredOption('--scope <scope>', 'scope of the token: app, dataset, or another (at most 16 characters)', scope)
     .option('--app-id <uuid>', 'app the token belongs to', uuid)
     .option('--tenant-id <uuid>', 'tenant the token belongs to', uuid)
     .option('--prefix <prefix>', 'text before the "-" (default: app, dataset, or the scope)')
@@ -112,7 +131,7 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
     .description('list tokens, newest first, masked (the secret part is never shown)')
     .option('--app-id <uuid>', 'only tokens of this app', uuid)
     .option('--tenant-id <uuid>', 'only tokens of this tenant', uuid)
-    .option('--scope <scope>', 'only tokens of this scope')
+    .option('--scope <scope>', 'only tokens of this scope', scope)
     .option('--json', 'print JSON instead of a table')
     .action(async (opts: { appId?: string; tenantId?: string; scope?: string; json?: boolean }) => {
       const rows = await withTokens((tokens) => tokens.list({ appId: opts.appId, tenantId: opts.tenantId, scope: opts.scope }));

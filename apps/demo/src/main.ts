@@ -1,23 +1,15 @@
-import { ApiTokenRepository, ApiTokenService } from 'nestjs-api-token';
+import { ApiTokenService } from 'nestjs-api-token';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module';
 import { loadDemoConfig } from './demo.config';
-
-/** The app id the demo's own token belongs to. */
-export const DEMO_APP_ID = '00000000-0000-4000-8000-00000000de70';
+import { demoTokenNotice } from './demo.token';
 
 async function bootstrap(): Promise<void> {
   const config = loadDemoConfig();
   const app = await NestFactory.create(AppModule.forRoot(config));
   app.enableShutdownHooks();
   await app.listen(config.port);
-  const repository = app.get(ApiTokenRepository);
-  const [existing] = await repository.list({ appId: DEMO_APP_ID, type: 'app' });
-  const token = existing?.token ?? (await app.get(ApiTokenService).create({ scope: 'app', appId: DEMO_APP_ID })).token;
-  process.stdout.write(
-    `\nDemo listening on port ${config.port}, with ${existing ? 'its' : 'a newly created'} demo token; try:\n\n` +
-      `  curl -H 'Authorization: Bearer ${token}' http://localhost:${config.port}/app/whoami\n\n`,
-  );
+  process.stdout.write(await demoTokenNotice(app.get(ApiTokenService), config.port));
 }
 
 bootstrap().catch((error: unknown) => {

@@ -19,14 +19,31 @@ describe('resolveApiTokenOptions', () => {
     [{ tokenPattern: '^a$' as unknown as RegExp }, /tokenPattern.*RegExp/],
     [{ tokenPattern: /a/g }, /tokenPattern.*g or y/],
     [{ hashTokens: 'yes' as unknown as boolean }, /hashTokens/],
+    [{ localCacheTtlMs: 2 ** 40 }, /localCacheTtlMs.*<= 3600000/],
+    [{ cacheTtlSeconds: 1e9 }, /cacheTtlSeconds.*<= 86400/],
+    [{ lockWaitMs: 1e9 }, /lockWaitMs.*<= 60000/],
+    [{ cacheTtlSeconds: 5, localCacheTtlMs: 5_001 }, /localCacheTtlMs.*not be longer than "cacheTtlSeconds"/],
+    [{ tokenPattern: /[a-z]+/ }, /tokenPattern.*anchored/],
+    [{ tokenPattern: /^[a-z]+/ }, /tokenPattern.*anchored/],
+    [{ tokenPattern: /[a-z]+$/ }, /tokenPattern.*anchored/],
+    [{ tokenPattern: /^[a-z]+\$/ }, /tokenPattern.*anchored/],
+    [{ tokenPattern: /^app-x|dataset-x$/ }, /tokenPattern.*anchored/],
+    [{ tokenPattern: /^[a-z0-9:]+$/ }, /tokenPattern.*hashed/],
   ])('refuses %p, naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);
+  });
+
+  it('accepts anchored patterns, alternatives inside a group, and an L1 TTL equal to the Redis TTL', () => {
+    for (const tokenPattern of [/^(app|dataset)-[A-Za-z0-9]{24}$/, /^[|$]+$/, /^a\|b$/]) {
+      expect(resolveApiTokenOptions({ tokenPattern }).tokenPattern).toBe(tokenPattern);
+    }
+    expect(resolveApiTokenOptions({ cacheTtlSeconds: 5, localCacheTtlMs: 5_000 }).localCacheTtlMs).toBe(5_000);
   });
 
   it('accepts the shapes Dify generates and refuses what cannot be a token', () => {
     const { tokenPattern } = DEFAULT_API_TOKEN_OPTIONS;
     for (const ok of ['app-AbCdEfGhIjKlMnOpQrStUvWx', 'dataset-123', 'a.b~c+d/e_f', 'abc==']) expect(tokenPattern.test(ok)).toBe(true);
-    for (const bad of ['', '*', 'app-*', 'a b', 'a\tb', 'tökén', 'a=b', 'x'.repeat(256), 'a:b', '[a-z]']) {
+    for (const bad of ['', '*', 'app-*', 'a b', 'a\tb', 'tökén', 'a=b', 'a:b', 'sha256:00', '[a-z]']) {
       expect(tokenPattern.test(bad)).toBe(false);
     }
   });

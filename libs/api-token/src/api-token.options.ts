@@ -1,4 +1,5 @@
 import { assertFlushCron, DEFAULT_FLUSH_CRON } from './usage/flush.schedule';
+import { HASHED_TOKEN_PREFIX } from './tokens/token.hash';
 
 /** Options of {@link ApiTokenModule}; every field has a default. */
 export interface ApiTokenModuleOptions {
@@ -20,11 +21,16 @@ export interface ApiTokenModuleOptions {
   localCacheTtlMs?: number;
   /** Milliseconds between two writes of `api_token_active:*` for one token by this process; 0 writes on every use. Default 1000. */
   usageWriteIntervalMs?: number;
-  /** Which tokens are worth a lookup; anything else is refused with no I/O. Default: RFC 6750 b64token, at most 255 characters. */
+  /**
+   * Which tokens are worth a lookup; anything else is refused with no I/O. Must be anchored (`^…$`)
+   * and must not match a stored hashed value (`sha256:…`). Whatever it says, a token longer than
+   * 255 characters (the column's size) is refused. Default: RFC 6750 b64token.
+   */
   tokenPattern?: RegExp;
   /**
-   * Store and cache the SHA-256 (hex) of each token instead of the token. Not Dify-compatible:
-   * a Dify installation cannot read such a table. Default false.
+   * Store and cache `sha256:` and the SHA-256 (hex) of each token instead of the token. Not
+   * Dify-compatible: a Dify installation cannot read such a table. The stored form can never pass
+   * the shape check, so neither mode accepts what the other stores. Default false.
    */
   hashTokens?: boolean;
   /**
@@ -47,8 +53,10 @@ export interface ApiTokenModuleOptions {
 /** Options after defaults are applied. */
 export type ResolvedApiTokenOptions = Required<ApiTokenModuleOptions>;
 
-/** RFC 6750 `b64token`, at most 255 characters (the size of the `token` column). */
-export const DEFAULT_TOKEN_PATTERN = /^[A-Za-z0-9\-._~+/]{1,255}=*$/;
+/** RFC 6750 `b64token`; its length is bounded by {@link MAX_TOKEN_LENGTH}, checked before any pattern. */
+export const DEFAULT_TOKEN_PATTERN = /^[A-Za-z0-9\-._~+/]+=*$/;
+/** The size of the `token` column: no longer token can be valid, whatever `tokenPattern` says. */
+export const MAX_TOKEN_LENGTH = 255;
 
 export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   cacheTtlSeconds: 600,
@@ -68,35 +76,38 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   flushPageSize: 1_000,
 };
 
-const POSITIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
-  'cacheTtlSeconds',
-  'negativeTtlSeconds',
-  'tenantIndexTtlSeconds',
-  'lockTtlMs',
-  'redisCommandTimeoutMs',
-  'flushPageSize',
-];
-const NON_NEGATIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
-  'lockWaitMs',
-  'lockRetryDelayMs',
-  'localCacheMax',
-  'localCacheTtlMs',
-  'usageWriteIntervalMs',
-  'redisCooldownMs',
-];
+const DAY_SECONDS = 86_400;
+const MINUTE_MS = 60_000;
+/**
+ * Integer options with their least and greatest values. The upper bounds keep a typo (`2 ** 40`,
+ * `1e9`) from turning a cache or a wait into "forever": a day for what lives in Redis, an hour for
+ * the in-process cache (a revoked token lives on an instance that missed the message that long),
+ * a minute for waits and timeouts.
+ */
+const INTEGER_RANGES: Partial<Record<keyof ApiTokenModuleOptions, [min: number, max: number]>> = {
+  cacheTtlSeconds: [1, DAY_SECONDS],
+  negativeTtlSeconds: [1, DAY_SECONDS],
+  tenantIndexTtlSeconds: [1, DAY_SECONDS],
+  lockTtlMs: [1, MINUTE_MS],
+  lockWaitMs: [0, MINUTE_MS],
+  lockRetryDelayMs: [0, MINUTE_MS],
+  localCacheMax: [0, 10_000_000],
+  localCacheTtlMs: [0, 60 * MINUTE_MS],
+  usageWriteIntervalMs: [0, MINUTE_MS],
+  redisCommandTimeoutMs: [1, MINUTE_MS],
+  redisCooldownMs: [0, MINUTE_MS],
+  flushPageSize: [1, 50_000],
+};
 
 /** Applies defaults and refuses values that cannot work, naming the option. */
 export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): ResolvedApiTokenOptions {
   const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
   const resolved = { ...DEFAULT_API_TOKEN_OPTIONS, ...defined } as ResolvedApiTokenOptions;
-  for (const name of POSITIVE_INTEGERS) assertInteger(name, resolved[name], 1);
-  for (const name of NON_NEGATIVE_INTEGERS) assertInteger(name, resolved[name], 0);
-  if (!(resolved.tokenPattern instanceof RegExp)) {
-    throw new TypeError('ApiTokenModule: option "tokenPattern" must be a RegExp');
+  for (const [name, [min, max]] of Object.entries(INTEGER_RANGES)) assertInteger(name, resolved[name as keyof ApiTokenModuleOptions], min, max);
+  if (resolved.localCacheTtlMs > resolved.cacheTtlSeconds * 1000) {
+    throw new TypeError('ApiTokenModule: option "localCacheTtlMs" must not be longer than "cacheTtlSeconds"');
   }
-  if (resolved.tokenPattern.global || resolved.tokenPattern.sticky) {
-    throw new TypeError('ApiTokenModule: option "tokenPattern" must not have the g or y flag (test() would keep state)');
-  }
+  assertTokenPattern(resolved.tokenPattern);
   if (typeof resolved.hashTokens !== 'boolean') {
     throw new TypeError('ApiTokenModule: option "hashTokens" must be a boolean');
   }
@@ -104,8 +115,46 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
   return resolved;
 }
 
-function assertInteger(name: string, value: unknown, min: number): void {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min) {
-    throw new TypeError(`ApiTokenModule: option "${name}" must be an integer >= ${min}, got ${String(value)}`);
+function assertInteger(name: string, value: unknown, min: number, max: number): void {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new TypeError(`ApiTokenModule: option "${name}" must be an integer >= ${min} and <= ${max}, got ${String(value)}`);
   }
+}
+
+function assertTokenPattern(pattern: unknown): asserts pattern is RegExp {
+  if (!(pattern instanceof RegExp)) {
+    throw new TypeError('ApiTokenModule: option "tokenPattern" must be a RegExp');
+  }
+  if (pattern.global || pattern.sticky) {
+    throw new TypeError('ApiTokenModule: option "tokenPattern" must not have the g or y flag (test() would keep state)');
+  }
+  if (!isAnchored(pattern.source)) {
+    throw new TypeError('ApiTokenModule: option "tokenPattern" must be anchored at both ends (^…$, no top-level |), or it would accept tokens with anything around them');
+  }
+  if (pattern.test(`${HASHED_TOKEN_PREFIX}${'0'.repeat(64)}`)) {
+    throw new TypeError('ApiTokenModule: option "tokenPattern" must not accept the stored form of hashed tokens ("sha256:" and hex)');
+  }
+}
+
+/**
+ * Whether a pattern source starts with `^`, ends with an unescaped `$`, and has no `|` outside
+ * groups and classes (`^a|b$` is `(^a)|(b$)`). A small walk rather than a regex parser from npm: only
+ * escapes, classes and group depth matter here.
+ */
+function isAnchored(source: string): boolean {
+  if (!source.startsWith('^') || !source.endsWith('$')) return false;
+  let depth = 0;
+  let inClass = false;
+  for (let i = 0; i < source.length; i++) {
+    const c = source[i];
+    if (c === '\\') {
+      if (i === source.length - 2) return false;
+      i++;
+    } else if (inClass) inClass = c !== ']';
+    else if (c === '[') inClass = true;
+    else if (c === '(') depth++;
+    else if (c === ')') depth--;
+    else if (c === '|' && depth === 0) return false;
+  }
+  return true;
 }

@@ -39,6 +39,7 @@ export {
 } from './usage/usage-flush.service';
 export { TOKEN_RANDOM_LENGTH, generateApiToken } from './tokens/token.generator';
 export { hashToken, storedToken } from './tokens/token.hash';
+export { SCOPE_RULE, isScope } from './tokens/token.scope';
 export {
   type ApiTokenRevocation,
   ApiTokenService,

@@ -5,7 +5,8 @@ import { ApiTokenCacheService, CacheLookup } from '../cache/token-cache.service'
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { storedToken } from '../tokens/token.hash';
 import { cacheKey, lockKey } from '../api-token.keys';
-import type { ResolvedApiTokenOptions } from '../api-token.options';
+import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
+import { checkScope } from '../tokens/token.scope';
 import type { ApiTokenRecord } from '../store/api-token.record';
 import { ApiTokenRedisService, LOCKED } from '../redis/redis-access.service';
 import { ApiTokenRepository } from '../store/api-token.repository';
@@ -33,16 +34,17 @@ export class ApiTokenAuthenticator {
   ) {
   }
 
-  /** Whether a token is worth a lookup (the `tokenPattern` option); anything else is refused with no I/O. */
+  /** Whether a token is worth a lookup (at most 255 characters, then the `tokenPattern` option); anything else is refused with no I/O. */
   isWellFormed(token: string): boolean {
-    return this.options.tokenPattern.test(token);
+    return token.length <= MAX_TOKEN_LENGTH && this.options.tokenPattern.test(token);
   }
 
   /**
-   * The token's row if it is valid in this scope (any scope when null), else null.
-   * Throws {@link ApiTokenStoreError} when the database is needed and does not answer.
+   * The token's row if it is valid in this scope (any scope when null), else null. Throws TypeError
+   * for a scope that breaks `create()`'s rule, and {@link ApiTokenStoreError} when the database is needed and does not answer.
    */
   async authenticate(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    if (scope !== null) checkScope(scope, 'ApiTokenAuthenticator.authenticate: "scope"');
     const local = this.authenticateLocal(token, scope);
     return local !== undefined ? local : this.authenticateRemote(token, scope);
   }

@@ -1,4 +1,5 @@
 import { API_TOKEN_ERRORS, ApiTokenGuard, parseAuthorization } from './api-token.guard';
+import { hasRepeatedAuthorization } from './authorization.header';
 
 describe('parseAuthorization', () => {
   it.each([
@@ -23,7 +24,19 @@ describe('ApiTokenGuard', () => {
     expect(ApiTokenGuard('app')).not.toBe(ApiTokenGuard('dataset'));
   });
 
-  it.each(['', 'x'.repeat(17), 5 as unknown as string])('refuses the scope %p', (scope) => {
-    expect(() => ApiTokenGuard(scope)).toThrow(/scope/);
+  it.each(['', 'x'.repeat(17), 5 as unknown as string, 'any', 'None', 'a:b', 'a*'])('refuses the scope %p, as create() does', (scope) => {
+    expect(() => ApiTokenGuard(scope)).toThrow(/ApiTokenGuard: the scope must be 1 to 16 letters/);
   });
+});
+
+describe('hasRepeatedAuthorization', () => {
+  it.each([
+    [undefined, false],
+    [[], false],
+    [['Host', 'x', 'Authorization', 'Bearer a'], false],
+    [['authorization', 'Bearer a', 'Accept', '*/*'], false],
+    [['Authorization', 'Bearer a', 'authorization', 'Bearer b'], true],
+    [['AUTHORIZATION', 'Bearer a', 'Authorization', 'Bearer a'], true],
+    [['Authorizatio', 'x', 'Authorization', 'Bearer a', 'Authorizationn', 'y'], false],
+  ])('%j: %p', (raw, expected) => expect(hasRepeatedAuthorization(raw)).toBe(expected));
 });

@@ -12,6 +12,8 @@ import {
 import { HttpAdapterHost } from '@nestjs/core';
 import { ApiTokenAuthenticator } from './api-token.authenticator';
 import { ApiTokenStoreError } from '../api-token.errors';
+import { checkScope } from '../tokens/token.scope';
+import { hasRepeatedAuthorization } from './authorization.header';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { type ApiTokenRecord, type AuthenticatedApiToken, toAuthenticated } from '../store/api-token.record';
 
@@ -20,6 +22,8 @@ export const API_TOKEN_ERRORS = {
   missingHeader: "Authorization header must be provided and start with 'Bearer'",
   wrongScheme: "Authorization scheme must be 'Bearer'",
   invalidToken: 'Access token is invalid',
+  /** Not Dify's: more than one Authorization header. */
+  repeatedHeader: 'Authorization header must be sent only once',
   unavailable: 'Token store unavailable, try again later',
 } as const;
 
@@ -40,6 +44,13 @@ export function parseAuthorization(header: string | undefined): { token: string 
   return { token: match[2] };
 }
 
+/** What the guard reads of a request: Express's is Node's request, Fastify's holds it in `raw`. */
+interface RawRequest {
+  headers: Record<string, string | string[] | undefined>;
+  rawHeaders?: string[];
+  raw?: { rawHeaders?: string[] };
+}
+
 const guards = new Map<string, Type<CanActivate>>();
 
 /**
@@ -49,12 +60,9 @@ const guards = new Map<string, Type<CanActivate>>();
  * store cannot answer for an uncached token, 503 with `Retry-After`.
  */
 export function ApiTokenGuard(scope: string): Type<CanActivate> {
-  if (typeof scope !== 'string' || scope.length === 0 || scope.length > 16) {
-    throw new TypeError('ApiTokenGuard: scope must be a string of 1 to 16 characters (the size of api_tokens.type)');
-  }
   let guard = guards.get(scope);
   if (!guard) {
-    guard = createApiTokenGuard(scope);
+    guard = createApiTokenGuard(checkScope(scope, 'ApiTokenGuard: the scope'));
     guards.set(scope, guard);
   }
   return guard;
@@ -74,9 +82,12 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
 
     canActivate(context: ExecutionContext): boolean | Promise<boolean> {
       const http = context.switchToHttp();
-      const request = http.getRequest<{ headers: Record<string, string | string[] | undefined> } & Partial<ApiTokenRequest>>();
+      const request = http.getRequest<RawRequest & Partial<ApiTokenRequest>>();
       const header = request.headers.authorization;
-      const parsed = parseAuthorization(Array.isArray(header) ? header[0] : header);
+      const parsed =
+        header !== undefined && hasRepeatedAuthorization(request.rawHeaders ?? request.raw?.rawHeaders)
+          ? { error: API_TOKEN_ERRORS.repeatedHeader }
+          : parseAuthorization(Array.isArray(header) ? header[0] : header);
       if ('error' in parsed) {
         this.metrics?.lookup(scope, 'bad_header');
         throw this.unauthorized(http.getResponse(), parsed.error);

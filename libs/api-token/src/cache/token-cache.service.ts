@@ -56,10 +56,14 @@ export class ApiTokenCacheService {
     return entry === null ? LOCAL_NEGATIVE : { status: 'hit', record: entry, layer: 'local' };
   }
 
-  /** {@link lookupLocal} without an answer object, for the request path: the record, null (cached negative) or undefined (miss). */
+  /**
+   * {@link lookupLocal} without an answer object, for the request path: the record, null (cached
+   * negative) or undefined (miss). A record of another scope is a miss, as in {@link lookupRedis}.
+   */
   peekLocal(scope: string | null, token: string): ApiTokenRecord | null | undefined {
     const entry = this.local?.get(cacheKey(scope, token));
-    return entry === NEGATIVE ? null : entry;
+    if (entry === NEGATIVE) return null;
+    return entry && scope && entry.type !== scope ? undefined : entry;
   }
 
   /** L1, then Redis. */

@@ -1,5 +1,5 @@
 import { Logger } from '@nestjs/common';
-import { ReplyError } from 'ioredis';
+import Redis, { Cluster, ReplyError } from 'ioredis';
 import { ApiTokenRedisService } from './redis-access.service';
 import { resolveApiTokenOptions } from '../api-token.options';
 import type { RedisClient } from './redis.commands';
@@ -15,6 +15,25 @@ function setup(status = 'ready') {
 
 describe('ApiTokenRedisService', () => {
   afterEach(() => jest.restoreAllMocks());
+
+  it.each([
+    ['a client', () => new Redis({ keyPrefix: 'app1:', lazyConnect: true })],
+    ['a Cluster', () => new Cluster([{ host: '127.0.0.1', port: 7000 }], { keyPrefix: 'app1:', lazyConnect: true })],
+    ['a Cluster whose nodes', () => new Cluster([{ host: '127.0.0.1', port: 7000 }], { redisOptions: { keyPrefix: 'app1:' }, lazyConnect: true })],
+  ])('refuses %s with a keyPrefix (the flush would see no key), naming the setting', (_, make) => {
+    const client = make();
+    try {
+      expect(() => new ApiTokenRedisService(client, resolveApiTokenOptions())).toThrow(/Redis client has a keyPrefix/);
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it('takes a client without a keyPrefix', () => {
+    const client = new Redis({ lazyConnect: true });
+    expect(new ApiTokenRedisService(client, resolveApiTokenOptions()).client).toBe(client);
+    client.disconnect();
+  });
 
   it('gives up on a call that does not answer within the timeout and skips Redis afterwards', async () => {
     const { service, warn } = setup();

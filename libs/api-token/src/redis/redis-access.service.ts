@@ -29,6 +29,12 @@ export class RedisCallTimeoutError extends Error {
   }
 }
 
+/** The ioredis `keyPrefix` of a client or Cluster, if it has one. */
+function keyPrefixOf(client: RedisClient): string | undefined {
+  const options = client.options as { keyPrefix?: string; redisOptions?: { keyPrefix?: string } } | undefined;
+  return options?.keyPrefix || options?.redisOptions?.keyPrefix || undefined;
+}
+
 /** What {@link ApiTokenRedisService.tryLock} answers when another holder has the lock. */
 export const LOCKED = Symbol('locked');
 
@@ -63,6 +69,11 @@ export class ApiTokenRedisService {
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
     @Optional() private readonly metrics: ApiTokenMetrics = new ApiTokenMetrics(),
   ) {
+    if (keyPrefixOf(client)) {
+      throw new TypeError(
+        'ApiTokenModule: the Redis client has a keyPrefix; give the module a client without one (the keys are shared with Dify under fixed names, and SCAN and Lua scripts would not see prefixed keys)',
+      );
+    }
     metrics.source('redisUp', () => (this.down ? 0 : 1));
     // Without any 'error' listener ioredis prints every failed reconnect; this module reports an
     // outage in one line of its own, so it gives a client that has no listener a silent one.

@@ -4,8 +4,9 @@ import { ApiTokenCacheService } from '../cache/token-cache.service';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { TOKEN_RANDOM_LENGTH, generateApiToken } from './token.generator';
 import { storedToken } from './token.hash';
-import { ANY_SCOPE, cacheKey } from '../api-token.keys';
-import type { ResolvedApiTokenOptions } from '../api-token.options';
+import { cacheKey } from '../api-token.keys';
+import { checkScope } from './token.scope';
+import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
 import type { ApiTokenRecord } from '../store/api-token.record';
 import { ApiTokenRedisService } from '../redis/redis-access.service';
 import { ApiTokenRepository } from '../store/api-token.repository';
@@ -73,15 +74,11 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Whether a value is a UUID, as the app, tenant and token ids must be. */
 export const isUuid = (value: unknown): value is string => typeof value === 'string' && UUID.test(value);
-/** The `type` column is varchar(16); `:` separates the parts of a cache key; `any` and `None` name "no scope" in keys. */
-const SCOPE = /^[A-Za-z0-9_.-]{1,16}$/;
-const RESERVED_SCOPES = new Set([ANY_SCOPE, 'None']);
 const PREFIX = /^[A-Za-z][A-Za-z0-9_.-]{0,31}$/;
 const DEFAULT_PREFIXES: Record<string, string> = { app: 'app', dataset: 'dataset' };
 /** A token of the generated shape: a prefix, `-`, then the random part. Only the prefix is ever shown. */
 const GENERATED_SHAPE = new RegExp(`^([A-Za-z][A-Za-z0-9_.-]{0,31})-[A-Za-z0-9]{${TOKEN_RANDOM_LENGTH}}$`);
 const MASK = '*'.repeat(TOKEN_RANDOM_LENGTH);
-const MAX_TOKEN_LENGTH = 255;
 const CREATE_ATTEMPTS = 5;
 const RETRY_INTERVAL_MS = 1000;
 /** Revocations whose cache invalidation waits for Redis; past this, the oldest are given up (and logged). */
@@ -117,7 +114,7 @@ export class ApiTokenService implements OnApplicationShutdown {
    * the only time the token itself is handed out. Throws TypeError on bad input, before any I/O.
    */
   async create(input: CreateApiTokenInput): Promise<CreatedApiToken> {
-    const scope = checkScope(input?.scope, 'scope');
+    const scope = checkScope(input?.scope, 'ApiTokenService: "scope"');
     const appId = checkUuid(input.appId, 'appId');
     const tenantId = checkUuid(input.tenantId, 'tenantId');
     const prefix = input.prefix ?? DEFAULT_PREFIXES[scope] ?? scope;
@@ -144,7 +141,7 @@ export class ApiTokenService implements OnApplicationShutdown {
   async list(filter: ListApiTokensInput = {}): Promise<ApiTokenSummary[]> {
     const appId = checkUuid(filter.appId, 'appId') ?? undefined;
     const tenantId = checkUuid(filter.tenantId, 'tenantId') ?? undefined;
-    const type = filter.scope === undefined ? undefined : checkScope(filter.scope, 'scope');
+    const type = filter.scope === undefined ? undefined : checkScope(filter.scope, 'ApiTokenService: "scope"');
     const records = await this.repository.list({ appId, tenantId, type });
     return records.map((record) => this.summarize(record));
   }
@@ -257,15 +254,6 @@ export class ApiTokenService implements OnApplicationShutdown {
 function mask(token: string): string {
   const match = GENERATED_SHAPE.exec(token);
   return match ? `${match[1]}-${MASK}` : MASK;
-}
-
-function checkScope(value: unknown, name: string): string {
-  if (typeof value !== 'string' || !SCOPE.test(value) || RESERVED_SCOPES.has(value)) {
-    throw new TypeError(
-      `ApiTokenService: "${name}" must be 1 to 16 letters, digits, "_", "." or "-", and not "${ANY_SCOPE}" or "None"`,
-    );
-  }
-  return value;
 }
 
 /** The UUID, null when absent; never echoes the value (a token pasted in the wrong place stays out of errors). */

@@ -21,6 +21,11 @@ export const FLUSH_JOB_NAME = 'api-token-usage-flush';
 export const FLUSH_LOCK_KEY = 'api_token_flush_lock';
 /** The last scheduled tick (Unix seconds) an instance ran, so an instance that gets the lock late skips that tick. */
 export const FLUSH_TICK_KEY = 'api_token_flush_tick';
+/**
+ * How many uses the running flush has taken from Redis and not yet written to the database. A run
+ * that finds it left over (its writer was killed mid-run) counts those uses as lost.
+ */
+export const FLUSH_UNWRITTEN_KEY = 'api_token_flush_unwritten';
 const FLUSH_LOCK_TTL_MS = 30_000;
 /** Bound of the flush's batch calls to Redis (lock, put-back); the walk itself is bounded per command by the client. */
 const BATCH_CALL_TIMEOUT_MS = 10_000;
@@ -106,6 +111,8 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
   private queued = 0;
   private scheduled = false;
   private closing = false;
+  /** This process's last run accounted for its uses (written, put back or counted lost) and could not delete its marker. */
+  private markerCounted = false;
   private readonly tickTtlSeconds: number;
 
   constructor(
@@ -186,13 +193,21 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
         this.metrics?.flushSkipped();
         return null;
       }
+      const now = await this.redisTime();
+      if (now === undefined) {
+        this.metrics?.flushSkipped();
+        return null;
+      }
+      await this.countLeftOver();
       const walk = new Walk(this.options.flushPageSize, (page) => this.repository.updateLastUsed(page));
       const walked = await this.redis.call('scan', async (client) => {
         try {
           await scanKeys(client, `${ACTIVE_KEY_PREFIX}:*`, walk.pageSize, async (keys, node) => {
             walk.stats.scanned += keys.length;
-            walk.add(await this.take(node, keys, walk.stats));
+            walk.add(await this.take(node, keys, walk.stats, now));
+            await this.markUnwritten(walk.unwritten.length);
             await walk.write(false);
+            await this.markUnwritten(walk.unwritten.length);
             held.lock = await this.extend(held.lock);
           });
         } catch (error) {
@@ -209,9 +224,12 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       this.metrics?.flushRan(walk.failed ? 'failed' : walk.stopped === undefined ? 'completed' : 'stopped', walk.stats);
       if (walk.failed) {
         const kept = await this.putBack(walk.unwritten);
+        // Lost uses are counted by putBack; a marker left behind must not count them twice.
+        this.markerCounted = !(await this.markUnwritten(0));
         this.logger.error(`Usage flush failed: ${line}; ${walk.failed.message}; ${kept}`);
         throw walk.failed;
       }
+      this.markerCounted = !(await this.markUnwritten(0));
       const reason = typeof walk.stopped === 'string' ? walk.stopped : describeError(walk.stopped);
       const note = walk.stopped === undefined ? '' : `; stopped early (${reason})`;
       this.logger.log(`Usage flush${tick === null ? '' : ` tick=${tick}`}: ${line}${note}`);
@@ -245,6 +263,35 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     return true;
   }
 
+  /**
+   * Redis's clock (TIME), in milliseconds: the one clock every instance's use times are checked
+   * against, so an instance whose own clock is behind does not drop the others' uses.
+   */
+  private async redisTime(): Promise<number | undefined> {
+    const time = await this.redis.call('time', (r) => r.time());
+    return time && Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000);
+  }
+
+  /**
+   * Counts as lost the uses a killed run had taken and not written (its marker is left over). Not
+   * when this process's last run left the marker after accounting for its uses; another instance
+   * would count those (a run whose Redis went down at its end, then a run elsewhere).
+   */
+  private async countLeftOver(): Promise<void> {
+    const left = Number(await this.redis.call('get', (r) => r.get(FLUSH_UNWRITTEN_KEY)));
+    const counted = this.markerCounted;
+    this.markerCounted = false;
+    if (left > 0 && !counted) {
+      this.metrics?.flushUsesLost(left);
+      this.logger.warn(`An earlier usage flush ended mid-run: ${left} uses it had taken were not written (lost)`);
+    }
+  }
+
+  /** Records how many taken uses are not in the database yet (0 deletes the marker); false when Redis did not answer. */
+  private async markUnwritten(count: number): Promise<boolean> {
+    return undefined !== await this.redis.call('set', (r): Promise<unknown> => (count > 0 ? r.set(FLUSH_UNWRITTEN_KEY, String(count), 'EX', ACTIVE_KEY_TTL_SECONDS) : r.del(FLUSH_UNWRITTEN_KEY)));
+  }
+
   private async extend(lock: Lock): Promise<Lock> {
     if (lock.expiration - Date.now() > FLUSH_LOCK_TTL_MS / 2) return lock;
     try {
@@ -255,7 +302,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
   }
 
   /** Reads and deletes a page of keys on the node that holds them; returns the usable uses. */
-  private async take(node: Redis, keys: string[], stats: UsageFlushStats): Promise<TakenUse[]> {
+  private async take(node: Redis, keys: string[], stats: UsageFlushStats, now: number): Promise<TakenUse[]> {
     const pipeline = node.pipeline();
     for (const key of keys) pipeline.getdel(key);
     const replies = (await pipeline.exec()) ?? [];
@@ -263,7 +310,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     replies.forEach(([error, value], i) => {
       if (error || value == null) return;
       stats.taken++;
-      const use = parseActiveEntry(keys[i], String(value));
+      const use = parseActiveEntry(keys[i], String(value), now);
       if (use) uses.push(use);
       else stats.dropped++;
     });
@@ -281,7 +328,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
   }
 }
 
-/** How far ahead of this process's clock a use time may be (clock skew between hosts); later ones are dropped. */
+/** How far ahead of Redis's clock a use time may be (clock skew between hosts); later ones are dropped. */
 export const MAX_FUTURE_SKEW_MS = 5 * 60_000;
 
 /**

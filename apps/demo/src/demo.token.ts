@@ -1,0 +1,23 @@
+import type { ApiTokenService } from 'nestjs-api-token';
+
+/** The app id the demo's own token belongs to. */
+export const DEMO_APP_ID = '00000000-0000-4000-8000-00000000de70';
+
+/**
+ * What the demo prints about its token. The token itself only when it was just created: printed on
+ * every start, it would land in every log collector; later starts show it masked.
+ */
+export async function demoTokenNotice(tokens: ApiTokenService, port: number): Promise<string> {
+  const [existing] = await tokens.list({ appId: DEMO_APP_ID, scope: 'app' });
+  if (existing) {
+    return (
+      `\nDemo listening on port ${port}, with its demo token ${existing.maskedToken} (shown only when created).\n` +
+      `Create another with:\n\n  npm run --silent token -- create --scope app\n\n`
+    );
+  }
+  const { token } = await tokens.create({ scope: 'app', appId: DEMO_APP_ID });
+  return (
+    `\nDemo listening on port ${port}, with a newly created demo token (shown this once); try:\n\n` +
+    `  curl -H 'Authorization: Bearer ${token}' http://localhost:${port}/app/whoami\n\n`
+  );
+}
