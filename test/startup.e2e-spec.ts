@@ -1,3 +1,4 @@
+import { DEFAULT_DATABASE_ATTEMPTS } from '../apps/demo/src/demo.stores';
 import { API_TOKEN_ERRORS } from '../libs/api-token/src';
 import { closedPort, start } from './support/child-process';
 import { createTestDatabase, type TestDatabase } from './support/database';
@@ -54,6 +55,9 @@ describe('start-up with PostgreSQL unreachable', () => {
       const { code, ms } = await child.exited;
       expect(code).toBe(1);
       expect(lines(child.stderr())).toEqual([unreachable('Demo cannot start: ', db.port, 'timeout')]);
+      // Two attempts of at most 2 s, 1 s apart: about 5 s of waiting by default.
+      expect(db.accepted).toBe(DEFAULT_DATABASE_ATTEMPTS);
+      expect(DEFAULT_DATABASE_ATTEMPTS).toBe(2);
       expect(ms).toBeLessThan(START_BOUND_MS);
     } finally {
       await db.close();
