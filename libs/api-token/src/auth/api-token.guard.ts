@@ -1,4 +1,12 @@
-import { CanActivate, ExecutionContext, HttpException, Injectable, Optional, Type, mixin } from '@nestjs/common';
+import {
+  CanActivate,
+  ExecutionContext,
+  HttpException,
+  Injectable,
+  Optional,
+  Type,
+  mixin,
+} from '@nestjs/common';
 import { ApiTokenAuthenticator } from './api-token.authenticator';
 import { ApiTokenRefusals } from './refusal';
 import { ApiTokenStoreError } from '../api-token.errors';
