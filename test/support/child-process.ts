@@ -11,6 +11,8 @@ export interface Child {
   process: ChildProcess;
   stdout: () => string;
   stderr: () => string;
+  /** Milliseconds since the spawn when stdout first held `text`, or undefined. */
+  printedAt: (text: string) => number | undefined;
   /** Resolves with the exit code and the milliseconds since the spawn. */
   exited: Promise<{ code: number | null; ms: number }>;
 }
@@ -21,10 +23,19 @@ export function start(command: string, args: string[], env: Record<string, strin
   const child = spawn(command, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  /** When stdout reached each length: boot time (ts-node compiling) can then be told from the rest. */
+  const arrivals: { ms: number; length: number }[] = [];
+  child.stdout.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString();
+    arrivals.push({ ms: performance.now() - started, length: stdout.length });
+  });
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const exited = once(child, 'close').then(([code]) => ({ code: code as number | null, ms: performance.now() - started }));
-  return { process: child, stdout: () => stdout, stderr: () => stderr, exited };
+  const printedAt = (text: string) => {
+    const end = stdout.indexOf(text);
+    return end < 0 ? undefined : arrivals.find(({ length }) => length >= end + text.length)?.ms;
+  };
+  return { process: child, stdout: () => stdout, stderr: () => stderr, printedAt, exited };
 }
 
 /** A loopback port nothing listens on (it was free a moment ago): connecting to it is refused. */
