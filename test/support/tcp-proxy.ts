@@ -9,6 +9,7 @@ import { type Server, type Socket, connect, createServer } from 'node:net';
 export class TcpProxy {
   private mode: 'open' | 'refuse' | 'hang' = 'open';
   private readonly sockets = new Set<Socket>();
+  private acceptedCount = 0;
 
   private constructor(
     private readonly server: Server,
@@ -34,6 +35,11 @@ export class TcpProxy {
 
   get connections(): number {
     return this.sockets.size;
+  }
+
+  /** Client connections accepted since the start, refused ones included. */
+  get accepted(): number {
+    return this.acceptedCount;
   }
 
   cut(mode: 'refuse' | 'hang' = 'refuse'): void {
@@ -62,6 +68,7 @@ export class TcpProxy {
   }
 
   private accept(client: Socket, host: string, port: number): void {
+    this.acceptedCount++;
     this.track(client);
     if (this.mode === 'refuse') {
       client.resetAndDestroy();

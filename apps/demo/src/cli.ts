@@ -1,8 +1,9 @@
 import { ApiTokenModule, ApiTokenService, SCOPE_RULE, isScope, isUuid, type ApiTokenSummary } from 'nestjs-api-token';
-import { ConsoleLogger, type DynamicModule, type INestApplicationContext, type LogLevel, Module } from '@nestjs/common';
+import { type DynamicModule, type INestApplicationContext, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { type DemoConfig, loadDemoConfig } from './demo.config';
+import { DemoLogger, describeDatabaseFailure } from './demo.startup';
 import { storeModules } from './demo.stores';
 
 /** Exit codes of the token command. */
@@ -25,17 +26,10 @@ class TokenCliModule {
     return {
       module: TokenCliModule,
       imports: [
-        ...storeModules(config, { retryAttempts: 0 }),
+        ...storeModules(config, { retryAttempts: 1 }),
         ApiTokenModule.forRoot({ ...config.apiToken, flushCron: false }),
       ],
     };
-  }
-}
-
-/** Nest's console logger, on stderr only (stdout carries the command's answer). */
-class StderrLogger extends ConsoleLogger {
-  protected override printMessages(messages: unknown[], context?: string, logLevel?: LogLevel): void {
-    super.printMessages(messages, context, logLevel, 'stderr');
   }
 }
 
@@ -65,13 +59,15 @@ export function withoutValues(message: string): string {
 /** Runs `work` with the library's services, then closes every connection. */
 async function withTokens<T>(work: (tokens: ApiTokenService) => Promise<T>): Promise<T> {
   let app: INestApplicationContext;
+  const config = loadDemoConfig();
   try {
-    app = await NestFactory.createApplicationContext(TokenCliModule.forRoot(loadDemoConfig()), {
-      logger: new StderrLogger({ logLevels: ['error', 'warn'] }),
+    app = await NestFactory.createApplicationContext(TokenCliModule.forRoot(config), {
+      // stderr only: stdout carries the command's answer.
+      logger: new DemoLogger({ stderrOnly: true, logLevels: ['error', 'warn'] }),
       abortOnError: false,
     });
   } catch (error) {
-    throw new CliError(`could not start: ${describe(error)}`);
+    throw new CliError(describeDatabaseFailure(error, config.databaseUrl) ?? `could not start: ${describe(error)}`);
   }
   try {
     return await work(app.get(ApiTokenService));

@@ -1,4 +1,4 @@
-import type { ApiTokenModuleOptions } from 'nestjs-api-token';
+import type { ApiTokenErrorFormat, ApiTokenModuleOptions } from 'nestjs-api-token';
 import type { PostgresDataSourceOptions } from 'typeorm/driver/postgres/PostgresDataSourceOptions';
 
 /** What the demo (and the token CLI) read from the environment. */
@@ -10,6 +10,8 @@ export interface DemoConfig {
   redisClusterNodes?: { host: string; port: number }[];
   /** Cron expression with a seconds field for the usage flush; the library's default when absent. */
   flushCron?: string;
+  /** Attempts to connect to PostgreSQL at start (`DATABASE_RETRY_ATTEMPTS`), 1 s apart; the caller's default when absent. */
+  databaseRetryAttempts?: number;
   /** Extra options for the library (tests and benchmarks tune them). */
   apiToken?: ApiTokenModuleOptions;
   /** Extra TypeORM options (tests count queries through `extra.Client`). */
@@ -19,7 +21,10 @@ export interface DemoConfig {
 export const DEFAULT_DATABASE_URL = 'postgres://postgres:postgres@localhost:5432/postgres';
 export const DEFAULT_REDIS_URL = 'redis://localhost:6379';
 
-/** Reads `PORT`, `DATABASE_URL`, `REDIS_URL`, `REDIS_CLUSTER_NODES` and `API_TOKEN_FLUSH_CRON`; refuses a bad `PORT` or node list. */
+/**
+ * Reads `PORT`, `DATABASE_URL`, `DATABASE_RETRY_ATTEMPTS`, `REDIS_URL`, `REDIS_CLUSTER_NODES`,
+ * `API_TOKEN_FLUSH_CRON` and `API_TOKEN_ERROR_FORMAT`; refuses a bad `PORT`, count, format or node list.
+ */
 export function loadDemoConfig(env: NodeJS.ProcessEnv = process.env): DemoConfig {
   const port = Number(env.PORT ?? 3000);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -31,7 +36,20 @@ export function loadDemoConfig(env: NodeJS.ProcessEnv = process.env): DemoConfig
     redisUrl: env.REDIS_URL || DEFAULT_REDIS_URL,
     redisClusterNodes: env.REDIS_CLUSTER_NODES ? parseClusterNodes(env.REDIS_CLUSTER_NODES) : undefined,
     flushCron: env.API_TOKEN_FLUSH_CRON || undefined,
+    databaseRetryAttempts: env.DATABASE_RETRY_ATTEMPTS ? parseAttempts(env.DATABASE_RETRY_ATTEMPTS) : undefined,
+    apiToken: env.API_TOKEN_ERROR_FORMAT ? { errorFormat: parseErrorFormat(env.API_TOKEN_ERROR_FORMAT) } : undefined,
   };
+}
+
+function parseAttempts(value: string): number {
+  const attempts = Number(value);
+  if (!/^\d+$/.test(value) || attempts < 1) throw new Error('DATABASE_RETRY_ATTEMPTS must be a whole number of attempts, at least 1');
+  return attempts;
+}
+
+function parseErrorFormat(value: string): ApiTokenErrorFormat {
+  if (value !== 'nest' && value !== 'dify') throw new Error('API_TOKEN_ERROR_FORMAT must be "nest" or "dify"');
+  return value;
 }
 
 /** Parses `host:port,host:port,…` (IPv6 hosts in brackets: `[::1]:7000`). */

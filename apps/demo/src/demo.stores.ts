@@ -3,6 +3,14 @@ import { RedisModule, type RedisModuleOptions } from '@nestjs-modules/ioredis';
 import type { DynamicModule } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import type { DemoConfig } from './demo.config';
+import { isTransientDatabaseError } from './demo.startup';
+
+/**
+ * Attempts to connect to PostgreSQL at start unless `DATABASE_RETRY_ATTEMPTS` says otherwise: with the
+ * 2 s connect timeout and 1 s between attempts, a PostgreSQL that does not answer is reported within
+ * about 5 s, and one that `docker compose up -d` is still starting gets a second chance.
+ */
+export const DEFAULT_DATABASE_ATTEMPTS = 2;
 
 /** The `@nestjs-modules/ioredis` options for this config: a Cluster when nodes are given, else one node. */
 export function redisModuleOptions(config: Pick<DemoConfig, 'redisUrl' | 'redisClusterNodes'>): RedisModuleOptions {
@@ -22,9 +30,10 @@ export function redisModuleOptions(config: Pick<DemoConfig, 'redisUrl' | 'redisC
 /**
  * The stores the library needs, as the demo and the token CLI wire them: the Redis connection and the
  * TypeORM data source, with the library's migration applied on start. `retryAttempts` is TypeORM's
- * connection retry count (the CLI wants none).
+ * count of connection attempts (the CLI wants one); `config.databaseRetryAttempts` wins over it.
+ * Only a PostgreSQL that does not answer is tried again, not one that refuses the login.
  */
-export function storeModules(config: DemoConfig, { retryAttempts = 9 } = {}): DynamicModule[] {
+export function storeModules(config: DemoConfig, { retryAttempts = DEFAULT_DATABASE_ATTEMPTS } = {}): DynamicModule[] {
   return [
     RedisModule.forRoot(redisModuleOptions(config)),
     TypeOrmModule.forRoot({
@@ -34,7 +43,9 @@ export function storeModules(config: DemoConfig, { retryAttempts = 9 } = {}): Dy
       migrationsRun: true,
       // pg waits forever by default: bound connecting (and waiting for a pooled client) and each query.
       connectTimeoutMS: 2000,
-      retryAttempts,
+      retryAttempts: config.databaseRetryAttempts ?? retryAttempts,
+      retryDelay: 1000,
+      toRetry: isTransientDatabaseError,
       ...config.typeorm,
       extra: { query_timeout: 5000, ...config.typeorm?.extra },
     }),

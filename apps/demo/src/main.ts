@@ -1,18 +1,39 @@
-import { ApiTokenService } from 'nestjs-api-token';
+import { ApiTokenHealthIndicator, ApiTokenService } from 'nestjs-api-token';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module';
-import { loadDemoConfig } from './demo.config';
+import { type DemoConfig, loadDemoConfig } from './demo.config';
+import { DemoLogger, describeDatabaseFailure, describeRedisDown } from './demo.startup';
 import { demoTokenNotice } from './demo.token';
 
-async function bootstrap(): Promise<void> {
-  const config = loadDemoConfig();
-  const app = await NestFactory.create(AppModule.forRoot(config));
+/** Milliseconds the demo waits for Redis's PING at start before it says Redis is down. */
+const REDIS_CHECK_MS = 2000;
+
+async function bootstrap(config: DemoConfig): Promise<void> {
+  const logger = new DemoLogger({ holdRedisWarnings: true });
+  // abortOnError: false hands the start-up error to the catch below instead of exiting with Nest's dump of it.
+  const app = await NestFactory.create(AppModule.forRoot(config), { logger, abortOnError: false });
   app.enableShutdownHooks();
   await app.listen(config.port);
+  const redis = await app.get(ApiTokenHealthIndicator).checkRedis('redis', { timeoutMs: REDIS_CHECK_MS });
+  const redisDown = redis.redis.status === 'down';
+  if (redisDown) process.stderr.write(`${describeRedisDown(config.redisUrl, Boolean(config.redisClusterNodes?.length))}\n`);
   process.stdout.write(await demoTokenNotice(app.get(ApiTokenService), config.port));
+  logger.startupDone(redisDown);
 }
 
-bootstrap().catch((error: unknown) => {
-  process.stderr.write(`Demo failed to start: ${error instanceof Error ? error.message : String(error)}\n`);
+function start(): void {
+  let config: DemoConfig;
+  try {
+    config = loadDemoConfig();
+  } catch (error) {
+    fail(error);
+  }
+  bootstrap(config).catch((error: unknown) => fail(describeDatabaseFailure(error, config.databaseUrl) ?? error));
+}
+
+function fail(error: unknown): never {
+  process.stderr.write(`Demo cannot start: ${error instanceof Error ? error.message : String(error)}\n`);
   process.exit(1);
-});
+}
+
+start();

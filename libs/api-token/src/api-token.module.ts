@@ -1,5 +1,6 @@
 import { Module } from '@nestjs/common';
 import { ApiTokenAuthenticator } from './auth/api-token.authenticator';
+import { ApiTokenRefusals } from './auth/refusal';
 import { ApiTokenCacheService } from './cache/token-cache.service';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
 import { ConfigurableModuleClass, MODULE_OPTIONS_TOKEN } from './api-token.module-definition';
@@ -15,6 +16,7 @@ import { ApiTokenHealthIndicator } from './metrics/api-token.health';
 
 const services = [
   ApiTokenAuthenticator,
+  ApiTokenRefusals,
   ApiTokenCacheService,
   ApiTokenRedisService,
   ApiTokenRepository,

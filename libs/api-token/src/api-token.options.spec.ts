@@ -29,6 +29,7 @@ describe('resolveApiTokenOptions', () => {
     [{ tokenPattern: /^[a-z]+\$/ }, /tokenPattern.*anchored/],
     [{ tokenPattern: /^app-x|dataset-x$/ }, /tokenPattern.*anchored/],
     [{ tokenPattern: /^[a-z0-9:]+$/ }, /tokenPattern.*hashed/],
+    [{ errorFormat: 'Dify' as unknown as 'dify' }, /errorFormat.*"nest" or "dify"/],
   ])('refuses %p, naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);
   });

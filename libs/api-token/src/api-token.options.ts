@@ -48,7 +48,17 @@ export interface ApiTokenModuleOptions {
   flushCron?: string | false;
   /** Uses the usage flush writes per UPDATE statement (and SCAN COUNT hint). Default 1000. */
   flushPageSize?: number;
+  /**
+   * The shape of the module's refusals (401, 429, 503): `'nest'`, Nest's `{message, error, statusCode}`
+   * with `WWW-Authenticate: Bearer`; or `'dify'`, Dify's service API `{code, message, status}` with
+   * `WWW-Authenticate: Bearer realm="api"`, for clients written against Dify. Default `'nest'`.
+   */
+  errorFormat?: ApiTokenErrorFormat;
 }
+
+/** The shapes the module's refusals can take (see {@link ApiTokenModuleOptions.errorFormat}). */
+export type ApiTokenErrorFormat = 'nest' | 'dify';
+const ERROR_FORMATS: readonly ApiTokenErrorFormat[] = ['nest', 'dify'];
 
 /** Options after defaults are applied. */
 export type ResolvedApiTokenOptions = Required<ApiTokenModuleOptions>;
@@ -74,6 +84,7 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   redisCooldownMs: 1_000,
   flushCron: DEFAULT_FLUSH_CRON,
   flushPageSize: 1_000,
+  errorFormat: 'nest',
 };
 
 const DAY_SECONDS = 86_400;
@@ -112,6 +123,9 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
     throw new TypeError('ApiTokenModule: option "hashTokens" must be a boolean');
   }
   assertFlushCron(resolved.flushCron);
+  if (!ERROR_FORMATS.includes(resolved.errorFormat)) {
+    throw new TypeError('ApiTokenModule: option "errorFormat" must be "nest" or "dify"');
+  }
   return resolved;
 }
 

@@ -10,6 +10,7 @@ export { ApiTokenMigration, ApiTokenMigration1764000000000 } from './store/api-t
 export { ApiTokenModule } from './api-token.module';
 export type { ApiTokenModuleExtras } from './api-token.module-definition';
 export {
+  type ApiTokenErrorFormat,
   type ApiTokenModuleOptions,
   DEFAULT_API_TOKEN_OPTIONS,
   DEFAULT_TOKEN_PATTERN,

@@ -4,13 +4,11 @@ import {
   HttpException,
   Injectable,
   Optional,
-  ServiceUnavailableException,
   Type,
-  UnauthorizedException,
   mixin,
 } from '@nestjs/common';
-import { HttpAdapterHost } from '@nestjs/core';
 import { ApiTokenAuthenticator } from './api-token.authenticator';
+import { ApiTokenRefusals } from './refusal';
 import { ApiTokenStoreError } from '../api-token.errors';
 import { checkScope } from '../tokens/token.scope';
 import { hasRepeatedAuthorization } from './authorization.header';
@@ -57,7 +55,8 @@ const guards = new Map<string, Type<CanActivate>>();
  * A guard that lets a request through only with a valid API token of `scope`:
  * `@UseGuards(ApiTokenGuard('app'))`. The token's identity is then on `request.apiToken`
  * (see {@link CurrentApiToken}). Refusals are 401 with `WWW-Authenticate: Bearer`; when the token
- * store cannot answer for an uncached token, 503 with `Retry-After`.
+ * store cannot answer for an uncached token, 503 with `Retry-After`; bodies in the shape of the
+ * `errorFormat` option.
  */
 export function ApiTokenGuard(scope: string): Type<CanActivate> {
   let guard = guards.get(scope);
@@ -73,7 +72,7 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
   class MixinApiTokenGuard implements CanActivate {
     constructor(
       private readonly authenticator: ApiTokenAuthenticator,
-      private readonly adapterHost: HttpAdapterHost,
+      private readonly refusals: ApiTokenRefusals,
       @Optional() private readonly metrics?: ApiTokenMetrics,
     ) {
       // The guard's scope takes its metrics label first, and shows at 0 before any request.
@@ -110,13 +109,11 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
     }
 
     private unauthorized(response: unknown, message: string): HttpException {
-      this.adapterHost.httpAdapter.setHeader(response, 'WWW-Authenticate', 'Bearer');
-      return new UnauthorizedException(message);
+      return this.refusals.refuse(response, 401, message);
     }
 
     private unavailable(response: unknown): HttpException {
-      this.adapterHost.httpAdapter.setHeader(response, 'Retry-After', String(RETRY_AFTER_SECONDS));
-      return new ServiceUnavailableException(API_TOKEN_ERRORS.unavailable);
+      return this.refusals.refuse(response, 503, API_TOKEN_ERRORS.unavailable, { 'Retry-After': String(RETRY_AFTER_SECONDS) });
     }
   }
   return mixin(MixinApiTokenGuard);

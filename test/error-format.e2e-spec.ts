@@ -1,0 +1,95 @@
+import { API_TOKEN_ERRORS, type ApiTokenErrorFormat, ApiTokenRepository, RETRY_AFTER_SECONDS, generateApiToken } from '../libs/api-token/src';
+import type { INestApplication } from '@nestjs/common';
+import type Redis from 'ioredis';
+import request from 'supertest';
+import { createTestDatabase, type TestDatabase } from './support/database';
+import { clearLibraryKeys, testRedis } from './support/redis';
+import { TcpProxy } from './support/tcp-proxy';
+import { createTestApp } from './support/test-app';
+
+/** The body and headers of each refusal, per `errorFormat`, as a client sees them. */
+const SHAPES: Record<ApiTokenErrorFormat, { challenge: string; body: (status: 401 | 503, message: string) => object }> = {
+  nest: {
+    challenge: 'Bearer',
+    body: (status, message) => ({ message, error: status === 401 ? 'Unauthorized' : 'Service Unavailable', statusCode: status }),
+  },
+  // Dify's libs/external_api.py: {code, message, status}, the code from werkzeug's exception class.
+  dify: {
+    challenge: 'Bearer realm="api"',
+    body: (status, message) => ({ code: status === 401 ? 'unauthorized' : 'service_unavailable', message, status }),
+  },
+};
+
+describe.each([
+  ['express', 'dify'],
+  ['fastify', 'dify'],
+  ['express', 'nest'],
+  ['fastify', 'nest'],
+] as const)('refusals on %s, errorFormat %s', (adapter, errorFormat) => {
+  let db: TestDatabase;
+  let proxy: TcpProxy;
+  let app: INestApplication;
+  let redis: Redis;
+  const shape = SHAPES[errorFormat];
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const target = new URL(db.url);
+    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5432));
+    redis = testRedis();
+    await clearLibraryKeys(redis);
+    app = await createTestApp({
+      databaseUrl: proxy.proxied(db.url),
+      adapter,
+      apiToken: { errorFormat },
+      typeorm: { connectTimeoutMS: 500, extra: { query_timeout: 1000 } },
+    });
+  });
+
+  afterAll(async () => {
+    await app?.close();
+    await proxy?.close();
+    await clearLibraryKeys(redis);
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  const whoami = (authorization?: string) => {
+    const req = request(app.getHttpServer()).get('/app/whoami');
+    return authorization === undefined ? req : req.set('Authorization', authorization);
+  };
+
+  it.each([
+    ['a missing header', undefined, API_TOKEN_ERRORS.missingHeader],
+    ['a wrong scheme', 'Basic dXNlcjpwYXNz', API_TOKEN_ERRORS.wrongScheme],
+    ['an unknown token', `Bearer ${generateApiToken('app')}`, API_TOKEN_ERRORS.invalidToken],
+    ['a token that cannot be one', 'Bearer app-*', API_TOKEN_ERRORS.invalidToken],
+  ])('%s: 401 in its shape, with its challenge', async (_name, authorization, message) => {
+    const res = await whoami(authorization);
+    expect(res.status).toBe(401);
+    expect(res.headers['www-authenticate']).toBe(shape.challenge);
+    expect(res.headers['content-type']).toMatch(/^application\/json/);
+    expect(res.body).toEqual(shape.body(401, message));
+  });
+
+  it('a token of another scope: 401 in its shape', async () => {
+    const { token } = await app.get(ApiTokenRepository).insert({ token: generateApiToken('dataset'), type: 'dataset' });
+    const res = await whoami(`Bearer ${token}`);
+    expect([res.status, res.body]).toEqual([401, shape.body(401, API_TOKEN_ERRORS.invalidToken)]);
+  });
+
+  it('PostgreSQL down, uncached token: 503 in its shape, with Retry-After', async () => {
+    const { token } = await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
+    proxy.cut('refuse');
+    try {
+      const res = await whoami(`Bearer ${token}`);
+      expect(res.status).toBe(503);
+      expect(res.headers['retry-after']).toBe(String(RETRY_AFTER_SECONDS));
+      expect(res.headers['www-authenticate']).toBeUndefined();
+      expect(res.body).toEqual(shape.body(503, API_TOKEN_ERRORS.unavailable));
+    } finally {
+      proxy.restore();
+    }
+    expect((await whoami(`Bearer ${token}`)).status).toBe(200);
+  });
+});
