@@ -4,7 +4,7 @@ import { NestFactory } from '@nestjs/core';
 import Redis from 'ioredis';
 import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
-import { AppModule } from '../apps/demo/src/app.module';
+import { TestAppModule } from '../test/app/app.module';
 import { QueryCounter } from '../test/support/query-counter';
 
 /** Settings of {@link runFlushBench}; each has an environment variable and a default. */
@@ -79,10 +79,8 @@ export async function runFlushBench(options: FlushBenchOptions = {}): Promise<Fl
   const token = (i: number) => `app-flushbench${String(i).padStart(14, '0')}`;
   try {
     const app = await NestFactory.createApplicationContext(
-      AppModule.forRoot({
-        port: 0,
-        databaseUrl: url.toString(),
-        redisUrl,
+      TestAppModule.forRoot({
+        stores: { databaseUrl: url.toString(), redisUrl },
         apiToken: { flushCron: false, ...(pageSize ? { flushPageSize: pageSize } : {}) },
         typeorm: counter.typeorm,
       }),

@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import { Client } from 'pg';
-import { AppModule } from '../apps/demo/src/app.module';
+import { TestAppModule } from '../test/app/app.module';
 
 /** Where the revocation benchmark runs; every field has a default (env `BENCH_PG_URL`, `BENCH_REDIS_*`). */
 export interface RevocationBenchOptions {
@@ -32,7 +32,7 @@ export interface RevocationBenchResult {
 const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 
 /**
- * Two instances of the demo application (one process, one database, one Redis): A revokes a token
+ * Two instances of the test application (one process, one database, one Redis): A revokes a token
  * that B holds in its in-process cache, and B is polled until it refuses the token.
  */
 export async function runRevocationBench(options: RevocationBenchOptions = {}): Promise<RevocationBenchResult> {
@@ -55,7 +55,7 @@ export async function runRevocationBench(options: RevocationBenchOptions = {}): 
   const created: string[] = [];
   try {
     for (let i = 0; i < 2; i++) {
-      const app = await NestFactory.create(AppModule.forRoot({ port: 0, databaseUrl, redisUrl }), { logger: ['error', 'warn'] });
+      const app = await NestFactory.create(TestAppModule.forRoot({ stores: { databaseUrl, redisUrl } }), { logger: ['error', 'warn'] });
       apps.push(await app.init());
     }
     const [a, b] = apps;

@@ -24,7 +24,7 @@ import { createTestDatabase, type TestDatabase } from './support/database';
 import { QueryCounter } from './support/query-counter';
 import { clearLibraryKeys, testRedis } from './support/redis';
 import { REDIS_CLUSTER_NODES, REDIS_TEST_DB, REDIS_TEST_URL } from './support/servers';
-import { redisModuleOptions } from '../apps/demo/src/demo.stores';
+import { redisModuleOptions } from '../libs/api-token/src/env/stores.modules';
 import { createTestApp } from './support/test-app';
 import { until } from './support/until';
 

@@ -2,8 +2,8 @@ import { ApiTokenModule, ApiTokenService, isUuid, type ApiTokenSummary } from 'n
 import { ConsoleLogger, type DynamicModule, type INestApplicationContext, type LogLevel, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { type DemoConfig, loadDemoConfig } from './demo.config';
-import { storeModules } from './demo.stores';
+import { type ApiTokenStoresEnv, readStoresEnv } from '../../../libs/api-token/src/env/stores.env';
+import { storeModules } from '../../../libs/api-token/src/env/stores.modules';
 
 /** Exit codes of the token command. */
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
@@ -21,12 +21,12 @@ class CliError extends Error {
 /** The library and its stores, as the demo wires them, without HTTP and without the usage-flush schedule. */
 @Module({})
 class TokenCliModule {
-  static forRoot(config: DemoConfig): DynamicModule {
+  static forRoot(config: ApiTokenStoresEnv): DynamicModule {
     return {
       module: TokenCliModule,
       imports: [
         ...storeModules(config, { retryAttempts: 0 }),
-        ApiTokenModule.forRoot({ ...config.apiToken, flushCron: false }),
+        ApiTokenModule.forRoot({ flushCron: false }),
       ],
     };
   }
@@ -48,7 +48,7 @@ function uuid(value: string): string {
 async function withTokens<T>(work: (tokens: ApiTokenService) => Promise<T>): Promise<T> {
   let app: INestApplicationContext;
   try {
-    app = await NestFactory.createApplicationContext(TokenCliModule.forRoot(loadDemoConfig()), {
+    app = await NestFactory.createApplicationContext(TokenCliModule.forRoot(readStoresEnv()), {
       logger: new StderrLogger({ logLevels: ['error', 'warn'] }),
       abortOnError: false,
     });

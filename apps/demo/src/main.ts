@@ -1,7 +1,7 @@
 import { ApiTokenRepository, ApiTokenService } from 'nestjs-api-token';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module';
-import { loadDemoConfig } from './demo.config';
+import { loadDemoConfig } from './demo.settings';
 
 /** The app id the demo's own token belongs to. */
 export const DEMO_APP_ID = '00000000-0000-4000-8000-00000000de70';

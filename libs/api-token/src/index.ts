@@ -73,3 +73,4 @@ export {
 } from './metrics/api-token.metrics';
 export { API_TOKEN_COUNTERS, API_TOKEN_GAUGES, API_TOKEN_HISTOGRAMS, registerApiTokenMetrics } from './metrics/prometheus.registration';
 export { type ApiTokenHealthCheckOptions, ApiTokenHealthIndicator, type ApiTokenHealthResult } from './metrics/api-token.health';
+export { type ApiTokenStoresOptions, apiTokenStoresFromEnv } from './env/stores.modules';

@@ -1,36 +1,23 @@
-import type { ApiTokenModuleOptions } from 'nestjs-api-token';
-import type { PostgresDataSourceOptions } from 'typeorm/driver/postgres/PostgresDataSourceOptions';
-
-/** What the demo (and the token CLI) read from the environment. */
-export interface DemoConfig {
-  port: number;
+/**
+ * Where the stores are, as the token command line (the package's `bin`) reads it from the
+ * environment. Applications that want the same conventions use {@link apiTokenStoresFromEnv}.
+ */
+export interface ApiTokenStoresEnv {
   databaseUrl: string;
   redisUrl: string;
   /** Redis Cluster seed nodes (`REDIS_CLUSTER_NODES`); when set they win over `redisUrl`. */
   redisClusterNodes?: { host: string; port: number }[];
-  /** Cron expression with a seconds field for the usage flush; the library's default when absent. */
-  flushCron?: string;
-  /** Extra options for the library (tests and benchmarks tune them). */
-  apiToken?: ApiTokenModuleOptions;
-  /** Extra TypeORM options (tests count queries through `extra.Client`). */
-  typeorm?: Partial<PostgresDataSourceOptions>;
 }
 
 export const DEFAULT_DATABASE_URL = 'postgres://postgres:postgres@localhost:5432/postgres';
 export const DEFAULT_REDIS_URL = 'redis://localhost:6379';
 
-/** Reads `PORT`, `DATABASE_URL`, `REDIS_URL`, `REDIS_CLUSTER_NODES` and `API_TOKEN_FLUSH_CRON`; refuses a bad `PORT` or node list. */
-export function loadDemoConfig(env: NodeJS.ProcessEnv = process.env): DemoConfig {
-  const port = Number(env.PORT ?? 3000);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    throw new Error(`PORT must be a port number, got "${env.PORT}"`);
-  }
+/** Reads `DATABASE_URL`, `REDIS_URL` and `REDIS_CLUSTER_NODES`; refuses a bad node list. */
+export function readStoresEnv(env: NodeJS.ProcessEnv = process.env): ApiTokenStoresEnv {
   return {
-    port,
     databaseUrl: env.DATABASE_URL || DEFAULT_DATABASE_URL,
     redisUrl: env.REDIS_URL || DEFAULT_REDIS_URL,
     redisClusterNodes: env.REDIS_CLUSTER_NODES ? parseClusterNodes(env.REDIS_CLUSTER_NODES) : undefined,
-    flushCron: env.API_TOKEN_FLUSH_CRON || undefined,
   };
 }
 

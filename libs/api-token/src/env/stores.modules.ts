@@ -1,11 +1,20 @@
-import { ApiTokenMigration } from 'nestjs-api-token';
 import { RedisModule, type RedisModuleOptions } from '@nestjs-modules/ioredis';
 import type { DynamicModule } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import type { DemoConfig } from './demo.config';
+import type { PostgresDataSourceOptions } from 'typeorm/driver/postgres/PostgresDataSourceOptions';
+import { ApiTokenMigration } from '../store/api-token.migration';
+import { type ApiTokenStoresEnv, readStoresEnv } from './stores.env';
 
-/** The `@nestjs-modules/ioredis` options for this config: a Cluster when nodes are given, else one node. */
-export function redisModuleOptions(config: Pick<DemoConfig, 'redisUrl' | 'redisClusterNodes'>): RedisModuleOptions {
+/** How {@link apiTokenStoresFromEnv} connects, beyond what the environment says. */
+export interface ApiTokenStoresOptions {
+  /** TypeORM's connection retry count. Default 9 (a command line wants 0). */
+  retryAttempts?: number;
+  /** More TypeORM options (pool size, a driver client class in `extra`…), merged over the defaults. */
+  typeorm?: Partial<PostgresDataSourceOptions>;
+}
+
+/** The `@nestjs-modules/ioredis` options for these stores: a Cluster when nodes are given, else one node. */
+export function redisModuleOptions(config: Pick<ApiTokenStoresEnv, 'redisUrl' | 'redisClusterNodes'>): RedisModuleOptions {
   // The library bounds its own calls (redisCommandTimeoutMs); these bound the rest of the app's.
   const options = {
     maxRetriesPerRequest: 1,
@@ -20,11 +29,10 @@ export function redisModuleOptions(config: Pick<DemoConfig, 'redisUrl' | 'redisC
 }
 
 /**
- * The stores the library needs, as the demo and the token CLI wire them: the Redis connection and the
- * TypeORM data source, with the library's migration applied on start. `retryAttempts` is TypeORM's
- * connection retry count (the CLI wants none).
+ * The stores the library needs, as the token command line wires them: the Redis connection and the
+ * TypeORM data source, with the library's migration applied on start.
  */
-export function storeModules(config: DemoConfig, { retryAttempts = 9 } = {}): DynamicModule[] {
+export function storeModules(config: ApiTokenStoresEnv, { retryAttempts = 9, typeorm }: ApiTokenStoresOptions = {}): DynamicModule[] {
   return [
     RedisModule.forRoot(redisModuleOptions(config)),
     TypeOrmModule.forRoot({
@@ -35,8 +43,17 @@ export function storeModules(config: DemoConfig, { retryAttempts = 9 } = {}): Dy
       // pg waits forever by default: bound connecting (and waiting for a pooled client) and each query.
       connectTimeoutMS: 2000,
       retryAttempts,
-      ...config.typeorm,
-      extra: { query_timeout: 5000, ...config.typeorm?.extra },
+      ...typeorm,
+      extra: { query_timeout: 5000, ...typeorm?.extra },
     }),
   ];
+}
+
+/**
+ * `RedisModule` and `TypeOrmModule` (with the library's migration) configured from the same
+ * environment as the package's `bin`: `DATABASE_URL`, `REDIS_URL`, `REDIS_CLUSTER_NODES` (which wins
+ * over `REDIS_URL`). For applications that want their stores where the command line finds them.
+ */
+export function apiTokenStoresFromEnv(env: NodeJS.ProcessEnv = process.env, options?: ApiTokenStoresOptions): DynamicModule[] {
+  return storeModules(readStoresEnv(env), options);
 }
