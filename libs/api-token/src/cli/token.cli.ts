@@ -1,9 +1,11 @@
-import { ApiTokenModule, ApiTokenService, isUuid, type ApiTokenSummary } from 'nestjs-api-token';
+#!/usr/bin/env node
+import { ApiTokenModule } from '../api-token.module';
+import { ApiTokenService, isUuid, type ApiTokenSummary } from '../tokens/api-token.service';
 import { ConsoleLogger, type DynamicModule, type INestApplicationContext, type LogLevel, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { type ApiTokenStoresEnv, readStoresEnv } from '../../../libs/api-token/src/env/stores.env';
-import { storeModules } from '../../../libs/api-token/src/env/stores.modules';
+import { type ApiTokenStoresEnv, readStoresEnv } from '../env/stores.env';
+import { storeModules } from '../env/stores.modules';
 
 /** Exit codes of the token command. */
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
@@ -18,7 +20,7 @@ class CliError extends Error {
   }
 }
 
-/** The library and its stores, as the demo wires them, without HTTP and without the usage-flush schedule. */
+/** The library and its stores, wired from the environment, without HTTP and without the usage-flush schedule. */
 @Module({})
 class TokenCliModule {
   static forRoot(config: ApiTokenStoresEnv): DynamicModule {
@@ -89,7 +91,7 @@ function cacheNotCleared(what: string): never {
 export function buildProgram(out: (text: string) => void = (text) => process.stdout.write(text)): Command {
   const program = new Command('token')
     .description(
-      'Administer API tokens in the database and Redis the demo uses (env DATABASE_URL, REDIS_URL or REDIS_CLUSTER_NODES).\n' +
+      'Administer API tokens in PostgreSQL and Redis (env DATABASE_URL, REDIS_URL or REDIS_CLUSTER_NODES).\n' +
         `Exit codes: ${EXIT.ok} done, ${EXIT.failed} failed (nothing matched, store unreachable), ${EXIT.usage} bad arguments.`,
     )
     .exitOverride()
