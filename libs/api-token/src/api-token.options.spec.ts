@@ -1,3 +1,4 @@
+import { ApiTokenInputError } from './api-token.errors';
 import { DEFAULT_API_TOKEN_OPTIONS, resolveApiTokenOptions } from './api-token.options';
 
 describe('resolveApiTokenOptions', () => {
@@ -19,8 +20,10 @@ describe('resolveApiTokenOptions', () => {
     [{ tokenPattern: '^a$' as unknown as RegExp }, /tokenPattern.*RegExp/],
     [{ tokenPattern: /a/g }, /tokenPattern.*g or y/],
     [{ hashTokens: 'yes' as unknown as boolean }, /hashTokens/],
-  ])('refuses %p, naming the option', (options, message) => {
+    [{ flushCron: 'every minute' }, /flushCron/],
+  ])('refuses %p with an ApiTokenInputError naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);
+    expect(() => resolveApiTokenOptions(options)).toThrow(ApiTokenInputError);
   });
 
   it('accepts the shapes Dify generates and refuses what cannot be a token', () => {

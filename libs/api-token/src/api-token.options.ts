@@ -1,3 +1,4 @@
+import { ApiTokenInputError } from './api-token.errors';
 import { assertFlushCron, DEFAULT_FLUSH_CRON } from './usage/flush.schedule';
 
 /** Options of {@link ApiTokenModule}; every field has a default. */
@@ -92,13 +93,13 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
   for (const name of POSITIVE_INTEGERS) assertInteger(name, resolved[name], 1);
   for (const name of NON_NEGATIVE_INTEGERS) assertInteger(name, resolved[name], 0);
   if (!(resolved.tokenPattern instanceof RegExp)) {
-    throw new TypeError('ApiTokenModule: option "tokenPattern" must be a RegExp');
+    throw new ApiTokenInputError('ApiTokenModule: option "tokenPattern" must be a RegExp');
   }
   if (resolved.tokenPattern.global || resolved.tokenPattern.sticky) {
-    throw new TypeError('ApiTokenModule: option "tokenPattern" must not have the g or y flag (test() would keep state)');
+    throw new ApiTokenInputError('ApiTokenModule: option "tokenPattern" must not have the g or y flag (test() would keep state)');
   }
   if (typeof resolved.hashTokens !== 'boolean') {
-    throw new TypeError('ApiTokenModule: option "hashTokens" must be a boolean');
+    throw new ApiTokenInputError('ApiTokenModule: option "hashTokens" must be a boolean');
   }
   assertFlushCron(resolved.flushCron);
   return resolved;
@@ -106,6 +107,6 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
 
 function assertInteger(name: string, value: unknown, min: number): void {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min) {
-    throw new TypeError(`ApiTokenModule: option "${name}" must be an integer >= ${min}, got ${String(value)}`);
+    throw new ApiTokenInputError(`ApiTokenModule: option "${name}" must be an integer >= ${min}, got ${String(value)}`);
   }
 }

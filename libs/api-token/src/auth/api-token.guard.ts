@@ -11,7 +11,7 @@ import {
 } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import { ApiTokenAuthenticator } from './api-token.authenticator';
-import { ApiTokenStoreError } from '../api-token.errors';
+import { ApiTokenInputError, ApiTokenStoreError } from '../api-token.errors';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { type ApiTokenRecord, type AuthenticatedApiToken, toAuthenticated } from '../store/api-token.record';
 
@@ -50,7 +50,7 @@ const guards = new Map<string, Type<CanActivate>>();
  */
 export function ApiTokenGuard(scope: string): Type<CanActivate> {
   if (typeof scope !== 'string' || scope.length === 0 || scope.length > 16) {
-    throw new TypeError('ApiTokenGuard: scope must be a string of 1 to 16 characters (the size of api_tokens.type)');
+    throw new ApiTokenInputError('ApiTokenGuard: scope must be a string of 1 to 16 characters (the size of api_tokens.type)');
   }
   let guard = guards.get(scope);
   if (!guard) {

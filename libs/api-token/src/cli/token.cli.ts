@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { ApiTokenInputError, errorCode } from '../api-token.errors';
 import { ApiTokenModule } from '../api-token.module';
 import { ApiTokenService, isUuid, type ApiTokenSummary } from '../tokens/api-token.service';
 import { ConsoleLogger, type DynamicModule, type INestApplicationContext, type LogLevel, Module } from '@nestjs/common';
@@ -66,8 +67,8 @@ async function withTokens<T>(work: (tokens: ApiTokenService) => Promise<T>): Pro
 
 function describe(error: unknown): string {
   if (!(error instanceof Error)) return String(error);
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'string' && !error.message.includes(code) ? `${error.message} (${code})` : error.message;
+  const code = errorCode(error);
+  return code && !error.message.includes(code) ? `${error.message} (${code})` : error.message;
 }
 
 async function readStdin(): Promise<string> {
@@ -168,7 +169,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`error: ${error.message}\n`);
       return error.exitCode;
     }
-    if (error instanceof TypeError) {
+    if (error instanceof ApiTokenInputError) {
       process.stderr.write(`error: ${error.message}\n`);
       return EXIT.usage;
     }

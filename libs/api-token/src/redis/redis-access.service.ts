@@ -2,6 +2,7 @@ import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
 import { ExecutionError, type Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
 import { ReplyError } from 'ioredis';
 import { API_TOKEN_OPTIONS, API_TOKEN_REDIS } from '../api-token.constants';
+import { describeError } from '../api-token.errors';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { type RedisClient, redisDb } from './redis.commands';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
@@ -173,13 +174,6 @@ function bounded<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
     timer = setTimeout(() => setImmediate(() => reject(new RedisCallTimeoutError(timeoutMs))), timeoutMs);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** An error's class and code, never its message (a message may quote a key, and keys hold tokens). */
-export function describeError(error: unknown): string {
-  if (!(error instanceof Error)) return typeof error;
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'string' ? `${error.name} ${code}` : error.name;
 }
 
 async function isLockedByAnother(error: unknown): Promise<boolean> {
