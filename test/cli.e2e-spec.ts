@@ -1,4 +1,4 @@
-import { ApiTokenCacheService, ApiTokenRepository, ApiTokenService, generateApiToken } from '../libs/api-token/src';
+import { ApiTokenRepository, ApiTokenService, generateApiToken } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { spawn } from 'node:child_process';
@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import request from 'supertest';
 import { createTestDatabase, type TestDatabase } from './support/database';
+import { localCacheState } from './support/local-cache';
 import { clearLibraryKeys, testRedis } from './support/redis';
 import { REDIS_ENV } from './support/servers';
 import { createTestApp } from './support/test-app';
@@ -43,7 +44,7 @@ describe('token command line', () => {
       child.stdin.end(input ?? '');
     });
   const whoami = (token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
-  const local = (token: string) => app.get(ApiTokenCacheService).lookupLocal('app', token).status;
+  const local = (token: string) => localCacheState(app, token);
   beforeAll(async () => {
     db = await createTestDatabase();
     redis = testRedis();

@@ -20,7 +20,7 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
  */
 @Injectable()
 export class ApiTokenAuthenticator {
-  private readonly logger = new Logger('ApiTokenAuthenticator');
+  private readonly logger = new Logger(ApiTokenAuthenticator.name);
   private readonly inflight = new Map<string, Promise<ApiTokenRecord | null>>();
 
   constructor(

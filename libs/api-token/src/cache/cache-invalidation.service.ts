@@ -42,7 +42,7 @@ interface InvalidationMessage {
  */
 @Injectable()
 export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationShutdown {
-  private readonly logger = new Logger('ApiTokenInvalidation');
+  private readonly logger = new Logger(ApiTokenInvalidationService.name);
   /** Identifies this instance's own messages, which it skips. */
   readonly instanceId = randomUUID();
   readonly channel: string;

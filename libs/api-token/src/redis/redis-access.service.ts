@@ -51,7 +51,7 @@ const UNUSABLE_AFTER_READY = new Set(['connecting', 'connect', 'reconnecting', '
  */
 @Injectable()
 export class ApiTokenRedisService {
-  private readonly logger = new Logger('ApiTokenRedis');
+  private readonly logger = new Logger(ApiTokenRedisService.name);
   private down = false;
   private outages = 0;
   private retryAt = 0;

@@ -99,7 +99,7 @@ const MAX_PENDING_INVALIDATIONS = 10_000;
  */
 @Injectable()
 export class ApiTokenService implements OnApplicationShutdown {
-  private readonly logger = new Logger('ApiTokenService');
+  private readonly logger = new Logger(ApiTokenService.name);
   /** Stored tokens whose revocation could not reach Redis, with the scopes of their deleted rows. */
   private readonly pendingInvalidations = new Map<string, (string | null)[]>();
   private retryTimer: NodeJS.Timeout | undefined;

@@ -102,7 +102,7 @@ class Walk {
  */
 @Injectable()
 export class ApiTokenUsageFlushService implements OnApplicationBootstrap, BeforeApplicationShutdown {
-  private readonly logger = new Logger('ApiTokenUsageFlush');
+  private readonly logger = new Logger(ApiTokenUsageFlushService.name);
   private queue: Promise<unknown> = Promise.resolve();
   private queued = 0;
   private scheduled = false;
