@@ -3,11 +3,10 @@ import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import Redis from 'ioredis';
-import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
-import { Client } from 'pg';
 import { TestAppModule } from '../test/app/app.module';
+import { createTestDatabase } from '../test/support/database';
 
 /** Where the revocation benchmark runs; every field has a default (env `BENCH_PG_URL`, `BENCH_REDIS_*`). */
 export interface RevocationBenchOptions {
@@ -42,15 +41,8 @@ export async function runRevocationBench(options: RevocationBenchOptions = {}): 
   const port = options.redisPort ?? Number(process.env.BENCH_REDIS_PORT ?? 6379);
   const db = options.redisDb ?? Number(process.env.BENCH_REDIS_DB ?? 9);
   const redisUrl = `redis://${host}:${port}/${db}`;
-  const dbName = `api_token_bench_revocation_${randomBytes(4).toString('hex')}`;
-  const databaseUrl = Object.assign(new URL(adminUrl), { pathname: `/${dbName}` }).toString();
-  const admin = async (sql: string) => {
-    const client = new Client({ connectionString: adminUrl });
-    await client.connect();
-    await client.query(sql).finally(() => client.end());
-  };
-
-  await admin(`CREATE DATABASE ${dbName}`);
+  const database = await createTestDatabase(adminUrl, 'api_token_bench_revocation');
+  const databaseUrl = database.url;
   const apps: INestApplicationContext[] = [];
   const created: string[] = [];
   try {
@@ -110,7 +102,7 @@ export async function runRevocationBench(options: RevocationBenchOptions = {}): 
       await redis.del(`api_token:app:${token}`, `api_token:any:${token}`, `api_token_generation:${token}`, `api_token_active:app:${token}`);
     }
     await redis.quit();
-    await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+    await database.drop();
   }
 }
 

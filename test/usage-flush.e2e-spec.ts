@@ -34,7 +34,6 @@ const NAIVE_MS = (ms: number) => new Date(ms).toISOString().slice(0, 23) + '000'
 const LAST_USED = `to_char(last_used_at, 'YYYY-MM-DD"T"HH24:MI:SS.US') AS last_used_at`;
 const UPDATES = /^\s*UPDATE api_tokens/;
 
-/** A free loopback port whose cluster bus port (+10000) is a valid port too. */
 describe('usage flush', () => {
   let db: TestDatabase;
   let redis: Redis;
