@@ -3,7 +3,7 @@ import eslint from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'coverage/', 'jest.config.js', 'eslint.config.mjs'] },
+  { ignores: ['**/dist/', 'node_modules/', 'coverage/', '.tmp/', 'jest.config.js', 'eslint.config.mjs'] },
   eslint.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -13,4 +13,12 @@ export default tseslint.config(
     },
   },
   { files: ['bench/**/*.ts', 'test/**/*.ts'], rules: { 'no-console': 'off' } },
+  {
+    // Plain Node scripts (the pack script, the consumer test).
+    files: ['**/*.mjs'],
+    languageOptions: {
+      globals: { process: 'readonly', console: 'readonly', fetch: 'readonly', setTimeout: 'readonly', clearTimeout: 'readonly', AbortSignal: 'readonly', URL: 'readonly' },
+    },
+  },
+  { files: ['test/**/*.mjs'], rules: { 'no-console': 'off' } },
 );

@@ -1,12 +1,9 @@
-import { type ChildProcess, fork, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { type ChildProcess, fork } from 'node:child_process';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import Redis from 'ioredis';
-import { Client } from 'pg';
+import { createTestDatabase } from '../test/support/database';
+import { PrivateRedisServer } from '../test/support/redis-server';
 import type { ServerCommand, ServerRequest, ServerStats, Variant } from './bench.server';
 
 /** PostgreSQL to create the benchmark's own database in. */
@@ -33,52 +30,14 @@ export class Cleanup {
   }
 }
 
-/** The first TCP port from `from` up that nothing listens on (127.0.0.1). */
-export async function freePort(from: number, taken = new Set<number>()): Promise<number> {
-  for (let port = from; port < from + 500; port++) {
-    if (taken.has(port)) continue;
-    const free = await new Promise<boolean>((resolve) => {
-      const probe = createServer()
-        .once('error', () => resolve(false))
-        .once('listening', () => probe.close(() => resolve(true)));
-      probe.listen(port, '127.0.0.1');
-    });
-    if (free) {
-      taken.add(port);
-      return port;
-    }
-  }
-  throw new Error(`no free port from ${from} to ${from + 499}`);
-}
-
-/** A redis-server of this run's own, so that `INFO commandstats` counts only what the benchmark does. */
-export async function startRedis(cleanup: Cleanup, port: number): Promise<{ url: string; admin: Redis }> {
-  const dir = mkdtempSync(join(tmpdir(), 'api-token-bench-redis-'));
-  const child = spawn(
-    process.env.BENCH_REDIS_SERVER ?? 'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--databases', '16'],
-    { stdio: ['ignore', 'ignore', 'inherit'] },
-  );
-  cleanup.add(() => rmSync(dir, { recursive: true, force: true }));
-  cleanup.add(() => stopChild(child));
-  killOnExit(child);
-  const spawned = new Promise<never>((_, reject) => child.once('error', (e) => reject(new Error(`redis-server: ${e.message} (set BENCH_REDIS_SERVER)`))));
-  const url = `redis://127.0.0.1:${port}/${BENCH_REDIS_DB}`;
-  const admin = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1, retryStrategy: () => 100 });
+/** A redis-server of this run's own (the suites' private server), so that `INFO commandstats` counts only what the benchmark does. */
+export async function startRedis(cleanup: Cleanup): Promise<{ url: string; admin: Redis }> {
+  const server = await PrivateRedisServer.start();
+  cleanup.add(() => server.kill());
+  const url = server.url(BENCH_REDIS_DB);
+  const admin = new Redis(url, { maxRetriesPerRequest: 1 });
   cleanup.add(() => admin.disconnect());
-  // Refusals while redis-server starts are expected; the loop below retries them.
-  admin.on('error', () => undefined);
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      await Promise.race([spawned, admin.connect().then(() => admin.ping())]);
-      return { url, admin };
-    } catch (error) {
-      if (Date.now() > deadline || (error as Error).message.startsWith('redis-server:')) throw error;
-      admin.disconnect();
-      await sleep(100);
-    }
-  }
+  return { url, admin };
 }
 
 /** Calls per command since the last `CONFIG RESETSTAT`, from `INFO commandstats`, without INFO itself. */
@@ -110,22 +69,9 @@ async function quiet(admin: Redis): Promise<Map<string, number>> {
 
 /** A database of this run's own on the shared PostgreSQL, dropped (with its connections) at cleanup. */
 export async function createDatabase(cleanup: Cleanup): Promise<string> {
-  const name = `api_token_bench_${process.pid}_${randomBytes(4).toString('hex')}`;
-  await admin((c) => c.query(`CREATE DATABASE ${name}`));
-  cleanup.add(() => admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)));
-  const url = new URL(PG_ADMIN_URL);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
-
-async function admin<T>(run: (client: Client) => Promise<T>): Promise<T> {
-  const client = new Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 5000 });
-  await client.connect();
-  try {
-    return await run(client);
-  } finally {
-    await client.end();
-  }
+  const db = await createTestDatabase(PG_ADMIN_URL, 'api_token_bench');
+  cleanup.add(() => db.drop());
+  return db.url;
 }
 
 /** A benchmark server process (bench/bench.server.ts) and its IPC commands. */

@@ -7,12 +7,11 @@ import { writeFile } from 'node:fs/promises';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import Redis from 'ioredis';
 import { Client } from 'pg';
-import { AppModule } from '../apps/demo/src/app.module';
-import type { DemoConfig } from '../apps/demo/src/demo.config';
+import { type TestAppConfig, TestAppModule } from '../test/app/app.module';
 import { NaiveTokenGuard } from './naive.guard';
 
 /**
- * One benchmark server (a child process of bench/run.ts): the demo application plus
+ * One benchmark server (a child process of bench/run.ts): the test application (the demo's routes) plus
  * `GET /bench/open` (no guard), `GET /bench/noop` (a guard that does nothing) and `GET /bench/naive`
  * (the naive guard). It talks to its parent
  * over IPC only, so that reading its counters adds no HTTP request, Redis command or query.
@@ -109,15 +108,13 @@ class BenchController {
 async function main(): Promise<void> {
   const variant = (process.env.BENCH_VARIANT ?? 'default') as Variant;
   const port = Number(process.env.PORT);
-  const config: DemoConfig = {
-    port,
-    databaseUrl: required('DATABASE_URL'),
-    redisUrl: required('REDIS_URL'),
+  const config: TestAppConfig = {
+    stores: { databaseUrl: required('DATABASE_URL'), redisUrl: required('REDIS_URL') },
     // No scheduled usage flush: no flush tick lands in a measurement.
     apiToken: { flushCron: false, ...VARIANTS[variant] },
     typeorm: { extra: { Client: CountingClient, max: 10 } },
   };
-  @Module({ imports: [AppModule.forRoot(config)], controllers: [BenchController], providers: [NaiveTokenGuard] })
+  @Module({ imports: [TestAppModule.forRoot(config)], controllers: [BenchController], providers: [NaiveTokenGuard] })
   class BenchModule {}
   const app = await NestFactory.create(BenchModule, { logger: ['error', 'warn'] });
   await app.listen(port, '127.0.0.1');

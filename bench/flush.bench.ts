@@ -2,9 +2,9 @@ import 'reflect-metadata';
 import { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageFlushService } from '../libs/api-token/src';
 import { NestFactory } from '@nestjs/core';
 import Redis from 'ioredis';
-import { randomBytes } from 'node:crypto';
 import { Client } from 'pg';
-import { AppModule } from '../apps/demo/src/app.module';
+import { TestAppModule } from '../test/app/app.module';
+import { createTestDatabase } from '../test/support/database';
 import { QueryCounter } from '../test/support/query-counter';
 
 /** Settings of {@link runFlushBench}; each has an environment variable and a default. */
@@ -66,30 +66,21 @@ export async function runFlushBench(options: FlushBenchOptions = {}): Promise<Fl
     redis.disconnect();
     throw new Error(`Redis database ${redisDb} already holds api_token_active keys; give the benchmark an empty one (BENCH_FLUSH_REDIS_DB)`);
   }
-  const name = `api_token_flush_bench_${process.pid}_${randomBytes(3).toString('hex')}`;
-  const admin = async (sql: string) => {
-    const client = new Client({ connectionString: pgAdminUrl });
-    await client.connect();
-    await client.query(sql).finally(() => client.end());
-  };
-  await admin(`CREATE DATABASE ${name}`);
-  const url = new URL(pgAdminUrl);
-  url.pathname = `/${name}`;
+  const database = await createTestDatabase(pgAdminUrl, 'api_token_flush_bench');
+  const url = database.url;
   const counter = new QueryCounter();
   const token = (i: number) => `app-flushbench${String(i).padStart(14, '0')}`;
   try {
     const app = await NestFactory.createApplicationContext(
-      AppModule.forRoot({
-        port: 0,
-        databaseUrl: url.toString(),
-        redisUrl,
+      TestAppModule.forRoot({
+        stores: { databaseUrl: url, redisUrl },
         apiToken: { flushCron: false, ...(pageSize ? { flushPageSize: pageSize } : {}) },
         typeorm: counter.typeorm,
       }),
       { logger: ['error', 'warn'] },
     );
     try {
-      const db = new Client({ connectionString: url.toString() });
+      const db = new Client({ connectionString: url });
       await db.connect();
       try {
         await db.query(
@@ -152,7 +143,7 @@ export async function runFlushBench(options: FlushBenchOptions = {}): Promise<Fl
       await redis.del(...batch).catch(() => undefined);
     }
     redis.disconnect();
-    await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    await database.drop();
   }
 }
 

@@ -43,7 +43,7 @@ function kindOf(url: string, name: string): string {
   if (name === '(garbage collector)') return 'garbage collector';
   if (name === '(program)') return 'V8 / native (program)';
   if (url.includes('libs/api-token/src')) return 'api-token library';
-  if (url.includes('/bench/') || url.includes('/apps/demo/')) return 'demo / bench app';
+  if (url.includes('/bench/') || url.includes('/apps/demo/') || url.includes('/test/app/')) return 'demo / bench app';
   const pkg = /\/node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url)?.[1];
   if (pkg) {
     if (pkg.startsWith('@nestjs/')) return 'NestJS';

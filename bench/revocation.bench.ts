@@ -3,11 +3,10 @@ import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import Redis from 'ioredis';
-import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
-import { Client } from 'pg';
-import { AppModule } from '../apps/demo/src/app.module';
+import { TestAppModule } from '../test/app/app.module';
+import { createTestDatabase } from '../test/support/database';
 
 /** Where the revocation benchmark runs; every field has a default (env `BENCH_PG_URL`, `BENCH_REDIS_*`). */
 export interface RevocationBenchOptions {
@@ -32,7 +31,7 @@ export interface RevocationBenchResult {
 const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 
 /**
- * Two instances of the demo application (one process, one database, one Redis): A revokes a token
+ * Two instances of the test application (one process, one database, one Redis): A revokes a token
  * that B holds in its in-process cache, and B is polled until it refuses the token.
  */
 export async function runRevocationBench(options: RevocationBenchOptions = {}): Promise<RevocationBenchResult> {
@@ -42,20 +41,13 @@ export async function runRevocationBench(options: RevocationBenchOptions = {}): 
   const port = options.redisPort ?? Number(process.env.BENCH_REDIS_PORT ?? 6379);
   const db = options.redisDb ?? Number(process.env.BENCH_REDIS_DB ?? 9);
   const redisUrl = `redis://${host}:${port}/${db}`;
-  const dbName = `api_token_bench_revocation_${randomBytes(4).toString('hex')}`;
-  const databaseUrl = Object.assign(new URL(adminUrl), { pathname: `/${dbName}` }).toString();
-  const admin = async (sql: string) => {
-    const client = new Client({ connectionString: adminUrl });
-    await client.connect();
-    await client.query(sql).finally(() => client.end());
-  };
-
-  await admin(`CREATE DATABASE ${dbName}`);
+  const database = await createTestDatabase(adminUrl, 'api_token_bench_revocation');
+  const databaseUrl = database.url;
   const apps: INestApplicationContext[] = [];
   const created: string[] = [];
   try {
     for (let i = 0; i < 2; i++) {
-      const app = await NestFactory.create(AppModule.forRoot({ port: 0, databaseUrl, redisUrl }), { logger: ['error', 'warn'] });
+      const app = await NestFactory.create(TestAppModule.forRoot({ stores: { databaseUrl, redisUrl } }), { logger: ['error', 'warn'] });
       apps.push(await app.init());
     }
     const [a, b] = apps;
@@ -110,7 +102,7 @@ export async function runRevocationBench(options: RevocationBenchOptions = {}): 
       await redis.del(`api_token:app:${token}`, `api_token:any:${token}`, `api_token_generation:${token}`, `api_token_active:app:${token}`);
     }
     await redis.quit();
-    await admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+    await database.drop();
   }
 }
 

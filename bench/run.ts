@@ -4,7 +4,8 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { DataSource } from 'typeorm';
-import { BenchServer, type BenchContext, Cleanup, createDatabase, freePort, runIsolated, startRedis } from './bench.infra';
+import { sparePort } from '../test/support/ports';
+import { BenchServer, type BenchContext, Cleanup, createDatabase, runIsolated, startRedis } from './bench.infra';
 import { load } from './bench.load';
 import { runFloodBench } from './flood.bench';
 import { type ProfileSummary, summarizeProfile } from './hot-path.profile';
@@ -38,9 +39,8 @@ async function main(): Promise<void> {
       floodSize: envInt('BENCH_FLOOD_SIZE', 10_000),
       stampede: 500,
     };
-    const ports = new Set<number>();
     console.log('Starting a private redis-server and a private database…');
-    const redis = await startRedis(cleanup, await freePort(6400, ports));
+    const redis = await startRedis(cleanup);
     const databaseUrl = await createDatabase(cleanup);
     const dataSource = new DataSource({ type: 'postgres', url: databaseUrl, migrations: [ApiTokenMigration], extra: { max: 2 } });
     await dataSource.initialize();
@@ -51,7 +51,7 @@ async function main(): Promise<void> {
 
     console.log('Starting six server processes…');
     const start = async (name: string, variant: 'default' | 'dify') =>
-      BenchServer.start(cleanup, { name, variant, port: await freePort(3100, ports), databaseUrl, redisUrl: redis.url });
+      BenchServer.start(cleanup, { name, variant, port: await sparePort(), databaseUrl, redisUrl: redis.url });
     const [unguarded, noop, def, dify, naive, second] = await Promise.all([
       start('unguarded', 'default'),
       start('noop', 'default'),

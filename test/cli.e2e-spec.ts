@@ -1,4 +1,4 @@
-import { ApiTokenCacheService, ApiTokenRepository, ApiTokenService, generateApiToken } from '../libs/api-token/src';
+import { ApiTokenRepository, ApiTokenService, generateApiToken } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { spawn } from 'node:child_process';
@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import request from 'supertest';
 import { createTestDatabase, type TestDatabase } from './support/database';
+import { localCacheState } from './support/local-cache';
 import { clearLibraryKeys, testRedis } from './support/redis';
 import { REDIS_ENV } from './support/servers';
 import { createTestApp } from './support/test-app';
@@ -44,7 +45,7 @@ describe('token command line', () => {
       child.stdin.end(input ?? '');
     });
   const whoami = (token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
-  const local = (token: string) => app.get(ApiTokenCacheService).lookupLocal('app', token).status;
+  const local = (token: string) => localCacheState(app, token);
   beforeAll(async () => {
     db = await createTestDatabase();
     redis = testRedis();
@@ -128,7 +129,7 @@ describe('token command line', () => {
 
   it('bad arguments get a clear message on stderr, nothing on stdout, and exit code 2; no match exits 1', async () => {
     const unknown = generateApiToken('app');
-    // Each case is a Node and ts-node start-up; the other argument errors run in-process in apps/demo/src/cli.spec.ts.
+    // Each case is a Node and ts-node start-up; the other argument errors run in-process in libs/api-token/src/cli/token.cli.spec.ts.
     const cases: [string[], string | RegExp, number][] = [
       [[], /Usage: token/, 2],
       [['bogus'], 'unknown command', 2],

@@ -14,6 +14,7 @@ import type Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
 import { createTestDatabase, type TestDatabase } from './support/database';
+import { localCacheState } from './support/local-cache';
 import { QueryCounter } from './support/query-counter';
 import { clearLibraryKeys, countExisting, killSubscribers, testRedis } from './support/redis';
 import { createTestApp } from './support/test-app';
@@ -34,8 +35,7 @@ describe('token lifecycle and revocation across two instances', () => {
   const counter = new QueryCounter();
   const whoami = (app: INestApplication, token: string, scope = 'app') =>
     request(app.getHttpServer()).get(`/${scope}/whoami`).set('Authorization', `Bearer ${token}`);
-  const local = (app: INestApplication, token: string, scope: string | null = 'app') =>
-    app.get(ApiTokenCacheService).lookupLocal(scope, token).status;
+  const local = localCacheState;
   const cached = (token: string, scope = 'app') => redis.get(`api_token:${scope}:${token}`);
 
   beforeAll(async () => {

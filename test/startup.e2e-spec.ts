@@ -1,4 +1,4 @@
-import { DEFAULT_DATABASE_ATTEMPTS } from '../apps/demo/src/demo.stores';
+import { DEFAULT_DATABASE_ATTEMPTS } from '../libs/api-token/src/env/stores.modules';
 import { API_TOKEN_ERRORS } from '../libs/api-token/src';
 import { closedPort, start } from './support/child-process';
 import { createTestDatabase, type TestDatabase } from './support/database';

@@ -25,7 +25,7 @@ import { createTestDatabase, type TestDatabase } from './support/database';
 import { QueryCounter } from './support/query-counter';
 import { clearLibraryKeys, testRedis } from './support/redis';
 import { REDIS_CLUSTER_NODES, REDIS_TEST_DB, REDIS_TEST_URL } from './support/servers';
-import { redisModuleOptions } from '../apps/demo/src/demo.stores';
+import { redisModuleOptions } from '../libs/api-token/src/env/stores.modules';
 import { createTestApp } from './support/test-app';
 import { FLUSH_UNWRITTEN_KEY } from '../libs/api-token/src/usage/usage-flush.service';
 import { until } from './support/until';
@@ -36,7 +36,6 @@ const NAIVE_MS = (ms: number) => new Date(ms).toISOString().slice(0, 23) + '000'
 const LAST_USED = `to_char(last_used_at, 'YYYY-MM-DD"T"HH24:MI:SS.US') AS last_used_at`;
 const UPDATES = /^\s*UPDATE api_tokens/;
 
-/** A free loopback port whose cluster bus port (+10000) is a valid port too. */
 describe('usage flush', () => {
   let db: TestDatabase;
   let redis: Redis;

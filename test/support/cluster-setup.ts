@@ -1,21 +1,7 @@
-import { once } from 'node:events';
-import { createServer } from 'node:net';
+import { isFree } from './ports';
 import { type PrivateRedisCluster, startRedisCluster } from './redis-cluster';
 
 const CLUSTER_KEY = '__apiTokenRedisCluster';
-
-async function isFree(port: number): Promise<boolean> {
-  const server = createServer();
-  server.listen(port, '127.0.0.1');
-  try {
-    await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e))]);
-    server.close();
-    await once(server, 'close');
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Three ports from 7101 up whose cluster bus ports (+10000) are free too. */
 async function clusterPorts(): Promise<number[]> {

@@ -21,15 +21,16 @@ async function admin<T>(run: (client: Client) => Promise<T>, connectionString = 
   }
 }
 
-export async function createTestDatabase(): Promise<TestDatabase> {
-  const name = `api_token_test_${process.pid}_${randomBytes(4).toString('hex')}`;
-  await admin((c) => c.query(`CREATE DATABASE ${name}`));
-  const url = new URL(PG_ADMIN_URL);
+/** A throwaway database on the PostgreSQL that `adminUrl` reaches (the suites': `TEST_PG_URL`; the benchmarks pass theirs). */
+export async function createTestDatabase(adminUrl = PG_ADMIN_URL, prefix = 'api_token_test'): Promise<TestDatabase> {
+  const name = `${prefix}_${process.pid}_${randomBytes(4).toString('hex')}`;
+  await admin((c) => c.query(`CREATE DATABASE ${name}`), adminUrl);
+  const url = new URL(adminUrl);
   url.pathname = `/${name}`;
   return {
     name,
     url: url.toString(),
     query: (sql, params) => admin((c) => c.query(sql, params), url.toString()).then((r) => r.rows),
-    drop: () => admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)).then(() => undefined),
+    drop: () => admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`), adminUrl).then(() => undefined),
   };
 }

@@ -4,8 +4,7 @@ import type { INestApplication, LoggerService, LogLevel } from '@nestjs/common';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
 import type Redis from 'ioredis';
-import { AppModule } from '../../apps/demo/src/app.module';
-import type { DemoConfig } from '../../apps/demo/src/demo.config';
+import { type TestAppConfig, TestAppModule } from '../app/app.module';
 import { QueryCounter } from './query-counter';
 import { REDIS_CLUSTER_NODES, REDIS_TEST_URL } from './servers';
 
@@ -16,24 +15,24 @@ export interface TestAppOptions {
   apiToken?: ApiTokenModuleOptions;
   flushCron?: string;
   counter?: QueryCounter;
-  typeorm?: DemoConfig['typeorm'];
+  typeorm?: TestAppConfig['typeorm'];
   /** Nest's logger for the app; default: off. */
   logger?: LoggerService | LogLevel[] | false;
 }
 
-/** The demo application on the test's own database and Redis database, ready to take requests. */
+/** The test application on the test's own database and Redis database, ready to take requests. */
 export async function createTestApp(options: TestAppOptions): Promise<INestApplication> {
-  const config: DemoConfig = {
-    port: 0,
-    databaseUrl: options.databaseUrl,
-    redisUrl: options.redisUrl ?? REDIS_TEST_URL,
-    redisClusterNodes: options.redisUrl ? undefined : REDIS_CLUSTER_NODES,
-    flushCron: options.flushCron,
-    apiToken: options.apiToken,
+  const config: TestAppConfig = {
+    stores: {
+      databaseUrl: options.databaseUrl,
+      redisUrl: options.redisUrl ?? REDIS_TEST_URL,
+      redisClusterNodes: options.redisUrl ? undefined : REDIS_CLUSTER_NODES,
+    },
+    apiToken: { flushCron: options.flushCron, ...options.apiToken },
     typeorm: { ...options.counter?.typeorm, ...options.typeorm },
   };
   const logger = options.logger ?? false;
-  const moduleRef = await Test.createTestingModule({ imports: [AppModule.forRoot(config)] }).compile();
+  const moduleRef = await Test.createTestingModule({ imports: [TestAppModule.forRoot(config)] }).compile();
   if (options.adapter === 'fastify') {
     const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger });
     await app.init();

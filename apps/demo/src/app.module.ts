@@ -1,9 +1,8 @@
-import { ApiTokenModule } from 'nestjs-api-token';
+import { ApiTokenModule, apiTokenStoresFromEnv } from 'nestjs-api-token';
 import { DynamicModule, Module } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
 import { TerminusModule } from '@nestjs/terminus';
-import type { DemoConfig } from './demo.config';
-import { storeModules } from './demo.stores';
+import type { DemoConfig } from './demo.settings';
 import { HealthController } from './health.controller';
 import { MetricsController } from './metrics.controller';
 import { WhoamiController } from './whoami.controller';
@@ -16,8 +15,9 @@ export class AppModule {
       module: AppModule,
       imports: [
         ScheduleModule.forRoot(),
-        ...storeModules(config),
-        ApiTokenModule.forRoot({ flushCron: config.flushCron, ...config.apiToken }),
+        // The stores where the token command line (the package's bin) finds them: one reading of the env for both.
+        ...apiTokenStoresFromEnv(),
+        ApiTokenModule.forRoot({ flushCron: config.flushCron, errorFormat: config.errorFormat }),
         TerminusModule,
       ],
       controllers: [HealthController, MetricsController, WhoamiController],

@@ -1,3 +1,4 @@
+import { ApiTokenInputError } from './api-token.errors';
 import { DEFAULT_API_TOKEN_OPTIONS, resolveApiTokenOptions } from './api-token.options';
 
 describe('resolveApiTokenOptions', () => {
@@ -30,8 +31,10 @@ describe('resolveApiTokenOptions', () => {
     [{ tokenPattern: /^app-x|dataset-x$/ }, /tokenPattern.*anchored/],
     [{ tokenPattern: /^[a-z0-9:]+$/ }, /tokenPattern.*hashed/],
     [{ errorFormat: 'Dify' as unknown as 'dify' }, /errorFormat.*"nest" or "dify"/],
-  ])('refuses %p, naming the option', (options, message) => {
+    [{ flushCron: 'every minute' }, /flushCron/],
+  ])('refuses %p with an ApiTokenInputError naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);
+    expect(() => resolveApiTokenOptions(options)).toThrow(ApiTokenInputError);
   });
 
   it('accepts anchored patterns, alternatives inside a group, and an L1 TTL equal to the Redis TTL', () => {

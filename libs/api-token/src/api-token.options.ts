@@ -1,3 +1,4 @@
+import { ApiTokenInputError } from './api-token.errors';
 import { assertFlushCron, DEFAULT_FLUSH_CRON } from './usage/flush.schedule';
 import { HASHED_TOKEN_PREFIX } from './tokens/token.hash';
 
@@ -116,37 +117,37 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
   const resolved = { ...DEFAULT_API_TOKEN_OPTIONS, ...defined } as ResolvedApiTokenOptions;
   for (const [name, [min, max]] of Object.entries(INTEGER_RANGES)) assertInteger(name, resolved[name as keyof ApiTokenModuleOptions], min, max);
   if (resolved.localCacheTtlMs > resolved.cacheTtlSeconds * 1000) {
-    throw new TypeError('ApiTokenModule: option "localCacheTtlMs" must not be longer than "cacheTtlSeconds"');
+    throw new ApiTokenInputError('ApiTokenModule: option "localCacheTtlMs" must not be longer than "cacheTtlSeconds"');
   }
   assertTokenPattern(resolved.tokenPattern);
   if (typeof resolved.hashTokens !== 'boolean') {
-    throw new TypeError('ApiTokenModule: option "hashTokens" must be a boolean');
+    throw new ApiTokenInputError('ApiTokenModule: option "hashTokens" must be a boolean');
   }
   assertFlushCron(resolved.flushCron);
   if (!ERROR_FORMATS.includes(resolved.errorFormat)) {
-    throw new TypeError('ApiTokenModule: option "errorFormat" must be "nest" or "dify"');
+    throw new ApiTokenInputError('ApiTokenModule: option "errorFormat" must be "nest" or "dify"');
   }
   return resolved;
 }
 
 function assertInteger(name: string, value: unknown, min: number, max: number): void {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw new TypeError(`ApiTokenModule: option "${name}" must be an integer >= ${min} and <= ${max}, got ${String(value)}`);
+    throw new ApiTokenInputError(`ApiTokenModule: option "${name}" must be an integer >= ${min} and <= ${max}, got ${String(value)}`);
   }
 }
 
 function assertTokenPattern(pattern: unknown): asserts pattern is RegExp {
   if (!(pattern instanceof RegExp)) {
-    throw new TypeError('ApiTokenModule: option "tokenPattern" must be a RegExp');
+    throw new ApiTokenInputError('ApiTokenModule: option "tokenPattern" must be a RegExp');
   }
   if (pattern.global || pattern.sticky) {
-    throw new TypeError('ApiTokenModule: option "tokenPattern" must not have the g or y flag (test() would keep state)');
+    throw new ApiTokenInputError('ApiTokenModule: option "tokenPattern" must not have the g or y flag (test() would keep state)');
   }
   if (!isAnchored(pattern.source)) {
-    throw new TypeError('ApiTokenModule: option "tokenPattern" must be anchored at both ends (^…$, no top-level |), or it would accept tokens with anything around them');
+    throw new ApiTokenInputError('ApiTokenModule: option "tokenPattern" must be anchored at both ends (^…$, no top-level |), or it would accept tokens with anything around them');
   }
   if (pattern.test(`${HASHED_TOKEN_PREFIX}${'0'.repeat(64)}`)) {
-    throw new TypeError('ApiTokenModule: option "tokenPattern" must not accept the stored form of hashed tokens ("sha256:" and hex)');
+    throw new ApiTokenInputError('ApiTokenModule: option "tokenPattern" must not accept the stored form of hashed tokens ("sha256:" and hex)');
   }
 }
 

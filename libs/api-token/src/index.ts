@@ -3,7 +3,7 @@ export { ApiTokenCacheService, type CacheLookup } from './cache/token-cache.serv
 export { API_TOKEN_DATA_SOURCE, API_TOKEN_OPTIONS, API_TOKEN_REDIS } from './api-token.constants';
 export { CurrentApiToken } from './auth/current-api-token.decorator';
 export { ApiTokenEntity } from './store/api-token.entity';
-export { ApiTokenStoreError } from './api-token.errors';
+export { ApiTokenError, ApiTokenInputError, ApiTokenStoreError } from './api-token.errors';
 export { API_TOKEN_ERRORS, ApiTokenGuard, type ApiTokenRequest, RETRY_AFTER_SECONDS, parseAuthorization } from './auth/api-token.guard';
 export * from './api-token.keys';
 export { ApiTokenMigration, ApiTokenMigration1764000000000 } from './store/api-token.migration';
@@ -75,3 +75,5 @@ export {
 } from './metrics/api-token.metrics';
 export { API_TOKEN_COUNTERS, API_TOKEN_GAUGES, API_TOKEN_HISTOGRAMS, registerApiTokenMetrics } from './metrics/prometheus.registration';
 export { type ApiTokenHealthCheckOptions, ApiTokenHealthIndicator, type ApiTokenHealthResult } from './metrics/api-token.health';
+export { type ApiTokenStoresOptions, apiTokenStoresFromEnv } from './env/stores.modules';
+export { ApiTokenStartupLogger, describeDatabaseFailure, describeRedisDown } from './env/stores.startup';

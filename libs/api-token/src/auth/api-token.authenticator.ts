@@ -21,7 +21,7 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
  */
 @Injectable()
 export class ApiTokenAuthenticator {
-  private readonly logger = new Logger('ApiTokenAuthenticator');
+  private readonly logger = new Logger(ApiTokenAuthenticator.name);
   private readonly inflight = new Map<string, Promise<ApiTokenRecord | null>>();
 
   constructor(
@@ -40,7 +40,7 @@ export class ApiTokenAuthenticator {
   }
 
   /**
-   * The token's row if it is valid in this scope (any scope when null), else null. Throws TypeError
+   * The token's row if it is valid in this scope (any scope when null), else null. Throws ApiTokenInputError
    * for a scope that breaks `create()`'s rule, and {@link ApiTokenStoreError} when the database is needed and does not answer.
    */
   async authenticate(token: string, scope: string | null): Promise<ApiTokenRecord | null> {

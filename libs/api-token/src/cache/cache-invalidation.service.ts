@@ -6,7 +6,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ApiTokenCacheService } from './token-cache.service';
 import { CACHE_KEY_PREFIX, parseScopedKey } from '../api-token.keys';
 import { type RedisClient, redisDb } from '../redis/redis.commands';
-import { ApiTokenRedisService, describeError } from '../redis/redis-access.service';
+import { describeError } from '../api-token.errors';
+import { ApiTokenRedisService } from '../redis/redis-access.service';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /**
@@ -41,7 +42,7 @@ interface InvalidationMessage {
  */
 @Injectable()
 export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationShutdown {
-  private readonly logger = new Logger('ApiTokenInvalidation');
+  private readonly logger = new Logger(ApiTokenInvalidationService.name);
   /** Identifies this instance's own messages, which it skips. */
   readonly instanceId = randomUUID();
   readonly channel: string;

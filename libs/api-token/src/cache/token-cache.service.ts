@@ -11,14 +11,13 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /** The three outcomes of a cache lookup. */
 export type CacheLookup =
-  | { status: 'hit'; record: ApiTokenRecord; layer: 'local' | 'redis' }
-  | { status: 'negative'; layer: 'local' | 'redis' }
+  | { status: 'hit'; record: ApiTokenRecord }
+  | { status: 'negative' }
   | { status: 'miss' };
 
 const NEGATIVE = Symbol('negative');
 const MISS: CacheLookup = { status: 'miss' };
-const LOCAL_NEGATIVE: CacheLookup = { status: 'negative', layer: 'local' };
-const REDIS_NEGATIVE: CacheLookup = { status: 'negative', layer: 'redis' };
+const NEGATIVE_ANSWER: CacheLookup = { status: 'negative' };
 const SCAN_COUNT = 1000;
 const GENERATION_TTL_SECONDS = 3600;
 /** Deletions and generation changes are tried even while Redis is taken as down: skipping one could keep a revoked token cached. */
@@ -49,27 +48,14 @@ export class ApiTokenCacheService {
     this.localNegativeTtl = Math.min(localCacheTtlMs, negativeTtlSeconds * 1000);
   }
 
-  /** The in-process answer, with no I/O; `miss` when L1 is off or holds nothing. */
-  lookupLocal(scope: string | null, token: string): CacheLookup {
-    const entry = this.peekLocal(scope, token);
-    if (entry === undefined) return MISS;
-    return entry === null ? LOCAL_NEGATIVE : { status: 'hit', record: entry, layer: 'local' };
-  }
-
   /**
-   * {@link lookupLocal} without an answer object, for the request path: the record, null (cached
-   * negative) or undefined (miss). A record of another scope is a miss, as in {@link lookupRedis}.
+   * The in-process answer, with no I/O: the record, null (cached negative) or undefined (miss, or L1
+   * off). A record of another scope is a miss, as in {@link lookupRedis}.
    */
   peekLocal(scope: string | null, token: string): ApiTokenRecord | null | undefined {
     const entry = this.local?.get(cacheKey(scope, token));
     if (entry === NEGATIVE) return null;
     return entry && scope && entry.type !== scope ? undefined : entry;
-  }
-
-  /** L1, then Redis. */
-  async lookup(scope: string | null, token: string): Promise<CacheLookup> {
-    const local = this.lookupLocal(scope, token);
-    return local.status === 'miss' ? this.lookupRedis(scope, token) : local;
   }
 
   /** Redis only; what it finds goes to L1. An unreadable entry, or one of another token or scope, is a miss. */
@@ -81,7 +67,7 @@ export class ApiTokenCacheService {
     const record = parseRecord(raw);
     if (record === undefined || (record && (record.token !== token || (scope && record.type !== scope)))) return MISS;
     if (epoch === this.epoch) this.setLocal(key, record);
-    return record ? { status: 'hit', record, layer: 'redis' } : REDIS_NEGATIVE;
+    return record ? { status: 'hit', record } : NEGATIVE_ANSWER;
   }
 
   /** The token's generation in Redis: it changes whenever the token is created or revoked. */

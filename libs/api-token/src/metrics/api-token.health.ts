@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import { keyNodes } from '../redis/redis.commands';
-import { ApiTokenRedisService, describeError } from '../redis/redis-access.service';
+import { describeError } from '../api-token.errors';
+import { ApiTokenRedisService } from '../redis/redis-access.service';
 import { ApiTokenRepository } from '../store/api-token.repository';
 
 /**

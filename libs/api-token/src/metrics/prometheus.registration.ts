@@ -1,4 +1,5 @@
 import type * as PromClient from 'prom-client';
+import { errorCode } from '../api-token.errors';
 import {
   type ApiTokenMetrics,
   type ApiTokenMetricsSnapshot,
@@ -226,7 +227,7 @@ function loadPromClient(): typeof PromClient {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     return require('prom-client') as typeof PromClient;
   } catch (error) {
-    if ((error as { code?: unknown }).code === 'MODULE_NOT_FOUND') {
+    if (errorCode(error) === 'MODULE_NOT_FOUND') {
       throw new Error('registerApiTokenMetrics needs the optional peer dependency "prom-client" (npm install prom-client)');
     }
     throw error;

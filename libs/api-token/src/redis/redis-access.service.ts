@@ -2,6 +2,7 @@ import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
 import { ExecutionError, type Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
 import { ReplyError } from 'ioredis';
 import { API_TOKEN_OPTIONS, API_TOKEN_REDIS } from '../api-token.constants';
+import { ApiTokenInputError, describeError } from '../api-token.errors';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { type RedisClient, redisDb } from './redis.commands';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
@@ -56,7 +57,7 @@ const UNUSABLE_AFTER_READY = new Set(['connecting', 'connect', 'reconnecting', '
  */
 @Injectable()
 export class ApiTokenRedisService {
-  private readonly logger = new Logger('ApiTokenRedis');
+  private readonly logger = new Logger(ApiTokenRedisService.name);
   private down = false;
   private outages = 0;
   private retryAt = 0;
@@ -70,7 +71,7 @@ export class ApiTokenRedisService {
     @Optional() private readonly metrics: ApiTokenMetrics = new ApiTokenMetrics(),
   ) {
     if (keyPrefixOf(client)) {
-      throw new TypeError(
+      throw new ApiTokenInputError(
         'ApiTokenModule: the Redis client has a keyPrefix; give the module a client without one (the keys are shared with Dify under fixed names, and SCAN and Lua scripts would not see prefixed keys)',
       );
     }
@@ -184,13 +185,6 @@ function bounded<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
     timer = setTimeout(() => setImmediate(() => reject(new RedisCallTimeoutError(timeoutMs))), timeoutMs);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** An error's class and code, never its message (a message may quote a key, and keys hold tokens). */
-export function describeError(error: unknown): string {
-  if (!(error instanceof Error)) return typeof error;
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'string' ? `${error.name} ${code}` : error.name;
 }
 
 async function isLockedByAnother(error: unknown): Promise<boolean> {

@@ -1,7 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import type { Pool, QueryResultRow } from 'pg';
 import type { DataSource } from 'typeorm';
-import { ApiTokenStoreError } from '../api-token.errors';
+import { ApiTokenError, ApiTokenStoreError } from '../api-token.errors';
 import type { ApiTokenRecord, RateLimitPolicy } from './api-token.record';
 import { toNaiveUtc } from './api-token.record';
 import { API_TOKEN_DATA_SOURCE } from '../api-token.constants';
@@ -88,7 +88,7 @@ export interface ApiTokenFilter {
 export class ApiTokenRepository {
   constructor(@Inject(API_TOKEN_DATA_SOURCE) private readonly dataSource: DataSource) {
     if (dataSource.options.type !== 'postgres') {
-      throw new TypeError(`ApiTokenRepository needs a PostgreSQL DataSource, got "${dataSource.options.type}"`);
+      throw new ApiTokenError(`ApiTokenRepository needs a PostgreSQL DataSource, got "${dataSource.options.type}"`);
     }
   }
 

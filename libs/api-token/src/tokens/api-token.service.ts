@@ -2,6 +2,7 @@ import { Inject, Injectable, Logger, OnApplicationShutdown, Optional } from '@ne
 import { randomUUID } from 'node:crypto';
 import { ApiTokenCacheService } from '../cache/token-cache.service';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
+import { ApiTokenInputError } from '../api-token.errors';
 import { TOKEN_RANDOM_LENGTH, generateApiToken } from './token.generator';
 import { storedToken } from './token.hash';
 import { cacheKey } from '../api-token.keys';
@@ -95,7 +96,7 @@ const MAX_PENDING_INVALIDATIONS = 10_000;
  */
 @Injectable()
 export class ApiTokenService implements OnApplicationShutdown {
-  private readonly logger = new Logger('ApiTokenService');
+  private readonly logger = new Logger(ApiTokenService.name);
   /** Stored tokens whose revocation could not reach Redis, with the scopes of their deleted rows. */
   private readonly pendingInvalidations = new Map<string, (string | null)[]>();
   private retryTimer: NodeJS.Timeout | undefined;
@@ -111,7 +112,7 @@ export class ApiTokenService implements OnApplicationShutdown {
 
   /**
    * Creates a token in Dify's format (`app-` + 24 random characters for scope app) and returns it:
-   * the only time the token itself is handed out. Throws TypeError on bad input, before any I/O.
+   * the only time the token itself is handed out. Throws ApiTokenInputError on bad input, before any I/O.
    */
   async create(input: CreateApiTokenInput): Promise<CreatedApiToken> {
     const scope = checkScope(input?.scope, 'ApiTokenService: "scope"');
@@ -119,10 +120,10 @@ export class ApiTokenService implements OnApplicationShutdown {
     const tenantId = checkUuid(input.tenantId, 'tenantId');
     const prefix = input.prefix ?? DEFAULT_PREFIXES[scope] ?? scope;
     if (typeof prefix !== 'string' || !PREFIX.test(prefix)) {
-      throw new TypeError('ApiTokenService.create: "prefix" must be a letter then up to 31 letters, digits, "_", "." or "-"');
+      throw new ApiTokenInputError('ApiTokenService.create: "prefix" must be a letter then up to 31 letters, digits, "_", "." or "-"');
     }
     if (!this.options.tokenPattern.test(`${prefix}-${'A'.repeat(TOKEN_RANDOM_LENGTH)}`)) {
-      throw new TypeError(`ApiTokenService.create: tokens with prefix "${prefix}" do not match the "tokenPattern" option`);
+      throw new ApiTokenInputError(`ApiTokenService.create: tokens with prefix "${prefix}" do not match the "tokenPattern" option`);
     }
     for (let attempt = 0; attempt < CREATE_ATTEMPTS; attempt++) {
       const token = generateApiToken(prefix);
@@ -149,7 +150,7 @@ export class ApiTokenService implements OnApplicationShutdown {
   /** Revokes a token in every scope it has. Its cache entries are dropped even when no row held it. */
   async revoke(token: string): Promise<ApiTokenRevocation> {
     if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN_LENGTH) {
-      throw new TypeError(`ApiTokenService.revoke: the token must be a string of 1 to ${MAX_TOKEN_LENGTH} characters`);
+      throw new ApiTokenInputError(`ApiTokenService.revoke: the token must be a string of 1 to ${MAX_TOKEN_LENGTH} characters`);
     }
     const stored = storedToken(token, this.options);
     const rows = await this.repository.deleteByToken(stored);
@@ -160,7 +161,7 @@ export class ApiTokenService implements OnApplicationShutdown {
   /** Revokes the token with this id (UUID). */
   async revokeById(id: string): Promise<ApiTokenRevocation> {
     const uuid = checkUuid(id, 'id');
-    if (!uuid) throw new TypeError('ApiTokenService.revokeById: "id" must be a UUID');
+    if (!uuid) throw new ApiTokenInputError('ApiTokenService.revokeById: "id" must be a UUID');
     const row = await this.repository.deleteById(uuid);
     this.metrics?.revocation(row !== null);
     return row ? this.invalidate(row.token, [row]) : { revoked: [], cacheCleared: true };
@@ -169,7 +170,7 @@ export class ApiTokenService implements OnApplicationShutdown {
   /** Drops every cached entry of a tenant, and its index, on every instance; the tokens stay valid. */
   async invalidateTenant(tenantId: string): Promise<TenantInvalidation> {
     const uuid = checkUuid(tenantId, 'tenantId');
-    if (!uuid) throw new TypeError('ApiTokenService.invalidateTenant: "tenantId" must be a UUID');
+    if (!uuid) throw new ApiTokenInputError('ApiTokenService.invalidateTenant: "tenantId" must be a UUID');
     const keys = await this.cache.invalidateTenant(uuid);
     const cacheCleared = !this.redis.isDown;
     this.metrics?.tenantInvalidation();
@@ -259,6 +260,6 @@ function mask(token: string): string {
 /** The UUID, null when absent; never echoes the value (a token pasted in the wrong place stays out of errors). */
 function checkUuid(value: unknown, name: string): string | null {
   if (value === undefined || value === null) return null;
-  if (!isUuid(value)) throw new TypeError(`ApiTokenService: "${name}" must be a UUID`);
+  if (!isUuid(value)) throw new ApiTokenInputError(`ApiTokenService: "${name}" must be a UUID`);
   return value.toLowerCase();
 }

@@ -1,3 +1,4 @@
+import { ApiTokenInputError } from '../api-token.errors';
 import { ANY_SCOPE } from '../api-token.keys';
 
 /**
@@ -13,8 +14,8 @@ export const SCOPE_RULE = `1 to 16 letters, digits, "_", "." or "-", and not "${
 /** Whether a value may be a scope (the rule every entry point applies: create, list, guard, authenticate, CLI). */
 export const isScope = (value: unknown): value is string => typeof value === 'string' && SCOPE.test(value) && !RESERVED_SCOPES.has(value);
 
-/** The scope, or a TypeError naming `what` (never quoting the value). */
+/** The scope, or an ApiTokenInputError naming `what` (never quoting the value). */
 export function checkScope(value: unknown, what: string): string {
-  if (!isScope(value)) throw new TypeError(`${what} must be ${SCOPE_RULE}`);
+  if (!isScope(value)) throw new ApiTokenInputError(`${what} must be ${SCOPE_RULE}`);
   return value;
 }

@@ -1,4 +1,5 @@
 import { CronTime } from 'cron';
+import { ApiTokenInputError } from '../api-token.errors';
 import { ACTIVE_KEY_TTL_SECONDS } from '../api-token.keys';
 
 /** The flush schedule when the `flushCron` option is not given: every minute, at second 0. */
@@ -27,17 +28,17 @@ export function longestCronGapSeconds(expression: string): number {
 export function assertFlushCron(value: unknown): void {
   if (value === false) return;
   if (typeof value !== 'string' || value.trim() === '') {
-    throw new TypeError('ApiTokenModule: option "flushCron" must be a cron expression or false');
+    throw new ApiTokenInputError('ApiTokenModule: option "flushCron" must be a cron expression or false');
   }
   let gap: number;
   try {
     gap = longestCronGapSeconds(value);
   } catch (error) {
-    throw new TypeError(`ApiTokenModule: option "flushCron" is not a valid cron expression: "${value}" (${(error as Error).message})`);
+    throw new ApiTokenInputError(`ApiTokenModule: option "flushCron" is not a valid cron expression: "${value}" (${(error as Error).message})`);
   }
   if (gap > MAX_FLUSH_GAP_SECONDS) {
     const leaves = Number.isFinite(gap) ? `${gap} s` : 'whole hours or days';
-    throw new TypeError(
+    throw new ApiTokenInputError(
       `ApiTokenModule: option "flushCron" "${value}" leaves ${leaves} between flushes; it must run at least every ` +
         `${MAX_FLUSH_GAP_SECONDS} s, well within the ${ACTIVE_KEY_TTL_SECONDS} s an api_token_active key lives`,
     );

@@ -9,7 +9,8 @@ import { ACTIVE_KEY_PREFIX, ACTIVE_KEY_TTL_SECONDS, parseScopedKey } from '../ap
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { toNaiveUtc } from '../store/api-token.record';
 import { scanKeys, setIfNewer } from '../redis/redis.commands';
-import { ApiTokenRedisService, LOCKED, describeError } from '../redis/redis-access.service';
+import { describeError } from '../api-token.errors';
+import { ApiTokenRedisService, LOCKED } from '../redis/redis-access.service';
 import { ApiTokenRepository, type LastUsedUpdate } from '../store/api-token.repository';
 import { ApiTokenUsageRecorder } from './usage.recorder';
 import { DEFAULT_FLUSH_CRON, MAX_FLUSH_GAP_SECONDS, longestCronGapSeconds } from './flush.schedule';
@@ -106,7 +107,7 @@ class Walk {
  */
 @Injectable()
 export class ApiTokenUsageFlushService implements OnApplicationBootstrap, BeforeApplicationShutdown {
-  private readonly logger = new Logger('ApiTokenUsageFlush');
+  private readonly logger = new Logger(ApiTokenUsageFlushService.name);
   private queue: Promise<unknown> = Promise.resolve();
   private queued = 0;
   private scheduled = false;

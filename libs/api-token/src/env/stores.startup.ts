@@ -1,6 +1,10 @@
 import { ConsoleLogger, type LogLevel } from '@nestjs/common';
+import { ApiTokenInvalidationService } from '../cache/cache-invalidation.service';
+import { errorCode as driverErrorCode } from '../api-token.errors';
+import { ApiTokenRedisService } from '../redis/redis-access.service';
+import { DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL } from './stores.env';
 
-/** What to do when a store the demo needs does not answer (the stores `docker-compose.yml` brings up). */
+/** What to do when a store does not answer (the demo's `docker-compose.yml` brings both up where the defaults point). */
 const REMEDY = 'start it with "docker compose up -d"';
 
 /** Node's codes for "nothing answered there": the server is down, unreachable or the name unknown. */
@@ -31,10 +35,10 @@ function where(url: string, variable: string): string {
   return shown ? `at ${shown}` : `at the address in ${variable}`;
 }
 
-/** The error's code: Node's (ECONNREFUSED…) or PostgreSQL's SQLSTATE; pg's own connect timeout has none. */
+/** The error's code: Node's (ECONNREFUSED…) or PostgreSQL's SQLSTATE; pg's own connect timeout has none, so it is named here. */
 function errorCode(error: unknown): string | undefined {
-  const code = (error as { code?: unknown } | null)?.code;
-  if (typeof code === 'string') return code;
+  const code = driverErrorCode(error);
+  if (code) return code;
   if (error instanceof Error && /^Connection terminated/.test(error.message)) return 'timeout';
   return undefined;
 }
@@ -46,29 +50,33 @@ export function isTransientDatabaseError(error: unknown): boolean {
 }
 
 /**
- * One line on why PostgreSQL could not be used at start and what to do, its address with the password
- * masked; undefined when `error` is not about reaching PostgreSQL (a migration that failed, a bug).
+ * One line on why PostgreSQL could not be used at start and what to do, naming its address from
+ * `DATABASE_URL` with the password masked; undefined when `error` is not about reaching PostgreSQL
+ * (a migration that failed, a bug): the caller reports those its own way.
  */
-export function describeDatabaseFailure(error: unknown, databaseUrl: string): string | undefined {
+export function describeDatabaseFailure(error: unknown, env: NodeJS.ProcessEnv = process.env): string | undefined {
   const code = errorCode(error);
   if (code === undefined) return undefined;
-  const at = where(databaseUrl, 'DATABASE_URL');
+  const at = where(env.DATABASE_URL || DEFAULT_DATABASE_URL, 'DATABASE_URL');
   if (isTransientDatabaseError(error)) return `PostgreSQL did not answer ${at} (${code}): ${REMEDY}, or set DATABASE_URL.`;
   if (code.startsWith('28')) return `PostgreSQL ${at} refused the login (${code}): check the user and password in DATABASE_URL.`;
   if (code === '3D000') return `PostgreSQL ${at} has no such database (${code}): create it, or fix the database name in DATABASE_URL.`;
   return undefined;
 }
 
-/** One line for a Redis that does not answer at start: the demo carries on without it. */
-export function describeRedisDown(redisUrl: string, clusterNodes: boolean): string {
-  const at = clusterNodes ? 'at the nodes in REDIS_CLUSTER_NODES' : where(redisUrl, 'REDIS_URL');
+/**
+ * One line for a Redis that does not answer at start (`REDIS_URL`, password masked, or
+ * `REDIS_CLUSTER_NODES`): the application carries on without it, and says so with the remedy.
+ */
+export function describeRedisDown(env: NodeJS.ProcessEnv = process.env, who = 'the application'): string {
+  const at = env.REDIS_CLUSTER_NODES ? 'at the nodes in REDIS_CLUSTER_NODES' : where(env.REDIS_URL || DEFAULT_REDIS_URL, 'REDIS_URL');
   return (
-    `Redis did not answer ${at}: the demo serves anyway, authenticating every request from PostgreSQL ` +
+    `Redis did not answer ${at}: ${who} serves anyway, authenticating every request from PostgreSQL ` +
     `(no shared cache, no revocation across instances, no usage recording) until Redis answers; ${REMEDY}, or set REDIS_URL.`
   );
 }
 
-/** Contexts whose errors the demo and the CLI replace with one line of their own. */
+/** Contexts whose errors the start-up code replaces with one line of its own. */
 const REPLACED = new Set([
   // @nestjs/typeorm logs every failed connection attempt with a stack.
   'TypeOrmModule',
@@ -76,14 +84,16 @@ const REPLACED = new Set([
   'ExceptionHandler',
 ]);
 
-/** The library's contexts that report Redis failures; at start the demo says it once instead. */
-const REDIS_CONTEXTS = new Set(['ApiTokenRedis', 'ApiTokenInvalidation']);
+/** The library's contexts that report Redis failures; at start the application says it once instead. */
+const REDIS_CONTEXTS = new Set([ApiTokenRedisService.name, ApiTokenInvalidationService.name]);
 
 /**
- * Nest's console logger for the demo and the token CLI, minus the start-up noise above; everything
- * else as Nest prints it. `stderrOnly` keeps stdout for a command's answer.
+ * Nest's console logger minus the stores' start-up noise (TypeORM's stack per connection attempt,
+ * Nest's dump of the error that ended the start), for an application that says what went wrong in
+ * one line ({@link describeDatabaseFailure}); everything else as Nest prints it. `stderrOnly` keeps
+ * stdout for a command's answer (the token CLI).
  */
-export class DemoLogger extends ConsoleLogger {
+export class ApiTokenStartupLogger extends ConsoleLogger {
   private readonly stderrOnly: boolean;
   /** The library's Redis warnings while the demo starts, until it knows whether Redis answers. */
   private held: unknown[][] | undefined;
@@ -105,7 +115,7 @@ export class DemoLogger extends ConsoleLogger {
   }
 
   /**
-   * Ends the start: the Redis warnings held so far are dropped when the demo has said Redis is down in
+   * Ends the start: the Redis warnings held so far are dropped when the application has said Redis is down in
    * its own words (they would say it again, per component, with no remedy), else printed.
    */
   startupDone(redisDownSaid: boolean): void {

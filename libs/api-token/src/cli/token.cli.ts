@@ -1,10 +1,14 @@
-import { ApiTokenModule, ApiTokenService, SCOPE_RULE, isScope, isUuid, type ApiTokenSummary } from 'nestjs-api-token';
+#!/usr/bin/env node
 import { type DynamicModule, type INestApplicationContext, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { type DemoConfig, loadDemoConfig } from './demo.config';
-import { DemoLogger, describeDatabaseFailure } from './demo.startup';
-import { storeModules } from './demo.stores';
+import { ApiTokenInputError, errorCode } from '../api-token.errors';
+import { ApiTokenModule } from '../api-token.module';
+import { type ApiTokenStoresEnv, readStoresEnv } from '../env/stores.env';
+import { storeModules } from '../env/stores.modules';
+import { ApiTokenStartupLogger, describeDatabaseFailure } from '../env/stores.startup';
+import { ApiTokenService, isUuid, type ApiTokenSummary } from '../tokens/api-token.service';
+import { SCOPE_RULE, isScope } from '../tokens/token.scope';
 
 /** Exit codes of the token command. */
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
@@ -19,15 +23,15 @@ class CliError extends Error {
   }
 }
 
-/** The library and its stores, as the demo wires them, without HTTP and without the usage-flush schedule. */
+/** The library and its stores, wired from the environment, without HTTP and without the usage-flush schedule. */
 @Module({})
 class TokenCliModule {
-  static forRoot(config: DemoConfig): DynamicModule {
+  static forRoot(config: ApiTokenStoresEnv): DynamicModule {
     return {
       module: TokenCliModule,
       imports: [
         ...storeModules(config, { retryAttempts: 1 }),
-        ApiTokenModule.forRoot({ ...config.apiToken, flushCron: false }),
+        ApiTokenModule.forRoot({ flushCron: false }),
       ],
     };
   }
@@ -59,15 +63,15 @@ export function withoutValues(message: string): string {
 /** Runs `work` with the library's services, then closes every connection. */
 async function withTokens<T>(work: (tokens: ApiTokenService) => Promise<T>): Promise<T> {
   let app: INestApplicationContext;
-  const config = loadDemoConfig();
+  const config = readStoresEnv();
   try {
     app = await NestFactory.createApplicationContext(TokenCliModule.forRoot(config), {
       // stderr only: stdout carries the command's answer.
-      logger: new DemoLogger({ stderrOnly: true, logLevels: ['error', 'warn'] }),
+      logger: new ApiTokenStartupLogger({ stderrOnly: true, logLevels: ['error', 'warn'] }),
       abortOnError: false,
     });
   } catch (error) {
-    throw new CliError(describeDatabaseFailure(error, config.databaseUrl) ?? `could not start: ${describe(error)}`);
+    throw new CliError(describeDatabaseFailure(error) ?? `could not start: ${describe(error)}`);
   }
   try {
     return await work(app.get(ApiTokenService));
@@ -78,8 +82,8 @@ async function withTokens<T>(work: (tokens: ApiTokenService) => Promise<T>): Pro
 
 function describe(error: unknown): string {
   if (!(error instanceof Error)) return String(error);
-  const code = (error as { code?: unknown }).code;
-  return typeof code === 'string' && !error.message.includes(code) ? `${error.message} (${code})` : error.message;
+  const code = errorCode(error);
+  return code && !error.message.includes(code) ? `${error.message} (${code})` : error.message;
 }
 
 async function readStdin(): Promise<string> {
@@ -103,7 +107,7 @@ function cacheNotCleared(what: string): never {
 export function buildProgram(out: (text: string) => void = (text) => process.stdout.write(text)): Command {
   const program = new Command('token')
     .description(
-      'Administer API tokens in the database and Redis the demo uses (env DATABASE_URL, REDIS_URL or REDIS_CLUSTER_NODES).\n' +
+      'Administer API tokens in PostgreSQL and Redis (env DATABASE_URL, REDIS_URL or REDIS_CLUSTER_NODES).\n' +
         `Exit codes: ${EXIT.ok} done, ${EXIT.failed} failed (nothing matched, store unreachable), ${EXIT.usage} bad arguments.`,
     )
     .exitOverride()
@@ -181,7 +185,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`error: ${error.message}\n`);
       return error.exitCode;
     }
-    if (error instanceof TypeError) {
+    if (error instanceof ApiTokenInputError) {
       process.stderr.write(`error: ${error.message}\n`);
       return EXIT.usage;
     }

@@ -1,5 +1,5 @@
-import { loadDemoConfig } from './demo.config';
-import { describeDatabaseFailure, isTransientDatabaseError, maskUrl } from './demo.startup';
+import { readStoresEnv } from './stores.env';
+import { describeDatabaseFailure, isTransientDatabaseError, maskUrl } from './stores.startup';
 
 describe('maskUrl', () => {
   it.each([
@@ -11,12 +11,12 @@ describe('maskUrl', () => {
 
   it('shows nothing of what is not a URL (it may hold a password anywhere)', () => {
     expect(maskUrl('user:secret at host')).toBeUndefined();
-    expect(describeDatabaseFailure(Object.assign(new Error('x'), { code: 'ECONNREFUSED' }), 'user:secret at host')).toContain('at the address in DATABASE_URL');
+    expect(describeDatabaseFailure(Object.assign(new Error('x'), { code: 'ECONNREFUSED' }), { DATABASE_URL: 'user:secret at host' })).toContain('at the address in DATABASE_URL');
   });
 });
 
 describe('describeDatabaseFailure', () => {
-  const url = 'postgres://me:pw@db:5432/app';
+  const env = { DATABASE_URL: 'postgres://me:pw@db:5432/app' };
   const failure = (code?: string, message = 'failed') => Object.assign(new Error(message), code ? { code } : {});
 
   it.each([
@@ -25,33 +25,30 @@ describe('describeDatabaseFailure', () => {
     [failure('28P01'), /refused the login \(28P01\): check the user and password in DATABASE_URL/],
     [failure('3D000'), /has no such database \(3D000\)/],
   ])('%s', (error, line) => {
-    const text = describeDatabaseFailure(error, url);
+    const text = describeDatabaseFailure(error, env);
     expect(text).toMatch(line);
     expect(text).not.toContain(':pw@');
   });
 
   it('leaves other errors to the caller, and retries only what may answer soon', () => {
-    expect(describeDatabaseFailure(failure('42501'), url)).toBeUndefined();
-    expect(describeDatabaseFailure(new Error('bug'), url)).toBeUndefined();
+    expect(describeDatabaseFailure(failure('42501'), env)).toBeUndefined();
+    expect(describeDatabaseFailure(new Error('bug'), env)).toBeUndefined();
     expect([failure('ECONNREFUSED'), failure('57P03'), failure('28P01'), new Error('bug')].map(isTransientDatabaseError)).toEqual([true, true, false, false]);
   });
 });
 
-describe('loadDemoConfig: start-up settings', () => {
-  it('reads DATABASE_RETRY_ATTEMPTS and API_TOKEN_ERROR_FORMAT', () => {
-    expect(loadDemoConfig({})).toMatchObject({ databaseRetryAttempts: undefined, apiToken: undefined });
-    expect(loadDemoConfig({ DATABASE_RETRY_ATTEMPTS: '30', API_TOKEN_ERROR_FORMAT: 'dify' })).toMatchObject({
-      databaseRetryAttempts: 30,
-      apiToken: { errorFormat: 'dify' },
-    });
+describe('readStoresEnv', () => {
+  it('reads DATABASE_RETRY_ATTEMPTS', () => {
+    expect(readStoresEnv({}).databaseRetryAttempts).toBeUndefined();
+    expect(readStoresEnv({ DATABASE_RETRY_ATTEMPTS: '30' }).databaseRetryAttempts).toBe(30);
   });
 
   it.each([
     [{ DATABASE_RETRY_ATTEMPTS: '0' }, /DATABASE_RETRY_ATTEMPTS/],
     [{ DATABASE_RETRY_ATTEMPTS: '2.5' }, /DATABASE_RETRY_ATTEMPTS/],
-    [{ API_TOKEN_ERROR_FORMAT: 'Dify' }, /API_TOKEN_ERROR_FORMAT must be "nest" or "dify"$/],
+    [{ REDIS_CLUSTER_NODES: '127.0.0.1:7000,app-secretvalue' }, /REDIS_CLUSTER_NODES must be host:port.*entry 2/],
   ])('refuses %p, naming the variable and not its value', (env, message) => {
-    expect(() => loadDemoConfig(env)).toThrow(message);
-    expect(() => loadDemoConfig(env)).not.toThrow(Object.values(env)[0]);
+    expect(() => readStoresEnv(env)).toThrow(message);
+    expect(() => readStoresEnv(env)).not.toThrow(Object.values(env)[0]);
   });
 });
