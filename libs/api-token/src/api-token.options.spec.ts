@@ -19,8 +19,20 @@ describe('resolveApiTokenOptions', () => {
     [{ tokenPattern: '^a$' as unknown as RegExp }, /tokenPattern.*RegExp/],
     [{ tokenPattern: /a/g }, /tokenPattern.*g or y/],
     [{ hashTokens: 'yes' as unknown as boolean }, /hashTokens/],
+    [{ defaultRateLimit: { limit: 0, windowSeconds: 60 } }, /defaultRateLimit/],
+    [{ defaultRateLimit: { limit: 10 } as never }, /defaultRateLimit/],
+    [{ rateLimitMode: 'strict' as never }, /rateLimitMode.*"approximate" or "exact"/],
+    [{ rateLimitWhenRedisDown: 'maybe' as never }, /rateLimitWhenRedisDown.*"open" or "closed"/],
+    [{ rateLimitSyncIntervalMs: 0 }, /rateLimitSyncIntervalMs.*>= 1/],
   ])('refuses %p, naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);
+  });
+
+  it('takes a default rate limit as a copy', () => {
+    const given = { limit: 100, windowSeconds: 60 };
+    const { defaultRateLimit } = resolveApiTokenOptions({ defaultRateLimit: given });
+    expect(defaultRateLimit).toEqual(given);
+    expect(defaultRateLimit).not.toBe(given);
   });
 
   it('accepts the shapes Dify generates and refuses what cannot be a token', () => {

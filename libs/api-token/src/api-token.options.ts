@@ -1,4 +1,6 @@
 import { assertFlushCron, DEFAULT_FLUSH_CRON } from './usage/flush.schedule';
+import { checkRateLimitPolicy } from './limits/rate-limit.policy';
+import type { RateLimitPolicy } from './store/api-token.record';
 
 /** Options of {@link ApiTokenModule}; every field has a default. */
 export interface ApiTokenModuleOptions {
@@ -42,6 +44,23 @@ export interface ApiTokenModuleOptions {
   flushCron?: string | false;
   /** Uses the usage flush writes per UPDATE statement (and SCAN COUNT hint). Default 1000. */
   flushPageSize?: number;
+  /** The rate limit of tokens that have none of their own (`{ limit, windowSeconds }`), or null for none. Default null. */
+  defaultRateLimit?: RateLimitPolicy | null;
+  /**
+   * How rate limits are counted across instances. `approximate`: each instance counts locally and adds
+   * its count to Redis every `rateLimitSyncIntervalMs` (a hot token costs next to no Redis command; a
+   * window may let a bounded number of requests past the limit, see the README). `exact`: one Redis
+   * round trip per request of a limited token, never more than the limit per window. Default `approximate`.
+   */
+  rateLimitMode?: 'approximate' | 'exact';
+  /** Milliseconds between two reconciliations of one token's count with Redis, per instance (approximate mode). Default 100. */
+  rateLimitSyncIntervalMs?: number;
+  /**
+   * What a rate-limited token gets while Redis does not answer: `open` counts its requests per
+   * instance (each instance allows the limit), `closed` answers 503 with `Retry-After`. Tokens without
+   * a limit are not affected. Default `open`.
+   */
+  rateLimitWhenRedisDown?: 'open' | 'closed';
 }
 
 /** Options after defaults are applied. */
@@ -66,6 +85,10 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   redisCooldownMs: 1_000,
   flushCron: DEFAULT_FLUSH_CRON,
   flushPageSize: 1_000,
+  defaultRateLimit: null,
+  rateLimitMode: 'approximate',
+  rateLimitSyncIntervalMs: 100,
+  rateLimitWhenRedisDown: 'open',
 };
 
 const POSITIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
@@ -75,6 +98,7 @@ const POSITIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
   'lockTtlMs',
   'redisCommandTimeoutMs',
   'flushPageSize',
+  'rateLimitSyncIntervalMs',
 ];
 const NON_NEGATIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
   'lockWaitMs',
@@ -101,7 +125,16 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
     throw new TypeError('ApiTokenModule: option "hashTokens" must be a boolean');
   }
   assertFlushCron(resolved.flushCron);
+  resolved.defaultRateLimit = checkRateLimitPolicy(resolved.defaultRateLimit, 'ApiTokenModule: option "defaultRateLimit"');
+  assertOneOf('rateLimitMode', resolved.rateLimitMode, ['approximate', 'exact']);
+  assertOneOf('rateLimitWhenRedisDown', resolved.rateLimitWhenRedisDown, ['open', 'closed']);
   return resolved;
+}
+
+function assertOneOf(name: string, value: unknown, allowed: readonly string[]): void {
+  if (!allowed.includes(value as string)) {
+    throw new TypeError(`ApiTokenModule: option "${name}" must be ${allowed.map((a) => `"${a}"`).join(' or ')}`);
+  }
 }
 
 function assertInteger(name: string, value: unknown, min: number): void {

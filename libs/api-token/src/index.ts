@@ -19,6 +19,7 @@ export {
 export {
   type ApiTokenRecord,
   type AuthenticatedApiToken,
+  type RateLimitPolicy,
   formatNaiveUtc,
   parseRecord,
   serializeRecord,
@@ -40,6 +41,7 @@ export {
 export { TOKEN_RANDOM_LENGTH, generateApiToken } from './tokens/token.generator';
 export { hashToken, storedToken } from './tokens/token.hash';
 export {
+  type ApiTokenRateLimitChange,
   type ApiTokenRevocation,
   ApiTokenService,
   type ApiTokenSummary,
@@ -49,6 +51,7 @@ export {
   type TenantInvalidation,
   isUuid,
 } from './tokens/api-token.service';
+export { RATE_LIMIT_ERRORS } from './limits/rate-limit.refusal';
 export { ApiTokenInvalidationService, INVALIDATION_CHANNEL, invalidationChannel } from './cache/cache-invalidation.service';
 export {
   type ApiTokenMetricsSnapshot,
