@@ -105,8 +105,8 @@ describe('per-token rate limits', () => {
       const { token } = await create(a, 25);
       await awayFromWindowEnd(LONG_WINDOW, 10_000);
       const answers = await Promise.all(Array.from({ length: 100 }, (_, i) => whoami(i % 2 ? a : b, token)));
-      expect(answers.filter((r) => r.status === 200)).toHaveLength(25);
-      expect(answers.filter((r) => r.status === 429)).toHaveLength(75);
+      expect(answers.filter((r) => r.status === 200).length).toBe(25);
+      expect(answers.filter((r) => r.status === 429).length).toBe(75);
       expect(a.get(ApiTokenRateLimiter)).toBeDefined();
     });
 
