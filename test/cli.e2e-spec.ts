@@ -172,7 +172,7 @@ describe('token command line', () => {
     await until('the demo drops the limit', async () => (await whoami(token)).headers['ratelimit-policy'] === undefined);
 
     const bad: [string[], string, number][] = [
-      [['create', '--scope', 'app', '--rate-limit', '5/1d'], 'must be <limit>/<n>s|m|h', 2],
+      [['create', '--scope', 'app', '--rate-limit', '5/2d'], '--rate-limit must be <limit>/<n>s|m|h|d', 2],
       [['rate-limit', token, '--set', '5/1m', '--clear'], 'give either --set <limit/window> or --clear', 2],
       [['rate-limit', '--set', '5/1m'], 'give a token (or "-" to read it from stdin) or --id', 2],
       [['rate-limit', generateApiToken('app'), '--clear'], 'no token matched; nothing changed', 1],
@@ -182,7 +182,7 @@ describe('token command line', () => {
       expect({ args, code: results[i].code, stdout: results[i].stdout }).toEqual({ args, code, stdout: '' });
       expect(results[i].stderr).toContain(message);
       expect(results[i].stderr).not.toContain(token.slice(4));
-      expect(results[i].stderr).not.toContain('5/1d');
+      expect(results[i].stderr).not.toContain('5/2d');
     }
   }, 180_000);
 
