@@ -81,7 +81,7 @@ describe('token command line', () => {
     const table = await cli(['list', '--tenant-id', tenantId]);
     expect(table.code).toBe(0);
     const lines = table.stdout.trimEnd().split('\n');
-    expect(lines[0]).toMatch(/^ID\s+SCOPE\s+TOKEN\s+APP\s+TENANT\s+CREATED\s+LAST USED$/);
+    expect(lines[0]).toMatch(/^ID\s+SCOPE\s+TOKEN\s+APP\s+TENANT\s+CREATED\s+LAST USED\s+RATE LIMIT$/);
     expect(lines).toHaveLength(3);
     expect(table.stdout).toContain(`app-${MASK}`);
     expect(table.stdout).toContain(`dataset-${MASK}`);
@@ -162,10 +162,47 @@ describe('token command line', () => {
     expect(await tokens.list({ appId: DEMO_APP_ID })).toHaveLength(1);
   });
 
+  it('create --rate-limit, list shows the limit, rate-limit --set / --clear change it on the running demo', async () => {
+    const appId = randomUUID();
+    const created = await cli(['create', '--scope', 'app', '--app-id', appId, '--rate-limit', '100/1m']);
+    expect(created.code).toBe(0);
+    const token = created.stdout.trim();
+    const [json, table] = await Promise.all([cli(['list', '--json', '--app-id', appId]), cli(['list', '--app-id', appId])]);
+    const [row] = JSON.parse(json.stdout) as { id: string; rateLimit: unknown }[];
+    expect(row.rateLimit).toEqual({ limit: 100, windowSeconds: 60 });
+    expect(table.stdout).toMatch(/RATE LIMIT\n.*\s100\/60s\n$/);
+    const first = await whoami(token);
+    expect({ status: first.status, policy: first.headers['ratelimit-policy'] }).toEqual({ status: 200, policy: '"token";q=100;w=60' });
+    const limitOf = async () => (await app.get(ApiTokenService).list({ appId }))[0].rateLimit;
+
+    const set = await cli(['rate-limit', '-', '--set', '2/1h'], `${token}\n`);
+    expect(set).toMatchObject({ code: 0, stdout: `Set ${row.id} (app): rate limit 2/3600s\n` });
+    expect(await limitOf()).toEqual({ limit: 2, windowSeconds: 3600 });
+    await until('the demo applies the new limit', async () => (await whoami(token)).headers['ratelimit-policy'] === '"token";q=2;w=3600');
+
+    expect(await cli(['rate-limit', '--id', row.id, '--clear'])).toMatchObject({ code: 0, stdout: `Set ${row.id} (app): rate limit removed\n` });
+    expect(await limitOf()).toBeNull();
+    await until('the demo drops the limit', async () => (await whoami(token)).headers['ratelimit-policy'] === undefined);
+
+    const bad: [string[], string, number][] = [
+      [['create', '--scope', 'app', '--rate-limit', '5/2d'], '--rate-limit must be <limit>/<n>s|m|h|d', 2],
+      [['rate-limit', token, '--set', '5/1m', '--clear'], 'give either --set <limit/window> or --clear', 2],
+      [['rate-limit', '--set', '5/1m'], 'give a token (or "-" to read it from stdin) or --id', 2],
+      [['rate-limit', generateApiToken('app'), '--clear'], 'no token matched; nothing changed', 1],
+    ];
+    const results = await Promise.all(bad.map(([args]) => cli(args)));
+    for (const [i, [args, message, code]] of bad.entries()) {
+      expect({ args, code: results[i].code, stdout: results[i].stdout }).toEqual({ args, code, stdout: '' });
+      expect(results[i].stderr).toContain(message);
+      expect(results[i].stderr).not.toContain(token.slice(4));
+      expect(results[i].stderr).not.toContain('5/2d');
+    }
+  }, 180_000);
+
   it('--help describes every command and exits 0', async () => {
     const result = await cli(['--help']);
     expect(result.code).toBe(0);
-    for (const command of ['create', 'list', 'revoke', 'invalidate-tenant']) expect(result.stdout).toContain(command);
+    for (const command of ['create', 'list', 'revoke', 'rate-limit', 'invalidate-tenant']) expect(result.stdout).toContain(command);
     const sub = await cli(['create', '--help']);
     expect(sub.code).toBe(0);
     expect(sub.stdout).toContain('--scope <scope>');

@@ -5,6 +5,8 @@ export const LOCK_KEY_PREFIX = 'api_token_query_lock';
 export const TENANT_INDEX_PREFIX = 'tenant_tokens';
 /** Not in Dify: changes whenever a token is created or revoked, so a cache fill that overlapped it backs off. */
 export const GENERATION_KEY_PREFIX = 'api_token_generation';
+/** Not in Dify: the request count of a rate-limited token in one fixed window. */
+export const RATE_KEY_PREFIX = 'api_token_rate';
 /** Seconds an `api_token_active:*` key lives (Dify). */
 export const ACTIVE_KEY_TTL_SECONDS = 3600;
 /** The scope segment used when a lookup has no scope. */
@@ -24,6 +26,13 @@ export const lockKey = (scope: string | null | undefined, token: string): string
 export const tenantIndexKey = (tenantId: string): string => `${TENANT_INDEX_PREFIX}:${tenantId}`;
 
 export const generationKey = (token: string): string => `${GENERATION_KEY_PREFIX}:${token}`;
+
+/**
+ * `api_token_rate:{scope}:{tokenId}:{windowSeconds}:{window}`: the token's id, never the token; the
+ * window's length is part of the key, so a changed limit never shares a count with the old one.
+ */
+export const rateKey = (scope: string | null | undefined, tokenId: string, windowSeconds: number, window: number): string =>
+  `${RATE_KEY_PREFIX}:${scopeOf(scope)}:${tokenId}:${windowSeconds}:${window}`;
 
 /** Escapes a literal for a Redis glob pattern (`*`, `?`, `[`, `]`, `\`), so a token never widens a MATCH. */
 export const escapeGlob = (literal: string): string => literal.replace(/[*?[\]\\]/g, '\\$&');

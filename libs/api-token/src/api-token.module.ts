@@ -13,6 +13,7 @@ import { ApiTokenInvalidationService } from './cache/cache-invalidation.service'
 import { ApiTokenService } from './tokens/api-token.service';
 import { ApiTokenMetrics } from './metrics/api-token.metrics';
 import { ApiTokenHealthIndicator } from './metrics/api-token.health';
+import { ApiTokenRateLimiter } from './limits/rate-limiter.service';
 
 const services = [
   ApiTokenAuthenticator,
@@ -26,6 +27,7 @@ const services = [
   ApiTokenInvalidationService,
   ApiTokenMetrics,
   ApiTokenHealthIndicator,
+  ApiTokenRateLimiter,
 ];
 
 /**

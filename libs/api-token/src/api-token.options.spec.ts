@@ -32,6 +32,11 @@ describe('resolveApiTokenOptions', () => {
     [{ tokenPattern: /^[a-z0-9:]+$/ }, /tokenPattern.*hashed/],
     [{ errorFormat: 'Dify' as unknown as 'dify' }, /errorFormat.*"nest" or "dify"/],
     [{ flushCron: 'every minute' }, /flushCron/],
+    [{ defaultRateLimit: { limit: 0, windowSeconds: 60 } }, /defaultRateLimit/],
+    [{ defaultRateLimit: { limit: 10 } as never }, /defaultRateLimit/],
+    [{ rateLimitMode: 'strict' as never }, /rateLimitMode.*"approximate" or "exact"/],
+    [{ rateLimitWhenRedisDown: 'maybe' as never }, /rateLimitWhenRedisDown.*"open" or "closed"/],
+    [{ rateLimitSyncIntervalMs: 0 }, /rateLimitSyncIntervalMs.*>= 1/],
   ])('refuses %p with an ApiTokenInputError naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);
     expect(() => resolveApiTokenOptions(options)).toThrow(ApiTokenInputError);
@@ -42,6 +47,13 @@ describe('resolveApiTokenOptions', () => {
       expect(resolveApiTokenOptions({ tokenPattern }).tokenPattern).toBe(tokenPattern);
     }
     expect(resolveApiTokenOptions({ cacheTtlSeconds: 5, localCacheTtlMs: 5_000 }).localCacheTtlMs).toBe(5_000);
+  });
+
+  it('takes a default rate limit as a copy', () => {
+    const given = { limit: 100, windowSeconds: 60 };
+    const { defaultRateLimit } = resolveApiTokenOptions({ defaultRateLimit: given });
+    expect(defaultRateLimit).toEqual(given);
+    expect(defaultRateLimit).not.toBe(given);
   });
 
   it('accepts the shapes Dify generates and refuses what cannot be a token', () => {

@@ -1,6 +1,8 @@
 import { ApiTokenInputError } from './api-token.errors';
 import { assertFlushCron, DEFAULT_FLUSH_CRON } from './usage/flush.schedule';
 import { HASHED_TOKEN_PREFIX } from './tokens/token.hash';
+import { checkRateLimitPolicy } from './limits/rate-limit.policy';
+import type { RateLimitPolicy } from './store/api-token.record';
 
 /** Options of {@link ApiTokenModule}; every field has a default. */
 export interface ApiTokenModuleOptions {
@@ -55,6 +57,23 @@ export interface ApiTokenModuleOptions {
    * `WWW-Authenticate: Bearer realm="api"`, for clients written against Dify. Default `'nest'`.
    */
   errorFormat?: ApiTokenErrorFormat;
+  /** The rate limit of tokens that have none of their own (`{ limit, windowSeconds }`), or null for none. Default null. */
+  defaultRateLimit?: RateLimitPolicy | null;
+  /**
+   * How rate limits are counted across instances. `approximate`: each instance counts locally and adds
+   * its count to Redis every `rateLimitSyncIntervalMs` (a hot token costs next to no Redis command; a
+   * window may let a bounded number of requests past the limit, see the README). `exact`: one Redis
+   * round trip per request of a limited token, never more than the limit per window. Default `approximate`.
+   */
+  rateLimitMode?: 'approximate' | 'exact';
+  /** Milliseconds between two reconciliations of one token's count with Redis, per instance (approximate mode). Default 100. */
+  rateLimitSyncIntervalMs?: number;
+  /**
+   * What a rate-limited token gets while Redis does not answer: `open` counts its requests per
+   * instance (each instance allows the limit), `closed` answers 503 with `Retry-After`. Tokens without
+   * a limit are not affected. Default `open`.
+   */
+  rateLimitWhenRedisDown?: 'open' | 'closed';
 }
 
 /** The shapes the module's refusals can take (see {@link ApiTokenModuleOptions.errorFormat}). */
@@ -86,6 +105,10 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   flushCron: DEFAULT_FLUSH_CRON,
   flushPageSize: 1_000,
   errorFormat: 'nest',
+  defaultRateLimit: null,
+  rateLimitMode: 'approximate',
+  rateLimitSyncIntervalMs: 100,
+  rateLimitWhenRedisDown: 'open',
 };
 
 const DAY_SECONDS = 86_400;
@@ -109,6 +132,7 @@ const INTEGER_RANGES: Partial<Record<keyof ApiTokenModuleOptions, [min: number, 
   redisCommandTimeoutMs: [1, MINUTE_MS],
   redisCooldownMs: [0, MINUTE_MS],
   flushPageSize: [1, 50_000],
+  rateLimitSyncIntervalMs: [1, MINUTE_MS],
 };
 
 /** Applies defaults and refuses values that cannot work, naming the option. */
@@ -124,10 +148,17 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
     throw new ApiTokenInputError('ApiTokenModule: option "hashTokens" must be a boolean');
   }
   assertFlushCron(resolved.flushCron);
-  if (!ERROR_FORMATS.includes(resolved.errorFormat)) {
-    throw new ApiTokenInputError('ApiTokenModule: option "errorFormat" must be "nest" or "dify"');
-  }
+  assertOneOf('errorFormat', resolved.errorFormat, ERROR_FORMATS);
+  resolved.defaultRateLimit = checkRateLimitPolicy(resolved.defaultRateLimit, 'ApiTokenModule: option "defaultRateLimit"');
+  assertOneOf('rateLimitMode', resolved.rateLimitMode, ['approximate', 'exact']);
+  assertOneOf('rateLimitWhenRedisDown', resolved.rateLimitWhenRedisDown, ['open', 'closed']);
   return resolved;
+}
+
+function assertOneOf(name: string, value: unknown, allowed: readonly string[]): void {
+  if (!allowed.includes(value as string)) {
+    throw new ApiTokenInputError(`ApiTokenModule: option "${name}" must be ${allowed.map((a) => `"${a}"`).join(' or ')}`);
+  }
 }
 
 function assertInteger(name: string, value: unknown, min: number, max: number): void {

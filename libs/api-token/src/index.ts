@@ -20,6 +20,7 @@ export {
 export {
   type ApiTokenRecord,
   type AuthenticatedApiToken,
+  type RateLimitPolicy,
   formatNaiveUtc,
   parseRecord,
   serializeRecord,
@@ -42,6 +43,7 @@ export { TOKEN_RANDOM_LENGTH, generateApiToken } from './tokens/token.generator'
 export { hashToken, storedToken } from './tokens/token.hash';
 export { SCOPE_RULE, isScope } from './tokens/token.scope';
 export {
+  type ApiTokenRateLimitChange,
   type ApiTokenRevocation,
   ApiTokenService,
   type ApiTokenSummary,
@@ -51,6 +53,7 @@ export {
   type TenantInvalidation,
   isUuid,
 } from './tokens/api-token.service';
+export { RATE_LIMIT_ERRORS } from './limits/rate-limit.errors';
 export { ApiTokenInvalidationService, INVALIDATION_CHANNEL, invalidationChannel } from './cache/cache-invalidation.service';
 export {
   type ApiTokenMetricsSnapshot,

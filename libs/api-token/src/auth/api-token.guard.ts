@@ -13,6 +13,7 @@ import { ApiTokenStoreError } from '../api-token.errors';
 import { checkScope } from '../tokens/token.scope';
 import { hasRepeatedAuthorization } from './authorization.header';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
+import { ApiTokenRateLimiter } from '../limits/rate-limiter.service';
 import { type ApiTokenRecord, type AuthenticatedApiToken, toAuthenticated } from '../store/api-token.record';
 
 /** Messages of the 401 answers, word for word Dify's. */
@@ -55,8 +56,8 @@ const guards = new Map<string, Type<CanActivate>>();
  * A guard that lets a request through only with a valid API token of `scope`:
  * `@UseGuards(ApiTokenGuard('app'))`. The token's identity is then on `request.apiToken`
  * (see {@link CurrentApiToken}). Refusals are 401 with `WWW-Authenticate: Bearer`; when the token
- * store cannot answer for an uncached token, 503 with `Retry-After`; bodies in the shape of the
- * `errorFormat` option.
+ * store cannot answer for an uncached token, 503 with `Retry-After`; a token over its rate limit
+ * gets 429 ({@link ApiTokenRateLimiter}). Bodies in the shape of the `errorFormat` option.
  */
 export function ApiTokenGuard(scope: string): Type<CanActivate> {
   let guard = guards.get(scope);
@@ -73,6 +74,7 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
     constructor(
       private readonly authenticator: ApiTokenAuthenticator,
       private readonly refusals: ApiTokenRefusals,
+      private readonly limiter: ApiTokenRateLimiter,
       @Optional() private readonly metrics?: ApiTokenMetrics,
     ) {
       // The guard's scope takes its metrics label first, and shows at 0 before any request.
@@ -102,9 +104,11 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
       );
     }
 
-    private admit(request: Partial<ApiTokenRequest>, response: unknown, record: ApiTokenRecord | null): true {
+    private admit(request: Partial<ApiTokenRequest>, response: unknown, record: ApiTokenRecord | null): true | Promise<true> {
       if (!record) throw this.unauthorized(response, API_TOKEN_ERRORS.invalidToken);
       request.apiToken = toAuthenticated(record);
+      // A token without a limit (and no default) pays this one check and nothing else.
+      if (record.rateLimit || this.limiter.defaultRateLimit) return this.limiter.enforce(scope, record, response);
       return true;
     }
 

@@ -7,6 +7,7 @@ import { ApiTokenModule } from '../api-token.module';
 import { type ApiTokenStoresEnv, readStoresEnv } from '../env/stores.env';
 import { storeModules } from '../env/stores.modules';
 import { ApiTokenStartupLogger, describeDatabaseFailure } from '../env/stores.startup';
+import type { RateLimitPolicy } from '../store/api-token.record';
 import { ApiTokenService, isUuid, type ApiTokenSummary } from '../tokens/api-token.service';
 import { SCOPE_RULE, isScope } from '../tokens/token.scope';
 
@@ -86,6 +87,25 @@ function describe(error: unknown): string {
   return code && !error.message.includes(code) ? `${error.message} (${code})` : error.message;
 }
 
+const RATE_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 };
+
+/**
+ * `<limit>/<n>s|m|h|d` (`100/1m`: 100 requests a minute; the window at most a day) as a policy, or
+ * undefined when absent. Checked here rather than as a commander argument parser, whose error would
+ * quote the value.
+ */
+function rateLimit(value: string | undefined, option: string): RateLimitPolicy | undefined {
+  if (value === undefined) return undefined;
+  const match = /^(\d{1,10})\/(\d{1,5})([smhd])$/.exec(value);
+  const policy = match && { limit: Number(match[1]), windowSeconds: Number(match[2]) * RATE_UNITS[match[3]] };
+  if (!policy || policy.limit < 1 || policy.limit > 2 ** 31 - 1 || policy.windowSeconds < 1 || policy.windowSeconds > 86_400) {
+    throw new CliError(`${option} must be <limit>/<n>s|m|h|d, e.g. 100/1m: a limit of 1 to 2147483647 per 1 s to 1 d`, EXIT.usage);
+  }
+  return policy;
+}
+
+const formatRateLimit = (policy: RateLimitPolicy | null): string => (policy ? `${policy.limit}/${policy.windowSeconds}s` : '-');
+
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
@@ -93,8 +113,10 @@ async function readStdin(): Promise<string> {
 }
 
 function table(rows: ApiTokenSummary[]): string {
-  const head = ['ID', 'SCOPE', 'TOKEN', 'APP', 'TENANT', 'CREATED', 'LAST USED'];
-  const body = rows.map((t) => [t.id, t.type, t.maskedToken, t.appId ?? '-', t.tenantId ?? '-', t.createdAt ?? '-', t.lastUsedAt ?? '-']);
+  const head = ['ID', 'SCOPE', 'TOKEN', 'APP', 'TENANT', 'CREATED', 'LAST USED', 'RATE LIMIT'];
+  const body = rows.map((t) => [
+    t.id, t.type, t.maskedToken, t.appId ?? '-', t.tenantId ?? '-', t.createdAt ?? '-', t.lastUsedAt ?? '-', formatRateLimit(t.rateLimit),
+  ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => r[i].length)));
   return [head, ...body].map((r) => r.map((cell, i) => cell.padEnd(widths[i])).join('  ').trimEnd()).join('\n') + '\n';
 }
@@ -121,8 +143,12 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
     .option('--app-id <uuid>', 'app the token belongs to', uuid)
     .option('--tenant-id <uuid>', 'tenant the token belongs to', uuid)
     .option('--prefix <prefix>', 'text before the "-" (default: app, dataset, or the scope)')
-    .action(async (opts: { scope: string; appId?: string; tenantId?: string; prefix?: string }) => {
-      const created = await withTokens((tokens) => tokens.create({ scope: opts.scope, appId: opts.appId, tenantId: opts.tenantId, prefix: opts.prefix }));
+    .option('--rate-limit <limit/window>', 'at most <limit> requests per window, on every instance: 100/1m, 10/30s, 5000/1h')
+    .action(async (opts: { scope: string; appId?: string; tenantId?: string; prefix?: string; rateLimit?: string }) => {
+      const limit = rateLimit(opts.rateLimit, '--rate-limit');
+      const created = await withTokens((tokens) =>
+        tokens.create({ scope: opts.scope, appId: opts.appId, tenantId: opts.tenantId, prefix: opts.prefix, rateLimit: limit }),
+      );
       out(`${created.token}\n`);
     });
 
@@ -156,6 +182,27 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
       const ids = result.revoked.map((t) => `${t.id} (${t.type})`).join(', ');
       if (!result.cacheCleared) cacheNotCleared(`revoked ${ids} in the database${value === undefined ? ' (to run again, give the token, not --id)' : ''}`);
       out(`Revoked ${ids}\n`);
+    });
+
+  program
+    .command('rate-limit')
+    .description('set (--set) or remove (--clear) the rate limit of a token, by the token ("-" reads it from stdin) or by --id; every instance applies it at once')
+    .argument('[token]', 'the token, or "-" to read it from stdin')
+    .option('--id <uuid>', 'the token with this id instead', uuid)
+    .option('--set <limit/window>', 'at most <limit> requests per window: 100/1m, 10/30s, 5000/1h')
+    .option('--clear', 'remove the limit (the module\'s default limit, if any, then applies)')
+    .action(async (token: string | undefined, opts: { id?: string; set?: string; clear?: boolean }) => {
+      if (token === undefined && opts.id === undefined) throw new CliError('give a token (or "-" to read it from stdin) or --id', EXIT.usage);
+      if (token !== undefined && opts.id !== undefined) throw new CliError('give a token or --id, not both', EXIT.usage);
+      if ((opts.set === undefined) === (opts.clear === undefined)) throw new CliError('give either --set <limit/window> or --clear', EXIT.usage);
+      const policy = rateLimit(opts.set, '--set') ?? null;
+      const value = token === '-' ? await readStdin() : token;
+      if (value !== undefined && !value) throw new CliError('no token on stdin', EXIT.usage);
+      const result = await withTokens((tokens) => tokens.setRateLimit(value ?? { id: opts.id! }, policy));
+      if (!result.updated) throw new CliError('no token matched; nothing changed');
+      const what = `${result.updated.id} (${result.updated.type}): rate limit ${policy ? formatRateLimit(policy) : 'removed'}`;
+      if (!result.cacheCleared) cacheNotCleared(`set ${what} in the database`);
+      out(`Set ${what}\n`);
     });
 
   program

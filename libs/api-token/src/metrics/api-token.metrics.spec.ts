@@ -107,7 +107,7 @@ describe('ApiTokenMetrics', () => {
     const { invalidation, usage } = metrics.snapshot();
     expect(invalidation.revocations).toEqual({ revoked: 1, not_found: 1 });
     expect(invalidation.tenantInvalidations).toBe(1);
-    expect(invalidation.failures).toEqual({ create: 0, revoke: 1, tenant: 0 });
+    expect(invalidation.failures).toEqual({ create: 0, revoke: 1, policy: 0, tenant: 0 });
     expect(usage.dropped).toBe(4);
   });
 

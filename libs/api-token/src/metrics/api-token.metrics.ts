@@ -21,8 +21,8 @@ export type RedisFallbackReason = (typeof REDIS_FALLBACK_REASONS)[number];
 export const FLUSH_OUTCOMES = ['completed', 'stopped', 'failed', 'skipped'] as const;
 export type FlushOutcome = (typeof FLUSH_OUTCOMES)[number];
 
-/** What dropped cache entries in Redis: a token's creation, its revocation, or a tenant invalidation. */
-export const INVALIDATION_KINDS = ['create', 'revoke', 'tenant'] as const;
+/** What dropped cache entries in Redis: a token's creation, its revocation, a change of its policy (rate limit), or a tenant invalidation. */
+export const INVALIDATION_KINDS = ['create', 'revoke', 'policy', 'tenant'] as const;
 export type InvalidationKind = (typeof INVALIDATION_KINDS)[number];
 
 /** Values read from the services when a snapshot is taken, rather than counted. */
@@ -76,6 +76,10 @@ export class ScopeCounters {
   lockTimeouts = 0;
   /** Authentications that failed because the database did not answer (the guard answers 503). */
   unavailable = 0;
+  /** Requests refused with 429: over their token's rate limit. */
+  rateLimited = 0;
+  /** Requests of rate-limited tokens refused with 503: Redis did not answer and `rateLimitWhenRedisDown` is `closed`. */
+  rateLimitUnavailable = 0;
 }
 
 /** One scope's counters in a snapshot. */
@@ -86,6 +90,8 @@ export interface ScopeMetricsSnapshot {
   lockWaits: number;
   lockTimeouts: number;
   unavailable: number;
+  rateLimited: number;
+  rateLimitUnavailable: number;
 }
 
 /** A duration histogram in a snapshot: cumulative counts per upper bound, as Prometheus has them. */

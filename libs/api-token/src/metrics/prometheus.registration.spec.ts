@@ -33,6 +33,15 @@ describe('registerApiTokenMetrics', () => {
     expect(sample(second, 'api_token_lookups_total', 'scope="app",outcome="miss"')).toBe(0);
   });
 
+  it('counts rate-limited requests per scope', async () => {
+    metrics.scope('app').rateLimited += 2;
+    metrics.scope('dataset').rateLimitUnavailable++;
+    const text = await registry.metrics();
+    expect(sample(text, 'api_token_rate_limited_total', 'scope="app"')).toBe(2);
+    expect(sample(text, 'api_token_rate_limited_total', 'scope="dataset"')).toBe(0);
+    expect(sample(text, 'api_token_rate_limit_unavailable_total', 'scope="dataset"')).toBe(1);
+  });
+
   it('exports the histograms with cumulative buckets, +Inf, _sum and _count', async () => {
     metrics.databaseLookup('app', 'found', 0.003);
     metrics.databaseLookup('app', 'found', 0.2);

@@ -68,6 +68,18 @@ export const API_TOKEN_COUNTERS: readonly Family[] = [
     samples: byScope((c) => c.unavailable),
   },
   {
+    name: 'api_token_rate_limited_total',
+    help: "Requests refused with 429 because their token's rate limit was reached.",
+    labelNames: ['scope'],
+    samples: byScope((c) => c.rateLimited),
+  },
+  {
+    name: 'api_token_rate_limit_unavailable_total',
+    help: 'Requests of rate-limited tokens refused with 503 because Redis did not answer (rateLimitWhenRedisDown: closed).',
+    labelNames: ['scope'],
+    samples: byScope((c) => c.rateLimitUnavailable),
+  },
+  {
     name: 'api_token_redis_fallbacks_total',
     help: 'Redis calls that yielded nothing and were carried on without, by operation and reason (skipped, failed, error_reply).',
     labelNames: ['operation', 'reason'],

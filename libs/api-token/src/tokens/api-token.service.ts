@@ -8,7 +8,8 @@ import { storedToken } from './token.hash';
 import { cacheKey } from '../api-token.keys';
 import { checkScope } from './token.scope';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
-import type { ApiTokenRecord } from '../store/api-token.record';
+import type { ApiTokenRecord, RateLimitPolicy } from '../store/api-token.record';
+import { checkRateLimitPolicy } from '../limits/rate-limit.policy';
 import { ApiTokenRedisService } from '../redis/redis-access.service';
 import { ApiTokenRepository } from '../store/api-token.repository';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
@@ -23,6 +24,8 @@ export interface CreateApiTokenInput {
   tenantId?: string | null;
   /** What comes before the `-`: `app` for scope app, `dataset` for dataset, else the scope itself. */
   prefix?: string;
+  /** At most `limit` requests per `windowSeconds` (1 s to 1 day) for this token, on every instance; none when absent. */
+  rateLimit?: RateLimitPolicy | null;
 }
 
 /** Filters of {@link ApiTokenService.list}; all optional. */
@@ -44,6 +47,8 @@ export interface ApiTokenSummary {
   lastUsedAt: string | null;
   /** Naive UTC ISO-8601. */
   createdAt: string | null;
+  /** The token's own rate limit, or null (the module's `defaultRateLimit`, if any, then applies). */
+  rateLimit: RateLimitPolicy | null;
 }
 
 /** A new token: its summary and, this once, the token itself. */
@@ -59,6 +64,17 @@ export interface ApiTokenRevocation {
    * False when Redis did not answer during the invalidation. This process then tries again every
    * second until Redis answers; a process that ends before that (the CLI) should revoke again once
    * Redis is back, or cached entries may outlive the row up to `cacheTtlSeconds`.
+   */
+  cacheCleared: boolean;
+}
+
+/** The outcome of a change of a token's rate limit. */
+export interface ApiTokenRateLimitChange {
+  /** The token with its new limit, or null when no token matched (nothing changed). */
+  updated: ApiTokenSummary | null;
+  /**
+   * False when Redis did not answer while the token's cache entries were dropped: instances may apply
+   * the old limit until the entries expire. This process tries again every second, like a revocation.
    */
   cacheCleared: boolean;
 }
@@ -118,6 +134,7 @@ export class ApiTokenService implements OnApplicationShutdown {
     const scope = checkScope(input?.scope, 'ApiTokenService: "scope"');
     const appId = checkUuid(input.appId, 'appId');
     const tenantId = checkUuid(input.tenantId, 'tenantId');
+    const rateLimit = checkRateLimitPolicy(input.rateLimit, 'ApiTokenService.create: "rateLimit"');
     const prefix = input.prefix ?? DEFAULT_PREFIXES[scope] ?? scope;
     if (typeof prefix !== 'string' || !PREFIX.test(prefix)) {
       throw new ApiTokenInputError('ApiTokenService.create: "prefix" must be a letter then up to 31 letters, digits, "_", "." or "-"');
@@ -129,7 +146,7 @@ export class ApiTokenService implements OnApplicationShutdown {
       const token = generateApiToken(prefix);
       const stored = storedToken(token, this.options);
       if (await this.repository.exists(stored)) continue;
-      const record = await this.repository.insert({ token: stored, type: scope, appId, tenantId });
+      const record = await this.repository.insert({ token: stored, type: scope, appId, tenantId, rateLimit });
       await this.cache.bumpGeneration(stored, randomUUID());
       await this.cache.deleteKeys([cacheKey(scope, stored), cacheKey(null, stored)]);
       if (this.redis.isDown) this.metrics?.invalidationFailed('create');
@@ -165,6 +182,35 @@ export class ApiTokenService implements OnApplicationShutdown {
     const row = await this.repository.deleteById(uuid);
     this.metrics?.revocation(row !== null);
     return row ? this.invalidate(row.token, [row]) : { revoked: [], cacheCleared: true };
+  }
+
+  /**
+   * Sets (a policy) or removes (null) a token's own rate limit, given the token or `{ id }`. Every
+   * instance applies it from its next request: the token's cache entries are dropped in Redis and in
+   * every in-process cache, as a revocation does, and the row stays. Throws ApiTokenInputError on bad input.
+   */
+  async setRateLimit(target: string | { id: string }, rateLimit: RateLimitPolicy | null): Promise<ApiTokenRateLimitChange> {
+    const policy = checkRateLimitPolicy(rateLimit, 'ApiTokenService.setRateLimit: the rate limit');
+    if (rateLimit === undefined) throw new ApiTokenInputError('ApiTokenService.setRateLimit: give a rate limit, or null to remove it');
+    let id: string | null;
+    if (typeof target === 'string') {
+      if (target.length === 0 || target.length > MAX_TOKEN_LENGTH) {
+        throw new ApiTokenInputError(`ApiTokenService.setRateLimit: the token must be a string of 1 to ${MAX_TOKEN_LENGTH} characters`);
+      }
+      id = (await this.repository.findByToken(storedToken(target, this.options), null))?.id ?? null;
+    } else {
+      id = checkUuid(target?.id, 'id');
+      if (!id) throw new ApiTokenInputError('ApiTokenService.setRateLimit: "id" must be a UUID');
+    }
+    const record = id === null ? null : await this.repository.setPolicy(id, { rateLimit: policy });
+    if (!record) return { updated: null, cacheCleared: true };
+    const scopes = [null, record.type];
+    const cacheCleared = await this.clearCache(record.token, scopes);
+    if (!cacheCleared) {
+      this.metrics?.invalidationFailed('policy');
+      this.retryLater(record.token, scopes);
+    }
+    return { updated: this.summarize(record), cacheCleared };
   }
 
   /** Drops every cached entry of a tenant, and its index, on every instance; the tokens stay valid. */
@@ -247,6 +293,7 @@ export class ApiTokenService implements OnApplicationShutdown {
       maskedToken: this.maskToken(record.token),
       lastUsedAt: record.lastUsedAt,
       createdAt: record.createdAt,
+      rateLimit: record.rateLimit ?? null,
     };
   }
 }
