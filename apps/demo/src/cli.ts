@@ -1,4 +1,4 @@
-import { ApiTokenModule, ApiTokenService, isUuid, type ApiTokenSummary } from 'nestjs-api-token';
+import { ApiTokenModule, ApiTokenService, isUuid, toNaiveUtc, type ApiTokenSummary } from 'nestjs-api-token';
 import { ConsoleLogger, type DynamicModule, type INestApplicationContext, type LogLevel, Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
@@ -68,6 +68,30 @@ function describe(error: unknown): string {
   return typeof code === 'string' && !error.message.includes(code) ? `${error.message} (${code})` : error.message;
 }
 
+const DURATION = /^(\d{1,10})([smhd])$/;
+const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 };
+
+/** Seconds in a duration `<n>s|m|h|d`; a usage error naming the option (never its value) when it is not one. */
+function durationSeconds(value: string, option: string): number {
+  const match = DURATION.exec(value);
+  if (!match) throw new CliError(`${option} must be a whole number followed by s, m, h or d (e.g. 90d)`, EXIT.usage);
+  return Number(match[1]) * DURATION_UNITS[match[2]];
+}
+
+/** An ISO-8601 datetime; one without an offset is UTC, like every time in the table. */
+function isoDate(value: string, option: string): Date {
+  const naive = toNaiveUtc(value);
+  if (!naive) throw new CliError(`${option} must be an ISO-8601 date and time (UTC unless it has an offset), e.g. 2027-01-31T00:00:00Z`, EXIT.usage);
+  return new Date(`${naive.slice(0, 23)}Z`);
+}
+
+/** A token given as an argument, or read from stdin for `-` (keeping it out of the shell history). */
+async function tokenArgument(token: string): Promise<string> {
+  const value = token === '-' ? await readStdin() : token;
+  if (!value) throw new CliError('no token on stdin', EXIT.usage);
+  return value;
+}
+
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
@@ -75,8 +99,8 @@ async function readStdin(): Promise<string> {
 }
 
 function table(rows: ApiTokenSummary[]): string {
-  const head = ['ID', 'SCOPE', 'TOKEN', 'APP', 'TENANT', 'CREATED', 'LAST USED'];
-  const body = rows.map((t) => [t.id, t.type, t.maskedToken, t.appId ?? '-', t.tenantId ?? '-', t.createdAt ?? '-', t.lastUsedAt ?? '-']);
+  const head = ['ID', 'SCOPE', 'TOKEN', 'APP', 'TENANT', 'CREATED', 'LAST USED', 'EXPIRES'];
+  const body = rows.map((t) => [t.id, t.type, t.maskedToken, t.appId ?? '-', t.tenantId ?? '-', t.createdAt ?? '-', t.lastUsedAt ?? '-', t.expiresAt ?? '-']);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => r[i].length)));
   return [head, ...body].map((r) => r.map((cell, i) => cell.padEnd(widths[i])).join('  ').trimEnd()).join('\n') + '\n';
 }
@@ -102,8 +126,15 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
     .option('--app-id <uuid>', 'app the token belongs to', uuid)
     .option('--tenant-id <uuid>', 'tenant the token belongs to', uuid)
     .option('--prefix <prefix>', 'text before the "-" (default: app, dataset, or the scope)')
-    .action(async (opts: { scope: string; appId?: string; tenantId?: string; prefix?: string }) => {
-      const created = await withTokens((tokens) => tokens.create({ scope: opts.scope, appId: opts.appId, tenantId: opts.tenantId, prefix: opts.prefix }));
+    .option('--expires-in <duration>', 'the token stops working after this long: a number and s, m, h or d (e.g. 90d)')
+    .option('--expires-at <iso>', 'the token stops working at this time (ISO-8601, UTC unless it has an offset)')
+    .action(async (opts: { scope: string; appId?: string; tenantId?: string; prefix?: string; expiresIn?: string; expiresAt?: string }) => {
+      if (opts.expiresIn !== undefined && opts.expiresAt !== undefined) throw new CliError('give --expires-in or --expires-at, not both', EXIT.usage);
+      const expiresInSeconds = opts.expiresIn === undefined ? undefined : durationSeconds(opts.expiresIn, '--expires-in');
+      const expiresAt = opts.expiresAt === undefined ? undefined : isoDate(opts.expiresAt, '--expires-at');
+      const created = await withTokens((tokens) =>
+        tokens.create({ scope: opts.scope, appId: opts.appId, tenantId: opts.tenantId, prefix: opts.prefix, expiresInSeconds, expiresAt }),
+      );
       out(`${created.token}\n`);
     });
 
@@ -137,6 +168,24 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
       const ids = result.revoked.map((t) => `${t.id} (${t.type})`).join(', ');
       if (!result.cacheCleared) cacheNotCleared(`revoked ${ids} in the database${value === undefined ? ' (to run again, give the token, not --id)' : ''}`);
       out(`Revoked ${ids}\n`);
+    });
+
+  program
+    .command('rotate')
+    .description('replace a token: print a new one with the same scope, app, tenant and policy (and nothing else); the old one stops working after --grace')
+    .argument('<token>', 'the token, or "-" to read it from stdin')
+    .option('--grace <duration>', 'how long the old token keeps working: a number and s, m, h or d; 0s (default) revokes it at once')
+    .action(async (token: string, opts: { grace?: string }) => {
+      const graceSeconds = opts.grace === undefined ? 0 : durationSeconds(opts.grace, '--grace');
+      const value = await tokenArgument(token);
+      const result = await withTokens((tokens) => tokens.rotate(value, { graceSeconds }));
+      if (!result) throw new CliError('no valid token matched; nothing rotated');
+      if (!result.cacheCleared) {
+        process.stderr.write(
+          'warning: Redis did not answer: the old token may keep working on instances with it cached until its entries expire; revoke it once Redis is back\n',
+        );
+      }
+      out(`${result.successor.token}\n`);
     });
 
   program

@@ -10,6 +10,7 @@ import { ApiTokenUsageRecorder } from './usage/usage.recorder';
 import { ApiTokenUsageFlushService } from './usage/usage-flush.service';
 import { ApiTokenInvalidationService } from './cache/cache-invalidation.service';
 import { ApiTokenService } from './tokens/api-token.service';
+import { ApiTokenExpirySweep } from './tokens/expiry.sweep';
 import { ApiTokenMetrics } from './metrics/api-token.metrics';
 import { ApiTokenHealthIndicator } from './metrics/api-token.health';
 
@@ -21,6 +22,7 @@ const services = [
   ApiTokenUsageRecorder,
   ApiTokenUsageFlushService,
   ApiTokenService,
+  ApiTokenExpirySweep,
   ApiTokenInvalidationService,
   ApiTokenMetrics,
   ApiTokenHealthIndicator,
