@@ -41,11 +41,13 @@ export { TOKEN_RANDOM_LENGTH, generateApiToken } from './tokens/token.generator'
 export { hashToken, storedToken } from './tokens/token.hash';
 export {
   type ApiTokenRevocation,
+  type ApiTokenRotation,
   ApiTokenService,
   type ApiTokenSummary,
   type CreateApiTokenInput,
   type CreatedApiToken,
   type ListApiTokensInput,
+  type RotateApiTokenOptions,
   type TenantInvalidation,
   isUuid,
 } from './tokens/api-token.service';
