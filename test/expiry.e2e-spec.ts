@@ -5,6 +5,7 @@ import {
   ApiTokenService,
   ApiTokenUsageFlushService,
   generateApiToken,
+  hashToken,
 } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
@@ -298,5 +299,45 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
     expect(readLikeDify(JSON.stringify(missingField))).toMatchObject({ result: 'invalid', error: 'created_at: field required' });
     expect(readLikeDify(JSON.stringify({ ...extendedRaw, id: 5 }))).toMatchObject({ result: 'invalid' });
     expect(readLikeDify('null')).toEqual({ result: 'negative' });
+  });
+});
+
+describe('token expiry and rotation in hashed mode', () => {
+  let db: TestDatabase;
+  let app: INestApplication;
+  let redis: Redis;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    redis = testRedis();
+    app = await createTestApp({ databaseUrl: db.url, apiToken: { hashTokens: true, flushCron: false } });
+  });
+
+  afterAll(async () => {
+    await app?.close();
+    await clearLibraryKeys(redis);
+    redis.disconnect();
+    await db?.drop();
+  });
+
+  it('expires, rotates and sweeps by the hash, the same as in plain mode', async () => {
+    const tokens = app.get(ApiTokenService);
+    const whoami = (token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
+    const old = await tokens.create({ scope: 'app', expiresInSeconds: 3600 });
+    expect((await whoami(old.token)).status).toBe(200);
+
+    const { successor } = (await tokens.rotate(old.token, { graceSeconds: 1 }))!;
+
+    expect(successor.token).toMatch(/^app-[A-Za-z0-9]{24}$/);
+    expect(await db.query('SELECT token FROM api_tokens WHERE id = $1', [successor.id])).toEqual([{ token: hashToken(successor.token) }]);
+    expect((await whoami(old.token)).status).toBe(200);
+    const expiresAtMs = ms((await tokens.list()).find((t) => t.id === old.id)!.expiresAt);
+    await until('the old token expires', () => Date.now() >= expiresAtMs);
+    expect((await whoami(old.token)).status).toBe(401);
+    expect((await whoami(successor.token)).status).toBe(200);
+    await until("the old token expires by PostgreSQL's clock", async () => (await db.query("SELECT now() AT TIME ZONE 'UTC' >= to_timestamp($1 / 1000.0) AT TIME ZONE 'UTC' AS due", [expiresAtMs]))[0].due === true);
+    expect((await app.get(ApiTokenUsageFlushService).flushNow())!.expired).toBe(1);
+    expect((await tokens.list()).map((t) => t.id)).toEqual([successor.id]);
+    expect(await redis.exists(`api_token:app:${hashToken(old.token)}`)).toBe(0);
   });
 });

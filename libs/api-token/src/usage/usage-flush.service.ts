@@ -230,7 +230,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       }
       walk.stats.elapsedMs = Math.round(performance.now() - started);
       const { scanned, taken, updated, dropped, expired, elapsedMs } = walk.stats;
-      const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} expired=${expired} elapsed=${elapsedMs}ms`;
+      const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} elapsed=${elapsedMs}ms expired=${expired}`;
       this.metrics?.flushRan(walk.failed ? 'failed' : walk.stopped === undefined ? 'completed' : 'stopped', walk.stats);
       if (walk.failed) {
         const kept = await this.putBack(walk.unwritten);
