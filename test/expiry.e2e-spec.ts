@@ -114,9 +114,9 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
   });
 
   it('refuses an expiring token on both instances from the moment it expires, with no database query then', async () => {
-    const created = await a.get(ApiTokenService).create({ scope: 'app', expiresInSeconds: 1 });
+    const created = await a.get(ApiTokenService).create({ scope: 'app', expiresInSeconds: 2 });
     const expiresAtMs = ms(created.expiresAt);
-    for (const app of [a, b]) expectValidity(await call(app, created.token), expiresAtMs);
+    for (const app of [a, b]) expect(await status(app, created.token)).toBe(200);
     expect([local(a, created.token), local(b, created.token)]).toEqual(['hit', 'hit']);
     const expiredBefore = [expiredCount(a), expiredCount(b)];
     counter.reset();
@@ -131,10 +131,11 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
       return fromA.status === 401 && fromB.status === 401;
     });
 
-    for (const [i, seen] of answers.entries()) {
+    // Refused from the first request sent at or after the expiry, however fast the machine polls
+    // (a bound on wall time, such as 100 ms, would be a speed assertion; this is stronger).
+    for (const seen of answers) {
       for (const answer of seen) expectValidity(answer, expiresAtMs);
-      const firstRefusal = seen.find((answer) => answer.status === 401)!;
-      expect({ instance: i, refusedWithinMs: firstRefusal.sentAt - expiresAtMs <= 100 }).toEqual({ instance: i, refusedWithinMs: true });
+      expect(seen.find((answer) => answer.sentAt >= expiresAtMs)).toMatchObject({ status: 401 });
     }
     expect(counter.count()).toBe(0);
     expect([expiredCount(a) - expiredBefore[0], expiredCount(b) - expiredBefore[1]]).toEqual([1, 1]);
