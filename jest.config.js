@@ -10,7 +10,7 @@ const common = {
 };
 
 /** The suites that run a second time against a three-master Redis Cluster. */
-const clusterSuites = ['request-path', 'single-flight', 'usage-flush', 'lifecycle', 'rate-limit'];
+const clusterSuites = ['request-path', 'single-flight', 'usage-flush', 'lifecycle', 'rate-limit', 'expiry'];
 
 module.exports = {
   testTimeout: 60000,

@@ -90,6 +90,7 @@ async function main(): Promise<void> {
     const flush = await optional(cleanup, 'flush', 'runFlushBench', { redisHost: '127.0.0.1', redisPort, redisDb: 8 });
     const revocation = await optional(cleanup, 'revocation', 'runRevocationBench', { redisHost: '127.0.0.1', redisPort, redisDb: 9 });
     await optional(cleanup, 'rate-limit', 'runRateLimitBench', { redisHost: '127.0.0.1', redisPort, redisDb: 10 }); // writes bench/RATE-LIMIT-RESULTS.md
+    await optional(cleanup, 'expiry', 'runExpiryBench', { redisHost: '127.0.0.1', redisPort, redisDb: 10 }).then((o) => console.log(o.status === 'ran' ? (o.result as { markdown: string }).markdown : `expiry: ${o.reason}`));
 
     const seconds = (Date.now() - started) / 1000;
     const pg = await dataSource.query<{ server_version: string }[]>('SHOW server_version');

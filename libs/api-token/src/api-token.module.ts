@@ -11,6 +11,7 @@ import { ApiTokenUsageRecorder } from './usage/usage.recorder';
 import { ApiTokenUsageFlushService } from './usage/usage-flush.service';
 import { ApiTokenInvalidationService } from './cache/cache-invalidation.service';
 import { ApiTokenService } from './tokens/api-token.service';
+import { ApiTokenExpirySweep } from './tokens/expiry.sweep';
 import { ApiTokenMetrics } from './metrics/api-token.metrics';
 import { ApiTokenHealthIndicator } from './metrics/api-token.health';
 import { ApiTokenRateLimiter } from './limits/rate-limiter.service';
@@ -24,6 +25,7 @@ const services = [
   ApiTokenUsageRecorder,
   ApiTokenUsageFlushService,
   ApiTokenService,
+  ApiTokenExpirySweep,
   ApiTokenInvalidationService,
   ApiTokenMetrics,
   ApiTokenHealthIndicator,

@@ -45,11 +45,13 @@ export { SCOPE_RULE, isScope } from './tokens/token.scope';
 export {
   type ApiTokenRateLimitChange,
   type ApiTokenRevocation,
+  type ApiTokenRotation,
   ApiTokenService,
   type ApiTokenSummary,
   type CreateApiTokenInput,
   type CreatedApiToken,
   type ListApiTokensInput,
+  type RotateApiTokenOptions,
   type TenantInvalidation,
   isUuid,
 } from './tokens/api-token.service';

@@ -7,7 +7,7 @@ import { storedToken } from '../tokens/token.hash';
 import { cacheKey, lockKey } from '../api-token.keys';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
 import { checkScope } from '../tokens/token.scope';
-import type { ApiTokenRecord } from '../store/api-token.record';
+import { type ApiTokenRecord, isExpired } from '../store/api-token.record';
 import { ApiTokenRedisService, LOCKED } from '../redis/redis-access.service';
 import { ApiTokenRepository } from '../store/api-token.repository';
 import { ApiTokenUsageRecorder } from '../usage/usage.recorder';
@@ -59,6 +59,10 @@ export class ApiTokenAuthenticator {
     const local = this.cache.peekLocal(scope, storedToken(token, this.options));
     if (local === undefined) return undefined;
     if (local) {
+      if (isExpired(local)) {
+        counts.expired++;
+        return null;
+      }
       counts.local_hit++;
       return this.used(local, scope);
     }
@@ -73,7 +77,8 @@ export class ApiTokenAuthenticator {
       if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
       throw error;
     });
-    return record && this.used(record, scope);
+    // A record from Redis (read here, or by a lock holder this lookup waited for) may be of an expired token.
+    return record && !isExpired(record) ? this.used(record, scope) : null;
   }
 
   private used(record: ApiTokenRecord, scope: string | null): ApiTokenRecord {
@@ -97,7 +102,7 @@ export class ApiTokenAuthenticator {
     const cached = await this.cache.lookupRedis(scope, token);
     const lookups = this.metrics.scope(scope).lookups;
     if (cached.status === 'hit') {
-      lookups.redis_hit++;
+      lookups[isExpired(cached.record) ? 'expired' : 'redis_hit']++;
       return cached.record;
     }
     if (cached.status === 'negative') {
@@ -122,7 +127,9 @@ export class ApiTokenAuthenticator {
         if (again.status !== 'miss') return again.status === 'hit' ? again.record : null;
       }
       const generation = await this.cache.generation(token);
-      const record = await this.lookUp(token, scope);
+      const found = await this.lookUp(token, scope);
+      // An expired row is cached as "no such token", never as a record: Dify, reading the same Redis, ignores `expires_at`.
+      const record = found && isExpired(found) ? null : found;
       await this.cache.store(scope, token, record, epoch);
       if ((await this.cache.generation(token)) !== generation) {
         await this.cache.delete(scope, token);

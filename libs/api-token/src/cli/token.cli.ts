@@ -7,7 +7,7 @@ import { ApiTokenModule } from '../api-token.module';
 import { type ApiTokenStoresEnv, readStoresEnv } from '../env/stores.env';
 import { storeModules } from '../env/stores.modules';
 import { ApiTokenStartupLogger, describeDatabaseFailure } from '../env/stores.startup';
-import type { RateLimitPolicy } from '../store/api-token.record';
+import { type RateLimitPolicy, toNaiveUtc } from '../store/api-token.record';
 import { ApiTokenService, isUuid, type ApiTokenSummary } from '../tokens/api-token.service';
 import { SCOPE_RULE, isScope } from '../tokens/token.scope';
 
@@ -87,7 +87,29 @@ function describe(error: unknown): string {
   return code && !error.message.includes(code) ? `${error.message} (${code})` : error.message;
 }
 
-const RATE_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 };
+const DURATION = /^(\d{1,10})([smhd])$/;
+const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 };
+
+/** Seconds in a duration `<n>s|m|h|d`; a usage error naming the option (never its value) when it is not one. */
+function durationSeconds(value: string, option: string): number {
+  const match = DURATION.exec(value);
+  if (!match) throw new CliError(`${option} must be a whole number followed by s, m, h or d (e.g. 90d)`, EXIT.usage);
+  return Number(match[1]) * DURATION_UNITS[match[2]];
+}
+
+/** An ISO-8601 datetime; one without an offset is UTC, like every time in the table. */
+function isoDate(value: string, option: string): Date {
+  const naive = toNaiveUtc(value);
+  if (!naive) throw new CliError(`${option} must be an ISO-8601 date and time (UTC unless it has an offset), e.g. 2027-01-31T00:00:00Z`, EXIT.usage);
+  return new Date(`${naive.slice(0, 23)}Z`);
+}
+
+/** A token given as an argument, or read from stdin for `-` (keeping it out of the shell history). */
+async function tokenArgument(token: string): Promise<string> {
+  const value = token === '-' ? await readStdin() : token;
+  if (!value) throw new CliError('no token on stdin', EXIT.usage);
+  return value;
+}
 
 /**
  * `<limit>/<n>s|m|h|d` (`100/1m`: 100 requests a minute; the window at most a day) as a policy, or
@@ -97,7 +119,7 @@ const RATE_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86_400 };
 function rateLimit(value: string | undefined, option: string): RateLimitPolicy | undefined {
   if (value === undefined) return undefined;
   const match = /^(\d{1,10})\/(\d{1,5})([smhd])$/.exec(value);
-  const policy = match && { limit: Number(match[1]), windowSeconds: Number(match[2]) * RATE_UNITS[match[3]] };
+  const policy = match && { limit: Number(match[1]), windowSeconds: Number(match[2]) * DURATION_UNITS[match[3]] };
   if (!policy || policy.limit < 1 || policy.limit > 2 ** 31 - 1 || policy.windowSeconds < 1 || policy.windowSeconds > 86_400) {
     throw new CliError(`${option} must be <limit>/<n>s|m|h|d, e.g. 100/1m: a limit of 1 to 2147483647 per 1 s to 1 d`, EXIT.usage);
   }
@@ -113,9 +135,9 @@ async function readStdin(): Promise<string> {
 }
 
 function table(rows: ApiTokenSummary[]): string {
-  const head = ['ID', 'SCOPE', 'TOKEN', 'APP', 'TENANT', 'CREATED', 'LAST USED', 'RATE LIMIT'];
+  const head = ['ID', 'SCOPE', 'TOKEN', 'APP', 'TENANT', 'CREATED', 'LAST USED', 'EXPIRES', 'RATE LIMIT'];
   const body = rows.map((t) => [
-    t.id, t.type, t.maskedToken, t.appId ?? '-', t.tenantId ?? '-', t.createdAt ?? '-', t.lastUsedAt ?? '-', formatRateLimit(t.rateLimit),
+    t.id, t.type, t.maskedToken, t.appId ?? '-', t.tenantId ?? '-', t.createdAt ?? '-', t.lastUsedAt ?? '-', t.expiresAt ?? '-', formatRateLimit(t.rateLimit),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => r[i].length)));
   return [head, ...body].map((r) => r.map((cell, i) => cell.padEnd(widths[i])).join('  ').trimEnd()).join('\n') + '\n';
@@ -143,11 +165,16 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
     .option('--app-id <uuid>', 'app the token belongs to', uuid)
     .option('--tenant-id <uuid>', 'tenant the token belongs to', uuid)
     .option('--prefix <prefix>', 'text before the "-" (default: app, dataset, or the scope)')
+    .option('--expires-in <duration>', 'the token stops working after this long: a number and s, m, h or d (e.g. 90d)')
+    .option('--expires-at <iso>', 'the token stops working at this time (ISO-8601, UTC unless it has an offset)')
     .option('--rate-limit <limit/window>', 'at most <limit> requests per window, on every instance: 100/1m, 10/30s, 5000/1h')
-    .action(async (opts: { scope: string; appId?: string; tenantId?: string; prefix?: string; rateLimit?: string }) => {
+    .action(async (opts: { scope: string; appId?: string; tenantId?: string; prefix?: string; expiresIn?: string; expiresAt?: string; rateLimit?: string }) => {
+      if (opts.expiresIn !== undefined && opts.expiresAt !== undefined) throw new CliError('give --expires-in or --expires-at, not both', EXIT.usage);
+      const expiresInSeconds = opts.expiresIn === undefined ? undefined : durationSeconds(opts.expiresIn, '--expires-in');
+      const expiresAt = opts.expiresAt === undefined ? undefined : isoDate(opts.expiresAt, '--expires-at');
       const limit = rateLimit(opts.rateLimit, '--rate-limit');
       const created = await withTokens((tokens) =>
-        tokens.create({ scope: opts.scope, appId: opts.appId, tenantId: opts.tenantId, prefix: opts.prefix, rateLimit: limit }),
+        tokens.create({ scope: opts.scope, appId: opts.appId, tenantId: opts.tenantId, prefix: opts.prefix, expiresInSeconds, expiresAt, rateLimit: limit }),
       );
       out(`${created.token}\n`);
     });
@@ -172,8 +199,7 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
     .action(async (token: string | undefined, opts: { id?: string }) => {
       if (token === undefined && opts.id === undefined) throw new CliError('give a token (or "-" to read it from stdin) or --id', EXIT.usage);
       if (token !== undefined && opts.id !== undefined) throw new CliError('give a token or --id, not both', EXIT.usage);
-      const value = token === '-' ? await readStdin() : token;
-      if (value !== undefined && !value) throw new CliError('no token on stdin', EXIT.usage);
+      const value = token === undefined ? undefined : await tokenArgument(token);
       const result = await withTokens((tokens) => (value !== undefined ? tokens.revoke(value) : tokens.revokeById(opts.id!)));
       if (result.revoked.length === 0) {
         if (value !== undefined && result.cacheCleared) throw new CliError('no token matched; nothing revoked (its cache entries, if any, were dropped)');
@@ -196,13 +222,30 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
       if (token !== undefined && opts.id !== undefined) throw new CliError('give a token or --id, not both', EXIT.usage);
       if ((opts.set === undefined) === (opts.clear === undefined)) throw new CliError('give either --set <limit/window> or --clear', EXIT.usage);
       const policy = rateLimit(opts.set, '--set') ?? null;
-      const value = token === '-' ? await readStdin() : token;
-      if (value !== undefined && !value) throw new CliError('no token on stdin', EXIT.usage);
+      const value = token === undefined ? undefined : await tokenArgument(token);
       const result = await withTokens((tokens) => tokens.setRateLimit(value ?? { id: opts.id! }, policy));
       if (!result.updated) throw new CliError('no token matched; nothing changed');
       const what = `${result.updated.id} (${result.updated.type}): rate limit ${policy ? formatRateLimit(policy) : 'removed'}`;
       if (!result.cacheCleared) cacheNotCleared(`set ${what} in the database`);
       out(`Set ${what}\n`);
+    });
+
+  program
+    .command('rotate')
+    .description('replace a token: print a new one with the same scope, app, tenant and policy (and nothing else); the old one stops working after --grace')
+    .argument('<token>', 'the token, or "-" to read it from stdin')
+    .option('--grace <duration>', 'how long the old token keeps working: a number and s, m, h or d; 0s (default) revokes it at once')
+    .action(async (token: string, opts: { grace?: string }) => {
+      const graceSeconds = opts.grace === undefined ? 0 : durationSeconds(opts.grace, '--grace');
+      const value = await tokenArgument(token);
+      const result = await withTokens((tokens) => tokens.rotate(value, { graceSeconds }));
+      if (!result) throw new CliError('no valid token matched; nothing rotated');
+      if (!result.cacheCleared) {
+        process.stderr.write(
+          'warning: Redis did not answer: the old token may keep working on instances with it cached until its entries expire; revoke it once Redis is back\n',
+        );
+      }
+      out(`${result.successor.token}\n`);
     });
 
   program

@@ -4,9 +4,10 @@ import { ANY_SCOPE } from '../api-token.keys';
 /**
  * How one authentication ended, first step that answered: the guard refused the `Authorization`
  * header, the shape check refused the token, the in-process cache or Redis answered (a record or a
- * cached "no such token"), or both caches missed and the token was looked up.
+ * cached "no such token"), both caches missed and the token was looked up, or a cached record (in
+ * process or in Redis) was refused because its token has expired (no I/O beyond that cache read).
  */
-export const LOOKUP_OUTCOMES = ['bad_header', 'malformed', 'local_hit', 'local_negative', 'redis_hit', 'redis_negative', 'miss'] as const;
+export const LOOKUP_OUTCOMES = ['bad_header', 'malformed', 'local_hit', 'local_negative', 'redis_hit', 'redis_negative', 'miss', 'expired'] as const;
 export type LookupOutcome = (typeof LOOKUP_OUTCOMES)[number];
 
 /** The result of one database lookup on the request path. */
@@ -52,6 +53,7 @@ export class LookupCounts implements Record<LookupOutcome, number> {
   redis_hit = 0;
   redis_negative = 0;
   miss = 0;
+  expired = 0;
 }
 
 /** Database lookups of the request path by result (keys are the `result` label values). */
@@ -128,6 +130,8 @@ export interface ApiTokenMetricsSnapshot {
     dropped: number;
     /** Uses taken from Redis that neither reached the database nor went back to Redis. */
     usesLost: number;
+    /** Expired tokens the job deleted (rows and cache entries, through the revocation path). */
+    expiredRemoved: number;
     durationSeconds: TimingSnapshot;
     /** Unix time (seconds) of the end of the last completed run, null before the first. */
     lastSuccessAt: number | null;
@@ -192,7 +196,7 @@ export class ApiTokenMetrics {
   private redisOutages = 0;
   private usageDropped = 0;
   private readonly flushRuns = zeros(FLUSH_OUTCOMES);
-  private readonly flushTotals = { scanned: 0, taken: 0, updated: 0, dropped: 0, usesLost: 0 };
+  private readonly flushTotals = { scanned: 0, taken: 0, updated: 0, dropped: 0, usesLost: 0, expiredRemoved: 0 };
   private lastFlushSuccess: number | null = null;
   private readonly revocations = { revoked: 0, not_found: 0 };
   private tenantInvalidations = 0;
@@ -261,6 +265,11 @@ export class ApiTokenMetrics {
   /** Counts uses a failed flush could put neither in the database nor back in Redis. */
   flushUsesLost(count: number): void {
     this.flushTotals.usesLost += count;
+  }
+
+  /** Counts expired tokens the scheduled job deleted. */
+  expiredRemoved(count: number): void {
+    this.flushTotals.expiredRemoved += count;
   }
 
   /** Counts a revocation call: whether it deleted a row. */

@@ -42,6 +42,15 @@ describe('registerApiTokenMetrics', () => {
     expect(sample(text, 'api_token_rate_limit_unavailable_total', 'scope="dataset"')).toBe(1);
   });
 
+  it('exports expired refusals as their own lookup outcome, and the expired tokens the job removed', async () => {
+    metrics.lookup('app', 'expired');
+    metrics.expiredRemoved(3);
+    const text = await registry.metrics();
+    expect(sample(text, 'api_token_lookups_total', 'scope="app",outcome="expired"')).toBe(1);
+    expect(sample(text, 'api_token_lookups_total', 'scope="app",outcome="local_hit"')).toBe(0);
+    expect(sample(text, 'api_token_expired_tokens_removed_total')).toBe(3);
+  });
+
   it('exports the histograms with cumulative buckets, +Inf, _sum and _count', async () => {
     metrics.databaseLookup('app', 'found', 0.003);
     metrics.databaseLookup('app', 'found', 0.2);

@@ -31,7 +31,7 @@ const each = <K extends string>(label: string, keys: readonly K[], read: (s: Api
 export const API_TOKEN_COUNTERS: readonly Family[] = [
   {
     name: 'api_token_lookups_total',
-    help: 'Authentications by scope and by the step that answered: bad_header, malformed (no I/O), local_hit, local_negative, redis_hit, redis_negative, miss (looked up).',
+    help: 'Authentications by scope and by the step that answered: bad_header, malformed (no I/O), local_hit, local_negative, redis_hit, redis_negative, miss (looked up), expired (a cached record of an expired token, refused).',
     labelNames: ['scope', 'outcome'],
     samples: (s) =>
       Object.entries(s.scopes).flatMap(([scope, c]) => LOOKUP_OUTCOMES.map((outcome): Sample => [{ scope, outcome }, c.lookups[outcome]])),
@@ -115,6 +115,12 @@ export const API_TOKEN_COUNTERS: readonly Family[] = [
     help: 'Uses a failed flush could put neither in the database nor back in Redis.',
     labelNames: [],
     samples: one((s) => s.flush.usesLost),
+  },
+  {
+    name: 'api_token_expired_tokens_removed_total',
+    help: 'Expired tokens the scheduled job deleted, cache entries included (as a revocation does).',
+    labelNames: [],
+    samples: one((s) => s.flush.expiredRemoved),
   },
   {
     name: 'api_token_revocations_total',

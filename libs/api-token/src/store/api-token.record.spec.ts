@@ -1,4 +1,4 @@
-import { type ApiTokenRecord, formatNaiveUtc, parseRecord, serializeRecord, toNaiveUtc } from './api-token.record';
+import { type ApiTokenRecord, formatNaiveUtc, isExpired, parseRecord, serializeRecord, toNaiveUtc } from './api-token.record';
 
 const record: ApiTokenRecord = {
   id: '11111111-2222-4333-8444-555555555555',
@@ -10,6 +10,7 @@ const record: ApiTokenRecord = {
   createdAt: '2026-01-01T00:00:00',
   expiresAt: null,
   rateLimit: null,
+  expiresAtMs: null,
 };
 
 describe('naive UTC datetimes', () => {
@@ -64,7 +65,12 @@ describe('cached JSON', () => {
 });
 
 describe('cached JSON with a policy', () => {
-  const withPolicy: ApiTokenRecord = { ...record, expiresAt: '2026-03-01T00:00:00', rateLimit: { limit: 100, windowSeconds: 60 } };
+  const withPolicy: ApiTokenRecord = {
+    ...record,
+    expiresAt: '2026-03-01T00:00:00',
+    rateLimit: { limit: 100, windowSeconds: 60 },
+    expiresAtMs: Date.UTC(2026, 2, 1),
+  };
 
   it('keeps Dify fields first, in order, and adds the library fields after them', () => {
     const json = serializeRecord(withPolicy);
@@ -79,6 +85,24 @@ describe('cached JSON with a policy', () => {
   });
 
   it('round-trips', () => expect(parseRecord(serializeRecord(withPolicy))).toEqual(withPolicy));
+
+  it('carries the expiry as a number, so the request path parses no date', () => {
+    const parsed = parseRecord(serializeRecord({ ...withPolicy, expiresAt: '2026-03-01T00:00:00.250999' }))!;
+    expect(parsed.expiresAtMs).toBe(Date.UTC(2026, 2, 1) + 250);
+    expect(isExpired(parsed, parsed.expiresAtMs! - 1)).toBe(false);
+    expect(isExpired(parsed, parsed.expiresAtMs!)).toBe(true);
+    expect(parseRecord(serializeRecord(record))!.expiresAtMs).toBeNull();
+  });
+
+  it('reads the clock only for a token that expires', () => {
+    const now = jest.spyOn(Date, 'now');
+    expect(isExpired(record)).toBe(false);
+    expect(isExpired({ ...record, expiresAtMs: undefined })).toBe(false);
+    expect(now).not.toHaveBeenCalled();
+    expect(isExpired(withPolicy)).toBe(true);
+    expect(now).toHaveBeenCalledTimes(1);
+    now.mockRestore();
+  });
 
   it.each([
     ['an unreadable expiry', { expires_at: 'soon' }],

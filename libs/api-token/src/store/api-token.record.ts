@@ -16,6 +16,11 @@ export interface ApiTokenRecord {
   expiresAt?: string | null;
   /** The token's own rate limit, or null for none (also `api_token_policies`). */
   rateLimit?: RateLimitPolicy | null;
+  /**
+   * `expiresAt` in Unix milliseconds, computed once when the record is made (read from the database
+   * or a cache entry), so the request path compares two numbers and never parses a date; null for never.
+   */
+  expiresAtMs?: number | null;
 }
 
 /** A per-token rate limit: at most `limit` requests per `windowSeconds`. */
@@ -38,6 +43,17 @@ export const toAuthenticated = (record: ApiTokenRecord): AuthenticatedApiToken =
   tenantId: record.tenantId,
   type: record.type,
 });
+
+/** Unix milliseconds of a naive UTC ISO-8601 datetime (as {@link toNaiveUtc} writes it); microseconds are cut to milliseconds. */
+export const naiveUtcToMs = (naive: string): number => Date.parse(`${naive.slice(0, 23)}Z`);
+
+/**
+ * Whether the token has expired at `now` (Unix ms, default this instance's clock). A token without an
+ * expiry costs one property read: the clock is read only for a token that has one.
+ */
+export function isExpired(record: ApiTokenRecord, now?: number): boolean {
+  return record.expiresAtMs != null && record.expiresAtMs <= (now ?? Date.now());
+}
 
 const ISO = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?$/;
 
@@ -135,5 +151,6 @@ export function parseRecord(raw: string): ApiTokenRecord | null | undefined {
     createdAt,
     expiresAt,
     rateLimit,
+    expiresAtMs: expiresAt === null ? null : naiveUtcToMs(expiresAt),
   };
 }

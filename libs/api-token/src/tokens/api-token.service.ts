@@ -8,10 +8,10 @@ import { storedToken } from './token.hash';
 import { cacheKey } from '../api-token.keys';
 import { checkScope } from './token.scope';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
-import type { ApiTokenRecord, RateLimitPolicy } from '../store/api-token.record';
+import { type ApiTokenRecord, type RateLimitPolicy, formatNaiveUtc, isExpired } from '../store/api-token.record';
 import { checkRateLimitPolicy } from '../limits/rate-limit.policy';
 import { ApiTokenRedisService } from '../redis/redis-access.service';
-import { ApiTokenRepository } from '../store/api-token.repository';
+import { ApiTokenRepository, type NewApiToken } from '../store/api-token.repository';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /** What {@link ApiTokenService.create} needs. */
@@ -26,6 +26,29 @@ export interface CreateApiTokenInput {
   prefix?: string;
   /** At most `limit` requests per `windowSeconds` (1 s to 1 day) for this token, on every instance; none when absent. */
   rateLimit?: RateLimitPolicy | null;
+  /** When the token stops being valid (a moment in the future); give this or `expiresInSeconds`, not both. Default: never. */
+  expiresAt?: Date | null;
+  /** Seconds from now (by this process's clock) until the token stops being valid; a whole number. */
+  expiresInSeconds?: number | null;
+}
+
+/** Options of {@link ApiTokenService.rotate}. */
+export interface RotateApiTokenOptions {
+  /**
+   * Seconds the old token keeps working after the rotation (by this process's clock); default 0: it is
+   * revoked at once. An old token that expires sooner keeps its own expiry.
+   */
+  graceSeconds?: number;
+}
+
+/** The outcome of a rotation. */
+export interface ApiTokenRotation {
+  /** The new token (handed out this once) and its summary. */
+  successor: CreatedApiToken;
+  /** The old token as it is now: with its new `expiresAt`, or as deleted when the grace was 0. */
+  previous: ApiTokenSummary;
+  /** As in {@link ApiTokenRevocation}: false when Redis did not answer while the old token's entries were dropped. */
+  cacheCleared: boolean;
 }
 
 /** Filters of {@link ApiTokenService.list}; all optional. */
@@ -49,6 +72,8 @@ export interface ApiTokenSummary {
   createdAt: string | null;
   /** The token's own rate limit, or null (the module's `defaultRateLimit`, if any, then applies). */
   rateLimit: RateLimitPolicy | null;
+  /** When the token stops being valid, naive UTC ISO-8601, or null for never. */
+  expiresAt: string | null;
 }
 
 /** A new token: its summary and, this once, the token itself. */
@@ -96,6 +121,8 @@ const DEFAULT_PREFIXES: Record<string, string> = { app: 'app', dataset: 'dataset
 /** A token of the generated shape: a prefix, `-`, then the random part. Only the prefix is ever shown. */
 const GENERATED_SHAPE = new RegExp(`^([A-Za-z][A-Za-z0-9_.-]{0,31})-[A-Za-z0-9]{${TOKEN_RANDOM_LENGTH}}$`);
 const MASK = '*'.repeat(TOKEN_RANDOM_LENGTH);
+/** The longest expiry or grace accepted: 100 years (a date past year 9999 has no naive ISO-8601 form). */
+const MAX_EXPIRY_SECONDS = 100 * 365 * 24 * 3600;
 const CREATE_ATTEMPTS = 5;
 const RETRY_INTERVAL_MS = 1000;
 /** Revocations whose cache invalidation waits for Redis; past this, the oldest are given up (and logged). */
@@ -142,13 +169,19 @@ export class ApiTokenService implements OnApplicationShutdown {
     if (!this.options.tokenPattern.test(`${prefix}-${'A'.repeat(TOKEN_RANDOM_LENGTH)}`)) {
       throw new ApiTokenInputError(`ApiTokenService.create: tokens with prefix "${prefix}" do not match the "tokenPattern" option`);
     }
+    const expiresAt = checkExpiry(input.expiresAt, input.expiresInSeconds);
+    return this.issue(prefix, { type: scope, appId, tenantId, expiresAt, rateLimit });
+  }
+
+  /** Inserts a new token of this prefix with these columns and policy, and clears any cached negative of it. */
+  private async issue(prefix: string, values: Omit<NewApiToken, 'token'>): Promise<CreatedApiToken> {
     for (let attempt = 0; attempt < CREATE_ATTEMPTS; attempt++) {
       const token = generateApiToken(prefix);
       const stored = storedToken(token, this.options);
       if (await this.repository.exists(stored)) continue;
-      const record = await this.repository.insert({ token: stored, type: scope, appId, tenantId, rateLimit });
+      const record = await this.repository.insert({ ...values, token: stored });
       await this.cache.bumpGeneration(stored, randomUUID());
-      await this.cache.deleteKeys([cacheKey(scope, stored), cacheKey(null, stored)]);
+      await this.cache.deleteKeys([cacheKey(values.type, stored), cacheKey(null, stored)]);
       if (this.redis.isDown) this.metrics?.invalidationFailed('create');
       return { ...this.summarize(record), token };
     }
@@ -166,22 +199,64 @@ export class ApiTokenService implements OnApplicationShutdown {
 
   /** Revokes a token in every scope it has. Its cache entries are dropped even when no row held it. */
   async revoke(token: string): Promise<ApiTokenRevocation> {
-    if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN_LENGTH) {
-      throw new ApiTokenInputError(`ApiTokenService.revoke: the token must be a string of 1 to ${MAX_TOKEN_LENGTH} characters`);
-    }
-    const stored = storedToken(token, this.options);
-    const rows = await this.repository.deleteByToken(stored);
-    this.metrics?.revocation(rows.length > 0);
-    return this.invalidate(stored, rows);
+    checkToken(token, 'revoke');
+    const result = await this.remove({ stored: storedToken(token, this.options) });
+    this.metrics?.revocation(result.revoked.length > 0);
+    return result;
   }
 
   /** Revokes the token with this id (UUID). */
   async revokeById(id: string): Promise<ApiTokenRevocation> {
     const uuid = checkUuid(id, 'id');
     if (!uuid) throw new ApiTokenInputError('ApiTokenService.revokeById: "id" must be a UUID');
-    const row = await this.repository.deleteById(uuid);
-    this.metrics?.revocation(row !== null);
-    return row ? this.invalidate(row.token, [row]) : { revoked: [], cacheCleared: true };
+    const result = await this.remove({ id: uuid });
+    this.metrics?.revocation(result.revoked.length > 0);
+    return result;
+  }
+
+  /**
+   * Replaces a token: creates a successor with the same scope, app, tenant and rate limit (and, when
+   * the old one expires, the same lifetime counted from now), then makes the old one expire after
+   * `graceSeconds` (0: revoked at once). Every instance drops the old token's cached entries, which
+   * lack the new expiry. Returns null, creating nothing, when no valid token matches.
+   */
+  async rotate(token: string, options: RotateApiTokenOptions = {}): Promise<ApiTokenRotation | null> {
+    checkToken(token, 'rotate');
+    const graceSeconds = checkSeconds(options?.graceSeconds ?? 0, 'graceSeconds', 0);
+    const stored = storedToken(token, this.options);
+    const current = await this.repository.findByToken(stored, null);
+    if (!current || isExpired(current)) return null;
+    const lifetimeMs = current.expiresAtMs != null && current.createdAt ? current.expiresAtMs - Date.parse(`${current.createdAt}Z`) : null;
+    const successor = await this.issue(GENERATED_SHAPE.exec(token)?.[1] ?? DEFAULT_PREFIXES[current.type] ?? current.type, {
+      type: current.type,
+      appId: current.appId,
+      tenantId: current.tenantId,
+      rateLimit: current.rateLimit ?? null,
+      expiresAt: lifetimeMs === null ? null : formatNaiveUtc(new Date(Date.now() + Math.max(lifetimeMs, 1000))),
+    });
+    if (graceSeconds === 0) {
+      const revocation = await this.remove({ stored });
+      this.metrics?.revocation(revocation.revoked.length > 0);
+      return { successor, previous: revocation.revoked[0] ?? this.summarize(current), cacheCleared: revocation.cacheCleared };
+    }
+    const graceEnd = Date.now() + graceSeconds * 1000;
+    const expiresAt = formatNaiveUtc(new Date(Math.min(graceEnd, current.expiresAtMs ?? graceEnd)));
+    const updated = await this.repository.setPolicy(current.id, { expiresAt });
+    // The row may have gone meanwhile (revoked); its entries are dropped all the same.
+    const { cacheCleared } = await this.invalidate(stored, [updated ?? current]);
+    return { successor, previous: this.summarize(updated ?? current), cacheCleared };
+  }
+
+  /**
+   * Deletes up to `limit` expired tokens (expired by PostgreSQL's clock), each through the revocation
+   * path: row deleted, cache entries dropped on every instance. Returns how many. The scheduled job
+   * (the usage flush) calls it under its lock.
+   */
+  async removeExpired(limit: number): Promise<number> {
+    let removed = 0;
+    for (const id of await this.repository.findExpired(limit)) removed += (await this.remove({ id })).revoked.length;
+    if (removed) this.metrics?.expiredRemoved(removed);
+    return removed;
   }
 
   /**
@@ -235,6 +310,16 @@ export class ApiTokenService implements OnApplicationShutdown {
     if (this.pendingInvalidations.size) {
       this.logger.warn(`${this.pendingInvalidations.size} revocation(s) did not reach Redis before shutdown; revoke them again`);
     }
+  }
+
+  /**
+   * The one way rows are deleted (revoke, revokeById, a rotation without grace, the expiry sweep): by
+   * stored token (every scope) or by id, then the token's cache entries are dropped everywhere.
+   */
+  private async remove(target: { stored: string } | { id: string }): Promise<ApiTokenRevocation> {
+    if ('stored' in target) return this.invalidate(target.stored, await this.repository.deleteByToken(target.stored));
+    const row = await this.repository.deleteById(target.id);
+    return row ? this.invalidate(row.token, [row]) : { revoked: [], cacheCleared: true };
   }
 
   private async invalidate(stored: string, rows: ApiTokenRecord[]): Promise<ApiTokenRevocation> {
@@ -294,6 +379,7 @@ export class ApiTokenService implements OnApplicationShutdown {
       lastUsedAt: record.lastUsedAt,
       createdAt: record.createdAt,
       rateLimit: record.rateLimit ?? null,
+      expiresAt: record.expiresAt ?? null,
     };
   }
 }
@@ -302,6 +388,34 @@ export class ApiTokenService implements OnApplicationShutdown {
 function mask(token: string): string {
   const match = GENERATED_SHAPE.exec(token);
   return match ? `${match[1]}-${MASK}` : MASK;
+}
+
+function checkToken(token: unknown, method: string): asserts token is string {
+  if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN_LENGTH) {
+    throw new ApiTokenInputError(`ApiTokenService.${method}: the token must be a string of 1 to ${MAX_TOKEN_LENGTH} characters`);
+  }
+}
+
+/** A whole number of seconds from `min` to {@link MAX_EXPIRY_SECONDS}. */
+function checkSeconds(value: unknown, name: string, min: number): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > MAX_EXPIRY_SECONDS) {
+    throw new ApiTokenInputError(`ApiTokenService: "${name}" must be a whole number of seconds from ${min} to ${MAX_EXPIRY_SECONDS}`);
+  }
+  return value;
+}
+
+/** The expiry of a new token as naive UTC, or null for never; at most one of the two may be given. */
+function checkExpiry(expiresAt: unknown, expiresInSeconds: unknown): string | null {
+  if (expiresAt != null && expiresInSeconds != null) {
+    throw new ApiTokenInputError('ApiTokenService.create: give "expiresAt" or "expiresInSeconds", not both');
+  }
+  if (expiresInSeconds != null) return formatNaiveUtc(new Date(Date.now() + checkSeconds(expiresInSeconds, 'expiresInSeconds', 1) * 1000));
+  if (expiresAt == null) return null;
+  const ms = expiresAt instanceof Date ? expiresAt.getTime() : NaN;
+  if (Number.isNaN(ms) || ms <= Date.now() || ms > Date.now() + MAX_EXPIRY_SECONDS * 1000) {
+    throw new ApiTokenInputError('ApiTokenService.create: "expiresAt" must be a valid Date in the future, at most 100 years ahead');
+  }
+  return formatNaiveUtc(expiresAt as Date);
 }
 
 /** The UUID, null when absent; never echoes the value (a token pasted in the wrong place stays out of errors). */

@@ -41,9 +41,18 @@ export interface UsageFlushStats {
   updated: number;
   /** Taken keys that could not be used (bad key shape or time), deleted and counted. */
   dropped: number;
+  /** Expired tokens deleted after the walk, under the same lock (the {@link FlushFollowUp}, when one is set). */
+  expired: number;
   /** Milliseconds the flush took, lock included. */
   elapsedMs: number;
 }
+
+/**
+ * Work a run does after its walk, under its lock, on the instance that has the tick (the expiry sweep,
+ * set by `ApiTokenExpirySweep`). `keepLock` extends the lock when needed; false means it is lost: stop.
+ * Resolves to the number of expired tokens removed.
+ */
+export type FlushFollowUp = (keepLock: () => Promise<boolean>) => Promise<number>;
 
 interface TakenUse extends LastUsedUpdate {
   key: string;
@@ -58,7 +67,7 @@ class WalkStopped extends Error {
 
 /** The uses one flush has taken and not yet written, written a page (one statement) at a time. */
 class Walk {
-  readonly stats: UsageFlushStats = { scanned: 0, taken: 0, updated: 0, dropped: 0, elapsedMs: 0 };
+  readonly stats: UsageFlushStats = { scanned: 0, taken: 0, updated: 0, dropped: 0, expired: 0, elapsedMs: 0 };
   /** Why the walk ended before the end of the keyspace (lock lost), if it did. */
   stopped: unknown;
   /** The database error that ended the run, if one did. */
@@ -115,6 +124,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
   /** This process's last run accounted for its uses (written, put back or counted lost) and could not delete its marker. */
   private markerCounted = false;
   private readonly tickTtlSeconds: number;
+  private followUp: FlushFollowUp | undefined;
 
   constructor(
     private readonly redis: ApiTokenRedisService,
@@ -161,6 +171,11 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     const run = this.queue.then(() => this.run(tick)).finally(() => this.queued--);
     this.queue = run.catch(() => undefined);
     return run;
+  }
+
+  /** Sets the work each run does after its walk, under its lock (one; the last set wins). */
+  setFollowUp(work: FlushFollowUp): void {
+    this.followUp = work;
   }
 
   /** Re-times the `@Cron` job to `flushCron`; false when the job is not mounted yet. */
@@ -219,9 +234,19 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       }, { timeoutMs: 0 });
       if (!walked) walk.stopped = 'Redis did not answer';
       if (!walk.failed) await walk.write(true).catch((error) => ignoreStopped(error));
+      if (!walk.failed && walk.stopped === undefined && this.followUp) {
+        walk.stats.expired = await this.followUp(async () => {
+          try {
+            held.lock = await this.extend(held.lock);
+            return true;
+          } catch {
+            return false;
+          }
+        });
+      }
       walk.stats.elapsedMs = Math.round(performance.now() - started);
-      const { scanned, taken, updated, dropped, elapsedMs } = walk.stats;
-      const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} elapsed=${elapsedMs}ms`;
+      const { scanned, taken, updated, dropped, expired, elapsedMs } = walk.stats;
+      const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} elapsed=${elapsedMs}ms expired=${expired}`;
       this.metrics?.flushRan(walk.failed ? 'failed' : walk.stopped === undefined ? 'completed' : 'stopped', walk.stats);
       if (walk.failed) {
         const kept = await this.putBack(walk.unwritten);

@@ -1,0 +1,118 @@
+import { ApiTokenAuthenticator, ApiTokenRepository, formatNaiveUtc, generateApiToken } from '../libs/api-token/src';
+import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
+import type { INestApplicationContext } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import Redis from 'ioredis';
+import { performance } from 'node:perf_hooks';
+import { TestAppModule } from '../test/app/app.module';
+import { Cleanup, createDatabase } from './bench.infra';
+
+/** Where the expiry benchmark runs; every field has a default (env `BENCH_REDIS_*`, `BENCH_EXPIRY_*`). */
+export interface ExpiryBenchOptions {
+  rounds?: number;
+  callsPerRound?: number;
+  redisHost?: string;
+  redisPort?: number;
+  redisDb?: number;
+}
+
+export interface ExpiryBenchResult {
+  rounds: number;
+  callsPerRound: number;
+  /** Median over the rounds of the nanoseconds per `authenticateLocal` call that hits the in-process cache. */
+  withoutExpiryNs: number;
+  withExpiryNs: number;
+  markdown: string;
+}
+
+const median = (values: number[]) => [...values].sort((x, y) => x - y)[Math.floor(values.length / 2)];
+
+/**
+ * The in-process cost of authenticating a hot token (an L1 hit, `authenticateLocal`) for a token
+ * without an expiry and one with an expiry, side by side in one process, in alternating rounds (so
+ * drift in the machine's load falls on both). The rows are inserted through the repository, so the
+ * same file measures a version of the library from before expiry existed.
+ */
+export async function runExpiryBench(options: ExpiryBenchOptions = {}): Promise<ExpiryBenchResult> {
+  const rounds = options.rounds ?? Number(process.env.BENCH_EXPIRY_ROUNDS ?? 20);
+  const callsPerRound = options.callsPerRound ?? Number(process.env.BENCH_EXPIRY_CALLS ?? 200_000);
+  const host = options.redisHost ?? process.env.BENCH_REDIS_HOST ?? '127.0.0.1';
+  const port = options.redisPort ?? Number(process.env.BENCH_REDIS_PORT ?? 6379);
+  const db = options.redisDb ?? Number(process.env.BENCH_REDIS_DB ?? 10);
+  const redisUrl = `redis://${host}:${port}/${db}`;
+  const cleanup = new Cleanup();
+  const databaseUrl = await createDatabase(cleanup);
+  let app: INestApplicationContext | undefined;
+  const tokens: string[] = [];
+  try {
+    // An in-process cache entry that outlives the run: every measured call is an L1 hit.
+    const apiToken = { localCacheTtlMs: 3_600_000 };
+    app = await (await NestFactory.create(TestAppModule.forRoot({ stores: { databaseUrl, redisUrl }, apiToken }), { logger: ['error', 'warn'] })).init();
+    const repository = app.get(ApiTokenRepository);
+    const auth = app.get(ApiTokenAuthenticator);
+    const inADay = formatNaiveUtc(new Date(Date.now() + 86_400_000));
+    const plain = (await repository.insert({ token: generateApiToken('app'), type: 'app' })).token;
+    const expiring = (await repository.insert({ token: generateApiToken('app'), type: 'app', expiresAt: inADay })).token;
+    tokens.push(plain, expiring);
+    for (const token of tokens) {
+      if (!(await auth.authenticate(token, 'app')) || !auth.authenticateLocal(token, 'app')) throw new Error('the token is not an in-process hit');
+    }
+    const measure = (token: string): number => {
+      let accepted = 0;
+      const started = performance.now();
+      for (let i = 0; i < callsPerRound; i++) if (auth.authenticateLocal(token, 'app')) accepted++;
+      const ns = ((performance.now() - started) * 1e6) / callsPerRound;
+      if (accepted !== callsPerRound) throw new Error('a measured call was not an in-process hit');
+      return ns;
+    };
+    measure(plain);
+    measure(expiring);
+    const samples: [number[], number[]] = [[], []];
+    for (let round = 0; round < rounds; round++) {
+      // Alternate which goes first, so neither always follows the other.
+      if (round % 2 === 0) {
+        samples[0].push(measure(plain));
+        samples[1].push(measure(expiring));
+      } else {
+        samples[1].push(measure(expiring));
+        samples[0].push(measure(plain));
+      }
+    }
+    const result = { rounds, callsPerRound, withoutExpiryNs: median(samples[0]), withExpiryNs: median(samples[1]) };
+    const ns = (n: number) => `${n.toFixed(0)} ns`;
+    const spread = (values: number[]) => `${ns(Math.min(...values))} – ${ns(Math.max(...values))}`;
+    const markdown = [
+      `\`authenticateLocal()\` of a hot token (in-process cache hit), ${rounds} alternating rounds of ${callsPerRound} calls, one process.`,
+      '',
+      '| token | median per call | range over rounds |',
+      '|---|---|---|',
+      `| without expiry | ${ns(result.withoutExpiryNs)} | ${spread(samples[0])} |`,
+      `| with an expiry (a day ahead) | ${ns(result.withExpiryNs)} | ${spread(samples[1])} |`,
+    ].join('\n');
+    return { ...result, markdown };
+  } finally {
+    if (app) {
+      const connection = app.get<Redis>(getRedisConnectionToken());
+      await app.close();
+      if (connection.status !== 'end') connection.disconnect();
+    }
+    const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+    for (const token of tokens) {
+      await redis.del(`api_token:app:${token}`, `api_token:any:${token}`, `api_token_generation:${token}`, `api_token_active:app:${token}`);
+    }
+    await redis.quit();
+    await cleanup.run();
+  }
+}
+
+if (require.main === module) {
+  runExpiryBench()
+    .then((result) => {
+      console.log(result.markdown);
+      console.log(JSON.stringify({ rounds: result.rounds, callsPerRound: result.callsPerRound, withoutExpiryNs: result.withoutExpiryNs, withExpiryNs: result.withExpiryNs }));
+    })
+    .catch((error: unknown) => {
+      console.error(error);
+      process.exitCode = 1;
+    });
+}
