@@ -13,7 +13,7 @@ import { HttpAdapterHost } from '@nestjs/core';
 import { ApiTokenAuthenticator } from './api-token.authenticator';
 import { ApiTokenStoreError } from '../api-token.errors';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
-import { type ApiTokenRecord, type AuthenticatedApiToken, toAuthenticated } from '../store/api-token.record';
+import { type AuthenticatedApiToken, toAuthenticated } from '../store/api-token.record';
 
 /** Messages of the 401 answers, word for word Dify's. */
 export const API_TOKEN_ERRORS = {
@@ -82,9 +82,9 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
         throw this.unauthorized(http.getResponse(), parsed.error);
       }
       const local = this.authenticator.authenticateLocal(parsed.token, scope);
-      if (local !== undefined) return this.admit(request, http.getResponse(), local);
+      if (local !== undefined) return this.admit(request, http.getResponse(), local && local.identity);
       return this.authenticator.authenticateRemote(parsed.token, scope).then(
-        (record) => this.admit(request, http.getResponse(), record),
+        (record) => this.admit(request, http.getResponse(), record && toAuthenticated(record)),
         (error: unknown) => {
           if (error instanceof ApiTokenStoreError) throw this.unavailable(http.getResponse());
           throw error;
@@ -92,9 +92,9 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
       );
     }
 
-    private admit(request: Partial<ApiTokenRequest>, response: unknown, record: ApiTokenRecord | null): true {
-      if (!record) throw this.unauthorized(response, API_TOKEN_ERRORS.invalidToken);
-      request.apiToken = toAuthenticated(record);
+    private admit(request: Partial<ApiTokenRequest>, response: unknown, identity: AuthenticatedApiToken | null): true {
+      if (!identity) throw this.unauthorized(response, API_TOKEN_ERRORS.invalidToken);
+      request.apiToken = identity;
       return true;
     }
 

@@ -19,12 +19,14 @@ export interface AuthenticatedApiToken {
   type: string;
 }
 
-export const toAuthenticated = (record: ApiTokenRecord): AuthenticatedApiToken => ({
-  id: record.id,
-  appId: record.appId,
-  tenantId: record.tenantId,
-  type: record.type,
-});
+/** The identity of a record, frozen: the in-process cache hands one object to every request of the token. */
+export const toAuthenticated = (record: ApiTokenRecord): AuthenticatedApiToken =>
+  Object.freeze({
+    id: record.id,
+    appId: record.appId,
+    tenantId: record.tenantId,
+    type: record.type,
+  });
 
 const ISO = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?$/;
 
