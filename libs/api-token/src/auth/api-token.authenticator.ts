@@ -58,7 +58,7 @@ export class ApiTokenAuthenticator {
     if (local === undefined) return undefined;
     if (local) {
       counts.local_hit++;
-      this.used(local.record, scope);
+      this.usage.recordKey(local.usageKey);
       return local;
     }
     counts.local_negative++;

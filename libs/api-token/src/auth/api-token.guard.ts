@@ -33,6 +33,12 @@ export interface ApiTokenRequest {
 
 /** Parses `Authorization` like Dify: the token, or the 401 message to answer with. */
 export function parseAuthorization(header: string | undefined): { token: string } | { error: string } {
+  // The usual header, `Bearer ` then a printable ASCII character, needs no regular expression (and no
+  // match array per request): the expression below would answer the same.
+  if (header !== undefined && header.startsWith('Bearer ')) {
+    const first = header.charCodeAt(7);
+    if (first > 0x20 && first < 0x7f) return { token: header.slice(7) };
+  }
   if (header === undefined || !header.includes(' ')) return { error: API_TOKEN_ERRORS.missingHeader };
   const match = /^\s*(\S+)\s+(\S[\s\S]*)$/.exec(header);
   if (!match) return { error: API_TOKEN_ERRORS.missingHeader };

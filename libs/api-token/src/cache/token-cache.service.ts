@@ -1,7 +1,7 @@
 import { Inject, Injectable, Optional } from '@nestjs/common';
 import { LRUCache } from 'lru-cache';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
-import { CACHE_KEY_PREFIX, cacheKey, escapeGlob, generationKey, parseScopedKey, tenantIndexKey } from '../api-token.keys';
+import { CACHE_KEY_PREFIX, activeKey, cacheKey, escapeGlob, generationKey, parseScopedKey, tenantIndexKey } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import type { ApiTokenRecord, AuthenticatedApiToken } from '../store/api-token.record';
 import { parseRecord, serializeRecord, toAuthenticated } from '../store/api-token.record';
@@ -22,6 +22,8 @@ export type CacheLookup =
 export interface LocalHit {
   readonly record: ApiTokenRecord;
   readonly identity: AuthenticatedApiToken;
+  /** The token's `api_token_active:*` key, for the usage recorder: built once, its hash computed once. */
+  readonly usageKey: string;
 }
 
 const NEGATIVE = Symbol('negative');
@@ -87,7 +89,7 @@ export class ApiTokenCacheService {
     if (raw == null) return MISS;
     const record = parseRecord(raw);
     if (record === undefined || (record && (record.token !== token || (scope && record.type !== scope)))) return MISS;
-    if (epoch === this.epoch) this.setLocal(key, record);
+    if (epoch === this.epoch) this.setLocal(key, record, scope);
     return record ? { status: 'hit', record, layer: 'redis' } : REDIS_NEGATIVE;
   }
 
@@ -122,7 +124,7 @@ export class ApiTokenCacheService {
       }
       return Promise.all(writes);
     });
-    if (epoch === this.epoch) this.setLocal(key, record);
+    if (epoch === this.epoch) this.setLocal(key, record, scope);
   }
 
   /** Drops the entry of one token in one scope, in Redis and L1 (and every instance's L1, see {@link onEviction}). */
@@ -194,9 +196,9 @@ export class ApiTokenCacheService {
     if (keys.length) await Promise.all(this.evictionListeners.map((listener) => listener(keys)));
   }
 
-  private setLocal(key: string, record: ApiTokenRecord | null): void {
+  private setLocal(key: string, record: ApiTokenRecord | null, scope: string | null): void {
     if (!this.local) return;
-    if (record) this.local.set(key, { record, identity: toAuthenticated(record) });
+    if (record) this.local.set(key, { record, identity: toAuthenticated(record), usageKey: activeKey(scope, record.token) });
     else if (this.localNegativeTtl > 0) this.local.set(key, NEGATIVE, { ttl: this.localNegativeTtl });
   }
 }

@@ -39,7 +39,11 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
 
   /** Records a use now. */
   record(scope: string | null, token: string): void {
-    const key = activeKey(scope, token);
+    this.recordKey(activeKey(scope, token));
+  }
+
+  /** {@link record} by the `api_token_active:*` key, for callers that keep it (an in-process cache hit). */
+  recordKey(key: string): void {
     const now = Date.now();
     if (this.recent?.has(key)) {
       this.pending.set(key, now);
