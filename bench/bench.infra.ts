@@ -161,7 +161,7 @@ export class BenchServer {
     options: { name: string; variant: Variant; adapter?: Adapter; port: number; databaseUrl: string; redisUrl: string },
   ): Promise<BenchServer> {
     const child = fork(join(__dirname, 'bench.server.ts'), [], {
-      execArgv: ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register'],
+      execArgv: ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register', ...(process.env.BENCH_NODE_FLAGS?.split(' ').filter(Boolean) ?? [])],
       env: {
         ...process.env,
         BENCH_VARIANT: options.variant,
