@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import Redis from 'ioredis';
 import { createTestDatabase } from '../test/support/database';
 import { PrivateRedisServer } from '../test/support/redis-server';
-import type { ServerCommand, ServerRequest, ServerStats, Variant } from './bench.server';
+import type { Adapter, InjectStats, ServerCommand, ServerRequest, ServerStats, Variant } from './bench.server';
 
 /** PostgreSQL to create the benchmark's own database in. */
 export const PG_ADMIN_URL = process.env.BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -104,13 +104,14 @@ export class BenchServer {
   /** Forks the server and resolves once it listens. */
   static async start(
     cleanup: Cleanup,
-    options: { name: string; variant: Variant; port: number; databaseUrl: string; redisUrl: string },
+    options: { name: string; variant: Variant; adapter?: Adapter; port: number; databaseUrl: string; redisUrl: string },
   ): Promise<BenchServer> {
     const child = fork(join(__dirname, 'bench.server.ts'), [], {
-      execArgv: ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register'],
+      execArgv: ['-r', 'ts-node/register/transpile-only', '-r', 'tsconfig-paths/register', ...(process.env.BENCH_NODE_FLAGS?.split(' ').filter(Boolean) ?? [])],
       env: {
         ...process.env,
         BENCH_VARIANT: options.variant,
+        BENCH_ADAPTER: options.adapter ?? 'express',
         PORT: String(options.port),
         DATABASE_URL: options.databaseUrl,
         REDIS_URL: options.redisUrl,
@@ -137,6 +138,11 @@ export class BenchServer {
 
   stats(): Promise<ServerStats> {
     return this.send({ command: 'stats' }) as Promise<ServerStats>;
+  }
+
+  /** `count` sequential requests to each path through the server's handler in its own process, no socket (see `injectMany` in bench.server.ts). */
+  inject(paths: string[], authorization: string, count: number, interleave: boolean): Promise<InjectStats[]> {
+    return this.send({ command: 'inject', paths, authorization, count, interleave }) as Promise<InjectStats[]>;
   }
 
   async profile<T>(path: string, during: () => Promise<T>): Promise<T> {
@@ -221,10 +227,12 @@ export interface Measured<T> {
   cpuMicros: number;
   /** Longest event-loop delay of the measured servers during `run`, milliseconds. */
   eventLoopDelayMaxMs: number;
+  /** Bytes the measured servers allocated on the JS heap. */
+  allocatedBytes: number;
 }
 
 /** Runs `run` and counts the Redis commands and the statements of `servers` it caused. */
-export async function measure<T>(context: BenchContext, servers: BenchServer[], run: () => Promise<T>): Promise<Measured<T>> {
+export async function measure<T>(context: Pick<BenchContext, 'redis'>, servers: BenchServer[], run: () => Promise<T>): Promise<Measured<T>> {
   const executedBefore = await quiet(context.redis);
   const before = await Promise.all(servers.map((s) => s.stats()));
   const result = await run();
@@ -248,6 +256,7 @@ export async function measure<T>(context: BenchContext, servers: BenchServer[], 
     lookups: sum((s) => s.lookups),
     statements: sum((s) => s.statements),
     cpuMicros: sum((s) => s.cpuMicros),
+    allocatedBytes: sum((s) => s.allocatedBytes),
     eventLoopDelayMaxMs: Math.max(...after.map((s) => s.eventLoopDelayMaxMs)),
   };
 }

@@ -1,8 +1,11 @@
 import 'reflect-metadata';
-import { ApiTokenUsageRecorder, type ApiTokenModuleOptions, type AuthenticatedApiToken, CurrentApiToken } from '../libs/api-token/src';
+import { ApiTokenGuard, ApiTokenUsageRecorder, type ApiTokenModuleOptions, type AuthenticatedApiToken, CurrentApiToken } from '../libs/api-token/src';
 import { type CanActivate, Controller, type ExecutionContext, Get, type INestApplication, Injectable, Module, UseGuards } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import { FastifyAdapter } from '@nestjs/platform-fastify';
+import { GCProfiler } from 'node:v8';
 import { Session } from 'node:inspector/promises';
+import { inject } from 'light-my-request';
 import { writeFile } from 'node:fs/promises';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import Redis from 'ioredis';
@@ -29,6 +32,7 @@ export type Variant = keyof typeof VARIANTS;
 /** Messages the parent sends. */
 export type ServerCommand =
   | { id: number; command: 'stats' }
+  | { id: number; command: 'inject'; paths: string[]; authorization: string; count: number; interleave: boolean }
   | { id: number; command: 'profile-start' }
   | { id: number; command: 'profile-stop'; path: string }
   | { id: number; command: 'stop' };
@@ -47,13 +51,38 @@ export interface ServerStats {
   /** Longest event-loop delay since the previous stats, milliseconds. */
   eventLoopDelayMaxMs: number;
   rssBytes: number;
+  /** Bytes allocated on the JS heap since the process started (freed by every GC plus the growth of the used heap). */
+  allocatedBytes: number;
 }
+
+/** What `inject` reports per path: CPU time and JS heap bytes of its requests, and how many answered 200. */
+export interface InjectStats {
+  cpuMicros: number;
+  /** Interleaved only: the CPU µs of each request. */
+  perRequest: number[];
+  allocatedBytes: number;
+  ok: number;
+}
+
+/** The HTTP adapters the benchmark compares: Nest's default (Express) and Fastify. */
+export type Adapter = 'express' | 'fastify';
 
 const LOOKUP_SQL = /FROM api_tokens WHERE token = \$1/;
 const counts = { statements: 0, lookups: 0 };
 const redisSent: Record<string, number> = {};
 const loopDelay = monitorEventLoopDelay({ resolution: 10 });
 loopDelay.enable();
+
+// Allocation is not counted by V8 directly: what each GC freed, plus how much the used heap grew.
+const gcProfiler = new GCProfiler();
+const heapAtStart = process.memoryUsage().heapUsed;
+let freedBytes = 0;
+gcProfiler.start();
+function allocatedBytes(): number {
+  for (const gc of gcProfiler.stop()?.statistics ?? []) freedBytes += gc.beforeGC.heapStatistics.usedHeapSize - gc.afterGC.heapStatistics.usedHeapSize;
+  gcProfiler.start();
+  return freedBytes + process.memoryUsage().heapUsed - heapAtStart;
+}
 
 // Every ioredis client of the process (the application's, and any the library duplicates) sends through here.
 const sendCommand = Redis.prototype.sendCommand;
@@ -98,6 +127,12 @@ class BenchController {
     return token;
   }
 
+  @Get('guard')
+  @UseGuards(ApiTokenGuard('app'))
+  guard(@CurrentApiToken() token: AuthenticatedApiToken): AuthenticatedApiToken {
+    return token;
+  }
+
   @Get('naive')
   @UseGuards(NaiveTokenGuard)
   naive(@CurrentApiToken() token: AuthenticatedApiToken): AuthenticatedApiToken {
@@ -107,6 +142,7 @@ class BenchController {
 
 async function main(): Promise<void> {
   const variant = (process.env.BENCH_VARIANT ?? 'default') as Variant;
+  const adapter = (process.env.BENCH_ADAPTER ?? 'express') as Adapter;
   const port = Number(process.env.PORT);
   const config: TestAppConfig = {
     stores: { databaseUrl: required('DATABASE_URL'), redisUrl: required('REDIS_URL') },
@@ -116,7 +152,8 @@ async function main(): Promise<void> {
   };
   @Module({ imports: [TestAppModule.forRoot(config)], controllers: [BenchController], providers: [NaiveTokenGuard] })
   class BenchModule {}
-  const app = await NestFactory.create(BenchModule, { logger: ['error', 'warn'] });
+  const options = { logger: ['error', 'warn'] as ('error' | 'warn')[] };
+  const app = adapter === 'fastify' ? await NestFactory.create(BenchModule, new FastifyAdapter(), options) : await NestFactory.create(BenchModule, options);
   await app.listen(port, '127.0.0.1');
   const session = new Session();
   process.on('message', (message: ServerCommand) => {
@@ -137,8 +174,10 @@ async function handle(app: INestApplication, session: Session, message: ServerCo
       const cpu = process.cpuUsage();
       const eventLoopDelayMaxMs = loopDelay.max / 1e6;
       loopDelay.reset();
-      return { ...counts, redis: { ...redisSent }, cpuMicros: cpu.user + cpu.system, eventLoopDelayMaxMs, rssBytes: process.memoryUsage().rss } satisfies ServerStats;
+      return { ...counts, redis: { ...redisSent }, cpuMicros: cpu.user + cpu.system, eventLoopDelayMaxMs, rssBytes: process.memoryUsage().rss, allocatedBytes: allocatedBytes() } satisfies ServerStats;
     }
+    case 'inject':
+      return injectMany(app, message);
     case 'profile-start':
       session.connect();
       await session.post('Profiler.enable');
@@ -154,6 +193,48 @@ async function handle(app: INestApplication, session: Session, message: ServerCo
       setImmediate(() => void stop(app));
       return true;
   }
+}
+
+/**
+ * Sends `count` requests to each path through the adapter's request handler in this process, one
+ * after the other, with no socket (light-my-request, what Fastify's own `inject` uses): no syscall and
+ * no load generator competing for the cores, so what is left is the framework and the library.
+ * Interleaved, the paths take turns request by request and CPU time is read around each request, so
+ * that a slow spell of the shared machine falls on all of them alike; heap bytes are then not
+ * counted (reading them per request would cost more than the request). Not interleaved, each path
+ * runs its `count` requests in a row, and both are counted.
+ */
+async function injectMany(app: INestApplication, message: Extract<ServerCommand, { command: 'inject' }>): Promise<InjectStats[]> {
+  const { paths, authorization, count, interleave } = message;
+  const instance = app.getHttpAdapter().getInstance() as Parameters<typeof inject>[0] & { inject?: (o: object) => Promise<{ statusCode: number }> };
+  const send = (path: string): Promise<{ statusCode: number }> => {
+    const options = { method: 'GET' as const, url: path, headers: { authorization } };
+    return instance.inject ? instance.inject(options) : inject(instance, options);
+  };
+  const stats: InjectStats[] = paths.map(() => ({ cpuMicros: 0, perRequest: [], allocatedBytes: 0, ok: 0 }));
+  if (interleave) {
+    for (let i = 0; i < count; i++) {
+      for (let p = 0; p < paths.length; p++) {
+        const at = (i + p) % paths.length;
+        const before = process.cpuUsage();
+        const status = (await send(paths[at])).statusCode;
+        const cpu = process.cpuUsage(before);
+        stats[at].cpuMicros += cpu.user + cpu.system;
+        stats[at].perRequest.push(cpu.user + cpu.system);
+        if (status === 200) stats[at].ok++;
+      }
+    }
+    return stats;
+  }
+  for (let p = 0; p < paths.length; p++) {
+    const allocated = allocatedBytes();
+    const before = process.cpuUsage();
+    for (let i = 0; i < count; i++) if ((await send(paths[p])).statusCode === 200) stats[p].ok++;
+    const cpu = process.cpuUsage(before);
+    stats[p].cpuMicros = cpu.user + cpu.system;
+    stats[p].allocatedBytes = allocatedBytes() - allocated;
+  }
+  return stats;
 }
 
 let stopping = false;

@@ -37,6 +37,23 @@ export function writeResults(path: string, results: BenchResults): void {
   writeFileSync(path, text);
 }
 
+/**
+ * Writes one scenario's part of RESULTS.md between markers of its own (after the main part when it is
+ * not there yet), so that a run of that scenario alone leaves the rest of the file as it was.
+ */
+export function writeSection(path: string, name: string, markdown: string): void {
+  const begin = `<!-- bench:${name}:begin: written by \`npm run bench\` or \`npm run bench -- ${name}\`; edit outside these markers -->`;
+  const end = `<!-- bench:${name}:end -->`;
+  const old = existsSync(path) ? readFileSync(path, 'utf8') : '';
+  const generated = `${begin}\n${markdown}\n${end}`;
+  const from = old.indexOf(begin.slice(0, begin.indexOf(':begin') + 6));
+  const to = old.indexOf(end);
+  if (from >= 0 && to > from) return writeFileSync(path, old.slice(0, from) + generated + old.slice(to + end.length));
+  const after = old.indexOf(END);
+  const at = after >= 0 ? after + END.length : old.length;
+  writeFileSync(path, `${old.slice(0, at)}\n\n${generated}${old.slice(at)}`);
+}
+
 const f = (n: number, digits = 2) => (Number.isFinite(n) ? n.toFixed(digits) : '–');
 const pct = (n: number) => `${(n * 100).toFixed(1)} %`;
 const perCommand = (byCommand: Record<string, number>) =>

@@ -5,11 +5,13 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { DataSource } from 'typeorm';
 import { sparePort } from '../test/support/ports';
+import type { Adapter } from './bench.server';
 import { BenchServer, type BenchContext, Cleanup, createDatabase, runIsolated, startRedis } from './bench.infra';
 import { load } from './bench.load';
 import { runFloodBench } from './flood.bench';
 import { type ProfileSummary, summarizeProfile } from './hot-path.profile';
-import { type Optional, writeResults } from './results.report';
+import { type Optional, writeResults, writeSection } from './results.report';
+import { runAdapterBench, renderAdapterResults } from './adapters.bench';
 import { runStampedeBench } from './stampede.bench';
 import { runThroughputBench } from './throughput.bench';
 
@@ -17,8 +19,12 @@ import { runThroughputBench } from './throughput.bench';
  * `npm run bench`: starts a private redis-server, a private database and six server processes,
  * runs every scenario, writes bench/RESULTS.md, and stops and drops everything it started.
  * Tunable with BENCH_ROUNDS, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_FLOOD_SIZE (see `settings`).
+ * `npm run bench -- adapters` runs only the Express / Fastify hot-path comparison (bench/adapters.bench.ts)
+ * and rewrites only its part of RESULTS.md.
  */
 async function main(): Promise<void> {
+  const only = process.argv[2];
+  if (only !== undefined && only !== 'adapters') throw new Error(`unknown scenario "${only}": run \`npm run bench\` or \`npm run bench -- adapters\``);
   const started = Date.now();
   const cleanup = new Cleanup();
   let interrupted = false;
@@ -49,9 +55,23 @@ async function main(): Promise<void> {
     const repository = new ApiTokenRepository(dataSource);
     const hot = await repository.insert({ token: generateApiToken('app'), type: 'app' });
 
+    const start = async (name: string, variant: 'default' | 'dify', adapter: Adapter = 'express') =>
+      BenchServer.start(cleanup, { name, variant, adapter, port: await sparePort(), databaseUrl, redisUrl: redis.url });
+    const profileDir = join('.tmp', 'bench');
+    mkdirSync(profileDir, { recursive: true });
+    const adapters = async (context: Pick<BenchContext, 'redis' | 'settings'>) => {
+      console.log(`Express and Fastify: ${settings.rounds} alternating rounds of ${settings.seconds} s per route, ${settings.connections} connections`);
+      const [express, fastify] = await Promise.all([start('express', 'default', 'express'), start('fastify', 'default', 'fastify')]);
+      const results = await runAdapterBench(context, { express, fastify }, hot.token, profileDir);
+      writeSection(join(__dirname, 'RESULTS.md'), 'adapters', renderAdapterResults(results, settings));
+      console.log('Wrote the adapters part of bench/RESULTS.md');
+    };
+    if (only === 'adapters') {
+      await adapters({ redis: redis.admin, settings });
+      return;
+    }
+
     console.log('Starting six server processes…');
-    const start = async (name: string, variant: 'default' | 'dify') =>
-      BenchServer.start(cleanup, { name, variant, port: await sparePort(), databaseUrl, redisUrl: redis.url });
     const [unguarded, noop, def, dify, naive, second] = await Promise.all([
       start('unguarded', 'default'),
       start('noop', 'default'),
@@ -66,8 +86,6 @@ async function main(): Promise<void> {
     const throughput = await runThroughputBench(context, hot.token);
 
     console.log('CPU profiles: unguarded route, do-nothing guard, default configuration with the hot token…');
-    const profileDir = join('.tmp', 'bench');
-    mkdirSync(profileDir, { recursive: true });
     const profiles: ProfileSummary[] = [];
     for (const [name, server, path, authorization] of [
       ['unguarded', unguarded, '/bench/open', undefined],
@@ -91,6 +109,8 @@ async function main(): Promise<void> {
     const revocation = await optional(cleanup, 'revocation', 'runRevocationBench', { redisHost: '127.0.0.1', redisPort, redisDb: 9 });
     await optional(cleanup, 'rate-limit', 'runRateLimitBench', { redisHost: '127.0.0.1', redisPort, redisDb: 10 }); // writes bench/RATE-LIMIT-RESULTS.md
     await optional(cleanup, 'expiry', 'runExpiryBench', { redisHost: '127.0.0.1', redisPort, redisDb: 10 }).then((o) => console.log(o.status === 'ran' ? (o.result as { markdown: string }).markdown : `expiry: ${o.reason}`));
+
+    await adapters(context);
 
     const seconds = (Date.now() - started) / 1000;
     const pg = await dataSource.query<{ server_version: string }[]>('SHOW server_version');

@@ -1,7 +1,7 @@
 import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
 import type { Lock } from '@sesamecare-oss/redlock';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ApiTokenCacheService, CacheLookup } from '../cache/token-cache.service';
+import { ApiTokenCacheService, CacheLookup, type LocalHit } from '../cache/token-cache.service';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { storedToken } from '../tokens/token.hash';
 import { cacheKey, lockKey } from '../api-token.keys';
@@ -46,11 +46,11 @@ export class ApiTokenAuthenticator {
   async authenticate(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     if (scope !== null) checkScope(scope, 'ApiTokenAuthenticator.authenticate: "scope"');
     const local = this.authenticateLocal(token, scope);
-    return local !== undefined ? local : this.authenticateRemote(token, scope);
+    return local !== undefined ? local && local.record : this.authenticateRemote(token, scope);
   }
 
-  /** The answer the process knows with no I/O, or undefined when it must ask Redis or the database. */
-  authenticateLocal(token: string, scope: string | null): ApiTokenRecord | null | undefined {
+  /** The answer the process knows with no I/O (the in-process cache's entry: record and identity), or undefined when it must ask Redis or the database. */
+  authenticateLocal(token: string, scope: string | null): LocalHit | null | undefined {
     const counts = this.metrics.scope(scope).lookups;
     if (!this.isWellFormed(token)) {
       counts.malformed++;
@@ -59,12 +59,13 @@ export class ApiTokenAuthenticator {
     const local = this.cache.peekLocal(scope, storedToken(token, this.options));
     if (local === undefined) return undefined;
     if (local) {
-      if (isExpired(local)) {
+      if (isExpired(local.record)) {
         counts.expired++;
         return null;
       }
       counts.local_hit++;
-      return this.used(local, scope);
+      this.usage.recordKey(local.usageKey);
+      return local;
     }
     counts.local_negative++;
     return null;

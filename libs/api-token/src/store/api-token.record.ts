@@ -37,12 +37,14 @@ export interface AuthenticatedApiToken {
   type: string;
 }
 
-export const toAuthenticated = (record: ApiTokenRecord): AuthenticatedApiToken => ({
-  id: record.id,
-  appId: record.appId,
-  tenantId: record.tenantId,
-  type: record.type,
-});
+/** The identity of a record, frozen: the in-process cache hands one object to every request of the token. */
+export const toAuthenticated = (record: ApiTokenRecord): AuthenticatedApiToken =>
+  Object.freeze({
+    id: record.id,
+    appId: record.appId,
+    tenantId: record.tenantId,
+    type: record.type,
+  });
 
 /** Unix milliseconds of a naive UTC ISO-8601 datetime (as {@link toNaiveUtc} writes it); microseconds are cut to milliseconds. */
 export const naiveUtcToMs = (naive: string): number => Date.parse(`${naive.slice(0, 23)}Z`);

@@ -1,0 +1,48 @@
+import { ApiTokenCacheService } from './token-cache.service';
+import { resolveApiTokenOptions } from '../api-token.options';
+import { cacheKey } from '../api-token.keys';
+import { type ApiTokenRecord, serializeRecord } from '../store/api-token.record';
+import type { ApiTokenRedisService } from '../redis/redis-access.service';
+
+const record: ApiTokenRecord = {
+  id: '00000000-0000-4000-8000-000000000001',
+  appId: null,
+  tenantId: null,
+  type: 'app',
+  token: 'app-aaaaaaaaaaaaaaaaaaaaaaaa',
+  lastUsedAt: null,
+  createdAt: '2026-01-01T00:00:00',
+};
+
+/** The cache in front of a Redis stub that holds `record` (pure L1 logic: no connection needed). */
+function setup() {
+  const redis = { call: async (_op: string, run: (r: unknown) => unknown) => run({ get: async () => serializeRecord(record) }) };
+  return new ApiTokenCacheService(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
+}
+
+describe('ApiTokenCacheService in-process hits', () => {
+  afterEach(() => jest.useRealTimers());
+
+  it('hand every hit the same frozen identity, built when the entry is written; an eviction drops it', async () => {
+    const cache = setup();
+    await cache.lookupRedis('app', record.token);
+    const first = cache.peekLocal('app', record.token);
+    const second = cache.peekLocal('app', record.token);
+    expect(first?.identity).toEqual({ id: record.id, appId: null, tenantId: null, type: 'app' });
+    expect(second?.identity).toBe(first?.identity);
+    expect(Object.isFrozen(first?.identity)).toBe(true);
+
+    cache.evictLocal([cacheKey('app', record.token)]);
+    expect(cache.peekLocal('app', record.token)).toBeUndefined();
+    await cache.lookupRedis('app', record.token);
+    expect(cache.peekLocal('app', record.token)?.identity).not.toBe(first?.identity);
+  });
+
+  it('start no timer when read (lru-cache would cache its clock behind a 1 ms timer per busy millisecond)', async () => {
+    jest.useFakeTimers();
+    const cache = setup();
+    await cache.lookupRedis('app', record.token);
+    for (let i = 0; i < 3; i++) cache.peekLocal('app', record.token);
+    expect(jest.getTimerCount()).toBe(0);
+  });
+});
