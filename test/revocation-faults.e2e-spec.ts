@@ -3,6 +3,7 @@ import {
   ApiTokenCacheService,
   ApiTokenMigration,
   ApiTokenModule,
+  ApiTokenRedisService,
   ApiTokenRepository,
   ApiTokenService,
   ApiTokenUsageFlushService,
@@ -60,6 +61,16 @@ const cleared = /now cleared from the cache/;
     b = await createTestApp({ databaseUrl: db.url, redisUrl: proxy.proxied(REDIS_TEST_URL), logger, apiToken });
   });
 
+  // A fault that timed out a call opens B's circuit (Redis skipped for redisCooldownMs): each test
+  // starts with it closed, so that B's fill does go to Redis.
+  beforeEach(async () => {
+    const redisOfB = b.get(ApiTokenRedisService);
+    await until("B's Redis circuit is closed", async () => {
+      await redisOfB.call('ping', (r) => r.ping());
+      return !redisOfB.isDown;
+    });
+  });
+
   afterEach(() => proxy.clearFaults());
 
   afterAll(async () => {
@@ -96,6 +107,22 @@ const cleared = /now cleared from the cache/;
       expect((await whoami(a, token)).status).toBe(401);
       expect((await whoami(b, token)).status).toBe(401);
       expect(await entry(token)).toBe('null');
+    });
+
+    it('whose write is dropped with its connection leaves no entry, whether or not the client sends it again', async () => {
+      const token = await newToken(origin);
+      const dropped = fault({ match: fillWrite(token), action: 'drop' });
+      const inFlight = whoami(b, token).then((res) => res.status);
+      await dropped.hit;
+      expect(await inFlight).toBe(200);
+
+      expect((await a.get(ApiTokenService).revoke(token)).cacheCleared).toBe(true);
+      const client = b.get(ApiTokenRedisService).client;
+      await until('B is connected again', () => client.status === 'ready');
+      expect(await entry(token)).toBeNull();
+      await until('B has no entry of the token in its in-process cache', () => local(b, token) === 'miss');
+      expect((await whoami(a, token)).status).toBe(401);
+      expect((await whoami(b, token)).status).toBe(401);
     });
 
     it('whose write lands but whose reply is lost leaves nothing the revoke does not delete', async () => {
