@@ -7,8 +7,11 @@ import {
   ApiTokenRepository,
   ApiTokenService,
   ApiTokenUsageFlushService,
+  cacheKey,
   generateApiToken,
+  generationKey,
 } from '../libs/api-token/src';
+import { setIfGeneration } from '../libs/api-token/src/redis/redis.commands';
 import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplication } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
@@ -197,6 +200,35 @@ const cleared = /now cleared from the cache/;
     expect(await entry(token)).toBeNull();
     expect((await whoami(a, token)).status).toBe(401);
     expect((await whoami(b, token)).status).toBe(401);
+  });
+});
+
+/** The script behind every fill's write, on one node and on the Cluster (both keys in one slot). */
+describe("a fill's conditional write", () => {
+  let redis: Redis;
+
+  beforeAll(async () => {
+    redis = testRedis();
+    await clearLibraryKeys(redis);
+  });
+
+  afterAll(async () => {
+    await clearLibraryKeys(redis);
+    redis.disconnect();
+  });
+
+  it('writes only while the generation is the one read, and refuses a write that arrives too late', async () => {
+    const token = generateApiToken('app');
+    const [key, generationOf] = [cacheKey('app', token), generationKey('app', token)];
+    const latest = Math.floor(Date.now() / 1000) + 600;
+    expect(await setIfGeneration(redis, key, generationOf, '', 'null', 60, latest)).toBe(1);
+    await redis.set(generationOf, 'after-a-revoke');
+    expect(await setIfGeneration(redis, key, generationOf, '', '{"stale":true}', 60, latest)).toBe(0);
+    expect(await redis.get(key)).toBe('null');
+    expect(await setIfGeneration(redis, key, generationOf, 'after-a-revoke', '{"late":true}', 60, latest - 1200)).toBe(-1);
+    expect(await redis.get(key)).toBe('null');
+    expect(await setIfGeneration(redis, key, generationOf, 'after-a-revoke', '{"fresh":true}', 60, latest)).toBe(1);
+    expect(await redis.get(key)).toBe('{"fresh":true}');
   });
 });
 

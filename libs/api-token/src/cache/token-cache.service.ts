@@ -21,15 +21,19 @@ const LOCAL_NEGATIVE: CacheLookup = { status: 'negative', layer: 'local' };
 const REDIS_NEGATIVE: CacheLookup = { status: 'negative', layer: 'redis' };
 const SCAN_COUNT = 1000;
 const GENERATION_TTL_SECONDS = 3600;
-/** A fill's write is refused once this late (far below the generation's TTL, so an expired generation never passes for an unchanged one). */
-const FILL_WRITE_DEADLINE_SECONDS = 60;
+/**
+ * A fill's write is refused once this late by Redis's clock: well below the generation's TTL, so an
+ * expired generation never passes for an unchanged one, and well above any sane clock skew between
+ * the application and Redis (a refusal for lateness only costs the Redis write, never the answer).
+ */
+const FILL_WRITE_DEADLINE_SECONDS = 600;
 /** Bound of the SCAN walk that deletes a token in every scope (each SCAN also has `redisCommandTimeoutMs`). */
 export const SWEEP_TIMEOUT_MS = 5000;
 
 /**
  * What a fill's conditional write did: `stored`; `changed` (refused: the generation moved since it
- * was read, the token was revoked or created meanwhile); `unconfirmed` (no answer: it may land later,
- * but only while the generation is unchanged, so never after a revocation).
+ * was read, the token was revoked or created meanwhile); `unconfirmed` (no answer, or refused as too
+ * late: a write may land later, but only while the generation is unchanged, so never after a revocation).
  */
 export type FillOutcome = 'stored' | 'changed' | 'unconfirmed';
 /** Deletions and generation changes are tried even while Redis is taken as down: skipping one could keep a revoked token cached. */
@@ -150,7 +154,7 @@ export class ApiTokenCacheService {
       const written = await this.redis.attempt('set', (r) =>
         setIfGeneration(r, key, generationKey(scope, token), generation, value, ttl, latest),
       );
-      outcome = written === UNCONFIRMED ? 'unconfirmed' : written === 1 ? 'stored' : 'changed';
+      outcome = written === 1 ? 'stored' : written === 0 ? 'changed' : 'unconfirmed';
     }
     if (outcome === 'stored' && record?.tenantId) {
       const index = tenantIndexKey(record.tenantId);

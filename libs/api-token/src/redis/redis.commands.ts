@@ -56,7 +56,7 @@ export function setIfNewer(redis: RedisClient, key: string, value: string, ttlSe
 }
 
 const SET_IF_GENERATION = `
-if tonumber(redis.call('TIME')[1]) > tonumber(ARGV[4]) then return 0 end
+if tonumber(redis.call('TIME')[1]) > tonumber(ARGV[4]) then return -1 end
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1`;
@@ -68,7 +68,8 @@ type WithSetIfGeneration = {
 /**
  * Sets a cache entry only while its generation key still holds `generation` ('' for none), in one
  * script: a write that reaches Redis after the generation changed (a revocation) is refused, however
- * late it arrives. Returns 1 when written, 0 when refused. Both keys must share a slot on a Cluster
+ * late it arrives. Returns 1 when written, 0 when refused (generation changed), -1 when refused as too
+ * late (see `latest`). Both keys must share a slot on a Cluster
  * (`generationKey` makes it so); if they do not, the Cluster answers an error and nothing is written.
  * A write that reaches Redis after `latest` (Unix seconds, Redis's clock) is refused too: a generation
  * key that expired and left "none" again (ABA) must not let a write queued by the client for that
