@@ -10,7 +10,7 @@ const common = {
 };
 
 /** The suites that run a second time against a three-master Redis Cluster. */
-const clusterSuites = ['request-path', 'single-flight', 'usage-flush', 'lifecycle', 'rate-limit', 'expiry'];
+const clusterSuites = ['request-path', 'single-flight', 'usage-flush', 'lifecycle', 'rate-limit', 'expiry', 'revocation-faults'];
 
 module.exports = {
   testTimeout: 60000,

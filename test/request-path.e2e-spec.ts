@@ -16,6 +16,7 @@ import { QueryCounter } from './support/query-counter';
 import { clearLibraryKeys, testRedis } from './support/redis';
 import { createTestApp } from './support/test-app';
 import { until } from './support/until';
+import { UNCONFIRMED } from '../libs/api-token/src/redis/redis-access.service';
 
 const MISSING = "Authorization header must be provided and start with 'Bearer'";
 const SCHEME = "Authorization scheme must be 'Bearer'";
@@ -188,7 +189,9 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
 
     it('refuses an app record held in the in-process cache under the dataset key', async () => {
       const record = await newToken('app');
-      await app.get(ApiTokenCacheService).store('dataset', record.token, record);
+      // An unconfirmed fill writes L1 only: the app record sits in this instance's L1 under the dataset key.
+      const cache = app.get(ApiTokenCacheService);
+      await cache.fill('dataset', record.token, record, UNCONFIRMED, cache.localEpoch, cache.localClock());
       expect((await whoami('/dataset/whoami', `Bearer ${record.token}`)).status).toBe(401);
     });
 

@@ -3,7 +3,7 @@ export const CACHE_KEY_PREFIX = 'api_token';
 export const ACTIVE_KEY_PREFIX = 'api_token_active';
 export const LOCK_KEY_PREFIX = 'api_token_query_lock';
 export const TENANT_INDEX_PREFIX = 'tenant_tokens';
-/** Not in Dify: changes whenever a token is created or revoked, so a cache fill that overlapped it backs off. */
+/** Not in Dify: changes whenever a token is created or revoked, so a cache fill that overlapped it writes nothing. */
 export const GENERATION_KEY_PREFIX = 'api_token_generation';
 /** Not in Dify: the request count of a rate-limited token in one fixed window. */
 export const RATE_KEY_PREFIX = 'api_token_rate';
@@ -25,7 +25,14 @@ export const lockKey = (scope: string | null | undefined, token: string): string
 
 export const tenantIndexKey = (tenantId: string): string => `${TENANT_INDEX_PREFIX}:${tenantId}`;
 
-export const generationKey = (token: string): string => `${GENERATION_KEY_PREFIX}:${token}`;
+/**
+ * The generation of one cache key: `api_token_generation:{api_token:{scope}:{token}}`. The braces make
+ * it a Redis Cluster hash tag, so it lives in the cache key's slot and one script can check it and
+ * write the entry atomically (a token containing `}` breaks the tag: on a Cluster such a token is
+ * then never cached, see `setIfGeneration`).
+ */
+export const generationKey = (scope: string | null | undefined, token: string): string =>
+  `${GENERATION_KEY_PREFIX}:{${cacheKey(scope, token)}}`;
 
 /**
  * `api_token_rate:{scope}:{tokenId}:{windowSeconds}:{window}`: the token's id, never the token; the

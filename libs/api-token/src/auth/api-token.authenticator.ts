@@ -115,11 +115,14 @@ export class ApiTokenAuthenticator {
   }
 
   /**
-   * One database lookup, written back to the cache. A fill whose lookup overlapped a create or a
-   * revoke of the token (its generation changed) takes back what it wrote and answers null.
+   * One database lookup, written back to the cache only if the entry's generation, read before the
+   * lookup, is unchanged when the write reaches Redis (one script): a fill that overlapped a revoke or
+   * a create writes nothing and answers null. When the generation could not be read, nothing is
+   * written to Redis; the row read still answers this request.
    */
   private async fill(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     const epoch = this.cache.localEpoch;
+    const started = this.cache.localClock();
     const waited = await this.acquire(token, scope);
     if (waited.answer) return waited.answer.status === 'hit' ? waited.answer.record : null;
     try {
@@ -127,16 +130,12 @@ export class ApiTokenAuthenticator {
         const again = await this.cache.lookupRedis(scope, token);
         if (again.status !== 'miss') return again.status === 'hit' ? again.record : null;
       }
-      const generation = await this.cache.generation(token);
+      const generation = await this.cache.generation(scope, token);
       const found = await this.lookUp(token, scope);
       // An expired row is cached as "no such token", never as a record: Dify, reading the same Redis, ignores `expires_at`.
       const record = found && isExpired(found) ? null : found;
-      await this.cache.store(scope, token, record, epoch);
-      if ((await this.cache.generation(token)) !== generation) {
-        await this.cache.delete(scope, token);
-        return null;
-      }
-      return record;
+      const outcome = await this.cache.fill(scope, token, record, generation, epoch, started);
+      return outcome === 'changed' ? null : record;
     } finally {
       const lock = waited.lock;
       if (lock) this.redis.unlock(lock);

@@ -7,7 +7,7 @@ import { ApiTokenCacheService } from './token-cache.service';
 import { CACHE_KEY_PREFIX, parseScopedKey } from '../api-token.keys';
 import { type RedisClient, redisDb } from '../redis/redis.commands';
 import { describeError } from '../api-token.errors';
-import { ApiTokenRedisService } from '../redis/redis-access.service';
+import { ApiTokenRedisService, UNCONFIRMED } from '../redis/redis-access.service';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /**
@@ -25,6 +25,7 @@ const KEYS_PER_MESSAGE = 500;
 const RECONNECT_MS = 1000;
 const CLUSTER_READY_WAIT_MS = 2000;
 const CLUSTER_NODE_RETRIES = 5;
+const QUIT_TIMEOUT_MS = 1000;
 
 interface InvalidationMessage {
   /** The publishing instance, which has already evicted the keys itself. */
@@ -130,17 +131,29 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
     const subscriber = this.subscriber;
     this.subscriber = undefined;
     if (!subscriber) return;
-    if (subscriber.status === 'ready') await subscriber.quit().catch(() => subscriber.disconnect());
-    else subscriber.disconnect();
+    // A frozen Redis never answers QUIT: wait for it no longer than a command, then drop the socket.
+    if (subscriber.status === 'ready') {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<boolean>((resolve) => (timer = setTimeout(resolve, QUIT_TIMEOUT_MS, false)));
+      const quit = subscriber.quit().then(() => true, () => false);
+      if (!(await Promise.race([quit, late]))) subscriber.disconnect();
+      clearTimeout(timer);
+    } else subscriber.disconnect();
   }
 
-  /** Tells every other instance to drop these cache keys from its L1. Never throws (a lost message is bounded by L1's TTL). */
-  async publish(keys: readonly string[]): Promise<void> {
+  /**
+   * Tells every other instance to drop these cache keys from its L1; true when Redis confirmed every
+   * message (an error reply or no answer is false). Never throws (a lost message is bounded by L1's TTL).
+   */
+  async publish(keys: readonly string[]): Promise<boolean> {
+    let confirmed = true;
     for (let i = 0; i < keys.length; i += KEYS_PER_MESSAGE) {
       const message: InvalidationMessage = { origin: this.instanceId, keys: keys.slice(i, i + KEYS_PER_MESSAGE) };
       const payload = JSON.stringify(message);
-      await this.redis.call('publish', (r) => r.publish(this.channel, payload), { force: true });
+      const sent = await this.redis.attempt('publish', (r) => r.publish(this.channel, payload), { force: true });
+      if (sent === UNCONFIRMED) confirmed = false;
     }
+    return confirmed;
   }
 
   private async subscribe(): Promise<void> {

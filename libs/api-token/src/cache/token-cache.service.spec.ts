@@ -2,7 +2,7 @@ import { ApiTokenCacheService } from './token-cache.service';
 import { resolveApiTokenOptions } from '../api-token.options';
 import { cacheKey } from '../api-token.keys';
 import { type ApiTokenRecord, serializeRecord } from '../store/api-token.record';
-import type { ApiTokenRedisService } from '../redis/redis-access.service';
+import { UNCONFIRMED, type ApiTokenRedisService } from '../redis/redis-access.service';
 
 const record: ApiTokenRecord = {
   id: '00000000-0000-4000-8000-000000000001',
@@ -15,7 +15,7 @@ const record: ApiTokenRecord = {
 };
 
 /** The cache in front of a Redis stub that holds `record` (pure L1 logic: no connection needed). */
-function setup() {
+function withRecordInRedis() {
   const redis = { call: async (_op: string, run: (r: unknown) => unknown) => run({ get: async () => serializeRecord(record) }) };
   return new ApiTokenCacheService(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
 }
@@ -24,7 +24,7 @@ describe('ApiTokenCacheService in-process hits', () => {
   afterEach(() => jest.useRealTimers());
 
   it('hand every hit the same frozen identity, built when the entry is written; an eviction drops it', async () => {
-    const cache = setup();
+    const cache = withRecordInRedis();
     await cache.lookupRedis('app', record.token);
     const first = cache.peekLocal('app', record.token);
     const second = cache.peekLocal('app', record.token);
@@ -40,9 +40,37 @@ describe('ApiTokenCacheService in-process hits', () => {
 
   it('start no timer when read (lru-cache would cache its clock behind a 1 ms timer per busy millisecond)', async () => {
     jest.useFakeTimers();
-    const cache = setup();
+    const cache = withRecordInRedis();
     await cache.lookupRedis('app', record.token);
     for (let i = 0; i < 3; i++) cache.peekLocal('app', record.token);
     expect(jest.getTimerCount()).toBe(0);
+  });
+});
+
+/** A cache over a Redis that never confirms anything: what a fill leaves in L1 is all there is to see. */
+function withUnconfirmedRedis() {
+  const redis = { attempt: async () => UNCONFIRMED, call: async () => undefined } as unknown as ApiTokenRedisService;
+  return new ApiTokenCacheService(redis, resolveApiTokenOptions({ localCacheTtlMs: 1000 }));
+}
+
+describe('ApiTokenCacheService.fill (in-process part)', () => {
+  it("counts an entry's life from before the read that produced it, not from the write", async () => {
+    const cache = withUnconfirmedRedis();
+    const started = cache.localClock();
+    expect(await cache.fill('app', record.token, record, UNCONFIRMED, cache.localEpoch, started)).toBe('unconfirmed');
+    expect(cache.peekLocal('app', record.token)?.record).toBe(record);
+
+    // A lookup that began more than localCacheTtlMs ago (it raced a revocation, its message lost) is already stale.
+    await cache.fill('app', record.token, record, UNCONFIRMED, cache.localEpoch, cache.localClock() - 1001);
+    expect(cache.peekLocal('app', record.token)).toBeUndefined();
+  });
+
+  it('keeps out of L1 a fill that an eviction overlapped', async () => {
+    const cache = withUnconfirmedRedis();
+    const epoch = cache.localEpoch;
+    const started = cache.localClock();
+    cache.evictLocal([`api_token:app:${record.token}`]);
+    await cache.fill('app', record.token, record, UNCONFIRMED, epoch, started);
+    expect(cache.peekLocal('app', record.token)).toBeUndefined();
   });
 });

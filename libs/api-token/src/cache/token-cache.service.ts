@@ -5,8 +5,8 @@ import { CACHE_KEY_PREFIX, activeKey, cacheKey, escapeGlob, generationKey, parse
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import type { ApiTokenRecord, AuthenticatedApiToken } from '../store/api-token.record';
 import { parseRecord, serializeRecord, toAuthenticated } from '../store/api-token.record';
-import { scanKeys } from '../redis/redis.commands';
-import { ApiTokenRedisService } from '../redis/redis-access.service';
+import { scanKeys, setIfGeneration } from '../redis/redis.commands';
+import { ApiTokenRedisService, UNCONFIRMED, type Unconfirmed } from '../redis/redis-access.service';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /** The three outcomes of a cache lookup. */
@@ -31,6 +31,21 @@ const MISS: CacheLookup = { status: 'miss' };
 const NEGATIVE_ANSWER: CacheLookup = { status: 'negative' };
 const SCAN_COUNT = 1000;
 const GENERATION_TTL_SECONDS = 3600;
+/**
+ * A fill's write is refused once this late by Redis's clock: well below the generation's TTL, so an
+ * expired generation never passes for an unchanged one, and well above any sane clock skew between
+ * the application and Redis (a refusal for lateness only costs the Redis write, never the answer).
+ */
+const FILL_WRITE_DEADLINE_SECONDS = 600;
+/** Bound of the SCAN walk that deletes a token in every scope (each SCAN also has `redisCommandTimeoutMs`). */
+export const SWEEP_TIMEOUT_MS = 5000;
+
+/**
+ * What a fill's conditional write did: `stored`; `changed` (refused: the generation moved since it
+ * was read, the token was revoked or created meanwhile); `unconfirmed` (no answer, or refused as too
+ * late: a write may land later, but only while the generation is unchanged, so never after a revocation).
+ */
+export type FillOutcome = 'stored' | 'changed' | 'unconfirmed';
 /** Deletions and generation changes are tried even while Redis is taken as down: skipping one could keep a revoked token cached. */
 const FORCE = { force: true } as const;
 
@@ -45,7 +60,7 @@ const FORCE = { force: true } as const;
 export class ApiTokenCacheService {
   private readonly local: LRUCache<string, LocalHit | typeof NEGATIVE> | null;
   private readonly localNegativeTtl: number;
-  private readonly evictionListeners: ((keys: readonly string[]) => Promise<void>)[] = [];
+  private readonly evictionListeners: ((keys: readonly string[]) => Promise<boolean>)[] = [];
   private epoch = 0;
 
   constructor(
@@ -75,22 +90,36 @@ export class ApiTokenCacheService {
   async lookupRedis(scope: string | null, token: string): Promise<CacheLookup> {
     const key = cacheKey(scope, token);
     const epoch = this.epoch;
+    const started = this.localClock();
     const raw = await this.redis.call('get', (r) => r.get(key));
     if (raw == null) return MISS;
     const record = parseRecord(raw);
     if (record === undefined || (record && (record.token !== token || (scope && record.type !== scope)))) return MISS;
-    if (epoch === this.epoch) this.setLocal(key, record, scope);
+    if (epoch === this.epoch) this.setLocal(key, record, scope, started);
     return record ? { status: 'hit', record } : NEGATIVE_ANSWER;
   }
 
-  /** The token's generation in Redis: it changes whenever the token is created or revoked. */
-  async generation(token: string): Promise<string | null> {
-    return (await this.redis.call('get', (r) => r.get(generationKey(token)))) ?? null;
+  /**
+   * The generation of the token's entry in this scope ('' when it has none): it changes whenever the
+   * token is created or revoked. {@link UNCONFIRMED} when Redis did not answer, which a fill must not
+   * take for "none".
+   */
+  async generation(scope: string | null, token: string): Promise<string | Unconfirmed> {
+    const value = await this.redis.attempt('get', (r) => r.get(generationKey(scope, token)));
+    return value === UNCONFIRMED ? value : (value ?? '');
   }
 
-  /** Marks a change of the token, so that fills which overlapped it back off. */
-  async bumpGeneration(token: string, value: string): Promise<void> {
-    await this.redis.call('set', (r) => r.set(generationKey(token), value, 'EX', GENERATION_TTL_SECONDS), FORCE);
+  /**
+   * Marks a change of the token in these scopes, so that no fill that read the generation before
+   * writes after. True only when Redis confirmed every write.
+   */
+  async bumpGeneration(scopes: readonly (string | null)[], token: string, value: string): Promise<boolean> {
+    const done = await this.redis.attempt(
+      'set',
+      (r) => Promise.all(scopes.map((scope) => r.set(generationKey(scope, token), value, 'EX', GENERATION_TTL_SECONDS))),
+      FORCE,
+    );
+    return done !== UNCONFIRMED;
   }
 
   /** The local eviction epoch; hand it back to {@link store} so a fill an eviction overlapped stays out of L1. */
@@ -98,76 +127,110 @@ export class ApiTokenCacheService {
     return this.epoch;
   }
 
+  /** The clock of L1's TTLs: hand a reading taken before a read to {@link fill}, so the entry's life counts from before the read. */
+  localClock(): number {
+    return this.local ? this.local.perf.now() : 0;
+  }
+
   /**
-   * Writes a lookup result (a record, or null for "no such token") to Redis and the tenant index,
-   * then to L1 unless an eviction happened since `epoch`.
+   * Writes a lookup result (a record, or null for "no such token") to Redis only if the entry's
+   * generation is still `generation` (read before the lookup; {@link UNCONFIRMED} writes nothing to
+   * Redis), then the tenant index. L1 gets it too unless the generation changed or an eviction
+   * happened since `epoch`; its life counts from `started` (before the lookup), so an entry whose
+   * lookup raced a revocation leaves L1 within `localCacheTtlMs` of that revocation, whatever Redis did.
    */
-  async store(scope: string | null, token: string, record: ApiTokenRecord | null, epoch = this.epoch): Promise<void> {
+  async fill(
+    scope: string | null,
+    token: string,
+    record: ApiTokenRecord | null,
+    generation: string | Unconfirmed,
+    epoch: number,
+    started: number,
+  ): Promise<FillOutcome> {
     const key = cacheKey(scope, token);
     const { cacheTtlSeconds, negativeTtlSeconds, tenantIndexTtlSeconds } = this.options;
-    await this.redis.call('set', async (r) => {
-      if (!record) return r.set(key, 'null', 'EX', negativeTtlSeconds);
-      const writes: Promise<unknown>[] = [r.set(key, serializeRecord(record), 'EX', cacheTtlSeconds)];
-      if (record.tenantId) {
-        const index = tenantIndexKey(record.tenantId);
-        writes.push(r.sadd(index, key).then(() => r.expire(index, tenantIndexTtlSeconds)));
-      }
-      return Promise.all(writes);
-    });
-    if (epoch === this.epoch) this.setLocal(key, record, scope);
+    let outcome: FillOutcome = 'unconfirmed';
+    if (generation !== UNCONFIRMED) {
+      const value = record ? serializeRecord(record) : 'null';
+      const ttl = record ? cacheTtlSeconds : negativeTtlSeconds;
+      const latest = Math.floor(Date.now() / 1000) + FILL_WRITE_DEADLINE_SECONDS;
+      const written = await this.redis.attempt('set', (r) =>
+        setIfGeneration(r, key, generationKey(scope, token), generation, value, ttl, latest),
+      );
+      outcome = written === 1 ? 'stored' : written === 0 ? 'changed' : 'unconfirmed';
+    }
+    if (outcome === 'stored' && record?.tenantId) {
+      const index = tenantIndexKey(record.tenantId);
+      await this.redis.call('set', (r) => r.sadd(index, key).then(() => r.expire(index, tenantIndexTtlSeconds)));
+    }
+    if (outcome !== 'changed' && epoch === this.epoch) this.setLocal(key, record, scope, started);
+    return outcome;
   }
 
   /** Drops the entry of one token in one scope, in Redis and L1 (and every instance's L1, see {@link onEviction}). */
-  async delete(scope: string | null, token: string): Promise<void> {
-    await this.deleteKeys([cacheKey(scope, token)]);
+  async delete(scope: string | null, token: string): Promise<boolean> {
+    return this.deleteKeys([cacheKey(scope, token)]);
   }
 
-  /** Drops cache keys in Redis and L1, then tells the {@link onEviction} listeners. */
-  async deleteKeys(keys: readonly string[]): Promise<void> {
-    if (keys.length === 0) return;
+  /**
+   * Drops cache keys in Redis and L1, then tells the {@link onEviction} listeners. True only when
+   * Redis confirmed the deletes and every listener its part (an error reply or a timeout is false).
+   */
+  async deleteKeys(keys: readonly string[]): Promise<boolean> {
+    if (keys.length === 0) return true;
     this.evictLocal(keys);
-    await this.redis.call('del', (r) => Promise.all(keys.map((key) => r.del(key))), FORCE);
-    await this.evicted(keys);
+    const deleted = await this.redis.attempt('del', (r) => Promise.all(keys.map((key) => r.del(key))), FORCE);
+    const told = await this.evicted(keys);
+    return deleted !== UNCONFIRMED && told;
   }
 
   /**
    * Registers a listener called after every deletion of cache keys from Redis (`delete`, `deleteKeys`,
    * `deleteAllScopes`, `invalidateTenant`), so that the other instances can drop them from their L1
    * (the invalidation service publishes them). Deleting and then telling keeps a reader from
-   * re-caching what was just dropped.
+   * re-caching what was just dropped. The listener answers whether its part was confirmed.
    */
-  onEviction(listener: (keys: readonly string[]) => Promise<void>): void {
+  onEviction(listener: (keys: readonly string[]) => Promise<boolean>): void {
     this.evictionListeners.push(listener);
   }
 
   /**
    * Drops the entries of a token in every scope. The token is a literal: its glob characters are
-   * escaped, and only keys whose token part equals it exactly are deleted. Returns the keys deleted.
+   * escaped, and only keys whose token part equals it exactly are deleted. Returns the keys deleted,
+   * or {@link UNCONFIRMED} when the walk, a delete or the message did not get through (the keys it
+   * did delete are evicted and published all the same). Bounded: {@link SWEEP_TIMEOUT_MS} in all.
    */
-  async deleteAllScopes(token: string): Promise<string[]> {
+  async deleteAllScopes(token: string): Promise<string[] | Unconfirmed> {
     const deleted: string[] = [];
-    await this.redis.call('scan', (r) =>
-      scanKeys(r, `${CACHE_KEY_PREFIX}:*:${escapeGlob(token)}`, SCAN_COUNT, async (keys, node) => {
-        const mine = keys.filter((key) => parseScopedKey(CACHE_KEY_PREFIX, key)?.token === token);
-        for (const key of mine) await node.del(key);
-        deleted.push(...mine);
-      }),
-      { timeoutMs: 0, force: true },
+    const walked = await this.redis.walk(
+      'scan',
+      (r, step) =>
+        scanKeys(r, `${CACHE_KEY_PREFIX}:*:${escapeGlob(token)}`, SCAN_COUNT, async (keys, node) => {
+          const mine = keys.filter((key) => parseScopedKey(CACHE_KEY_PREFIX, key)?.token === token);
+          for (const key of mine) {
+            await step(() => node.del(key));
+            deleted.push(key);
+          }
+        }, step),
+      { timeoutMs: SWEEP_TIMEOUT_MS, force: true },
     );
     this.evictLocal(deleted);
-    await this.evicted(deleted);
-    return deleted;
+    const told = await this.evicted(deleted);
+    return walked === UNCONFIRMED || !told ? UNCONFIRMED : deleted;
   }
 
-  /** Drops every cached entry of a tenant and its index, without touching the tokens. Returns the keys dropped. */
-  async invalidateTenant(tenantId: string): Promise<string[]> {
+  /**
+   * Drops every cached entry of a tenant and its index, without touching the tokens. Returns the keys
+   * dropped, and whether Redis confirmed it all (the index read, the deletes and the message).
+   */
+  async invalidateTenant(tenantId: string): Promise<{ keys: string[]; cleared: boolean }> {
     const index = tenantIndexKey(tenantId);
-    const members = (await this.redis.call('smembers', (r) => r.smembers(index), FORCE)) ?? [];
-    const keys = members.filter((key) => parseScopedKey(CACHE_KEY_PREFIX, key) !== null);
-    await this.redis.call('del', (r) => Promise.all([...keys, index].map((key) => r.del(key))), FORCE);
+    const members = await this.redis.attempt('smembers', (r) => r.smembers(index), FORCE);
+    const keys = members === UNCONFIRMED ? [] : members.filter((key) => parseScopedKey(CACHE_KEY_PREFIX, key) !== null);
+    const deleted = await this.redis.attempt('del', (r) => Promise.all([...keys, index].map((key) => r.del(key))), FORCE);
     this.evictLocal(keys);
-    await this.evicted(keys);
-    return keys;
+    const told = await this.evicted(keys);
+    return { keys, cleared: members !== UNCONFIRMED && deleted !== UNCONFIRMED && told };
   }
 
   /** Drops keys from L1 only (what an invalidation message from another instance does). */
@@ -182,13 +245,19 @@ export class ApiTokenCacheService {
     this.local?.clear();
   }
 
-  private async evicted(keys: readonly string[]): Promise<void> {
-    if (keys.length) await Promise.all(this.evictionListeners.map((listener) => listener(keys)));
+  private async evicted(keys: readonly string[]): Promise<boolean> {
+    if (keys.length === 0) return true;
+    const told = await Promise.all(this.evictionListeners.map((listener) => listener(keys)));
+    return told.every(Boolean);
   }
 
-  private setLocal(key: string, record: ApiTokenRecord | null, scope: string | null): void {
+  /**
+   * Puts an entry in L1: a record with its identity and usage key built once, or a negative.
+   * `start`: when the read that produced the entry began (L1's clock); the entry's life counts from it.
+   */
+  private setLocal(key: string, record: ApiTokenRecord | null, scope: string | null, start: number): void {
     if (!this.local) return;
-    if (record) this.local.set(key, { record, identity: toAuthenticated(record), usageKey: activeKey(scope, record.token) });
-    else if (this.localNegativeTtl > 0) this.local.set(key, NEGATIVE, { ttl: this.localNegativeTtl });
+    if (record) this.local.set(key, { record, identity: toAuthenticated(record), usageKey: activeKey(scope, record.token) }, { start });
+    else if (this.localNegativeTtl > 0) this.local.set(key, NEGATIVE, { ttl: this.localNegativeTtl, start });
   }
 }

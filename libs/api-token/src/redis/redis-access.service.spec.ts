@@ -1,6 +1,6 @@
 import { Logger } from '@nestjs/common';
 import Redis, { Cluster, ReplyError } from 'ioredis';
-import { ApiTokenRedisService } from './redis-access.service';
+import { ApiTokenRedisService, UNCONFIRMED } from './redis-access.service';
 import { resolveApiTokenOptions } from '../api-token.options';
 import type { RedisClient } from './redis.commands';
 
@@ -78,10 +78,39 @@ describe('ApiTokenRedisService', () => {
     expect([service.isDown, warn.mock.calls.length]).toEqual([false, 0]);
   });
 
-  it('honours a per-call timeout of 0 (no limit of its own)', async () => {
+  it('bounds every call, even one asking for no limit', async () => {
     const { service } = setup();
-    const slow = service.call('scan', () => new Promise<string>((resolve) => setTimeout(() => resolve('done'), 50)), { timeoutMs: 0 });
-    expect(await slow).toBe('done');
+    expect(await service.call('get', () => new Promise(() => undefined), { timeoutMs: 0 })).toBeUndefined();
+    expect(service.isDown).toBe(true);
+  });
+
+  it('tells a call Redis did not confirm from one it answered, error replies included', async () => {
+    const { service } = setup();
+    expect(await service.attempt('del', async () => null)).toBeNull();
+    expect(await service.attempt('del', () => Promise.reject(new ReplyError('NOREPLICAS')))).toBe(UNCONFIRMED);
+    expect(service.isDown).toBe(false);
+    expect(await service.attempt('del', () => new Promise(() => undefined), { force: true })).toBe(UNCONFIRMED);
+    expect(service.isDown).toBe(true);
+  });
+
+  it('bounds each command of a walk, and sends none once the walk is over its time', async () => {
+    const { service } = setup();
+    const sent: string[] = [];
+    const hung = service.walk('scan', async (_, step) => {
+      await step(async () => sent.push('first'));
+      await step(() => new Promise(() => sent.push('hangs')));
+    }, { timeoutMs: 10_000 });
+    expect(await hung).toBe(UNCONFIRMED);
+    expect(sent).toEqual(['first', 'hangs']);
+
+    const { service: other } = setup();
+    const late = other.walk('scan', async (_, step) => {
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      await step(async () => sent.push('after the deadline'));
+      return 'done';
+    }, { timeoutMs: 10 });
+    expect(await late).toBe(UNCONFIRMED);
+    expect(sent).not.toContain('after the deadline');
   });
 
   it('still makes a forced call (a revocation write) while the circuit is open', async () => {

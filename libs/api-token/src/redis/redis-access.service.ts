@@ -10,9 +10,9 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 /** Per-call settings of {@link ApiTokenRedisService.call}. */
 export interface RedisCallOptions {
   /**
-   * Milliseconds the whole call may take before it counts as failed. Default: the
-   * `redisCommandTimeoutMs` option. Calls that loop over many commands (SCAN) should pass a larger
-   * value, or 0 for no limit of the module's own (the client's `commandTimeout` still applies).
+   * Milliseconds the whole call may take before it counts as failed. Default (and for 0): the
+   * `redisCommandTimeoutMs` option; a call is never unbounded. A walk of many commands uses
+   * {@link ApiTokenRedisService.walk}.
    */
   timeoutMs?: number;
   /**
@@ -38,6 +38,30 @@ function keyPrefixOf(client: RedisClient): string | undefined {
 
 /** What {@link ApiTokenRedisService.tryLock} answers when another holder has the lock. */
 export const LOCKED = Symbol('locked');
+
+/**
+ * What {@link ApiTokenRedisService.attempt} answers when Redis did not confirm a call: it failed,
+ * timed out, got an error reply (NOREPLICAS, READONLY, …) or was skipped. The call may still have
+ * taken effect (a timed-out write can land later), so a caller that must know treats it as "maybe".
+ */
+export const UNCONFIRMED = Symbol('unconfirmed');
+export type Unconfirmed = typeof UNCONFIRMED;
+
+/**
+ * Settings of {@link ApiTokenRedisService.walk}: `timeoutMs` bounds the whole walk (no command is
+ * sent after it), `commandTimeoutMs` each command (default `redisCommandTimeoutMs`).
+ */
+export interface RedisWalkOptions {
+  timeoutMs: number;
+  commandTimeoutMs?: number;
+  force?: boolean;
+}
+
+/** Sends one command of a walk, bounded; rejects without sending once the walk is over its time. */
+export type RedisStep = <T>(send: () => Promise<T>) => Promise<T>;
+
+/** A step for one command outside a walk, bounded by `timeoutMs`. */
+export const boundedStep = (timeoutMs: number): RedisStep => (send) => bounded(send(), timeoutMs);
 
 const UNUSABLE_AFTER_READY = new Set(['connecting', 'connect', 'reconnecting', 'close', 'end']);
 
@@ -89,26 +113,58 @@ export class ApiTokenRedisService {
   /**
    * Runs a call; a failure, a timeout, or a skip while Redis is down yields undefined (the caller
    * carries on without Redis). An error reply (e.g. WRONGTYPE) also yields undefined but shows Redis
-   * is up, so it does not open the circuit.
+   * is up, so it does not open the circuit. For the request path, where "no answer" is a miss.
    */
-  async call<T>(operation: string, call: (redis: RedisClient) => Promise<T>, options: RedisCallOptions = {}): Promise<T | undefined> {
+  call<T>(operation: string, call: (redis: RedisClient) => Promise<T>, options: RedisCallOptions = {}): Promise<T | undefined> {
+    return this.run(operation, call, options.timeoutMs || this.options.redisCommandTimeoutMs, options.force, undefined);
+  }
+
+  /**
+   * {@link call} for a caller that must tell "Redis answered" from "it did not": the answer, or
+   * {@link UNCONFIRMED} when the call failed, timed out, got an error reply or was skipped.
+   */
+  attempt<T>(operation: string, call: (redis: RedisClient) => Promise<T>, options: RedisCallOptions = {}): Promise<T | Unconfirmed> {
+    return this.run(operation, call, options.timeoutMs || this.options.redisCommandTimeoutMs, options.force, UNCONFIRMED);
+  }
+
+  /**
+   * A walk of many commands (a SCAN walk and what it does per page), bounded by the module whatever
+   * the client's settings: each command goes through `step`, which bounds it by `commandTimeoutMs`
+   * and refuses to send one once `timeoutMs` has passed. The walk is not raced but stops itself at its
+   * next command, so an abandoned walk never carries on in the background.
+   */
+  walk<T>(operation: string, walk: (redis: RedisClient, step: RedisStep) => Promise<T>, options: RedisWalkOptions): Promise<T | Unconfirmed> {
+    const { timeoutMs, commandTimeoutMs = this.options.redisCommandTimeoutMs } = options;
+    const deadline = Date.now() + timeoutMs;
+    const step: RedisStep = (send) =>
+      Date.now() >= deadline ? Promise.reject(new RedisCallTimeoutError(timeoutMs)) : bounded(send(), commandTimeoutMs);
+    return this.run(operation, (redis) => walk(redis, step), 0, options.force, UNCONFIRMED);
+  }
+
+  private async run<T, F>(
+    operation: string,
+    call: (redis: RedisClient) => Promise<T>,
+    timeoutMs: number,
+    force: boolean | undefined,
+    failed: F,
+  ): Promise<T | F> {
     const probe = this.down;
-    if (probe && !options.force && (this.probing || Date.now() < this.retryAt)) {
+    if (probe && !force && (this.probing || Date.now() < this.retryAt)) {
       this.metrics.redisFallback(operation, 'skipped');
-      return undefined;
+      return failed;
     }
     const status = this.client.status;
     if (status === 'ready') this.everReady = true;
     else if (this.everReady && UNUSABLE_AFTER_READY.has(status)) {
       this.failed(operation, `connection ${status}`);
       this.metrics.redisFallback(operation, 'skipped');
-      return undefined;
+      return failed;
     }
     const outage = this.outages;
     const probing = probe && !this.probing;
     if (probing) this.probing = true;
     try {
-      const result = await bounded(call(this.client), options.timeoutMs ?? this.options.redisCommandTimeoutMs);
+      const result = await bounded(call(this.client), timeoutMs);
       if (this.down && outage === this.outages) this.recovered();
       return result;
     } catch (error) {
@@ -120,7 +176,7 @@ export class ApiTokenRedisService {
         this.failed(operation, describeError(error));
         this.metrics.redisFallback(operation, 'failed');
       }
-      return undefined;
+      return failed;
     } finally {
       if (probing) this.probing = false;
     }
@@ -173,7 +229,7 @@ export class ApiTokenRedisService {
 }
 
 /**
- * Rejects when `promise` has not settled within `timeoutMs`. The rejection waits for `setImmediate`,
+ * Rejects when `promise` has not settled within `timeoutMs` (0: the caller bounds it, see `walk`). The rejection waits for `setImmediate`,
  * which runs after the event loop's I/O phase: when the loop itself was blocked past the timeout
  * (a burst of requests), a reply already in the socket is read first and wins, so a busy process
  * does not take a live Redis for a dead one.

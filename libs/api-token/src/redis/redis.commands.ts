@@ -17,18 +17,20 @@ export function redisDb(redis: RedisClient): number {
 
 /**
  * Walks every key matching `pattern` on every node with SCAN (never KEYS), one page at a time.
- * `onPage` is awaited before the next page is read, so memory stays bounded by `count`.
+ * `onPage` is awaited before the next page is read, so memory stays bounded by `count`. Each SCAN
+ * goes through `step` (see `ApiTokenRedisService.walk`), which bounds it.
  */
 export async function scanKeys(
   redis: RedisClient,
   pattern: string,
   count: number,
   onPage: (keys: string[], node: Redis) => Promise<void>,
+  step: <T>(send: () => Promise<T>) => Promise<T>,
 ): Promise<void> {
   for (const node of keyNodes(redis)) {
     let cursor = '0';
     do {
-      const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', count);
+      const [next, keys] = await step(() => node.scan(cursor, 'MATCH', pattern, 'COUNT', count));
       cursor = next;
       if (keys.length) await onPage(keys, node);
     } while (cursor !== '0');
@@ -51,4 +53,38 @@ export function setIfNewer(redis: RedisClient, key: string, value: string, ttlSe
   const client = redis as RedisClient & Partial<WithSetIfNewer>;
   if (!client.apiTokenSetIfNewer) client.defineCommand('apiTokenSetIfNewer', { numberOfKeys: 1, lua: SET_IF_NEWER });
   return (client as RedisClient & WithSetIfNewer).apiTokenSetIfNewer(key, value, ttlSeconds);
+}
+
+const SET_IF_GENERATION = `
+if tonumber(redis.call('TIME')[1]) > tonumber(ARGV[4]) then return -1 end
+if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1`;
+
+type WithSetIfGeneration = {
+  apiTokenSetIfGeneration(key: string, generationKey: string, generation: string, value: string, ttlSeconds: number, latest: number): Promise<number>;
+};
+
+/**
+ * Sets a cache entry only while its generation key still holds `generation` ('' for none), in one
+ * script: a write that reaches Redis after the generation changed (a revocation) is refused, however
+ * late it arrives. Returns 1 when written, 0 when refused (generation changed), -1 when refused as too
+ * late (see `latest`). Both keys must share a slot on a Cluster
+ * (`generationKey` makes it so); if they do not, the Cluster answers an error and nothing is written.
+ * A write that reaches Redis after `latest` (Unix seconds, Redis's clock) is refused too: a generation
+ * key that expired and left "none" again (ABA) must not let a write queued by the client for that
+ * long through.
+ */
+export function setIfGeneration(
+  redis: RedisClient,
+  key: string,
+  generationKey: string,
+  generation: string,
+  value: string,
+  ttlSeconds: number,
+  latest: number,
+): Promise<number> {
+  const client = redis as RedisClient & Partial<WithSetIfGeneration>;
+  if (!client.apiTokenSetIfGeneration) client.defineCommand('apiTokenSetIfGeneration', { numberOfKeys: 2, lua: SET_IF_GENERATION });
+  return (client as RedisClient & WithSetIfGeneration).apiTokenSetIfGeneration(key, generationKey, generation, value, ttlSeconds, latest);
 }

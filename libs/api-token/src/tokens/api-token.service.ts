@@ -10,7 +10,7 @@ import { checkScope } from './token.scope';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
 import { type ApiTokenRecord, type RateLimitPolicy, formatNaiveUtc, isExpired } from '../store/api-token.record';
 import { checkRateLimitPolicy } from '../limits/rate-limit.policy';
-import { ApiTokenRedisService } from '../redis/redis-access.service';
+import { ApiTokenRedisService, UNCONFIRMED } from '../redis/redis-access.service';
 import { ApiTokenRepository, type NewApiToken } from '../store/api-token.repository';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
@@ -86,9 +86,11 @@ export interface ApiTokenRevocation {
   /** The rows deleted; empty when no row matched. */
   revoked: ApiTokenSummary[];
   /**
-   * False when Redis did not answer during the invalidation. This process then tries again every
-   * second until Redis answers; a process that ends before that (the CLI) should revoke again once
-   * Redis is back, or cached entries may outlive the row up to `cacheTtlSeconds`.
+   * True only when Redis confirmed every step of the invalidation (the generation change, the
+   * deletes, the sweep of other scopes and the messages to the other instances); false when any step
+   * failed, timed out or got an error reply. This process then tries again every second until every
+   * step is confirmed; a process that ends before that (the CLI) should revoke again once Redis is
+   * back, or cached entries may outlive the row up to `cacheTtlSeconds`.
    */
   cacheCleared: boolean;
 }
@@ -180,9 +182,9 @@ export class ApiTokenService implements OnApplicationShutdown {
       const stored = storedToken(token, this.options);
       if (await this.repository.exists(stored)) continue;
       const record = await this.repository.insert({ ...values, token: stored });
-      await this.cache.bumpGeneration(stored, randomUUID());
-      await this.cache.deleteKeys([cacheKey(values.type, stored), cacheKey(null, stored)]);
-      if (this.redis.isDown) this.metrics?.invalidationFailed('create');
+      const bumped = await this.cache.bumpGeneration([values.type, null], stored, randomUUID());
+      const deleted = await this.cache.deleteKeys([cacheKey(values.type, stored), cacheKey(null, stored)]);
+      if (!bumped || !deleted) this.metrics?.invalidationFailed('create');
       return { ...this.summarize(record), token };
     }
     throw new Error(`ApiTokenService.create: no unused token after ${CREATE_ATTEMPTS} attempts`);
@@ -292,8 +294,7 @@ export class ApiTokenService implements OnApplicationShutdown {
   async invalidateTenant(tenantId: string): Promise<TenantInvalidation> {
     const uuid = checkUuid(tenantId, 'tenantId');
     if (!uuid) throw new ApiTokenInputError('ApiTokenService.invalidateTenant: "tenantId" must be a UUID');
-    const keys = await this.cache.invalidateTenant(uuid);
-    const cacheCleared = !this.redis.isDown;
+    const { keys, cleared: cacheCleared } = await this.cache.invalidateTenant(uuid);
     this.metrics?.tenantInvalidation();
     if (!cacheCleared) this.metrics?.invalidationFailed('tenant');
     return { dropped: keys.length, cacheCleared };
@@ -332,12 +333,17 @@ export class ApiTokenService implements OnApplicationShutdown {
     return { revoked: rows.map((row) => this.summarize(row)), cacheCleared };
   }
 
-  /** Drops a revoked token from every cache, in the order that keeps fills from bringing it back; false when Redis did not answer. */
+  /**
+   * Drops a revoked token from every cache, in the order that keeps fills from bringing it back: the
+   * generation first (a fill's write that reaches Redis after it is refused), then the deletes, whose
+   * messages empty every instance's L1. True only when Redis confirmed every step; every step is tried
+   * even after one failed, since each that gets through narrows what a stale entry can do meanwhile.
+   */
   private async clearCache(stored: string, scopes: (string | null)[]): Promise<boolean> {
-    await this.cache.bumpGeneration(stored, randomUUID());
-    await this.cache.deleteKeys(scopes.map((scope) => cacheKey(scope, stored)));
-    await this.cache.deleteAllScopes(stored);
-    return !this.redis.isDown;
+    const bumped = await this.cache.bumpGeneration(scopes, stored, randomUUID());
+    const deleted = await this.cache.deleteKeys(scopes.map((scope) => cacheKey(scope, stored)));
+    const swept = await this.cache.deleteAllScopes(stored);
+    return bumped && deleted && swept !== UNCONFIRMED;
   }
 
   private retryLater(stored: string, scopes: (string | null)[]): void {

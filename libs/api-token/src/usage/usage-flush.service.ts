@@ -10,7 +10,7 @@ import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { toNaiveUtc } from '../store/api-token.record';
 import { scanKeys, setIfNewer } from '../redis/redis.commands';
 import { describeError } from '../api-token.errors';
-import { ApiTokenRedisService, LOCKED } from '../redis/redis-access.service';
+import { ApiTokenRedisService, LOCKED, type RedisStep, UNCONFIRMED, boundedStep } from '../redis/redis-access.service';
 import { ApiTokenRepository, type LastUsedUpdate } from '../store/api-token.repository';
 import { ApiTokenUsageRecorder } from './usage.recorder';
 import { DEFAULT_FLUSH_CRON, MAX_FLUSH_GAP_SECONDS, longestCronGapSeconds } from './flush.schedule';
@@ -28,8 +28,14 @@ export const FLUSH_TICK_KEY = 'api_token_flush_tick';
  */
 export const FLUSH_UNWRITTEN_KEY = 'api_token_flush_unwritten';
 const FLUSH_LOCK_TTL_MS = 30_000;
-/** Bound of the flush's batch calls to Redis (lock, put-back); the walk itself is bounded per command by the client. */
-const BATCH_CALL_TIMEOUT_MS = 10_000;
+/**
+ * Bound of each of the flush's calls to Redis (lock, each SCAN and page of GETDEL, lock extension,
+ * put-back), whatever the client's settings: with a frozen Redis, a run (and so shutdown) waits
+ * about this long, then stops.
+ */
+const BATCH_CALL_TIMEOUT_MS = 1000;
+/** Bound of one whole walk; what it has not reached waits for the next run. */
+const WALK_TIMEOUT_MS = 5 * 60_000;
 
 /** What one flush did. */
 export interface UsageFlushStats {
@@ -216,28 +222,28 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       }
       await this.countLeftOver();
       const walk = new Walk(this.options.flushPageSize, (page) => this.repository.updateLastUsed(page));
-      const walked = await this.redis.call('scan', async (client) => {
+      const walked = await this.redis.walk('scan', async (client, step) => {
         try {
           await scanKeys(client, `${ACTIVE_KEY_PREFIX}:*`, walk.pageSize, async (keys, node) => {
             walk.stats.scanned += keys.length;
-            walk.add(await this.take(node, keys, walk.stats, now));
+            walk.add(await this.take(node, keys, walk.stats, now, step));
             await this.markUnwritten(walk.unwritten.length);
             await walk.write(false);
             await this.markUnwritten(walk.unwritten.length);
-            held.lock = await this.extend(held.lock);
-          });
+            held.lock = await this.extend(held.lock, step);
+          }, step);
         } catch (error) {
           if (!(error instanceof WalkStopped)) throw error;
           walk.stopped = error.reason;
         }
         return true;
-      }, { timeoutMs: 0 });
-      if (!walked) walk.stopped = 'Redis did not answer';
+      }, { timeoutMs: WALK_TIMEOUT_MS, commandTimeoutMs: BATCH_CALL_TIMEOUT_MS });
+      if (walked === UNCONFIRMED) walk.stopped = 'Redis did not answer';
       if (!walk.failed) await walk.write(true).catch((error) => ignoreStopped(error));
       if (!walk.failed && walk.stopped === undefined && this.followUp) {
         walk.stats.expired = await this.followUp(async () => {
           try {
-            held.lock = await this.extend(held.lock);
+            held.lock = await this.extend(held.lock, boundedStep(BATCH_CALL_TIMEOUT_MS));
             return true;
           } catch {
             return false;
@@ -261,7 +267,8 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       this.logger.log(`Usage flush${tick === null ? '' : ` tick=${tick}`}: ${line}${note}`);
       return walk.stats;
     } finally {
-      await held.lock.release().catch(() => undefined);
+      // Not answered in time: the lock expires by itself.
+      await this.redis.call('unlock', () => held.lock.release(), { timeoutMs: BATCH_CALL_TIMEOUT_MS });
     }
   }
 
@@ -318,40 +325,57 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     return undefined !== await this.redis.call('set', (r): Promise<unknown> => (count > 0 ? r.set(FLUSH_UNWRITTEN_KEY, String(count), 'EX', ACTIVE_KEY_TTL_SECONDS) : r.del(FLUSH_UNWRITTEN_KEY)));
   }
 
-  private async extend(lock: Lock): Promise<Lock> {
+  private async extend(lock: Lock, step: RedisStep): Promise<Lock> {
     if (lock.expiration - Date.now() > FLUSH_LOCK_TTL_MS / 2) return lock;
     try {
-      return await lock.extend(FLUSH_LOCK_TTL_MS);
+      return await step(() => lock.extend(FLUSH_LOCK_TTL_MS));
     } catch (error) {
       throw new WalkStopped(error);
     }
   }
 
-  /** Reads and deletes a page of keys on the node that holds them; returns the usable uses. */
-  private async take(node: Redis, keys: string[], stats: UsageFlushStats, now: number): Promise<TakenUse[]> {
+  /**
+   * Reads and deletes a page of keys on the node that holds them; returns the usable uses. When Redis
+   * does not answer in time, the GETDELs may still run (a frozen Redis runs them when it resumes):
+   * what they take then is put back, so giving up on a page loses none of its uses.
+   */
+  private async take(node: Redis, keys: string[], stats: UsageFlushStats, now: number, step: RedisStep): Promise<TakenUse[]> {
     const pipeline = node.pipeline();
     for (const key of keys) pipeline.getdel(key);
-    const replies = (await pipeline.exec()) ?? [];
-    const uses: TakenUse[] = [];
-    replies.forEach(([error, value], i) => {
-      if (error || value == null) return;
-      stats.taken++;
-      const use = parseActiveEntry(keys[i], String(value), now);
-      if (use) uses.push(use);
-      else stats.dropped++;
-    });
-    return uses;
+    let sent: ReturnType<typeof pipeline.exec> | undefined;
+    let replies: Awaited<ReturnType<typeof pipeline.exec>>;
+    try {
+      replies = await step(() => (sent = pipeline.exec()));
+    } catch (error) {
+      const late = { scanned: 0, taken: 0, updated: 0, dropped: 0, expired: 0, elapsedMs: 0 };
+      void sent?.then((r) => this.putBack(usesOf(keys, r ?? [], late, now), true)).catch(() => undefined);
+      throw error;
+    }
+    return usesOf(keys, replies ?? [], stats, now);
   }
 
   /** Puts taken uses back in Redis, never over a newer time; says how it went. */
-  private async putBack(uses: readonly TakenUse[]): Promise<string> {
+  private async putBack(uses: readonly TakenUse[], force = false): Promise<string> {
     const done = await this.redis.call('set', (r) =>
       Promise.all(uses.map((u) => setIfNewer(r, u.key, u.lastUsedAt, ACTIVE_KEY_TTL_SECONDS))),
-      { timeoutMs: BATCH_CALL_TIMEOUT_MS },
+      { timeoutMs: BATCH_CALL_TIMEOUT_MS, force },
     );
     if (!done) this.metrics?.flushUsesLost(uses.length);
     return done ? `${uses.length} uses put back in Redis` : `${uses.length} uses lost (Redis did not answer)`;
   }
+}
+
+/** The usable uses of a page of GETDEL replies, counted in `stats`. */
+function usesOf(keys: string[], replies: [Error | null, unknown][], stats: UsageFlushStats, now: number): TakenUse[] {
+  const uses: TakenUse[] = [];
+  replies.forEach(([error, value], i) => {
+    if (error || value == null) return;
+    stats.taken++;
+    const use = parseActiveEntry(keys[i], String(value), now);
+    if (use) uses.push(use);
+    else stats.dropped++;
+  });
+  return uses;
 }
 
 /** How far ahead of Redis's clock a use time may be (clock skew between hosts); later ones are dropped. */
