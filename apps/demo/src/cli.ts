@@ -26,7 +26,8 @@ class TokenCliModule {
       module: TokenCliModule,
       imports: [
         ...storeModules(config, { retryAttempts: 0 }),
-        ApiTokenModule.forRoot({ ...config.apiToken, flushCron: false }),
+        // A one-shot command reads no revocation log: it serves no requests.
+        ApiTokenModule.forRoot({ ...config.apiToken, flushCron: false, revocationPollIntervalMs: 0 }),
       ],
     };
   }

@@ -1,4 +1,4 @@
-import { ApiTokenMigration } from 'nestjs-api-token';
+import { API_TOKEN_MIGRATIONS } from 'nestjs-api-token';
 import { RedisModule, type RedisModuleOptions } from '@nestjs-modules/ioredis';
 import type { DynamicModule } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
@@ -30,7 +30,7 @@ export function storeModules(config: DemoConfig, { retryAttempts = 9 } = {}): Dy
     TypeOrmModule.forRoot({
       type: 'postgres',
       url: config.databaseUrl,
-      migrations: [ApiTokenMigration],
+      migrations: API_TOKEN_MIGRATIONS,
       migrationsRun: true,
       // pg waits forever by default: bound connecting (and waiting for a pooled client) and each query.
       connectTimeoutMS: 2000,

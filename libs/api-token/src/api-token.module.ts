@@ -12,6 +12,8 @@ import { ApiTokenInvalidationService } from './cache/cache-invalidation.service'
 import { ApiTokenService } from './tokens/api-token.service';
 import { ApiTokenMetrics } from './metrics/api-token.metrics';
 import { ApiTokenHealthIndicator } from './metrics/api-token.health';
+import { ApiTokenRevokedTokens } from './cache/revoked-tokens';
+import { ApiTokenRevocationLogService } from './tokens/revocation-log.service';
 
 const services = [
   ApiTokenAuthenticator,
@@ -24,6 +26,8 @@ const services = [
   ApiTokenInvalidationService,
   ApiTokenMetrics,
   ApiTokenHealthIndicator,
+  ApiTokenRevokedTokens,
+  ApiTokenRevocationLogService,
 ];
 
 /**

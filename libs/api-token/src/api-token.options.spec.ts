@@ -19,6 +19,7 @@ describe('resolveApiTokenOptions', () => {
     [{ tokenPattern: '^a$' as unknown as RegExp }, /tokenPattern.*RegExp/],
     [{ tokenPattern: /a/g }, /tokenPattern.*g or y/],
     [{ hashTokens: 'yes' as unknown as boolean }, /hashTokens/],
+    [{ revocationPollIntervalMs: -1 }, /revocationPollIntervalMs.*>= 0/],
   ])('refuses %p, naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);
   });

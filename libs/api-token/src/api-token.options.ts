@@ -42,6 +42,12 @@ export interface ApiTokenModuleOptions {
   flushCron?: string | false;
   /** Uses the usage flush writes per UPDATE statement (and SCAN COUNT hint). Default 1000. */
   flushPageSize?: number;
+  /**
+   * Milliseconds between two reads of the revocation log (`api_token_revocations`) by this instance:
+   * a revoked token is refused everywhere within this interval plus one request, whatever Redis does,
+   * as long as PostgreSQL answers. 0: never read (a short-lived process such as a CLI). Default 1000.
+   */
+  revocationPollIntervalMs?: number;
 }
 
 /** Options after defaults are applied. */
@@ -66,6 +72,7 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   redisCooldownMs: 1_000,
   flushCron: DEFAULT_FLUSH_CRON,
   flushPageSize: 1_000,
+  revocationPollIntervalMs: 1_000,
 };
 
 const POSITIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
@@ -83,6 +90,7 @@ const NON_NEGATIVE_INTEGERS: (keyof ApiTokenModuleOptions)[] = [
   'localCacheTtlMs',
   'usageWriteIntervalMs',
   'redisCooldownMs',
+  'revocationPollIntervalMs',
 ];
 
 /** Applies defaults and refuses values that cannot work, naming the option. */

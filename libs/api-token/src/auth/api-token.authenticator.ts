@@ -120,7 +120,9 @@ export class ApiTokenAuthenticator {
         if (again.status !== 'miss') return again.status === 'hit' ? again.record : null;
       }
       const generation = await this.cache.generation(token);
-      const record = await this.lookUp(token, scope);
+      const found = await this.lookUp(token, scope);
+      // A row read before its revocation committed, once the revocation log lists the token: refused, cached as absent.
+      const record = found && this.cache.isRevoked(token) ? null : found;
       await this.cache.store(scope, token, record, epoch);
       if ((await this.cache.generation(token)) !== generation) {
         await this.cache.delete(scope, token);

@@ -8,8 +8,10 @@ import { ANY_SCOPE, cacheKey } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import type { ApiTokenRecord } from '../store/api-token.record';
 import { ApiTokenRedisService } from '../redis/redis-access.service';
-import { ApiTokenRepository } from '../store/api-token.repository';
+import { ApiTokenRepository, type RevocationTarget } from '../store/api-token.repository';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
+import { ApiTokenRevokedTokens } from '../cache/revoked-tokens';
+import { revocationWindowMs } from './revocation-log.service';
 
 /** What {@link ApiTokenService.create} needs. */
 export interface CreateApiTokenInput {
@@ -110,6 +112,7 @@ export class ApiTokenService implements OnApplicationShutdown {
     private readonly redis: ApiTokenRedisService,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
     @Optional() private readonly metrics?: ApiTokenMetrics,
+    @Optional() private readonly revokedTokens?: ApiTokenRevokedTokens,
   ) {}
 
   /**
@@ -154,19 +157,38 @@ export class ApiTokenService implements OnApplicationShutdown {
     if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN_LENGTH) {
       throw new TypeError(`ApiTokenService.revoke: the token must be a string of 1 to ${MAX_TOKEN_LENGTH} characters`);
     }
-    const stored = storedToken(token, this.options);
-    const rows = await this.repository.deleteByToken(stored);
-    this.metrics?.revocation(rows.length > 0);
-    return this.invalidate(stored, rows);
+    return this.revokeStored({ token: storedToken(token, this.options) });
   }
 
   /** Revokes the token with this id (UUID). */
   async revokeById(id: string): Promise<ApiTokenRevocation> {
     const uuid = checkUuid(id, 'id');
     if (!uuid) throw new TypeError('ApiTokenService.revokeById: "id" must be a UUID');
-    const row = await this.repository.deleteById(uuid);
-    this.metrics?.revocation(row !== null);
-    return row ? this.invalidate(row.token, [row]) : { revoked: [], cacheCleared: true };
+    return this.revokeStored({ ids: [uuid] });
+  }
+
+  /**
+   * The one path of every revocation (revoke, revokeById, and any later caller: rotation's end of
+   * grace, the expiry sweep): deletes the rows and logs the revocation in one statement
+   * ({@link ApiTokenRepository.revoke}), refuses the tokens on this instance at once, then drops their
+   * cache entries. Other instances learn of it over pub/sub (fast) and from the log (guaranteed,
+   * {@link ApiTokenRevocationLogService}). A token target drops its cache entries even when no row held it.
+   * @internal not for applications: call {@link revoke} or {@link revokeById}.
+   */
+  async revokeStored(target: RevocationTarget): Promise<ApiTokenRevocation> {
+    const rows = await this.repository.revoke(target);
+    this.metrics?.revocation(rows.length > 0);
+    const byToken = new Map<string, ApiTokenRecord[]>('token' in target ? [[target.token, []]] : []);
+    for (const row of rows) byToken.set(row.token, [...(byToken.get(row.token) ?? []), row]);
+    const window = revocationWindowMs(this.options);
+    for (const [stored, deleted] of byToken) if (deleted.length) this.revokedTokens?.add(stored, window);
+    const outcome: ApiTokenRevocation = { revoked: [], cacheCleared: true };
+    for (const [stored, deleted] of byToken) {
+      const { revoked, cacheCleared } = await this.invalidate(stored, deleted);
+      outcome.revoked.push(...revoked);
+      outcome.cacheCleared &&= cacheCleared;
+    }
+    return outcome;
   }
 
   /** Drops every cached entry of a tenant, and its index, on every instance; the tokens stay valid. */
