@@ -90,7 +90,7 @@ function cacheNotCleared(what: string): never {
 export function buildProgram(out: (text: string) => void = (text) => process.stdout.write(text)): Command {
   const program = new Command('token')
     .description(
-      'Administer API tokens in the database and Redis the demo uses (env DATABASE_URL, REDIS_URL or REDIS_CLUSTER_NODES).\n' +
+      'Administer API tokens in the database and Redis the demo uses (env DATABASE_URL, REDIS_URL, REDIS_SENTINELS with REDIS_SENTINEL_NAME, or REDIS_CLUSTER_NODES).\n' +
         `Exit codes: ${EXIT.ok} done, ${EXIT.failed} failed (nothing matched, store unreachable), ${EXIT.usage} bad arguments.`,
     )
     .exitOverride()

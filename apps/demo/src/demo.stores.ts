@@ -2,10 +2,15 @@ import { API_TOKEN_MIGRATIONS } from 'nestjs-api-token';
 import { RedisModule, type RedisModuleOptions } from '@nestjs-modules/ioredis';
 import type { DynamicModule } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import type { DemoConfig } from './demo.config';
+import { DEFAULT_REDIS_SENTINEL_NAME, type DemoConfig } from './demo.config';
 
-/** The `@nestjs-modules/ioredis` options for this config: a Cluster when nodes are given, else one node. */
-export function redisModuleOptions(config: Pick<DemoConfig, 'redisUrl' | 'redisClusterNodes'>): RedisModuleOptions {
+/**
+ * The `@nestjs-modules/ioredis` options for this config: a Cluster when nodes are given, else the
+ * master the sentinels name when sentinels are given, else one node.
+ */
+export function redisModuleOptions(
+  config: Pick<DemoConfig, 'redisUrl' | 'redisClusterNodes' | 'redisSentinels' | 'redisSentinelName'>,
+): RedisModuleOptions {
   // The library bounds its own calls (redisCommandTimeoutMs); these bound the rest of the app's.
   const options = {
     maxRetriesPerRequest: 1,
@@ -15,6 +20,21 @@ export function redisModuleOptions(config: Pick<DemoConfig, 'redisUrl' | 'redisC
   };
   if (config.redisClusterNodes?.length) {
     return { type: 'cluster', nodes: config.redisClusterNodes, options: { redisOptions: options, clusterRetryStrategy: options.retryStrategy } };
+  }
+  if (config.redisSentinels?.length) {
+    return {
+      type: 'single',
+      options: {
+        ...options,
+        sentinels: config.redisSentinels,
+        name: config.redisSentinelName ?? DEFAULT_REDIS_SENTINEL_NAME,
+        // Leave a frozen master as soon as the sentinels announce its successor (+switch-master), not
+        // when it answers again; and leave a demoted one at its first READONLY reply.
+        failoverDetector: true,
+        reconnectOnError: (error: Error) => error.message.startsWith('READONLY'),
+        sentinelRetryStrategy: options.retryStrategy,
+      },
+    };
   }
   return { type: 'single', url: config.redisUrl, options };
 }
