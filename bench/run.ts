@@ -89,6 +89,7 @@ async function main(): Promise<void> {
     const redisPort = Number(new URL(redis.url).port);
     const flush = await optional(cleanup, 'flush', 'runFlushBench', { redisHost: '127.0.0.1', redisPort, redisDb: 8 });
     const revocation = await optional(cleanup, 'revocation', 'runRevocationBench', { redisHost: '127.0.0.1', redisPort, redisDb: 9 });
+    await optional(cleanup, 'revocation-log', 'runRevocationLogBench', { redisHost: '127.0.0.1', redisPort, redisDb: 10 }).then((o) => console.log(o.status === 'ran' ? (o.result as { markdown: string }).markdown : `revocation-log: ${o.reason}`));
 
     const seconds = (Date.now() - started) / 1000;
     const pg = await dataSource.query<{ server_version: string }[]>('SHOW server_version');
