@@ -109,6 +109,7 @@ async function main(): Promise<void> {
     const revocation = await optional(cleanup, 'revocation', 'runRevocationBench', { redisHost: '127.0.0.1', redisPort, redisDb: 9 });
     await optional(cleanup, 'rate-limit', 'runRateLimitBench', { redisHost: '127.0.0.1', redisPort, redisDb: 10 }); // writes bench/RATE-LIMIT-RESULTS.md
     await optional(cleanup, 'expiry', 'runExpiryBench', { redisHost: '127.0.0.1', redisPort, redisDb: 10 }).then((o) => console.log(o.status === 'ran' ? (o.result as { markdown: string }).markdown : `expiry: ${o.reason}`));
+    await optional(cleanup, 'revocation-log', 'runRevocationLogBench', { redisHost: '127.0.0.1', redisPort, redisDb: 10 }).then((o) => console.log(o.status === 'ran' ? (o.result as { markdown: string }).markdown : `revocation-log: ${o.reason}`));
 
     await adapters(context);
 

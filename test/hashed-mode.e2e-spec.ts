@@ -99,5 +99,7 @@ describe('hashed mode', () => {
     await app.get(ApiTokenService).revoke(tokens[1]);
     expect((await get(port, '/app/whoami', tokens[1])).status).toBe(401);
     expect(await redis.get(`api_token:app:${hashToken(tokens[1])}`)).toBe('null');
+    // The revocation log holds the hash too, never the token.
+    expect(await db.query('SELECT token FROM api_token_revocations')).toEqual([{ token: hashToken(tokens[1]) }]);
   });
 });

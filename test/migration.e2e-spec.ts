@@ -37,6 +37,30 @@ describe('migration', () => {
     ]);
   });
 
+  it('adds the revocation log to a database whose migrations table already records the first migration', async () => {
+    db = await createTestDatabase();
+    app = await createTestApp({ databaseUrl: db.url });
+    await app.close();
+    app = undefined;
+    // As a database migrated by a version without the log looks.
+    await db.query('DROP TABLE api_token_revocations');
+    await db.query("DELETE FROM migrations WHERE name = 'ApiTokenRevocationLogMigration1764100000000'");
+    app = await createTestApp({ databaseUrl: db.url });
+    const columns = await db.query(
+      `SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'api_token_revocations' ORDER BY ordinal_position`,
+    );
+    expect(columns).toEqual([
+      { column_name: 'id', data_type: 'bigint' },
+      { column_name: 'token', data_type: 'character varying' },
+      { column_name: 'scopes', data_type: 'ARRAY' },
+      { column_name: 'revoked_at', data_type: 'timestamp without time zone' },
+    ]);
+    expect(await db.query(`SELECT indexname FROM pg_indexes WHERE tablename = 'api_token_revocations' ORDER BY indexname`)).toEqual([
+      { indexname: 'api_token_revocations_pkey' },
+      { indexname: 'api_token_revocations_revoked_at_idx' },
+    ]);
+  });
+
   it('leaves a table Dify already made as it is, rows and extra columns included', async () => {
     db = await createTestDatabase();
     await db.query(`CREATE TABLE api_tokens (

@@ -11,6 +11,8 @@ import { REDIS_CLUSTER_NODES, REDIS_TEST_URL } from './servers';
 export interface TestAppOptions {
   databaseUrl: string;
   redisUrl?: string;
+  /** Sentinels naming the master (`mymaster`) to use instead of `redisUrl`. */
+  redisSentinels?: { host: string; port: number }[];
   adapter?: 'express' | 'fastify';
   apiToken?: ApiTokenModuleOptions;
   flushCron?: string;
@@ -26,7 +28,8 @@ export async function createTestApp(options: TestAppOptions): Promise<INestAppli
     stores: {
       databaseUrl: options.databaseUrl,
       redisUrl: options.redisUrl ?? REDIS_TEST_URL,
-      redisClusterNodes: options.redisUrl ? undefined : REDIS_CLUSTER_NODES,
+      redisClusterNodes: options.redisUrl || options.redisSentinels ? undefined : REDIS_CLUSTER_NODES,
+      redisSentinels: options.redisSentinels,
     },
     apiToken: { flushCron: options.flushCron, ...options.apiToken },
     typeorm: { ...options.counter?.typeorm, ...options.typeorm },
@@ -54,6 +57,8 @@ function quitRedisOnClose<T extends INestApplication>(app: T): T {
   app.close = async () => {
     await close();
     if (redis.status !== 'end') await redis.quit().catch(() => redis.disconnect());
+    // quit() leaves a Sentinel client's failover-detector connections open; disconnect() closes them.
+    redis.disconnect();
   };
   return app;
 }

@@ -15,6 +15,8 @@ import { ApiTokenExpirySweep } from './tokens/expiry.sweep';
 import { ApiTokenMetrics } from './metrics/api-token.metrics';
 import { ApiTokenHealthIndicator } from './metrics/api-token.health';
 import { ApiTokenRateLimiter } from './limits/rate-limiter.service';
+import { ApiTokenRevokedTokens } from './cache/revoked-tokens';
+import { ApiTokenRevocationLogService } from './tokens/revocation-log.service';
 
 const services = [
   ApiTokenAuthenticator,
@@ -30,6 +32,8 @@ const services = [
   ApiTokenMetrics,
   ApiTokenHealthIndicator,
   ApiTokenRateLimiter,
+  ApiTokenRevokedTokens,
+  ApiTokenRevocationLogService,
 ];
 
 /**

@@ -37,6 +37,7 @@ describe('resolveApiTokenOptions', () => {
     [{ rateLimitMode: 'strict' as never }, /rateLimitMode.*"approximate" or "exact"/],
     [{ rateLimitWhenRedisDown: 'maybe' as never }, /rateLimitWhenRedisDown.*"open" or "closed"/],
     [{ rateLimitSyncIntervalMs: 0 }, /rateLimitSyncIntervalMs.*>= 1/],
+    [{ revocationPollIntervalMs: -1 }, /revocationPollIntervalMs.*>= 0/],
   ])('refuses %p with an ApiTokenInputError naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);
     expect(() => resolveApiTokenOptions(options)).toThrow(ApiTokenInputError);

@@ -74,6 +74,12 @@ export interface ApiTokenModuleOptions {
    * a limit are not affected. Default `open`.
    */
   rateLimitWhenRedisDown?: 'open' | 'closed';
+  /**
+   * Milliseconds between two reads of the revocation log (`api_token_revocations`) by this instance:
+   * a revoked token is refused everywhere within this interval plus one request, whatever Redis does,
+   * as long as PostgreSQL answers. 0: never read (a short-lived process such as a CLI). Default 1000.
+   */
+  revocationPollIntervalMs?: number;
 }
 
 /** The shapes the module's refusals can take (see {@link ApiTokenModuleOptions.errorFormat}). */
@@ -109,6 +115,7 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   rateLimitMode: 'approximate',
   rateLimitSyncIntervalMs: 100,
   rateLimitWhenRedisDown: 'open',
+  revocationPollIntervalMs: 1_000,
 };
 
 const DAY_SECONDS = 86_400;
@@ -133,6 +140,7 @@ const INTEGER_RANGES: Partial<Record<keyof ApiTokenModuleOptions, [min: number, 
   redisCooldownMs: [0, MINUTE_MS],
   flushPageSize: [1, 50_000],
   rateLimitSyncIntervalMs: [1, MINUTE_MS],
+  revocationPollIntervalMs: [0, MINUTE_MS],
 };
 
 /** Applies defaults and refuses values that cannot work, naming the option. */

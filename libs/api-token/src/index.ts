@@ -6,7 +6,12 @@ export { ApiTokenEntity } from './store/api-token.entity';
 export { ApiTokenError, ApiTokenInputError, ApiTokenStoreError } from './api-token.errors';
 export { API_TOKEN_ERRORS, ApiTokenGuard, type ApiTokenRequest, RETRY_AFTER_SECONDS, parseAuthorization } from './auth/api-token.guard';
 export * from './api-token.keys';
-export { ApiTokenMigration, ApiTokenMigration1764000000000 } from './store/api-token.migration';
+export {
+  API_TOKEN_MIGRATIONS,
+  ApiTokenMigration,
+  ApiTokenMigration1764000000000,
+  ApiTokenRevocationLogMigration1764100000000,
+} from './store/api-token.migration';
 export { ApiTokenModule } from './api-token.module';
 export type { ApiTokenModuleExtras } from './api-token.module-definition';
 export {

@@ -132,8 +132,9 @@ export class ApiTokenAuthenticator {
       }
       const generation = await this.cache.generation(scope, token);
       const found = await this.lookUp(token, scope);
-      // An expired row is cached as "no such token", never as a record: Dify, reading the same Redis, ignores `expires_at`.
-      const record = found && isExpired(found) ? null : found;
+      // An expired row is cached as "no such token", never as a record: Dify, reading the same Redis, ignores
+      // `expires_at`. Nor is a row read before its revocation committed, once the revocation log lists the token.
+      const record = found && (isExpired(found) || this.cache.isRevoked(token)) ? null : found;
       const outcome = await this.cache.fill(scope, token, record, generation, epoch, started);
       return outcome === 'changed' ? null : record;
     } finally {

@@ -26,6 +26,15 @@ const RECONNECT_MS = 1000;
 const CLUSTER_READY_WAIT_MS = 2000;
 const CLUSTER_NODE_RETRIES = 5;
 const QUIT_TIMEOUT_MS = 1000;
+/**
+ * How often the instance publishes a ping to itself, and how long the channel may stay silent before
+ * it counts as lost. A subscription can look healthy while no message can arrive (a frozen master, a
+ * subscriber left on a demoted or partitioned master while publishers moved on); only a message
+ * that went the whole way proves it. One PUBLISH per interval per instance, on a channel only this
+ * instance listens to, so the cost does not grow with the number of instances.
+ */
+const ECHO_INTERVAL_MS = 1000;
+const ECHO_LOST_AFTER_MS = 3000;
 
 interface InvalidationMessage {
   /** The publishing instance, which has already evicted the keys itself. */
@@ -53,6 +62,10 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
   private listening = false;
   private closing = false;
   private received = 0;
+  /** This instance's own echo channel (see {@link ECHO_INTERVAL_MS}). */
+  private readonly echoChannel: string;
+  private lastEcho = 0;
+  private echoTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly redis: ApiTokenRedisService,
@@ -60,6 +73,7 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
     @Optional() metrics?: ApiTokenMetrics,
   ) {
     this.channel = invalidationChannel(redis.client);
+    this.echoChannel = `${this.channel}:echo:${this.instanceId}`;
     cache.onEviction((keys) => this.publish(keys));
     metrics?.source('invalidationListening', () => (this.listening ? 1 : 0));
     metrics?.source('invalidationMessagesReceived', () => this.received);
@@ -79,6 +93,7 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
     await this.connect();
     await this.subscribing;
     this.started = true;
+    this.echoTimer = setInterval(() => void this.checkEcho(), ECHO_INTERVAL_MS).unref();
   }
 
   private async connect(): Promise<void> {
@@ -111,7 +126,12 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
    */
   private async createSubscriber(): Promise<Redis | undefined> {
     const client = this.redis.client;
-    if (!client.isCluster) return (client as Redis).duplicate({ lazyConnect: true, autoResubscribe: false });
+    if (!client.isCluster) {
+      // Under Sentinel the subscriber leaves a master as soon as the sentinels announce its
+      // successor, whatever the application chose for its own connection.
+      const sentinel = ((client as Redis).options.sentinels?.length ?? 0) > 0;
+      return (client as Redis).duplicate({ lazyConnect: true, autoResubscribe: false, ...(sentinel ? { failoverDetector: true } : {}) });
+    }
     const cluster = client as Cluster;
     if (cluster.status !== 'ready') {
       await Promise.race([once(cluster, 'ready'), sleep(CLUSTER_READY_WAIT_MS)]);
@@ -128,6 +148,7 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
 
   async onApplicationShutdown(): Promise<void> {
     this.closing = true;
+    clearInterval(this.echoTimer);
     const subscriber = this.subscriber;
     this.subscriber = undefined;
     if (!subscriber) return;
@@ -136,9 +157,11 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
       let timer: NodeJS.Timeout | undefined;
       const late = new Promise<boolean>((resolve) => (timer = setTimeout(resolve, QUIT_TIMEOUT_MS, false)));
       const quit = subscriber.quit().then(() => true, () => false);
-      if (!(await Promise.race([quit, late]))) subscriber.disconnect();
+      await Promise.race([quit, late]);
       clearTimeout(timer);
-    } else subscriber.disconnect();
+    }
+    // Also after quit(): only disconnect() closes a Sentinel client's failover-detector connections.
+    subscriber.disconnect();
   }
 
   /**
@@ -160,7 +183,7 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
     const subscriber = this.subscriber;
     if (!subscriber || this.closing) return;
     try {
-      await subscriber.subscribe(this.channel);
+      await subscriber.subscribe(this.channel, this.echoChannel);
     } catch (error) {
       this.lost(error);
       // Connected but not subscribed would stay so: reconnect, and subscribe again when ready.
@@ -168,25 +191,51 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
       return;
     }
     this.listening = true;
+    this.lastEcho = performance.now();
     if (this.started) {
       this.cache.clearLocal();
       this.logger.log('Invalidation channel subscribed again; in-process cache emptied (messages may have been missed)');
     }
   }
 
+  /**
+   * Publishes the next ping, after checking that the last ones came back. A channel silent for
+   * {@link ECHO_LOST_AFTER_MS} is lost; when Redis itself answers (the ping was published), the
+   * subscriber is on the wrong server, so it reconnects (under Sentinel, to the master named now).
+   */
+  private async checkEcho(): Promise<void> {
+    const subscriber = this.subscriber;
+    if (this.closing || !subscriber) return;
+    if (this.listening && performance.now() - this.lastEcho > ECHO_LOST_AFTER_MS) {
+      this.lost('no message came through');
+      if (!this.redis.isDown && subscriber.status === 'ready') subscriber.disconnect(true);
+    }
+    await this.redis.call('publish', (r) => r.publish(this.echoChannel, '1'));
+  }
+
   private lost(error?: unknown): void {
     if (!this.listening || this.closing) return;
     this.listening = false;
-    const reason = error === undefined ? 'connection closed' : describeError(error);
+    const reason = error === undefined ? 'connection closed' : typeof error === 'string' ? error : describeError(error);
     this.logger.warn(`Invalidation channel lost (${reason}); in-process entries live at most their TTL until it is back`);
   }
 
   private receive(channel: string, message: string): void {
+    if (channel === this.echoChannel) return this.echoed();
     if (channel !== this.channel) return;
     const parsed = parseMessage(message);
     if (!parsed || parsed.origin === this.instanceId) return;
     this.received++;
     this.cache.evictLocal(parsed.keys);
+  }
+
+  /** The channel works (again): a subscription that was taken as lost may have missed messages. */
+  private echoed(): void {
+    this.lastEcho = performance.now();
+    if (this.listening || this.closing) return;
+    this.listening = true;
+    this.cache.clearLocal();
+    this.logger.log('Invalidation channel answers again; in-process cache emptied (messages may have been missed)');
   }
 }
 

@@ -8,6 +8,7 @@ import { parseRecord, serializeRecord, toAuthenticated } from '../store/api-toke
 import { scanKeys, setIfGeneration } from '../redis/redis.commands';
 import { ApiTokenRedisService, UNCONFIRMED, type Unconfirmed } from '../redis/redis-access.service';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
+import { ApiTokenRevokedTokens } from './revoked-tokens';
 
 /** The three outcomes of a cache lookup. */
 export type CacheLookup =
@@ -67,6 +68,7 @@ export class ApiTokenCacheService {
     private readonly redis: ApiTokenRedisService,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
     @Optional() metrics?: ApiTokenMetrics,
+    @Optional() private readonly revoked: ApiTokenRevokedTokens = new ApiTokenRevokedTokens(),
   ) {
     metrics?.source('localCacheEntries', () => this.local?.size ?? 0);
     const { localCacheMax, localCacheTtlMs, negativeTtlSeconds } = options;
@@ -95,8 +97,29 @@ export class ApiTokenCacheService {
     if (raw == null) return MISS;
     const record = parseRecord(raw);
     if (record === undefined || (record && (record.token !== token || (scope && record.type !== scope)))) return MISS;
+    if (record && this.revoked.has(token)) {
+      // A stale entry of a revoked token (a failover, a lost write, a fill by Dify): refused, and deleted again.
+      if (epoch === this.epoch) this.setLocal(key, null, scope, started);
+      void this.redis.call('del', (r) => r.del(key), FORCE);
+      return NEGATIVE_ANSWER;
+    }
     if (epoch === this.epoch) this.setLocal(key, record, scope, started);
     return record ? { status: 'hit', record } : NEGATIVE_ANSWER;
+  }
+
+  /** Whether the revocation log lists this stored token as revoked, so no cache entry of it may be accepted. */
+  isRevoked(token: string): boolean {
+    return this.revoked.has(token);
+  }
+
+  /**
+   * Drops a revoked token's keys from L1 and again from Redis, without publishing: every instance
+   * does it itself when it reads the revocation log.
+   */
+  async dropRevoked(keys: readonly string[]): Promise<void> {
+    if (keys.length === 0) return;
+    this.evictLocal(keys);
+    await this.redis.call('del', (r) => Promise.all(keys.map((key) => r.del(key))), FORCE);
   }
 
   /**

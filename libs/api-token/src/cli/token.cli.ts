@@ -32,7 +32,8 @@ class TokenCliModule {
       module: TokenCliModule,
       imports: [
         ...storeModules(config, { retryAttempts: 1 }),
-        ApiTokenModule.forRoot({ flushCron: false }),
+        // A one-shot command serves no requests: no flush schedule, no revocation log to read.
+        ApiTokenModule.forRoot({ flushCron: false, revocationPollIntervalMs: 0 }),
       ],
     };
   }
@@ -151,7 +152,7 @@ function cacheNotCleared(what: string): never {
 export function buildProgram(out: (text: string) => void = (text) => process.stdout.write(text)): Command {
   const program = new Command('token')
     .description(
-      'Administer API tokens in PostgreSQL and Redis (env DATABASE_URL, REDIS_URL or REDIS_CLUSTER_NODES).\n' +
+      'Administer API tokens in PostgreSQL and Redis (env DATABASE_URL, REDIS_URL, REDIS_SENTINELS with REDIS_SENTINEL_NAME, or REDIS_CLUSTER_NODES).\n' +
         `Exit codes: ${EXIT.ok} done, ${EXIT.failed} failed (nothing matched, store unreachable), ${EXIT.usage} bad arguments.`,
     )
     .exitOverride()

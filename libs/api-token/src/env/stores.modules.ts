@@ -2,8 +2,8 @@ import { RedisModule, type RedisModuleOptions } from '@nestjs-modules/ioredis';
 import type { DynamicModule } from '@nestjs/common';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import type { PostgresDataSourceOptions } from 'typeorm/driver/postgres/PostgresDataSourceOptions';
-import { ApiTokenMigration } from '../store/api-token.migration';
-import { type ApiTokenStoresEnv, readStoresEnv } from './stores.env';
+import { API_TOKEN_MIGRATIONS } from '../store/api-token.migration';
+import { type ApiTokenStoresEnv, DEFAULT_REDIS_SENTINEL_NAME, readStoresEnv } from './stores.env';
 import { isTransientDatabaseError } from './stores.startup';
 
 /**
@@ -24,8 +24,13 @@ export interface ApiTokenStoresOptions {
   typeorm?: Partial<PostgresDataSourceOptions>;
 }
 
-/** The `@nestjs-modules/ioredis` options for these stores: a Cluster when nodes are given, else one node. */
-export function redisModuleOptions(config: Pick<ApiTokenStoresEnv, 'redisUrl' | 'redisClusterNodes'>): RedisModuleOptions {
+/**
+ * The `@nestjs-modules/ioredis` options for these stores: a Cluster when nodes are given, else the
+ * master the sentinels name when sentinels are given, else one node.
+ */
+export function redisModuleOptions(
+  config: Pick<ApiTokenStoresEnv, 'redisUrl' | 'redisClusterNodes' | 'redisSentinels' | 'redisSentinelName'>,
+): RedisModuleOptions {
   // The library bounds its own calls (redisCommandTimeoutMs); these bound the rest of the app's.
   const options = {
     maxRetriesPerRequest: 1,
@@ -35,6 +40,21 @@ export function redisModuleOptions(config: Pick<ApiTokenStoresEnv, 'redisUrl' | 
   };
   if (config.redisClusterNodes?.length) {
     return { type: 'cluster', nodes: config.redisClusterNodes, options: { redisOptions: options, clusterRetryStrategy: options.retryStrategy } };
+  }
+  if (config.redisSentinels?.length) {
+    return {
+      type: 'single',
+      options: {
+        ...options,
+        sentinels: config.redisSentinels,
+        name: config.redisSentinelName ?? DEFAULT_REDIS_SENTINEL_NAME,
+        // Leave a frozen master as soon as the sentinels announce its successor (+switch-master), not
+        // when it answers again; and leave a demoted one at its first READONLY reply.
+        failoverDetector: true,
+        reconnectOnError: (error: Error) => error.message.startsWith('READONLY'),
+        sentinelRetryStrategy: options.retryStrategy,
+      },
+    };
   }
   return { type: 'single', url: config.redisUrl, options };
 }
@@ -52,7 +72,7 @@ export function storeModules(
     TypeOrmModule.forRoot({
       type: 'postgres',
       url: config.databaseUrl,
-      migrations: [ApiTokenMigration],
+      migrations: API_TOKEN_MIGRATIONS,
       migrationsRun: true,
       // pg waits forever by default: bound connecting (and waiting for a pooled client) and each query.
       connectTimeoutMS: 2000,

@@ -69,7 +69,11 @@ export function describeDatabaseFailure(error: unknown, env: NodeJS.ProcessEnv =
  * `REDIS_CLUSTER_NODES`): the application carries on without it, and says so with the remedy.
  */
 export function describeRedisDown(env: NodeJS.ProcessEnv = process.env, who = 'the application'): string {
-  const at = env.REDIS_CLUSTER_NODES ? 'at the nodes in REDIS_CLUSTER_NODES' : where(env.REDIS_URL || DEFAULT_REDIS_URL, 'REDIS_URL');
+  const at = env.REDIS_CLUSTER_NODES
+    ? 'at the nodes in REDIS_CLUSTER_NODES'
+    : env.REDIS_SENTINELS
+      ? 'through the sentinels in REDIS_SENTINELS'
+      : where(env.REDIS_URL || DEFAULT_REDIS_URL, 'REDIS_URL');
   return (
     `Redis did not answer ${at}: ${who} serves anyway, authenticating every request from PostgreSQL ` +
     `(no shared cache, no revocation across instances, no usage recording) until Redis answers; ${REMEDY}, or set REDIS_URL.`

@@ -27,7 +27,14 @@ export const INVALIDATION_KINDS = ['create', 'revoke', 'policy', 'tenant'] as co
 export type InvalidationKind = (typeof INVALIDATION_KINDS)[number];
 
 /** Values read from the services when a snapshot is taken, rather than counted. */
-export type ApiTokenMetricsSource = 'localCacheEntries' | 'usagePending' | 'redisUp' | 'invalidationListening' | 'invalidationMessagesReceived';
+export type ApiTokenMetricsSource =
+  | 'localCacheEntries'
+  | 'usagePending'
+  | 'redisUp'
+  | 'invalidationListening'
+  | 'invalidationMessagesReceived'
+  | 'revokedTokensListed'
+  | 'revocationLogLagSeconds';
 
 /** Label of the scopes beyond {@link MAX_SCOPE_LABELS}, and of scope strings that cannot be a scope. */
 export const OTHER_LABEL = 'other';
@@ -143,6 +150,10 @@ export interface ApiTokenMetricsSnapshot {
     failures: Record<InvalidationKind, number>;
     listening: boolean;
     messagesReceived: number;
+    /** Revoked tokens this instance refuses on its own until their cache entries can no longer exist. */
+    revokedListed: number;
+    /** Seconds since this instance last read the revocation log (0 when the log is not polled). */
+    logLagSeconds: number;
   };
 }
 
@@ -320,6 +331,8 @@ export class ApiTokenMetrics {
         failures: { ...this.invalidationFailures },
         listening: read('invalidationListening') === 1,
         messagesReceived: read('invalidationMessagesReceived'),
+        revokedListed: read('revokedTokensListed'),
+        logLagSeconds: read('revocationLogLagSeconds'),
       },
     };
   }

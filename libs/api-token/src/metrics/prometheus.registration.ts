@@ -155,6 +155,18 @@ export const API_TOKEN_GAUGES: readonly Family[] = [
     samples: one((s) => +s.invalidation.listening),
   },
   {
+    name: 'api_token_revoked_tokens_listed',
+    help: 'Revoked tokens this instance refuses on its own, from the revocation log, until their cache entries can no longer exist.',
+    labelNames: [],
+    samples: one((s) => s.invalidation.revokedListed),
+  },
+  {
+    name: 'api_token_revocation_log_lag_seconds',
+    help: 'Seconds since this instance last read the revocation log; grows while PostgreSQL does not answer the poll.',
+    labelNames: [],
+    samples: one((s) => s.invalidation.logLagSeconds),
+  },
+  {
     name: 'api_token_flush_last_success_timestamp_seconds',
     help: 'Unix time of the end of the last completed usage flush in this process (0: none yet).',
     labelNames: [],

@@ -1,9 +1,26 @@
 import type { MigrationInterface, QueryRunner } from 'typeorm';
 
 /**
- * Creates `api_tokens` and its indexes when absent; a table Dify already made is left as it is.
- * Also creates the library's own `api_token_policies` (expiry and rate limit per token).
- * Add it to your DataSource's `migrations` (or run {@link ApiTokenMigration.prototype.up} yourself).
+ * The library's own table, `api_token_revocations`: the durable revocation log every instance polls
+ * (see `ApiTokenRevocationLogService`). Dify never reads it. Idempotent, so both migrations below
+ * may run it.
+ */
+async function createRevocationLog(queryRunner: QueryRunner): Promise<void> {
+  await queryRunner.query(`
+    CREATE TABLE IF NOT EXISTS api_token_revocations (
+      id bigserial NOT NULL,
+      token varchar(255) NOT NULL,
+      scopes varchar(16)[] NOT NULL,
+      revoked_at timestamp without time zone NOT NULL DEFAULT (clock_timestamp() AT TIME ZONE 'UTC'),
+      CONSTRAINT api_token_revocations_pkey PRIMARY KEY (id)
+    )`);
+  await queryRunner.query('CREATE INDEX IF NOT EXISTS api_token_revocations_revoked_at_idx ON api_token_revocations (revoked_at)');
+}
+
+/**
+ * Creates `api_tokens` and its indexes when absent (a table Dify already made is left as it is), and
+ * the library's own tables: the revocation log, and `api_token_policies` (expiry and rate limit per token). Add it to your DataSource's `migrations` (or run
+ * {@link ApiTokenMigration.prototype.up} yourself); see {@link API_TOKEN_MIGRATIONS}.
  */
 export class ApiTokenMigration1764000000000 implements MigrationInterface {
   name = 'ApiTokenMigration1764000000000';
@@ -40,6 +57,7 @@ export class ApiTokenMigration1764000000000 implements MigrationInterface {
     await queryRunner.query(
       'CREATE INDEX IF NOT EXISTS api_token_policies_expires_idx ON api_token_policies (expires_at) WHERE expires_at IS NOT NULL',
     );
+    await createRevocationLog(queryRunner);
   }
 
   /** Does nothing: the table may be Dify's, and dropping it would take its tokens. */
@@ -48,3 +66,24 @@ export class ApiTokenMigration1764000000000 implements MigrationInterface {
 
 /** The library's migration, under a stable name. */
 export const ApiTokenMigration = ApiTokenMigration1764000000000;
+
+/**
+ * Creates the revocation log for a database whose migrations table already records
+ * {@link ApiTokenMigration} from a version without the log (TypeORM never runs a recorded migration
+ * again). Does nothing where the log exists.
+ */
+export class ApiTokenRevocationLogMigration1764100000000 implements MigrationInterface {
+  name = 'ApiTokenRevocationLogMigration1764100000000';
+
+  async up(queryRunner: QueryRunner): Promise<void> {
+    await createRevocationLog(queryRunner);
+  }
+
+  /** Drops the log: only this library writes it. */
+  async down(queryRunner: QueryRunner): Promise<void> {
+    await queryRunner.query('DROP TABLE IF EXISTS api_token_revocations');
+  }
+}
+
+/** Every migration of the library, in order: the value for a DataSource's `migrations`. */
+export const API_TOKEN_MIGRATIONS = [ApiTokenMigration1764000000000, ApiTokenRevocationLogMigration1764100000000];

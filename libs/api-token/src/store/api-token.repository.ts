@@ -79,6 +79,21 @@ export interface ApiTokenFilter {
   type?: string;
 }
 
+/** What a revocation deletes: every row of one stored token (any scope), or the rows with these ids. */
+export type RevocationTarget = { token: string } | { ids: readonly string[] };
+
+/** One entry of the revocation log (`api_token_revocations`). */
+export interface RevocationLogEntry {
+  /** The entry's bigserial id, as text. */
+  id: string;
+  /** The token's stored form (its hash in hashed mode). */
+  token: string;
+  /** The scopes of the rows deleted. */
+  scopes: string[];
+  /** Milliseconds since the revocation, by the database's clock (so no two clocks are compared). */
+  ageMs: number;
+}
+
 /**
  * `api_tokens` in PostgreSQL, through the TypeORM DataSource's pool.
  *
@@ -166,15 +181,54 @@ export class ApiTokenRepository {
     return rows.length ? toRecord(rows[0]) : null;
   }
 
-  /** Deletes every row with this token (any scope) and returns them. */
-  async deleteByToken(token: string): Promise<ApiTokenRecord[]> {
-    return (await this.query<Row>('delete', `DELETE FROM api_tokens WHERE token = $1 RETURNING ${COLUMNS}`, [token])).map(toRecord);
+  /**
+   * Deletes the target's rows and records each token they held in the revocation log, in one
+   * statement (one transaction: a row is never gone without its log entry, nor logged and kept).
+   * Every revocation goes through here, so that every instance learns of it from the log. Returns
+   * the rows deleted; nothing is logged when none matched.
+   */
+  async revoke(target: RevocationTarget): Promise<ApiTokenRecord[]> {
+    const [where, param] = 'token' in target ? ['token = $1', target.token] : ['id = ANY($1::uuid[])', [...target.ids]];
+    const rows = await this.query<Row>(
+      'revoke',
+      `WITH d AS (DELETE FROM api_tokens WHERE ${where} RETURNING *),
+            l AS (INSERT INTO api_token_revocations (token, scopes) SELECT token, array_agg(DISTINCT type) FROM d GROUP BY token)
+       SELECT ${COLUMNS} FROM d`,
+      [param],
+    );
+    return rows.map(toRecord);
   }
 
-  /** Deletes the row with this id and returns it, or null. */
-  async deleteById(id: string): Promise<ApiTokenRecord | null> {
-    const rows = await this.query<Row>('delete', `DELETE FROM api_tokens WHERE id = $1::uuid RETURNING ${COLUMNS}`, [id]);
-    return rows.length ? toRecord(rows[0]) : null;
+  /**
+   * Revocation log entries after `afterId`, and those among `gaps` (ids skipped by an earlier read,
+   * whose transactions may have committed since), oldest first: one range scan of the primary key.
+   */
+  async readRevocations(afterId: string, gaps: readonly string[], limit: number): Promise<RevocationLogEntry[]> {
+    const where = gaps.length ? 'id > $1::bigint OR id = ANY($3::bigint[])' : 'id > $1::bigint';
+    const rows = await this.query<{ id: string; token: string; scopes: string[]; age_ms: number }>(
+      'read revocations',
+      `SELECT id::text, token, scopes::text[] AS scopes,
+              (extract(epoch FROM (clock_timestamp() AT TIME ZONE 'UTC') - revoked_at) * 1000)::float8 AS age_ms
+         FROM api_token_revocations WHERE ${where} ORDER BY id LIMIT $2`,
+      gaps.length ? [afterId, limit, [...gaps]] : [afterId, limit],
+    );
+    return rows.map((row) => ({ id: row.id, token: row.token, scopes: row.scopes, ageMs: Math.max(0, row.age_ms) }));
+  }
+
+  /** The newest revocation log entry's id, as text ('0' when the log is empty). */
+  async latestRevocationId(): Promise<string> {
+    const rows = await this.query<{ id: string }>('read revocations', 'SELECT coalesce(max(id), 0)::text AS id FROM api_token_revocations', []);
+    return rows[0].id;
+  }
+
+  /** Deletes revocation log entries older than `olderThanMs`; returns how many. */
+  async pruneRevocations(olderThanMs: number): Promise<number> {
+    const result = await this.run(
+      'prune revocations',
+      `DELETE FROM api_token_revocations WHERE revoked_at < (clock_timestamp() AT TIME ZONE 'UTC') - $1 * interval '1 millisecond'`,
+      [olderThanMs],
+    );
+    return result.rowCount ?? 0;
   }
 
   /**

@@ -11,8 +11,10 @@ import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.opt
 import { type ApiTokenRecord, type RateLimitPolicy, formatNaiveUtc, isExpired } from '../store/api-token.record';
 import { checkRateLimitPolicy } from '../limits/rate-limit.policy';
 import { ApiTokenRedisService, UNCONFIRMED } from '../redis/redis-access.service';
-import { ApiTokenRepository, type NewApiToken } from '../store/api-token.repository';
+import { ApiTokenRepository, type NewApiToken, type RevocationTarget } from '../store/api-token.repository';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
+import { ApiTokenRevokedTokens } from '../cache/revoked-tokens';
+import { revocationWindowMs } from './revocation-log.service';
 
 /** What {@link ApiTokenService.create} needs. */
 export interface CreateApiTokenInput {
@@ -153,6 +155,7 @@ export class ApiTokenService implements OnApplicationShutdown {
     private readonly redis: ApiTokenRedisService,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
     @Optional() private readonly metrics?: ApiTokenMetrics,
+    @Optional() private readonly revokedTokens?: ApiTokenRevokedTokens,
   ) {}
 
   /**
@@ -202,18 +205,14 @@ export class ApiTokenService implements OnApplicationShutdown {
   /** Revokes a token in every scope it has. Its cache entries are dropped even when no row held it. */
   async revoke(token: string): Promise<ApiTokenRevocation> {
     checkToken(token, 'revoke');
-    const result = await this.remove({ stored: storedToken(token, this.options) });
-    this.metrics?.revocation(result.revoked.length > 0);
-    return result;
+    return this.revokeStored({ token: storedToken(token, this.options) });
   }
 
   /** Revokes the token with this id (UUID). */
   async revokeById(id: string): Promise<ApiTokenRevocation> {
     const uuid = checkUuid(id, 'id');
     if (!uuid) throw new ApiTokenInputError('ApiTokenService.revokeById: "id" must be a UUID');
-    const result = await this.remove({ id: uuid });
-    this.metrics?.revocation(result.revoked.length > 0);
-    return result;
+    return this.revokeStored({ ids: [uuid] });
   }
 
   /**
@@ -237,8 +236,7 @@ export class ApiTokenService implements OnApplicationShutdown {
       expiresAt: lifetimeMs === null ? null : formatNaiveUtc(new Date(Date.now() + Math.max(lifetimeMs, 1000))),
     });
     if (graceSeconds === 0) {
-      const revocation = await this.remove({ stored });
-      this.metrics?.revocation(revocation.revoked.length > 0);
+      const revocation = await this.revokeStored({ token: stored });
       return { successor, previous: revocation.revoked[0] ?? this.summarize(current), cacheCleared: revocation.cacheCleared };
     }
     const graceEnd = Date.now() + graceSeconds * 1000;
@@ -255,8 +253,8 @@ export class ApiTokenService implements OnApplicationShutdown {
    * (the usage flush) calls it under its lock.
    */
   async removeExpired(limit: number): Promise<number> {
-    let removed = 0;
-    for (const id of await this.repository.findExpired(limit)) removed += (await this.remove({ id })).revoked.length;
+    const ids = await this.repository.findExpired(limit);
+    const removed = ids.length ? (await this.revokeStored({ ids })).revoked.length : 0;
     if (removed) this.metrics?.expiredRemoved(removed);
     return removed;
   }
@@ -290,6 +288,30 @@ export class ApiTokenService implements OnApplicationShutdown {
     return { updated: this.summarize(record), cacheCleared };
   }
 
+  /**
+   * The one path of every revocation (revoke, revokeById, and any later caller: rotation's end of
+   * grace, the expiry sweep): deletes the rows and logs the revocation in one statement
+   * ({@link ApiTokenRepository.revoke}), refuses the tokens on this instance at once, then drops their
+   * cache entries. Other instances learn of it over pub/sub (fast) and from the log (guaranteed,
+   * {@link ApiTokenRevocationLogService}). A token target drops its cache entries even when no row held it.
+   * @internal not for applications: call {@link revoke} or {@link revokeById}.
+   */
+  async revokeStored(target: RevocationTarget): Promise<ApiTokenRevocation> {
+    const rows = await this.repository.revoke(target);
+    this.metrics?.revocation(rows.length > 0);
+    const byToken = new Map<string, ApiTokenRecord[]>('token' in target ? [[target.token, []]] : []);
+    for (const row of rows) byToken.set(row.token, [...(byToken.get(row.token) ?? []), row]);
+    const window = revocationWindowMs(this.options);
+    for (const [stored, deleted] of byToken) if (deleted.length) this.revokedTokens?.add(stored, window);
+    const outcome: ApiTokenRevocation = { revoked: [], cacheCleared: true };
+    for (const [stored, deleted] of byToken) {
+      const { revoked, cacheCleared } = await this.invalidate(stored, deleted);
+      outcome.revoked.push(...revoked);
+      outcome.cacheCleared &&= cacheCleared;
+    }
+    return outcome;
+  }
+
   /** Drops every cached entry of a tenant, and its index, on every instance; the tokens stay valid. */
   async invalidateTenant(tenantId: string): Promise<TenantInvalidation> {
     const uuid = checkUuid(tenantId, 'tenantId');
@@ -313,17 +335,7 @@ export class ApiTokenService implements OnApplicationShutdown {
     }
   }
 
-  /**
-   * The one way rows are deleted (revoke, revokeById, a rotation without grace, the expiry sweep): by
-   * stored token (every scope) or by id, then the token's cache entries are dropped everywhere.
-   */
-  private async remove(target: { stored: string } | { id: string }): Promise<ApiTokenRevocation> {
-    if ('stored' in target) return this.invalidate(target.stored, await this.repository.deleteByToken(target.stored));
-    const row = await this.repository.deleteById(target.id);
-    return row ? this.invalidate(row.token, [row]) : { revoked: [], cacheCleared: true };
-  }
-
-  private async invalidate(stored: string, rows: ApiTokenRecord[]): Promise<ApiTokenRevocation> {
+    private async invalidate(stored: string, rows: ApiTokenRecord[]): Promise<ApiTokenRevocation> {
     const scopes = [...new Set<string | null>([null, ...rows.map((row) => row.type)])];
     const cacheCleared = await this.clearCache(stored, scopes);
     if (!cacheCleared) {

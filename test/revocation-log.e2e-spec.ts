@@ -1,0 +1,187 @@
+import { ApiTokenRepository, ApiTokenService, type ApiTokenRecord } from '../libs/api-token/src';
+import { ApiTokenRevokedTokens } from '../libs/api-token/src/cache/revoked-tokens';
+import { ApiTokenRevocationLogService } from '../libs/api-token/src/tokens/revocation-log.service';
+import type { INestApplication } from '@nestjs/common';
+import Redis from 'ioredis';
+import { Client } from 'pg';
+import request from 'supertest';
+import { createTestDatabase, type TestDatabase } from './support/database';
+import { clearLibraryKeys, testRedis } from './support/redis';
+import { PrivateRedisServer } from './support/redis-server';
+import { createTestApp } from './support/test-app';
+import { until } from './support/until';
+import { localCacheState } from './support/local-cache';
+
+/** A promise the test settles by hand. */
+function gate<T = void>(): { promise: Promise<T>; open: (value: T) => void } {
+  let open!: (value: T) => void;
+  const promise = new Promise<T>((resolve) => (open = resolve));
+  return { promise, open };
+}
+
+const POLL_MS = 200;
+/** Long enough that only the log (never a TTL) can explain a refusal within a test. */
+const apiToken = { revocationPollIntervalMs: POLL_MS, localCacheTtlMs: 60_000 };
+
+/**
+ * The revocation log is the guarantee behind pub/sub. Instance A uses the suite's Redis; instance B
+ * uses a Redis of its own, so it hears none of A's messages and its Redis keeps every entry A
+ * deletes: B stands for an instance whose Redis lost the revocation (a failover, a lost write).
+ */
+describe('revocation log', () => {
+  let db: TestDatabase;
+  let privateRedis: PrivateRedisServer;
+  let a: INestApplication;
+  let b: INestApplication;
+  let shared: Redis;
+  let bRedis: Redis;
+  const whoami = (app: INestApplication, token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
+  const listed = (app: INestApplication, token: string) => app.get(ApiTokenRevokedTokens).has(token);
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    shared = testRedis();
+    await clearLibraryKeys(shared);
+    privateRedis = await PrivateRedisServer.start();
+    bRedis = new Redis(privateRedis.url(), { maxRetriesPerRequest: 1 });
+    a = await createTestApp({ databaseUrl: db.url, apiToken });
+    b = await createTestApp({ databaseUrl: db.url, redisUrl: privateRedis.url(), apiToken });
+  });
+
+  afterAll(async () => {
+    await a?.close();
+    await b?.close();
+    await clearLibraryKeys(shared);
+    shared.disconnect();
+    bRedis?.disconnect();
+    await privateRedis?.kill();
+    await db?.drop();
+  });
+
+  afterEach(() => jest.restoreAllMocks());
+
+  it('records the revocation with the row delete: the stored token, its scopes, the time', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    await a.get(ApiTokenService).revoke(created.token);
+    const rows = await db.query(
+      'SELECT token, scopes, revoked_at > (now() AT TIME ZONE \'UTC\') - interval \'1 minute\' AS recent FROM api_token_revocations WHERE token = $1',
+      [created.token],
+    );
+    expect(rows).toEqual([{ token: created.token, scopes: ['app'], recent: true }]);
+    expect(await db.query('SELECT 1 FROM api_tokens WHERE token = $1', [created.token])).toEqual([]);
+    // Nothing is logged when nothing was deleted.
+    await a.get(ApiTokenService).revoke(created.token);
+    expect(await db.query('SELECT count(*)::int AS n FROM api_token_revocations WHERE token = $1', [created.token])).toEqual([{ n: 1 }]);
+  });
+
+  it('an instance that missed the message and whose Redis kept the entry refuses the token within a poll', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    expect((await whoami(b, created.token)).status).toBe(200);
+    expect(localCacheState(b, created.token)).toBe('hit');
+
+    await a.get(ApiTokenService).revoke(created.token);
+    expect((await whoami(a, created.token)).status).toBe(401);
+    await until('B reads the revocation from the log', () => listed(b, created.token), 5_000);
+    expect(localCacheState(b, created.token)).toBe('miss');
+    expect(await bRedis.exists(`api_token:app:${created.token}`)).toBe(0);
+    expect((await whoami(b, created.token)).status).toBe(401);
+  });
+
+  it('a stale entry written back into Redis after the revocation is refused, and deleted again', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    expect((await whoami(a, created.token)).status).toBe(200);
+    const key = `api_token:app:${created.token}`;
+    const stale = await shared.get(key);
+    expect(stale).not.toBeNull();
+
+    await a.get(ApiTokenService).revoke(created.token);
+    await until('B reads the revocation from the log', () => listed(b, created.token), 5_000);
+    await shared.set(key, stale!, 'EX', 600);
+    await bRedis.set(key, stale!, 'EX', 600);
+
+    expect((await whoami(a, created.token)).status).toBe(401);
+    expect((await whoami(b, created.token)).status).toBe(401);
+    await until('the stale entries are deleted again', async () => (await shared.exists(key)) + (await bRedis.exists(key)) === 0);
+    expect((await whoami(b, created.token)).status).toBe(401);
+  });
+
+  it('a fill that read the row before the revocation committed is refused once the log lists the token', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    const repository = b.get(ApiTokenRepository);
+    const findByToken = repository.findByToken.bind(repository);
+    const read = gate<ApiTokenRecord | null>();
+    const release = gate();
+    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
+      const row = await findByToken(...args);
+      read.open(row);
+      await release.promise;
+      return row;
+    });
+    const answer = whoami(b, created.token).then((res) => res.status);
+    expect(await read.promise).not.toBeNull();
+
+    // B's Redis never sees A's generation change: only the log can stop this fill.
+    await a.get(ApiTokenService).revoke(created.token);
+    await until('B reads the revocation from the log', () => listed(b, created.token), 5_000);
+    release.open();
+
+    expect(await answer).toBe(401);
+    expect(await bRedis.get(`api_token:app:${created.token}`)).toBe('null');
+  });
+
+  it('a revocation whose transaction commits after a later one was read is still read (a gap in the ids)', async () => {
+    const late = await a.get(ApiTokenService).create({ scope: 'app' });
+    const early = await a.get(ApiTokenService).create({ scope: 'app' });
+    expect((await whoami(b, late.token)).status).toBe(200);
+    const log = b.get(ApiTokenRevocationLogService);
+
+    const client = new Client({ connectionString: db.url });
+    await client.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(
+        `WITH d AS (DELETE FROM api_tokens WHERE token = $1 RETURNING *)
+         INSERT INTO api_token_revocations (token, scopes) SELECT token, array_agg(type) FROM d GROUP BY token`,
+        [late.token],
+      );
+      await a.get(ApiTokenService).revoke(early.token);
+      await until('B reads the later revocation', () => listed(b, early.token), 5_000);
+      const reads = log.readCount;
+      await until('B polls again', () => log.readCount > reads + 1, 5_000);
+      expect(listed(b, late.token)).toBe(false);
+      await client.query('COMMIT');
+    } finally {
+      await client.end();
+    }
+    await until('B reads the revocation that committed late', () => listed(b, late.token), 5_000);
+    expect((await whoami(b, late.token)).status).toBe(401);
+  });
+
+  it('an instance started after a revocation refuses the token from its first request', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    expect((await whoami(a, created.token)).status).toBe(200);
+    const stale = await shared.get(`api_token:app:${created.token}`);
+    await a.get(ApiTokenService).revoke(created.token);
+    const log = a.get(ApiTokenRevocationLogService);
+    const reads = log.readCount;
+    await until('A has read the revocation (and deleted its entries again)', () => log.readCount > reads + 1, 5_000);
+    await shared.set(`api_token:app:${created.token}`, stale!, 'EX', 600);
+    const c = await createTestApp({ databaseUrl: db.url, apiToken });
+    try {
+      expect(listed(c, created.token)).toBe(true);
+      expect(await shared.exists(`api_token:app:${created.token}`)).toBe(1);
+      expect((await whoami(c, created.token)).status).toBe(401);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('prunes entries older than cacheTtlSeconds plus the margin', async () => {
+    const repository = a.get(ApiTokenRepository);
+    await db.query(`INSERT INTO api_token_revocations (token, scopes, revoked_at) VALUES
+      ('app-old', '{app}', (now() AT TIME ZONE 'UTC') - interval '700 seconds'),
+      ('app-new', '{app}', (now() AT TIME ZONE 'UTC') - interval '600 seconds')`);
+    expect(await repository.pruneRevocations(660_000)).toBe(1);
+    expect(await db.query("SELECT token FROM api_token_revocations WHERE token LIKE 'app-old' OR token LIKE 'app-new'")).toEqual([{ token: 'app-new' }]);
+  });
+});
