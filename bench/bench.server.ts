@@ -1,5 +1,6 @@
 import 'reflect-metadata';
-import { ApiTokenGuard, ApiTokenUsageRecorder, type ApiTokenModuleOptions, type AuthenticatedApiToken, CurrentApiToken } from '../libs/api-token/src';
+import { ApiTokenGuard, type ApiTokenModuleOptions, type AuthenticatedApiToken, CurrentApiToken } from '../libs/api-token/src';
+import { ApiTokenUsageRecorder } from '../libs/api-token/src/usage/usage.recorder';
 import { type CanActivate, Controller, type ExecutionContext, Get, type INestApplication, Injectable, Module, UseGuards } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter } from '@nestjs/platform-fastify';

@@ -1,4 +1,7 @@
-import { ApiTokenAuthenticator, ApiTokenRepository, formatNaiveUtc, generateApiToken } from '../libs/api-token/src';
+import { ApiTokenAuthenticator } from '../libs/api-token/src';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { formatNaiveUtc } from '../libs/api-token/src/store/api-token.record';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';

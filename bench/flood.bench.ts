@@ -1,4 +1,4 @@
-import { generateApiToken } from '../libs/api-token/src';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { randomBytes } from 'node:crypto';
 import { type BenchContext, measure } from './bench.infra';
 import { load } from './bench.load';

@@ -1,5 +1,6 @@
 import 'reflect-metadata';
-import { ACTIVE_KEY_TTL_SECONDS, ApiTokenUsageFlushService } from '../libs/api-token/src';
+import { ApiTokenUsageFlushService } from '../libs/api-token/src';
+import { ACTIVE_KEY_TTL_SECONDS } from '../libs/api-token/src/api-token.keys';
 import { NestFactory } from '@nestjs/core';
 import Redis from 'ioredis';
 import { Client } from 'pg';

@@ -1,4 +1,4 @@
-import { API_TOKEN_ERRORS, type ApiTokenRequest, parseAuthorization } from '../libs/api-token/src';
+import { API_TOKEN_ERRORS, type ApiTokenRequest, parseAuthorization } from '../libs/api-token/src/auth/api-token.guard';
 import { type CanActivate, type ExecutionContext, Injectable, UnauthorizedException } from '@nestjs/common';
 import type { Pool } from 'pg';
 import { DataSource } from 'typeorm';

@@ -1,5 +1,7 @@
 import 'reflect-metadata';
-import { ApiTokenMigration, ApiTokenRepository, generateApiToken } from '../libs/api-token/src';
+import { ApiTokenMigration } from '../libs/api-token/src';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { existsSync, mkdirSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';

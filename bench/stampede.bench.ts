@@ -1,5 +1,5 @@
-import type { ApiTokenRepository } from '../libs/api-token/src';
-import { generateApiToken } from '../libs/api-token/src';
+import type { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { type BenchContext, measure } from './bench.infra';
 import { burst } from './bench.load';
 

@@ -1,4 +1,6 @@
-import { ApiTokenRepository, ApiTokenService, generateApiToken } from '../libs/api-token/src';
+import { ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { spawn } from 'node:child_process';

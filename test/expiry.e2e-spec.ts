@@ -1,12 +1,8 @@
-import {
-  ApiTokenCacheService,
-  ApiTokenMetrics,
-  ApiTokenRepository,
-  ApiTokenService,
-  ApiTokenUsageFlushService,
-  generateApiToken,
-  hashToken,
-} from '../libs/api-token/src';
+import { ApiTokenMetrics, ApiTokenService, ApiTokenUsageFlushService } from '../libs/api-token/src';
+import { ApiTokenCacheService } from '../libs/api-token/src/cache/token-cache.service';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
+import { hashToken } from '../libs/api-token/src/tokens/token.hash';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { execFileSync } from 'node:child_process';

@@ -1,4 +1,8 @@
-import { ApiTokenRepository, ApiTokenService, ApiTokenUsageRecorder, generateApiToken, hashToken } from '../libs/api-token/src';
+import { ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { ApiTokenUsageRecorder } from '../libs/api-token/src/usage/usage.recorder';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
+import { hashToken } from '../libs/api-token/src/tokens/token.hash';
 import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
 import { createTestDatabase, type TestDatabase } from './support/database';

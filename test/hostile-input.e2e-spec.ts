@@ -1,4 +1,5 @@
-import { ApiTokenRepository, generateApiToken } from '../libs/api-token/src';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
 import { CapturingLogger } from './support/capturing-logger';

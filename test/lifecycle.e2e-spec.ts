@@ -1,12 +1,9 @@
-import {
-  ApiTokenAuthenticator,
-  ApiTokenInvalidationService,
-  ApiTokenRedisService,
-  ApiTokenRepository,
-  ApiTokenService,
-  generateApiToken,
-  hashToken,
-} from '../libs/api-token/src';
+import { ApiTokenAuthenticator, ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenInvalidationService } from '../libs/api-token/src/cache/cache-invalidation.service';
+import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
+import { hashToken } from '../libs/api-token/src/tokens/token.hash';
 import * as generator from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';

@@ -1,4 +1,4 @@
-import { ApiTokenRepository } from '../libs/api-token/src';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import type { INestApplication } from '@nestjs/common';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { createTestApp } from './support/test-app';

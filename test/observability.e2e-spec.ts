@@ -1,18 +1,10 @@
-import {
-  API_TOKEN_COUNTERS,
-  API_TOKEN_GAUGES,
-  API_TOKEN_HISTOGRAMS,
-  ApiTokenAuthenticator,
-  ApiTokenCacheService,
-  ApiTokenMetrics,
-  type ApiTokenMetricsSnapshot,
-  ApiTokenRedisService,
-  ApiTokenRepository,
-  ApiTokenService,
-  ApiTokenUsageFlushService,
-  FLUSH_LOCK_KEY,
-  generateApiToken,
-} from '../libs/api-token/src';
+import { ApiTokenAuthenticator, ApiTokenMetrics, type ApiTokenMetricsSnapshot, ApiTokenService, ApiTokenUsageFlushService } from '../libs/api-token/src';
+import { API_TOKEN_COUNTERS, API_TOKEN_GAUGES, API_TOKEN_HISTOGRAMS } from '../libs/api-token/src/metrics/prometheus.registration';
+import { ApiTokenCacheService } from '../libs/api-token/src/cache/token-cache.service';
+import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { FLUSH_LOCK_KEY } from '../libs/api-token/src/usage/usage-flush.service';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { FLUSH_UNWRITTEN_KEY } from '../libs/api-token/src/usage/usage-flush.service';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';

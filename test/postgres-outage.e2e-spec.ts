@@ -1,4 +1,6 @@
-import { API_TOKEN_ERRORS, ApiTokenRepository, RETRY_AFTER_SECONDS, generateApiToken } from '../libs/api-token/src';
+import { API_TOKEN_ERRORS, RETRY_AFTER_SECONDS } from '../libs/api-token/src/auth/api-token.guard';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { createTestDatabase, type TestDatabase } from './support/database';

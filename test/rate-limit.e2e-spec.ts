@@ -1,4 +1,6 @@
-import { ApiTokenRedisService, ApiTokenService, RATE_LIMIT_ERRORS, type ApiTokenModuleOptions } from '../libs/api-token/src';
+import { ApiTokenService, type ApiTokenModuleOptions } from '../libs/api-token/src';
+import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
+import { RATE_LIMIT_ERRORS } from '../libs/api-token/src/limits/rate-limit.errors';
 import { ApiTokenRateLimiter } from '../libs/api-token/src/limits/rate-limiter.service';
 import type { INestApplication } from '@nestjs/common';
 import IORedis from 'ioredis';

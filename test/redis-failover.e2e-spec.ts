@@ -1,4 +1,6 @@
-import { ApiTokenInvalidationService, ApiTokenRedisService, ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenInvalidationService } from '../libs/api-token/src/cache/cache-invalidation.service';
+import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
 import { ApiTokenRevokedTokens } from '../libs/api-token/src/cache/revoked-tokens';
 import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplication } from '@nestjs/common';

@@ -1,13 +1,8 @@
-import {
-  ApiTokenAuthenticator,
-  ApiTokenCacheService,
-  ApiTokenGuard,
-  ApiTokenRepository,
-  type ApiTokenRecord,
-  generateApiToken,
-  parseRecord,
-  toNaiveUtc,
-} from '../libs/api-token/src';
+import { ApiTokenAuthenticator, ApiTokenGuard } from '../libs/api-token/src';
+import { ApiTokenCacheService } from '../libs/api-token/src/cache/token-cache.service';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { type ApiTokenRecord, parseRecord, toNaiveUtc } from '../libs/api-token/src/store/api-token.record';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import request from 'supertest';

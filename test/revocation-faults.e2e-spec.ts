@@ -1,15 +1,8 @@
-import {
-  ApiTokenAuthenticator,
-  ApiTokenMigration,
-  ApiTokenModule,
-  ApiTokenRedisService,
-  ApiTokenRepository,
-  ApiTokenService,
-  ApiTokenUsageFlushService,
-  cacheKey,
-  generateApiToken,
-  generationKey,
-} from '../libs/api-token/src';
+import { ApiTokenAuthenticator, ApiTokenMigration, ApiTokenModule, ApiTokenService, ApiTokenUsageFlushService } from '../libs/api-token/src';
+import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { cacheKey, generationKey } from '../libs/api-token/src/api-token.keys';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { setIfGeneration } from '../libs/api-token/src/redis/redis.commands';
 import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplication } from '@nestjs/common';

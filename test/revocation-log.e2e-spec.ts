@@ -1,4 +1,6 @@
-import { ApiTokenRepository, ApiTokenService, type ApiTokenRecord } from '../libs/api-token/src';
+import { ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { type ApiTokenRecord } from '../libs/api-token/src/store/api-token.record';
 import { ApiTokenRevokedTokens } from '../libs/api-token/src/cache/revoked-tokens';
 import { ApiTokenRevocationLogService } from '../libs/api-token/src/tokens/revocation-log.service';
 import type { INestApplication } from '@nestjs/common';

@@ -1,4 +1,8 @@
-import { ApiTokenAuthenticator, ApiTokenCacheService, ApiTokenRepository, RETRY_AFTER_SECONDS, generateApiToken } from '../libs/api-token/src';
+import { ApiTokenAuthenticator } from '../libs/api-token/src';
+import { ApiTokenCacheService } from '../libs/api-token/src/cache/token-cache.service';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { RETRY_AFTER_SECONDS } from '../libs/api-token/src/auth/api-token.guard';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import request from 'supertest';

@@ -1,5 +1,5 @@
 import { DEFAULT_DATABASE_ATTEMPTS } from '../libs/api-token/src/env/stores.modules';
-import { API_TOKEN_ERRORS } from '../libs/api-token/src';
+import { API_TOKEN_ERRORS } from '../libs/api-token/src/auth/api-token.guard';
 import { closedPort, start } from './support/child-process';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { get } from './support/http-client';

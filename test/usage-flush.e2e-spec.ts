@@ -1,15 +1,7 @@
-import {
-  ApiTokenMetrics,
-  ApiTokenMigration,
-  ApiTokenModule,
-  ApiTokenRepository,
-  ApiTokenStoreError,
-  ApiTokenUsageFlushService,
-  FLUSH_JOB_NAME,
-  FLUSH_LOCK_KEY,
-  generateApiToken,
-  type UsageFlushStats,
-} from '../libs/api-token/src';
+import { ApiTokenMetrics, ApiTokenMigration, ApiTokenModule, ApiTokenStoreError, ApiTokenUsageFlushService, type UsageFlushStats } from '../libs/api-token/src';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { FLUSH_JOB_NAME, FLUSH_LOCK_KEY } from '../libs/api-token/src/usage/usage-flush.service';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { RedisModule } from '@nestjs-modules/ioredis';
 import type { INestApplication } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
