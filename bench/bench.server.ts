@@ -104,7 +104,7 @@ class CountingClient extends Client {
 }
 
 /** The unguarded route answers the same shape the guarded ones do. */
-const OPEN_BODY: AuthenticatedApiToken = { id: '00000000-0000-4000-8000-000000000000', appId: null, tenantId: null, type: 'app' };
+const OPEN_BODY: AuthenticatedApiToken = { id: '00000000-0000-4000-8000-000000000000', appId: null, tenantId: null, scope: 'app' };
 
 /** What any guard costs in Nest, whatever it does: admits every request with a fixed identity. */
 @Injectable()

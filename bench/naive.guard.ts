@@ -22,7 +22,7 @@ export class NaiveTokenGuard implements CanActivate {
     const { rows } = await pool.query<{ id: string; app_id: string | null; tenant_id: string | null; type: string }>(LOOKUP, [parsed.token, 'app']);
     if (rows.length === 0) throw new UnauthorizedException(API_TOKEN_ERRORS.invalidToken);
     const [row] = rows;
-    request.apiToken = { id: row.id, appId: row.app_id, tenantId: row.tenant_id, type: row.type };
+    request.apiToken = { id: row.id, appId: row.app_id, tenantId: row.tenant_id, scope: row.type };
     return true;
   }
 }

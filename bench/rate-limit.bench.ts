@@ -40,7 +40,7 @@ Redis.prototype.sendCommand = function (this: Redis, ...args: Parameters<Redis['
   return sendCommand.apply(this, args);
 };
 
-const OPEN: AuthenticatedApiToken = { id: '00000000-0000-4000-8000-000000000000', appId: null, tenantId: null, type: 'app' };
+const OPEN: AuthenticatedApiToken = { id: '00000000-0000-4000-8000-000000000000', appId: null, tenantId: null, scope: 'app' };
 
 /** The baseline: a guard that admits every request with a fixed identity (what any Nest guard costs). */
 @Injectable()

@@ -72,7 +72,7 @@ describe('token command line', () => {
     expect(result.stdout).toMatch(/^app-[A-Za-z0-9]{24}\n$/);
     const token = result.stdout.trim();
     expect(await app.get(ApiTokenRepository).findByToken(token, 'app')).toMatchObject({ appId, tenantId, type: 'app' });
-    expect((await whoami(token)).body).toMatchObject({ appId, tenantId, type: 'app' });
+    expect((await whoami(token)).body).toMatchObject({ appId, tenantId, scope: 'app' });
   });
 
   it('list shows tokens masked, as a table or JSON, filtered', async () => {

@@ -166,7 +166,7 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
     const appId = randomUUID();
     const tenantId = randomUUID();
     const old = await a.get(ApiTokenService).create({ scope: 'dataset', appId, tenantId });
-    await a.get(ApiTokenRepository).setPolicy(old.id, { rateLimit: { limit: 50, windowSeconds: 60 } });
+    await a.get(ApiTokenRepository).setPolicy(old.id, { rateLimit: { limit: 1_000_000, windowSeconds: 60 } }); // copied by the rotation; never reached by the polling below
     for (const app of [a, b]) expect(await status(app, old.token, 'dataset')).toBe(200);
     expect(local(a, old.token, 'dataset')).toBe('hit');
 
@@ -175,9 +175,9 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
     const { successor, previous } = rotation;
     expect(rotation.cacheCleared).toBe(true);
     expect(successor.token).toMatch(/^dataset-[A-Za-z0-9]{24}$/);
-    expect(successor).toMatchObject({ type: 'dataset', appId, tenantId, expiresAt: null });
+    expect(successor).toMatchObject({ scope: 'dataset', appId, tenantId, expiresAt: null });
     expect(await a.get(ApiTokenRepository).findByToken(successor.token, 'dataset')).toMatchObject({
-      rateLimit: { limit: 50, windowSeconds: 60 },
+      rateLimit: { limit: 1_000_000, windowSeconds: 60 },
       expiresAt: null,
     });
     const expiresAtMs = ms(previous.expiresAt);

@@ -69,7 +69,7 @@ describe('token lifecycle and revocation across two instances', () => {
     expect(listed.map((t) => t.id).sort()).toEqual([app.id, dataset.id, custom.id].sort());
     const shown = JSON.stringify(listed);
     for (const { token } of [app, dataset, custom]) expect(shown).not.toContain(token.slice(-24));
-    expect(listed.find((t) => t.id === dataset.id)).toMatchObject({ type: 'dataset', appId, tenantId: null, maskedToken: `dataset-${'*'.repeat(24)}` });
+    expect(listed.find((t) => t.id === dataset.id)).toMatchObject({ scope: 'dataset', appId, tenantId: null, maskedToken: `dataset-${'*'.repeat(24)}` });
     expect(await b.get(ApiTokenService).list({ appId, scope: 'workflow' })).toHaveLength(1);
     expect((await whoami(b, dataset.token, 'dataset')).status).toBe(200);
   });
@@ -105,7 +105,7 @@ describe('token lifecycle and revocation across two instances', () => {
 
     const result = await b.get(ApiTokenService).revoke(created.token);
 
-    expect(result).toEqual({ revoked: [expect.objectContaining({ id: created.id, type: 'app' })], cacheCleared: true });
+    expect(result).toEqual({ revoked: [expect.objectContaining({ id: created.id, scope: 'app' })], cacheCleared: true });
     expect(local(b, created.token)).toBe('miss');
     await until('instance A drops the token from its in-process cache', () => local(a, created.token) === 'miss');
     expect(local(a, created.token, null)).toBe('miss');
@@ -291,9 +291,9 @@ describe('token lifecycle and revocation across two instances', () => {
     const mine = [await tokens.create({ scope: 'app', tenantId: tenant }), await tokens.create({ scope: 'dataset', tenantId: tenant })];
     const theirs = await tokens.create({ scope: 'app', tenantId: other });
     for (const app of [a, b]) {
-      for (const t of [...mine, theirs]) expect((await whoami(app, t.token, t.type)).status).toBe(200);
+      for (const t of [...mine, theirs]) expect((await whoami(app, t.token, t.scope)).status).toBe(200);
     }
-    const keys = mine.map((t) => `api_token:${t.type}:${t.token}`);
+    const keys = mine.map((t) => `api_token:${t.scope}:${t.token}`);
     expect((await redis.smembers(`tenant_tokens:${tenant}`)).sort()).toEqual([...keys].sort());
     expect(local(b, mine[1].token, 'dataset')).toBe('hit');
 
@@ -301,11 +301,11 @@ describe('token lifecycle and revocation across two instances', () => {
 
     expect(await countExisting(redis, ...keys, `tenant_tokens:${tenant}`)).toBe(0);
     expect(await countExisting(redis, `api_token:app:${theirs.token}`, `tenant_tokens:${other}`)).toBe(2);
-    await until('instance A drops the tenant entries', () => mine.every((t) => local(a, t.token, t.type) === 'miss'));
+    await until('instance A drops the tenant entries', () => mine.every((t) => local(a, t.token, t.scope) === 'miss'));
     expect(local(a, theirs.token)).toBe('hit');
     counter.reset();
     for (const app of [a, b]) {
-      for (const t of mine) expect((await whoami(app, t.token, t.type)).status).toBe(200);
+      for (const t of mine) expect((await whoami(app, t.token, t.scope)).status).toBe(200);
     }
     expect(counter.count()).toBe(2);
     expect(await redis.scard(`tenant_tokens:${tenant}`)).toBe(2);

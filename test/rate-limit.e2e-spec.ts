@@ -177,8 +177,8 @@ describe('per-token rate limits', () => {
     let b: INestApplication;
     beforeAll(async () => {
       // No reconciliation on its own within the test: flush() is the only one.
-      a = await start({ rateLimitSyncIntervalMs: 3_600_000 });
-      b = await start({ rateLimitSyncIntervalMs: 3_600_000 });
+      a = await start({ rateLimitSyncIntervalMs: 60_000 });
+      b = await start({ rateLimitSyncIntervalMs: 60_000 });
     });
 
     it('an instance counts alone between reconciliations; after one, it knows what the others accepted', async () => {

@@ -75,7 +75,7 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       const record = await newToken('dataset', '7b1c7c1e-4a53-4f0c-9d8c-3f1a1b2c3d4e');
       const res = await whoami('/dataset/whoami', `Bearer ${record.token}`);
       expect(res.status).toBe(200);
-      expect(res.body).toEqual({ id: record.id, appId: null, tenantId: record.tenantId, type: 'dataset' });
+      expect(res.body).toEqual({ id: record.id, appId: null, tenantId: record.tenantId, scope: 'dataset' });
     });
 
     it('refuses a token of another scope and caches a negative for that scope (TTL at most 60 s)', async () => {

@@ -92,7 +92,7 @@ const cleared = /now cleared from the cache/;
       const inFlight = whoami(b, token).then((res) => res.status);
       await write.hit; // B has read the row from PostgreSQL; its write has not reached Redis
 
-      expect(await a.get(ApiTokenService).revoke(token)).toMatchObject({ revoked: [{ type: 'app' }], cacheCleared: true });
+      expect(await a.get(ApiTokenService).revoke(token)).toMatchObject({ revoked: [{ scope: 'app' }], cacheCleared: true });
       // B gives up on the write after redisCommandTimeoutMs and answers from the row it read (it raced the revoke).
       expect(await inFlight).toBe(200);
       write.release();
@@ -161,7 +161,7 @@ const cleared = /now cleared from the cache/;
       const injected = fault({ match: match(token), action, reply });
       const revocation = await b.get(ApiTokenService).revoke(token);
       await injected.hit;
-      expect(revocation).toMatchObject({ revoked: [{ type: 'app' }], cacheCleared: false });
+      expect(revocation).toMatchObject({ revoked: [{ scope: 'app' }], cacheCleared: false });
       injected.release();
 
       await until('the retry holds', () => logger.matching(cleared).length > before);
@@ -318,7 +318,7 @@ describe("a fill's conditional write", () => {
     const started = performance.now();
     const revocation = await tokens.revoke(token);
     const elapsed = performance.now() - started;
-    expect(revocation).toMatchObject({ revoked: [{ type: 'app' }], cacheCleared: false });
+    expect(revocation).toMatchObject({ revoked: [{ scope: 'app' }], cacheCleared: false });
     server.resume();
     await until('the retry holds', () => logger.matching(cleared).length === 1);
     expect(await probe.exists(`api_token:app:${token}`)).toBe(0);

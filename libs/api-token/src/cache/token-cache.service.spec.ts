@@ -28,7 +28,7 @@ describe('ApiTokenCacheService in-process hits', () => {
     await cache.lookupRedis('app', record.token);
     const first = cache.peekLocal('app', record.token);
     const second = cache.peekLocal('app', record.token);
-    expect(first?.identity).toEqual({ id: record.id, appId: null, tenantId: null, type: 'app' });
+    expect(first?.identity).toEqual({ id: record.id, appId: null, tenantId: null, scope: 'app' });
     expect(second?.identity).toBe(first?.identity);
     expect(Object.isFrozen(first?.identity)).toBe(true);
 

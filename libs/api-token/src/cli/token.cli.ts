@@ -138,7 +138,7 @@ async function readStdin(): Promise<string> {
 function table(rows: ApiTokenSummary[]): string {
   const head = ['ID', 'SCOPE', 'TOKEN', 'APP', 'TENANT', 'CREATED', 'LAST USED', 'EXPIRES', 'RATE LIMIT'];
   const body = rows.map((t) => [
-    t.id, t.type, t.maskedToken, t.appId ?? '-', t.tenantId ?? '-', t.createdAt ?? '-', t.lastUsedAt ?? '-', t.expiresAt ?? '-', formatRateLimit(t.rateLimit),
+    t.id, t.scope, t.maskedToken, t.appId ?? '-', t.tenantId ?? '-', t.createdAt ?? '-', t.lastUsedAt ?? '-', t.expiresAt ?? '-', formatRateLimit(t.rateLimit),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((r) => r[i].length)));
   return [head, ...body].map((r) => r.map((cell, i) => cell.padEnd(widths[i])).join('  ').trimEnd()).join('\n') + '\n';
@@ -206,7 +206,7 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
         if (value !== undefined && result.cacheCleared) throw new CliError('no token matched; nothing revoked (its cache entries, if any, were dropped)');
         throw new CliError('no token matched; nothing revoked');
       }
-      const ids = result.revoked.map((t) => `${t.id} (${t.type})`).join(', ');
+      const ids = result.revoked.map((t) => `${t.id} (${t.scope})`).join(', ');
       if (!result.cacheCleared) cacheNotCleared(`revoked ${ids} in the database${value === undefined ? ' (to run again, give the token, not --id)' : ''}`);
       out(`Revoked ${ids}\n`);
     });
@@ -226,7 +226,7 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
       const value = token === undefined ? undefined : await tokenArgument(token);
       const result = await withTokens((tokens) => tokens.setRateLimit(value ?? { id: opts.id! }, policy));
       if (!result.updated) throw new CliError('no token matched; nothing changed');
-      const what = `${result.updated.id} (${result.updated.type}): rate limit ${policy ? formatRateLimit(policy) : 'removed'}`;
+      const what = `${result.updated.id} (${result.updated.scope}): rate limit ${policy ? formatRateLimit(policy) : 'removed'}`;
       if (!result.cacheCleared) cacheNotCleared(`set ${what} in the database`);
       out(`Set ${what}\n`);
     });

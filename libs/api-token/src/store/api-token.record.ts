@@ -1,4 +1,8 @@
-/** A row of `api_tokens`, as the cache and the repository hand it around. Datetimes are naive UTC ISO-8601 strings. */
+/**
+ * A row of `api_tokens`, as the cache and the repository hand it around (internal). Datetimes are
+ * naive UTC ISO-8601 strings. Its `type` mirrors the column and the cached JSON; the public API
+ * ({@link AuthenticatedApiToken}, summaries) names it `scope`.
+ */
 export interface ApiTokenRecord {
   id: string;
   appId: string | null;
@@ -34,7 +38,7 @@ export interface AuthenticatedApiToken {
   id: string;
   appId: string | null;
   tenantId: string | null;
-  type: string;
+  scope: string;
 }
 
 /** The identity of a record, frozen: the in-process cache hands one object to every request of the token. */
@@ -43,7 +47,7 @@ export const toAuthenticated = (record: ApiTokenRecord): AuthenticatedApiToken =
     id: record.id,
     appId: record.appId,
     tenantId: record.tenantId,
-    type: record.type,
+    scope: record.type,
   });
 
 /** Unix milliseconds of a naive UTC ISO-8601 datetime (as {@link toNaiveUtc} writes it); microseconds are cut to milliseconds. */

@@ -65,7 +65,7 @@ export interface ApiTokenSummary {
   id: string;
   appId: string | null;
   tenantId: string | null;
-  type: string;
+  scope: string;
   /** The token's prefix, when it has the generated shape, followed by asterisks; never a character of the secret. */
   maskedToken: string;
   /** Naive UTC ISO-8601. */
@@ -392,7 +392,7 @@ export class ApiTokenService implements OnApplicationShutdown {
       id: record.id,
       appId: record.appId,
       tenantId: record.tenantId,
-      type: record.type,
+      scope: record.type,
       maskedToken: this.maskToken(record.token),
       lastUsedAt: record.lastUsedAt,
       createdAt: record.createdAt,
