@@ -106,6 +106,9 @@ export function get(agent: Agent | undefined, url: URL, authorization: string | 
   });
 }
 
+/** The `q` quantile (0 to 1) of numbers sorted ascending: the value at that rank, no interpolation. */
+export const quantile = (sorted: readonly number[], q: number): number => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+
 /** The median of some numbers. */
 export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);

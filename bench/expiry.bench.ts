@@ -9,6 +9,7 @@ import Redis from 'ioredis';
 import { performance } from 'node:perf_hooks';
 import { TestAppModule } from '../test/app/app.module';
 import { Cleanup, createDatabase } from './bench.infra';
+import { median } from './bench.load';
 
 /** Where the expiry benchmark runs; every field has a default (env `BENCH_REDIS_*`, `BENCH_EXPIRY_*`). */
 export interface ExpiryBenchOptions {
@@ -27,8 +28,6 @@ export interface ExpiryBenchResult {
   withExpiryNs: number;
   markdown: string;
 }
-
-const median = (values: number[]) => [...values].sort((x, y) => x - y)[Math.floor(values.length / 2)];
 
 /**
  * The in-process cost of authenticating a hot token (an L1 hit, `authenticateLocal`) for a token

@@ -8,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldToIo, setTimeout as sleep } from 'node:timers/promises';
 import { TestAppModule } from '../test/app/app.module';
 import { createTestDatabase } from '../test/support/database';
+import { quantile } from './bench.load';
 
 /** Where the revocation-log benchmark runs; every field has a default (env `BENCH_PG_URL`, `BENCH_REDIS_*`). */
 export interface RevocationLogBenchOptions {
@@ -37,8 +38,6 @@ export interface RevocationLogBenchResult {
   samples: number;
   markdown: string;
 }
-
-const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 
 /**
  * The revocation log's cost and its bound. The cost: statements one instance runs against PostgreSQL

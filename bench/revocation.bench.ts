@@ -7,6 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import { TestAppModule } from '../test/app/app.module';
 import { createTestDatabase } from '../test/support/database';
+import { quantile } from './bench.load';
 
 /** Where the revocation benchmark runs; every field has a default (env `BENCH_PG_URL`, `BENCH_REDIS_*`). */
 export interface RevocationBenchOptions {
@@ -27,8 +28,6 @@ export interface RevocationBenchResult {
   revokeP50Ms: number;
   markdown: string;
 }
-
-const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 
 /**
  * Two instances of the test application (one process, one database, one Redis): A revokes a token
