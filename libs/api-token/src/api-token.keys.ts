@@ -57,3 +57,9 @@ export function parseScopedKey(prefix: string, key: string): { scope: string | n
   const scope = rest.slice(0, colon);
   return { scope: scope === 'None' || scope === ANY_SCOPE ? null : scope, token: rest.slice(colon + 1) };
 }
+
+/**
+ * What starts a stored hashed token. `:` is not a b64token character, so a stored hash can never
+ * pass the shape check of a plain-mode instance: a leaked hashed table is no use as tokens.
+ */
+export const HASHED_TOKEN_PREFIX = 'sha256:';

@@ -1,6 +1,6 @@
 import { ApiTokenInputError } from './api-token.errors';
 import { assertFlushCron, DEFAULT_FLUSH_CRON } from './usage/flush.schedule';
-import { HASHED_TOKEN_PREFIX } from './tokens/token.hash';
+import { HASHED_TOKEN_PREFIX } from './api-token.keys';
 import { checkRateLimitPolicy } from './limits/rate-limit.policy';
 import type { RateLimitPolicy } from './store/api-token.record';
 
