@@ -228,10 +228,8 @@ describe('per-token rate limits', () => {
     beforeAll(async () => {
       server = await PrivateRedisServer.start();
       const redisUrl = server.url();
-      approximate = await start({}, { redisUrl });
-      exact = await start({ rateLimitMode: 'exact' }, { redisUrl });
-      exactClosed = await start({ rateLimitMode: 'exact', rateLimitWhenRedisDown: 'closed' }, { redisUrl });
-      approximateClosed = await start({ rateLimitWhenRedisDown: 'closed', rateLimitSyncIntervalMs: 20 }, { redisUrl });
+      // MONITOR first, on a quiet server: ioredis takes a feed line that arrives before its MONITOR
+      // reply (the apps' pings and subscriptions) for a reply and fails with "Command queue state error".
       // monitor() opens a connection of its own; the client itself is not needed afterwards.
       const client = new IORedis(redisUrl, { lazyConnect: true });
       monitor = await client.monitor();
@@ -239,6 +237,10 @@ describe('per-token rate limits', () => {
       monitor.on('monitor', (_time: string, args: string[]) => {
         if (args.some((arg) => arg.startsWith('api_token_rate:'))) rateCommands.push(args);
       });
+      approximate = await start({}, { redisUrl });
+      exact = await start({ rateLimitMode: 'exact' }, { redisUrl });
+      exactClosed = await start({ rateLimitMode: 'exact', rateLimitWhenRedisDown: 'closed' }, { redisUrl });
+      approximateClosed = await start({ rateLimitWhenRedisDown: 'closed', rateLimitSyncIntervalMs: 20 }, { redisUrl });
     });
 
     afterAll(async () => {
@@ -272,6 +274,8 @@ describe('per-token rate limits', () => {
       await awayFromWindowEnd(LONG_WINDOW, 10_000);
       const limited = await create(exact, 3);
       const free = await create(exact, null);
+      // Only the test above reads MONITOR; reconnecting it under traffic after the restart would race as above.
+      monitor.disconnect();
       await server.kill();
 
       // Open, exact mode: this instance counts on its own, and still refuses past the limit.
