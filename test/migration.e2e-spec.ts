@@ -37,14 +37,15 @@ describe('migration', () => {
     ]);
   });
 
-  it('adds the revocation log to a database whose migrations table already records the first migration', async () => {
+  it('adds the library tables (policies, revocation log) to a database whose migrations table already records the first migration', async () => {
     db = await createTestDatabase();
     app = await createTestApp({ databaseUrl: db.url });
     await app.close();
     app = undefined;
-    // As a database migrated by a version without the log looks.
+    // As a database migrated by 0.1 (neither table) looks.
     await db.query('DROP TABLE api_token_revocations');
-    await db.query("DELETE FROM migrations WHERE name = 'ApiTokenRevocationLogMigration1764100000000'");
+    await db.query('DROP TABLE api_token_policies');
+    await db.query("DELETE FROM migrations WHERE name = 'ApiTokenOwnTablesMigration1764100000000'");
     app = await createTestApp({ databaseUrl: db.url });
     const columns = await db.query(
       `SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'api_token_revocations' ORDER BY ordinal_position`,
@@ -59,6 +60,9 @@ describe('migration', () => {
       { indexname: 'api_token_revocations_pkey' },
       { indexname: 'api_token_revocations_revoked_at_idx' },
     ]);
+    expect(
+      await db.query(`SELECT column_name FROM information_schema.columns WHERE table_name = 'api_token_policies' ORDER BY ordinal_position`),
+    ).toEqual([{ column_name: 'token_id' }, { column_name: 'expires_at' }, { column_name: 'rate_limit' }, { column_name: 'rate_window_seconds' }]);
   });
 
   it('leaves a table Dify already made as it is, rows and extra columns included', async () => {

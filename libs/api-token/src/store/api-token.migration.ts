@@ -18,6 +18,28 @@ async function createRevocationLog(queryRunner: QueryRunner): Promise<void> {
 }
 
 /**
+ * The library's own table `api_token_policies`, never Dify's: a token's expiry and rate limit. Its
+ * row goes with the token's row (ON DELETE CASCADE), whoever deletes it, Dify included. Idempotent.
+ */
+async function createPolicies(queryRunner: QueryRunner): Promise<void> {
+  await queryRunner.query(`
+    CREATE TABLE IF NOT EXISTS api_token_policies (
+      token_id uuid NOT NULL,
+      expires_at timestamp without time zone,
+      rate_limit integer,
+      rate_window_seconds integer,
+      CONSTRAINT api_token_policies_pkey PRIMARY KEY (token_id),
+      CONSTRAINT api_token_policies_token_fkey FOREIGN KEY (token_id) REFERENCES api_tokens (id) ON DELETE CASCADE,
+      CONSTRAINT api_token_policies_rate_limit_check CHECK (
+        (rate_limit IS NULL AND rate_window_seconds IS NULL) OR (rate_limit > 0 AND rate_window_seconds > 0)
+      )
+    )`);
+  await queryRunner.query(
+    'CREATE INDEX IF NOT EXISTS api_token_policies_expires_idx ON api_token_policies (expires_at) WHERE expires_at IS NOT NULL',
+  );
+}
+
+/**
  * Creates `api_tokens` and its indexes when absent (a table Dify already made is left as it is), and
  * the library's own tables: the revocation log, and `api_token_policies` (expiry and rate limit per token). Add it to your DataSource's `migrations` (or run
  * {@link ApiTokenMigration.prototype.up} yourself); see {@link API_TOKEN_MIGRATIONS}.
@@ -40,23 +62,7 @@ export class ApiTokenMigration1764000000000 implements MigrationInterface {
     await queryRunner.query('CREATE INDEX IF NOT EXISTS api_token_app_id_type_idx ON api_tokens (app_id, type)');
     await queryRunner.query('CREATE INDEX IF NOT EXISTS api_token_token_idx ON api_tokens (token, type)');
     await queryRunner.query('CREATE INDEX IF NOT EXISTS api_token_tenant_idx ON api_tokens (tenant_id, type)');
-    // The library's own table, never Dify's: a token's expiry and rate limit. Its row goes with the
-    // token's row (ON DELETE CASCADE), whoever deletes it, Dify included.
-    await queryRunner.query(`
-      CREATE TABLE IF NOT EXISTS api_token_policies (
-        token_id uuid NOT NULL,
-        expires_at timestamp without time zone,
-        rate_limit integer,
-        rate_window_seconds integer,
-        CONSTRAINT api_token_policies_pkey PRIMARY KEY (token_id),
-        CONSTRAINT api_token_policies_token_fkey FOREIGN KEY (token_id) REFERENCES api_tokens (id) ON DELETE CASCADE,
-        CONSTRAINT api_token_policies_rate_limit_check CHECK (
-          (rate_limit IS NULL AND rate_window_seconds IS NULL) OR (rate_limit > 0 AND rate_window_seconds > 0)
-        )
-      )`);
-    await queryRunner.query(
-      'CREATE INDEX IF NOT EXISTS api_token_policies_expires_idx ON api_token_policies (expires_at) WHERE expires_at IS NOT NULL',
-    );
+    await createPolicies(queryRunner);
     await createRevocationLog(queryRunner);
   }
 
@@ -68,22 +74,24 @@ export class ApiTokenMigration1764000000000 implements MigrationInterface {
 export const ApiTokenMigration = ApiTokenMigration1764000000000;
 
 /**
- * Creates the revocation log for a database whose migrations table already records
- * {@link ApiTokenMigration} from a version without the log (TypeORM never runs a recorded migration
- * again). Does nothing where the log exists.
+ * Creates the library's own tables (`api_token_policies`, the revocation log) for a database whose
+ * migrations table already records {@link ApiTokenMigration} from 0.1, which had neither (TypeORM
+ * never runs a recorded migration again). Does nothing where they exist.
  */
-export class ApiTokenRevocationLogMigration1764100000000 implements MigrationInterface {
-  name = 'ApiTokenRevocationLogMigration1764100000000';
+export class ApiTokenOwnTablesMigration1764100000000 implements MigrationInterface {
+  name = 'ApiTokenOwnTablesMigration1764100000000';
 
   async up(queryRunner: QueryRunner): Promise<void> {
+    await createPolicies(queryRunner);
     await createRevocationLog(queryRunner);
   }
 
-  /** Drops the log: only this library writes it. */
+  /** Drops them: only this library writes them (expiries and rate limits go with them). */
   async down(queryRunner: QueryRunner): Promise<void> {
     await queryRunner.query('DROP TABLE IF EXISTS api_token_revocations');
+    await queryRunner.query('DROP TABLE IF EXISTS api_token_policies');
   }
 }
 
 /** Every migration of the library, in order: the value for a DataSource's `migrations`. */
-export const API_TOKEN_MIGRATIONS = [ApiTokenMigration1764000000000, ApiTokenRevocationLogMigration1764100000000];
+export const API_TOKEN_MIGRATIONS = [ApiTokenMigration1764000000000, ApiTokenOwnTablesMigration1764100000000];
