@@ -145,7 +145,7 @@ export class ApiTokenCacheService {
     return done !== UNCONFIRMED;
   }
 
-  /** The local eviction epoch; hand it back to {@link store} so a fill an eviction overlapped stays out of L1. */
+  /** The local eviction epoch; hand it back to {@link fill} so a fill an eviction overlapped stays out of L1. */
   get localEpoch(): number {
     return this.epoch;
   }
@@ -190,11 +190,6 @@ export class ApiTokenCacheService {
     return outcome;
   }
 
-  /** Drops the entry of one token in one scope, in Redis and L1 (and every instance's L1, see {@link onEviction}). */
-  async delete(scope: string | null, token: string): Promise<boolean> {
-    return this.deleteKeys([cacheKey(scope, token)]);
-  }
-
   /**
    * Drops cache keys in Redis and L1, then tells the {@link onEviction} listeners. True only when
    * Redis confirmed the deletes and every listener its part (an error reply or a timeout is false).
@@ -208,7 +203,7 @@ export class ApiTokenCacheService {
   }
 
   /**
-   * Registers a listener called after every deletion of cache keys from Redis (`delete`, `deleteKeys`,
+   * Registers a listener called after every deletion of cache keys from Redis (`deleteKeys`,
    * `deleteAllScopes`, `invalidateTenant`), so that the other instances can drop them from their L1
    * (the invalidation service publishes them). Deleting and then telling keeps a reader from
    * re-caching what was just dropped. The listener answers whether its part was confirmed.

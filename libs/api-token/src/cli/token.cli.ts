@@ -112,6 +112,13 @@ async function tokenArgument(token: string): Promise<string> {
   return value;
 }
 
+/** The target of a command that takes a token (an argument, or stdin for `-`) or `--id`: exactly one of them. */
+async function tokenOrId(token: string | undefined, id: string | undefined): Promise<string | { id: string }> {
+  if (token === undefined && id === undefined) throw new CliError('give a token (or "-" to read it from stdin) or --id', EXIT.usage);
+  if (token !== undefined && id !== undefined) throw new CliError('give a token or --id, not both', EXIT.usage);
+  return token === undefined ? { id: id! } : tokenArgument(token);
+}
+
 /**
  * `<limit>/<n>s|m|h|d` (`100/1m`: 100 requests a minute; the window at most a day) as a policy, or
  * undefined when absent. Checked here rather than as a commander argument parser, whose error would
@@ -198,16 +205,14 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
     .argument('[token]', 'the token, or "-" to read it from stdin')
     .option('--id <uuid>', 'revoke the token with this id instead', uuid)
     .action(async (token: string | undefined, opts: { id?: string }) => {
-      if (token === undefined && opts.id === undefined) throw new CliError('give a token (or "-" to read it from stdin) or --id', EXIT.usage);
-      if (token !== undefined && opts.id !== undefined) throw new CliError('give a token or --id, not both', EXIT.usage);
-      const value = token === undefined ? undefined : await tokenArgument(token);
-      const result = await withTokens((tokens) => (value !== undefined ? tokens.revoke(value) : tokens.revokeById(opts.id!)));
+      const value = await tokenOrId(token, opts.id);
+      const result = await withTokens((tokens) => (typeof value === 'string' ? tokens.revoke(value) : tokens.revokeById(value.id)));
       if (result.revoked.length === 0) {
-        if (value !== undefined && result.cacheCleared) throw new CliError('no token matched; nothing revoked (its cache entries, if any, were dropped)');
+        if (typeof value === 'string' && result.cacheCleared) throw new CliError('no token matched; nothing revoked (its cache entries, if any, were dropped)');
         throw new CliError('no token matched; nothing revoked');
       }
       const ids = result.revoked.map((t) => `${t.id} (${t.scope})`).join(', ');
-      if (!result.cacheCleared) cacheNotCleared(`revoked ${ids} in the database${value === undefined ? ' (to run again, give the token, not --id)' : ''}`);
+      if (!result.cacheCleared) cacheNotCleared(`revoked ${ids} in the database${typeof value === 'string' ? '' : ' (to run again, give the token, not --id)'}`);
       out(`Revoked ${ids}\n`);
     });
 
@@ -219,12 +224,10 @@ export function buildProgram(out: (text: string) => void = (text) => process.std
     .option('--set <limit/window>', 'at most <limit> requests per window: 100/1m, 10/30s, 5000/1h')
     .option('--clear', 'remove the limit (the module\'s default limit, if any, then applies)')
     .action(async (token: string | undefined, opts: { id?: string; set?: string; clear?: boolean }) => {
-      if (token === undefined && opts.id === undefined) throw new CliError('give a token (or "-" to read it from stdin) or --id', EXIT.usage);
-      if (token !== undefined && opts.id !== undefined) throw new CliError('give a token or --id, not both', EXIT.usage);
+      const value = await tokenOrId(token, opts.id);
       if ((opts.set === undefined) === (opts.clear === undefined)) throw new CliError('give either --set <limit/window> or --clear', EXIT.usage);
       const policy = rateLimit(opts.set, '--set') ?? null;
-      const value = token === undefined ? undefined : await tokenArgument(token);
-      const result = await withTokens((tokens) => tokens.setRateLimit(value ?? { id: opts.id! }, policy));
+      const result = await withTokens((tokens) => tokens.setRateLimit(value, policy));
       if (!result.updated) throw new CliError('no token matched; nothing changed');
       const what = `${result.updated.id} (${result.updated.scope}): rate limit ${policy ? formatRateLimit(policy) : 'removed'}`;
       if (!result.cacheCleared) cacheNotCleared(`set ${what} in the database`);

@@ -135,11 +135,12 @@ const MAX_PENDING_INVALIDATIONS = 10_000;
 /**
  * Token lifecycle: create, list, revoke, and tenant-wide cache invalidation.
  *
- * A revocation deletes the rows first (committed), then changes the token's generation (so a cache
- * fill that overlapped it takes back what it wrote), then drops the token's entries in every scope
- * from Redis, and every instance drops them from its in-process cache through Redis pub/sub
- * ({@link ApiTokenInvalidationService}). A creation does the same after its insert, so a cached
- * "no such token" never hides a new token.
+ * A revocation deletes the rows and logs it in PostgreSQL (one statement), then changes the token's
+ * generation (so a cache fill that read the row before cannot write it after), then drops the token's
+ * entries in every scope from Redis, and every instance drops them from its in-process cache through
+ * Redis pub/sub ({@link ApiTokenInvalidationService}) and, whatever Redis does, from the log. A
+ * creation changes the generation and drops the entries too, so a cached "no such token" never hides
+ * a new token.
  */
 @Injectable()
 export class ApiTokenService implements OnApplicationShutdown {
@@ -269,9 +270,7 @@ export class ApiTokenService implements OnApplicationShutdown {
     if (rateLimit === undefined) throw new ApiTokenInputError('ApiTokenService.setRateLimit: give a rate limit, or null to remove it');
     let id: string | null;
     if (typeof target === 'string') {
-      if (target.length === 0 || target.length > MAX_TOKEN_LENGTH) {
-        throw new ApiTokenInputError(`ApiTokenService.setRateLimit: the token must be a string of 1 to ${MAX_TOKEN_LENGTH} characters`);
-      }
+      checkToken(target, 'setRateLimit');
       id = (await this.repository.findByToken(storedToken(target, this.options), null))?.id ?? null;
     } else {
       id = checkUuid(target?.id, 'id');
@@ -279,13 +278,8 @@ export class ApiTokenService implements OnApplicationShutdown {
     }
     const record = id === null ? null : await this.repository.setPolicy(id, { rateLimit: policy });
     if (!record) return { updated: null, cacheCleared: true };
-    const scopes = [null, record.type];
-    const cacheCleared = await this.clearCache(record.token, scopes);
-    if (!cacheCleared) {
-      this.metrics?.invalidationFailed('policy');
-      this.retryLater(record.token, scopes);
-    }
-    return { updated: this.summarize(record), cacheCleared };
+    const { revoked: [updated], cacheCleared } = await this.invalidate(record.token, [record], 'policy');
+    return { updated, cacheCleared };
   }
 
   /**
@@ -300,7 +294,11 @@ export class ApiTokenService implements OnApplicationShutdown {
     const rows = await this.repository.revoke(target);
     this.metrics?.revocation(rows.length > 0);
     const byToken = new Map<string, ApiTokenRecord[]>('token' in target ? [[target.token, []]] : []);
-    for (const row of rows) byToken.set(row.token, [...(byToken.get(row.token) ?? []), row]);
+    for (const row of rows) {
+      const deleted = byToken.get(row.token);
+      if (deleted) deleted.push(row);
+      else byToken.set(row.token, [row]);
+    }
     const window = revocationWindowMs(this.options);
     for (const [stored, deleted] of byToken) if (deleted.length) this.revokedTokens?.add(stored, window);
     const outcome: ApiTokenRevocation = { revoked: [], cacheCleared: true };
@@ -335,11 +333,16 @@ export class ApiTokenService implements OnApplicationShutdown {
     }
   }
 
-    private async invalidate(stored: string, rows: ApiTokenRecord[]): Promise<ApiTokenRevocation> {
+  /**
+   * Drops a token's cache entries everywhere (in every scope of `rows`, and `any`), retrying until
+   * Redis confirms: after a revocation, or a policy change that keeps the row (`kind` for the metric).
+   * Answers the rows' summaries.
+   */
+  private async invalidate(stored: string, rows: ApiTokenRecord[], kind: 'revoke' | 'policy' = 'revoke'): Promise<ApiTokenRevocation> {
     const scopes = [...new Set<string | null>([null, ...rows.map((row) => row.type)])];
     const cacheCleared = await this.clearCache(stored, scopes);
     if (!cacheCleared) {
-      this.metrics?.invalidationFailed('revoke');
+      this.metrics?.invalidationFailed(kind);
       this.retryLater(stored, scopes);
     }
     return { revoked: rows.map((row) => this.summarize(row)), cacheCleared };
