@@ -19,7 +19,7 @@ const SWEEP_PAGE = 100;
  */
 @Injectable()
 export class ApiTokenExpirySweep implements OnModuleInit {
-  private readonly logger = new Logger('ApiTokenExpirySweep');
+  private readonly logger = new Logger(ApiTokenExpirySweep.name);
 
   constructor(
     private readonly tokens: ApiTokenService,

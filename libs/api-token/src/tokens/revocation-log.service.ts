@@ -44,7 +44,7 @@ export const revocationWindowMs = (options: Pick<ResolvedApiTokenOptions, 'cache
  */
 @Injectable()
 export class ApiTokenRevocationLogService implements OnModuleInit, OnModuleDestroy {
-  private readonly logger = new Logger('ApiTokenRevocationLog');
+  private readonly logger = new Logger(ApiTokenRevocationLogService.name);
   private readonly windowMs: number;
   /** The highest id read (bigint as text). */
   private last = '0';
