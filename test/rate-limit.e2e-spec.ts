@@ -101,8 +101,11 @@ describe('per-token rate limits', () => {
     let a: INestApplication;
     let b: INestApplication;
     beforeAll(async () => {
-      a = await start({ rateLimitMode: 'exact' });
-      b = await start({ rateLimitMode: 'exact' });
+      // A Redis call slower than redisCommandTimeoutMs opens the circuit and exact mode counts alone
+      // (failing open, tested below). 100 concurrent first requests on a loaded CI machine can take
+      // longer than the default 100 ms; these tests are about the count, so they allow a second.
+      a = await start({ rateLimitMode: 'exact', redisCommandTimeoutMs: 1000 });
+      b = await start({ rateLimitMode: 'exact', redisCommandTimeoutMs: 1000 });
     });
 
     it('never lets more than the limit through in a window, however the requests are spread', async () => {
