@@ -1,5 +1,5 @@
 import { ApiTokenAuthenticator, ApiTokenService } from '../libs/api-token/src';
-import { ApiTokenInvalidationService } from '../libs/api-token/src/cache/cache-invalidation.service';
+import { ApiTokenInvalidationService, ECHO_LOST_AFTER_MS } from '../libs/api-token/src/cache/cache-invalidation.service';
 import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
@@ -282,6 +282,30 @@ describe('token lifecycle and revocation across two instances', () => {
     await b.get(ApiTokenService).revoke(created.token);
     await until('instance A drops the revoked token', () => local(a, created.token) === 'miss');
     expect((await whoami(a, created.token)).status).toBe(401);
+  });
+
+  it('an event loop blocked longer than the echo window is not taken for a lost channel', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    expect((await whoami(a, created.token)).status).toBe(200);
+    const invalidation = a.get(ApiTokenInvalidationService);
+    await until('instance A is subscribed', () => invalidation.isListening);
+    const checks = jest.spyOn(invalidation as unknown as { checkEcho(): Promise<void> }, 'checkEcho');
+    const lost = jest.spyOn(invalidation as unknown as { lost(error?: unknown): void }, 'lost');
+    await until('a ping is sent', () => checks.mock.calls.length > 0);
+    await checks.mock.results[0].value;
+    expect(local(a, created.token)).toBe('hit');
+
+    // The echo of that ping arrives while the loop is blocked; the next timer runs before the socket is read.
+    await new Promise(setImmediate);
+    const end = performance.now() + ECHO_LOST_AFTER_MS + 500;
+    while (performance.now() < end); // a synchronous stall, like a busy or starved process
+    const after = checks.mock.calls.length;
+    await until('two more pings went out', () => checks.mock.calls.length >= after + 2);
+    await Promise.all(checks.mock.results.map((result) => result.value));
+
+    expect(lost).not.toHaveBeenCalled();
+    expect(invalidation.isListening).toBe(true);
+    expect(local(a, created.token)).toBe('hit');
   });
 
   it('tenant invalidation empties the tenant entries and index on every instance, and the tokens keep working', async () => {

@@ -34,7 +34,7 @@ const QUIT_TIMEOUT_MS = 1000;
  * instance listens to, so the cost does not grow with the number of instances.
  */
 const ECHO_INTERVAL_MS = 1000;
-const ECHO_LOST_AFTER_MS = 3000;
+export const ECHO_LOST_AFTER_MS = 3000;
 
 interface InvalidationMessage {
   /** The publishing instance, which has already evicted the keys itself. */
@@ -64,7 +64,8 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
   private received = 0;
   /** This instance's own echo channel (see {@link ECHO_INTERVAL_MS}). */
   private readonly echoChannel: string;
-  private lastEcho = 0;
+  /** When the oldest ping not echoed yet was sent (0 when none is waiting). */
+  private echoAwaitedSince = 0;
   private echoTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -191,7 +192,7 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
       return;
     }
     this.listening = true;
-    this.lastEcho = performance.now();
+    this.echoAwaitedSince = 0;
     if (this.started) {
       this.cache.clearLocal();
       this.logger.log('Invalidation channel subscribed again; in-process cache emptied (messages may have been missed)');
@@ -199,17 +200,27 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
   }
 
   /**
-   * Publishes the next ping, after checking that the last ones came back. A channel silent for
-   * {@link ECHO_LOST_AFTER_MS} is lost; when Redis itself answers (the ping was published), the
-   * subscriber is on the wrong server, so it reconnects (under Sentinel, to the master named now).
+   * Publishes the next ping, after checking that the last ones came back. A ping unanswered for
+   * {@link ECHO_LOST_AFTER_MS} means the channel is lost; when Redis itself answers (the ping was
+   * published), the subscriber is on the wrong server, so it reconnects (under Sentinel, to the
+   * master named now).
+   *
+   * Silence is counted from the ping, not from the last echo, and judged only after the socket has
+   * been read: an event loop blocked for seconds (a busy or starved process) leaves echoes unread,
+   * and this timer runs before the sockets are read, so it would otherwise take its own stall for a
+   * lost channel and empty the in-process cache for nothing.
    */
   private async checkEcho(): Promise<void> {
     const subscriber = this.subscriber;
     if (this.closing || !subscriber) return;
-    if (this.listening && performance.now() - this.lastEcho > ECHO_LOST_AFTER_MS) {
-      this.lost('no message came through');
-      if (!this.redis.isDown && subscriber.status === 'ready') subscriber.disconnect(true);
+    if (this.listening && this.echoAwaitedSince > 0 && performance.now() - this.echoAwaitedSince > ECHO_LOST_AFTER_MS) {
+      await new Promise(setImmediate);
+      if (this.listening && this.echoAwaitedSince > 0 && subscriber === this.subscriber) {
+        this.lost('no message came through');
+        if (!this.redis.isDown && subscriber.status === 'ready') subscriber.disconnect(true);
+      }
     }
+    if (this.echoAwaitedSince === 0) this.echoAwaitedSince = performance.now();
     await this.redis.call('publish', (r) => r.publish(this.echoChannel, '1'));
   }
 
@@ -231,7 +242,7 @@ export class ApiTokenInvalidationService implements OnModuleInit, OnApplicationS
 
   /** The channel works (again): a subscription that was taken as lost may have missed messages. */
   private echoed(): void {
-    this.lastEcho = performance.now();
+    this.echoAwaitedSince = 0;
     if (this.listening || this.closing) return;
     this.listening = true;
     this.cache.clearLocal();
