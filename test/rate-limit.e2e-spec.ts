@@ -12,7 +12,7 @@ import { clearLibraryKeys, testRedis } from './support/redis';
 import { PrivateRedisServer } from './support/redis-server';
 import { createTestApp } from './support/test-app';
 import { until } from './support/until';
-import { localCacheState } from './support/local-cache';
+import { localCacheState, untilCachedLocally } from './support/local-cache';
 
 const LIMIT_FIELD = /^"token";r=(\d+);t=(\d+)$/;
 /** A window long enough that a test never crosses its end (it waits first when the end is near). */
@@ -121,8 +121,7 @@ describe('per-token rate limits', () => {
       const tokens = a.get(ApiTokenService);
       const { token, id } = await create(a, null);
       await whoami(a, token).expect(200);
-      await whoami(b, token).expect(200);
-      expect(localCacheState(b, token)).toBe('hit');
+      await untilCachedLocally(b, token, 'app', () => whoami(b, token).expect(200));
 
       const set = await tokens.setRateLimit(token, { limit: 1, windowSeconds: LONG_WINDOW });
       expect(set).toEqual({ updated: expect.objectContaining({ id, rateLimit: { limit: 1, windowSeconds: LONG_WINDOW } }), cacheCleared: true });

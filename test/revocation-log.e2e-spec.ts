@@ -12,7 +12,7 @@ import { clearLibraryKeys, testRedis } from './support/redis';
 import { PrivateRedisServer } from './support/redis-server';
 import { createTestApp } from './support/test-app';
 import { until } from './support/until';
-import { localCacheState } from './support/local-cache';
+import { localCacheState, untilCachedLocally } from './support/local-cache';
 
 /** A promise the test settles by hand. */
 function gate<T = void>(): { promise: Promise<T>; open: (value: T) => void } {
@@ -78,8 +78,7 @@ describe('revocation log', () => {
 
   it('an instance that missed the message and whose Redis kept the entry refuses the token within a poll', async () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
-    expect((await whoami(b, created.token)).status).toBe(200);
-    expect(localCacheState(b, created.token)).toBe('hit');
+    await untilCachedLocally(b, created.token, 'app', () => whoami(b, created.token).expect(200));
 
     await a.get(ApiTokenService).revoke(created.token);
     expect((await whoami(a, created.token)).status).toBe(401);
