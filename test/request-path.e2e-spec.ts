@@ -193,7 +193,7 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
     it('refuses the reserved scope "any" where a lookup enters, before any I/O, and keeps the scope-less entry', async () => {
       const { token } = await newToken('dataset');
       const authenticator = app.get(ApiTokenAuthenticator);
-      expect(await authenticator.authenticate(token, null)).toMatchObject({ type: 'dataset' });
+      expect(await authenticator.authenticate(token, null)).toMatchObject({ scope: 'dataset' });
       const entry = await redis.get(`api_token:any:${token}`);
       counter.reset();
       for (const scope of ['any', 'None', 'a:b']) {
@@ -202,7 +202,7 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       expect(() => ApiTokenGuard('any')).toThrow(/not "any" or "None"/);
       expect(counter.count(/.*/)).toBe(0);
       expect(await redis.get(`api_token:any:${token}`)).toBe(entry);
-      expect(await authenticator.authenticate(token, null)).toMatchObject({ type: 'dataset' });
+      expect(await authenticator.authenticate(token, null)).toMatchObject({ scope: 'dataset' });
     });
   });
 

@@ -7,7 +7,7 @@ import { storedToken } from '../tokens/token.hash';
 import { cacheKey, lockKey } from '../api-token.keys';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
 import { checkScope } from '../tokens/token.scope';
-import { type ApiTokenRecord, isExpired } from '../store/api-token.record';
+import { type ApiTokenRecord, type AuthenticatedApiToken, isExpired, toAuthenticated } from '../store/api-token.record';
 import { ApiTokenRedisService, LOCKED } from '../redis/redis-access.service';
 import { ApiTokenRepository } from '../store/api-token.repository';
 import { ApiTokenUsageRecorder } from '../usage/usage.recorder';
@@ -40,13 +40,17 @@ export class ApiTokenAuthenticator {
   }
 
   /**
-   * The token's row if it is valid in this scope (any scope when null), else null. Throws ApiTokenInputError
-   * for a scope that breaks `create()`'s rule, and {@link ApiTokenStoreError} when the database is needed and does not answer.
+   * What the guard would hand a handler for this token, outside HTTP (a queue consumer, a WebSocket
+   * handshake): the token's identity if it is valid in this scope (any scope when null), else null.
+   * Counts as a use, like a request. Throws ApiTokenInputError for a scope that breaks `create()`'s
+   * rule, and {@link ApiTokenStoreError} when the database is needed and does not answer.
    */
-  async authenticate(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+  async authenticate(token: string, scope: string | null): Promise<AuthenticatedApiToken | null> {
     if (scope !== null) checkScope(scope, 'ApiTokenAuthenticator.authenticate: "scope"');
     const local = this.authenticateLocal(token, scope);
-    return local !== undefined ? local && local.record : this.authenticateRemote(token, scope);
+    if (local !== undefined) return local && local.identity;
+    const record = await this.authenticateRemote(token, scope);
+    return record && toAuthenticated(record);
   }
 
   /** The answer the process knows with no I/O (the in-process cache's entry: record and identity), or undefined when it must ask Redis or the database. */
