@@ -234,6 +234,28 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
     expect(await tokens.rotate(expiring.token, { graceSeconds: 60 })).toBeNull();
   });
 
+  it('a rotation whose old token cannot be given its end fails whole: its successor is revoked, the old token kept', async () => {
+    const appId = randomUUID();
+    const tokens = a.get(ApiTokenService);
+    const repository = a.get(ApiTokenRepository);
+    for (const graceSeconds of [60, 0]) {
+      const old = await tokens.create({ scope: 'app', appId });
+      const failure = new Error('the database stopped answering');
+      // With a grace the old token gets an expiry; with none it is revoked: the step that fails here.
+      const step = graceSeconds ? jest.spyOn(repository, 'setPolicy') : jest.spyOn(repository, 'revoke');
+      step.mockRejectedValueOnce(failure);
+      try {
+        await expect(tokens.rotate(old.token, { graceSeconds })).rejects.toBe(failure);
+      } finally {
+        step.mockRestore();
+      }
+      expect((await tokens.list({ appId })).map((t) => t.id)).toEqual([old.id]);
+      expect((await tokens.list({ appId }))[0].expiresAt).toBeNull();
+      expect(await status(a, old.token)).toBe(200);
+      await tokens.revoke(old.token);
+    }
+  });
+
   it('the scheduled job deletes expired rows and their cache entries everywhere; Dify then refuses them too', async () => {
     const tenantId = randomUUID();
     const tokens = a.get(ApiTokenService);

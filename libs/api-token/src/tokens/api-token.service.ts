@@ -2,7 +2,7 @@ import { Inject, Injectable, Logger, OnApplicationShutdown, Optional } from '@ne
 import { randomUUID } from 'node:crypto';
 import { ApiTokenCacheService } from '../cache/token-cache.service';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
-import { ApiTokenInputError } from '../api-token.errors';
+import { ApiTokenInputError, describeError } from '../api-token.errors';
 import { TOKEN_RANDOM_LENGTH, generateApiToken } from './token.generator';
 import { storedToken } from './token.hash';
 import { cacheKey } from '../api-token.keys';
@@ -237,15 +237,30 @@ export class ApiTokenService implements OnApplicationShutdown {
       expiresAt: lifetimeMs === null ? null : formatNaiveUtc(new Date(Date.now() + Math.max(lifetimeMs, 1000))),
     });
     if (graceSeconds === 0) {
-      const revocation = await this.revokeStored({ token: stored });
+      const revocation = await this.withdrawOnFailure(successor, this.revokeStored({ token: stored }));
       return { successor, previous: revocation.revoked[0] ?? this.summarize(current), cacheCleared: revocation.cacheCleared };
     }
     const graceEnd = Date.now() + graceSeconds * 1000;
     const expiresAt = formatNaiveUtc(new Date(Math.min(graceEnd, current.expiresAtMs ?? graceEnd)));
-    const updated = await this.repository.setPolicy(current.id, { expiresAt });
+    const updated = await this.withdrawOnFailure(successor, this.repository.setPolicy(current.id, { expiresAt }));
     // The row may have gone meanwhile (revoked); its entries are dropped all the same.
     const { cacheCleared } = await this.invalidate(stored, [updated ?? current]);
     return { successor, previous: this.summarize(updated ?? current), cacheCleared };
+  }
+
+  /**
+   * A rotation whose old token could not be given its end fails as a whole: the successor, which
+   * the caller never receives, is revoked rather than left valid with nobody holding it.
+   */
+  private async withdrawOnFailure<T>(successor: CreatedApiToken, step: Promise<T>): Promise<T> {
+    try {
+      return await step;
+    } catch (error) {
+      await this.revokeStored({ ids: [successor.id] }).catch((failure: unknown) =>
+        this.logger.error(`Rotation failed, and its unused successor (id ${successor.id}) could not be revoked: ${describeError(failure)}`),
+      );
+      throw error;
+    }
   }
 
   /**
