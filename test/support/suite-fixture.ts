@@ -39,7 +39,10 @@ export interface SuiteFixture {
  * the suite's own hooks). Its `beforeAll` creates the database and the Redis client; its `afterAll`
  * runs the cleanups, clears the library's Redis keys, disconnects and drops the database, in that
  * order, whatever part of the setup failed. What matters to a test (the apps' options, proxies,
- * private servers) stays in the suite, started through `app()` and undone through `cleanup()`.
+ * private servers) stays in the suite, started through `app()` and undone through `cleanup()`: Jest
+ * runs a describe's `afterAll` hooks in the order they were declared, so a suite's own `afterAll`
+ * would run after the database is gone.
+
  */
 export function suiteFixture(options: SuiteFixtureOptions = {}): SuiteFixture {
   const useRedis = options.redis ?? true;
@@ -47,8 +50,8 @@ export function suiteFixture(options: SuiteFixtureOptions = {}): SuiteFixture {
   let redis: Redis | undefined;
   const suiteSteps: (() => unknown)[] = [];
   const testSteps: (() => unknown)[] = [];
-  // Set by this fixture's own beforeEach/afterEach, which wrap the suite's: a step registered between
-  // them belongs to the test.
+  // Set by this fixture's own beforeEach (before the suite's, which are declared after it) and unset
+  // by its afterEach: a step registered by a test or its beforeEach belongs to the test.
   let inTest = false;
 
   beforeAll(async () => {
