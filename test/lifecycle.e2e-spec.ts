@@ -13,14 +13,8 @@ import { QueryCounter } from './support/query-counter';
 import { countExisting, killSubscribers } from './support/redis';
 import { until } from './support/until';
 import { whoami } from './support/requests';
+import { gate, holdNextFind } from './support/gate';
 import { suiteFixture } from './support/suite-fixture';
-
-/** A promise the test settles by hand. */
-function gate<T = void>(): { promise: Promise<T>; open: (value: T) => void } {
-  let open!: (value: T) => void;
-  const promise = new Promise<T>((resolve) => (open = resolve));
-  return { promise, open };
-}
 
 describe('token lifecycle and revocation across two instances', () => {
   const suite = suiteFixture();
@@ -115,20 +109,12 @@ describe('token lifecycle and revocation across two instances', () => {
   it('a fill that read the row before the revoke cannot bring the token back', async () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     const repository = a.get(ApiTokenRepository);
-    const findByToken = repository.findByToken.bind(repository);
-    const read = gate<unknown>();
-    const release = gate();
-    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
-      const row = await findByToken(...args);
-      read.open(row);
-      await release.promise;
-      return row;
-    });
+    const held = holdNextFind(repository);
 
     const pending = whoami(a, created.token).then((res) => res.status);
-    expect(await read.promise).toMatchObject({ id: created.id });
+    expect(await held.read).toMatchObject({ id: created.id });
     await b.get(ApiTokenService).revoke(created.token);
-    release.open();
+    held.release();
 
     expect(await pending).toBe(401);
     expect(await cached(created.token)).toBeNull();
@@ -141,20 +127,12 @@ describe('token lifecycle and revocation across two instances', () => {
   it('a fill whose write reaches Redis after the revoke writes nothing, on every instance', async () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     const repository = a.get(ApiTokenRepository);
-    const findByToken = repository.findByToken.bind(repository);
-    const read = gate();
-    const release = gate();
-    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
-      const row = await findByToken(...args);
-      read.open();
-      await release.promise;
-      return row;
-    });
+    const held = holdNextFind(repository);
 
     const pending = whoami(a, created.token).then((res) => res.status);
-    await read.promise;
+    await held.read;
     expect((await b.get(ApiTokenService).revoke(created.token)).cacheCleared).toBe(true);
-    release.open();
+    held.release();
 
     // The fill read the row before the revoke; its write reaches Redis after it and is refused there.
     expect(await pending).toBe(401);
@@ -200,23 +178,15 @@ describe('token lifecycle and revocation across two instances', () => {
     const [cachedOne, filled] = [await tokens.create({ scope: 'app', tenantId }), await tokens.create({ scope: 'app', tenantId })];
     expect((await whoami(b, cachedOne.token)).status).toBe(200);
     const repository = a.get(ApiTokenRepository);
-    const findByToken = repository.findByToken.bind(repository);
-    const read = gate();
-    const release = gate();
-    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
-      const row = await findByToken(...args);
-      read.open();
-      await release.promise;
-      return row;
-    });
+    const held = holdNextFind(repository);
     const invalidation = a.get(ApiTokenInvalidationService);
     const received = invalidation.receivedCount;
 
     const pending = whoami(a, filled.token).then((res) => res.status);
-    await read.promise;
+    await held.read;
     expect((await b.get(ApiTokenService).invalidateTenant(tenantId)).dropped).toBe(1);
     await until('instance A hears of the tenant invalidation', () => invalidation.receivedCount > received);
-    release.open();
+    held.release();
 
     expect(await pending).toBe(200);
     expect(local(a, filled.token)).toBe('miss');

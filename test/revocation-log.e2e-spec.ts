@@ -1,6 +1,5 @@
 import { ApiTokenService } from '../libs/api-token/src';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
-import { type ApiTokenRecord } from '../libs/api-token/src/store/api-token.record';
 import { ApiTokenRevokedTokens } from '../libs/api-token/src/cache/revoked-tokens';
 import { ApiTokenRevocationLogService } from '../libs/api-token/src/tokens/revocation-log.service';
 import type { INestApplication } from '@nestjs/common';
@@ -11,14 +10,8 @@ import { createTestApp } from './support/test-app';
 import { until } from './support/until';
 import { localCacheState, untilCachedLocally } from './support/local-cache';
 import { whoami } from './support/requests';
+import { holdNextFind } from './support/gate';
 import { suiteFixture } from './support/suite-fixture';
-
-/** A promise the test settles by hand. */
-function gate<T = void>(): { promise: Promise<T>; open: (value: T) => void } {
-  let open!: (value: T) => void;
-  const promise = new Promise<T>((resolve) => (open = resolve));
-  return { promise, open };
-}
 
 const POLL_MS = 200;
 /** Long enough that only the log (never a TTL) can explain a refusal within a test. */
@@ -95,22 +88,14 @@ describe('revocation log', () => {
   it('a fill that read the row before the revocation committed is refused once the log lists the token', async () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     const repository = b.get(ApiTokenRepository);
-    const findByToken = repository.findByToken.bind(repository);
-    const read = gate<ApiTokenRecord | null>();
-    const release = gate();
-    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
-      const row = await findByToken(...args);
-      read.open(row);
-      await release.promise;
-      return row;
-    });
+    const held = holdNextFind(repository);
     const answer = whoami(b, created.token).then((res) => res.status);
-    expect(await read.promise).not.toBeNull();
+    expect(await held.read).not.toBeNull();
 
     // B's Redis never sees A's generation change: only the log can stop this fill.
     await a.get(ApiTokenService).revoke(created.token);
     await until('B reads the revocation from the log', () => listed(b, created.token), 5_000);
-    release.open();
+    held.release();
 
     expect(await answer).toBe(401);
     expect(await bRedis.get(`api_token:app:${created.token}`)).toBe('null');
