@@ -42,7 +42,6 @@ export interface SuiteFixture {
  * private servers) stays in the suite, started through `app()` and undone through `cleanup()`: Jest
  * runs a describe's `afterAll` hooks in the order they were declared, so a suite's own `afterAll`
  * would run after the database is gone.
-
  */
 export function suiteFixture(options: SuiteFixtureOptions = {}): SuiteFixture {
   const useRedis = options.redis ?? true;
