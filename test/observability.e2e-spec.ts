@@ -92,12 +92,8 @@ describe('observability', () => {
   const appScope = () => snapshot().scopes.app;
 
   beforeAll(async () => {
-    const pg = new URL(suite.db.url);
-    pgProxy = await TcpProxy.start(pg.hostname, Number(pg.port || 5432));
-    suite.cleanup(() => pgProxy.close());
-    const target = new URL(REDIS_TEST_URL);
-    redisProxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
-    suite.cleanup(() => redisProxy.close());
+    pgProxy = await suite.proxy(suite.db.url);
+    redisProxy = await suite.proxy(REDIS_TEST_URL);
     app = await suite.app({
       databaseUrl: pgProxy.proxied(suite.db.url),
       redisUrl: redisProxy.proxied(REDIS_TEST_URL),

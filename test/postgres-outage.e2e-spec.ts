@@ -22,9 +22,7 @@ describe('PostgreSQL outage', () => {
   const unknown = generateApiToken('app');
 
   beforeAll(async () => {
-    const target = new URL(suite.db.url);
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5432));
-    suite.cleanup(() => proxy.close());
+    proxy = await suite.proxy(suite.db.url);
     app = await suite.app({
       databaseUrl: proxy.proxied(suite.db.url),
       counter,

@@ -11,7 +11,7 @@ import { TypeOrmModule } from '@nestjs/typeorm';
 import Redis, { type Cluster } from 'ioredis';
 import { CapturingLogger } from './support/capturing-logger';
 import { PrivateRedisServer } from './support/redis-server';
-import { REDIS_CLUSTER_NODES, REDIS_HOST, REDIS_PORT, REDIS_TEST_URL } from './support/servers';
+import { REDIS_CLUSTER_NODES, REDIS_TEST_URL } from './support/servers';
 import { type RedisFault, TcpProxy } from './support/tcp-proxy';
 import { until } from './support/until';
 import { localCacheState } from './support/local-cache';
@@ -42,8 +42,7 @@ const cleared = /now cleared from the cache/;
   const fillWrite = (token: string) => new RegExp(`^EVAL(SHA)? [\\s\\S]* 2 ${escape(`api_token:app:${token}`)} `);
 
   beforeAll(async () => {
-    proxy = await TcpProxy.start(REDIS_HOST, REDIS_PORT, { resp: true });
-    suite.cleanup(() => proxy.close());
+    proxy = await suite.proxy(REDIS_TEST_URL, { resp: true });
     // A lookup lock left by a fill whose unlock was lost to a fault delays the next lookup by lockWaitMs.
     const apiToken = { lockWaitMs: 200 };
     a = await suite.app({ redisUrl: REDIS_TEST_URL, apiToken });

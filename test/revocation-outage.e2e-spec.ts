@@ -2,7 +2,7 @@ import { ApiTokenService } from '../libs/api-token/src';
 import type { INestApplication } from '@nestjs/common';
 import request from 'supertest';
 import { CapturingLogger } from './support/capturing-logger';
-import { REDIS_HOST, REDIS_PORT, REDIS_TEST_URL } from './support/servers';
+import { REDIS_TEST_URL } from './support/servers';
 import { TcpProxy } from './support/tcp-proxy';
 import { until } from './support/until';
 import { suiteFixture } from './support/suite-fixture';
@@ -19,8 +19,7 @@ describe('revocation while Redis is unreachable', () => {
   const whoami = (token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
 
   beforeAll(async () => {
-    proxy = await TcpProxy.start(REDIS_HOST, REDIS_PORT);
-    suite.cleanup(() => proxy.close());
+    proxy = await suite.proxy(REDIS_TEST_URL);
     app = await suite.app({ redisUrl: proxy.proxied(REDIS_TEST_URL), logger });
   });
 

@@ -47,9 +47,7 @@ describe('secrets never reach logs, errors or answers', () => {
     }
     // Undone last, once the app and the servers are gone.
     suite.cleanup(() => spies.forEach((spy) => spy.mockRestore()));
-    const target = new URL(suite.db.url);
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5432));
-    suite.cleanup(() => proxy.close());
+    proxy = await suite.proxy(suite.db.url);
     server = await PrivateRedisServer.start();
     suite.cleanup(() => server.kill());
     redis = new Redis(server.url(), { maxRetriesPerRequest: 0, lazyConnect: true });

@@ -2,6 +2,7 @@ import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
 import { createTestDatabase, type TestDatabase } from './database';
 import { clearLibraryKeys, testRedis } from './redis';
+import { TcpProxy } from './tcp-proxy';
 import { createTestApp, type TestAppOptions } from './test-app';
 
 /** Options of `suiteFixture()`. */
@@ -25,6 +26,12 @@ export interface SuiteFixture {
    * like a `cleanup()` registered at the same moment.
    */
   app(options?: Partial<TestAppOptions>): Promise<INestApplication>;
+  /**
+   * A {@link TcpProxy} in front of the server `url` names (PostgreSQL or Redis; their default ports),
+   * for the test to cut, stall or fault; closed like a `cleanup()` registered at the same moment. The
+   * app gets `proxy.proxied(url)`.
+   */
+  proxy(url: string, options?: { resp?: boolean }): Promise<TcpProxy>;
   /**
    * Registers an undo step. Steps run last-registered first, so an app closes before the proxy or
    * redis-server it was started on. A step registered while a test runs (or in its `beforeEach`) runs
@@ -101,9 +108,19 @@ export function suiteFixture(options: SuiteFixtureOptions = {}): SuiteFixture {
       fixture.cleanup(() => app.close());
       return app;
     },
+    async proxy(url, proxyOptions) {
+      const target = new URL(url);
+      const port = Number(target.port || DEFAULT_PORTS[target.protocol]);
+      if (!port) throw new Error(`suiteFixture().proxy(): no port in ${target.protocol}// URL`);
+      const proxy = await TcpProxy.start(target.hostname, port, proxyOptions);
+      fixture.cleanup(() => proxy.close());
+      return proxy;
+    },
   };
   return fixture;
 }
+
+const DEFAULT_PORTS: Record<string, number> = { 'postgres:': 5432, 'postgresql:': 5432, 'redis:': 6379 };
 
 /** Runs every step in order, even past a failure, then throws the first failure. */
 async function runAll(steps: (() => unknown)[]): Promise<void> {
