@@ -2,16 +2,13 @@ import { ApiTokenService } from '../libs/api-token/src';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
-import type Redis from 'ioredis';
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import request from 'supertest';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { localCacheState } from './support/local-cache';
-import { clearLibraryKeys, testRedis } from './support/redis';
 import { REDIS_ENV } from './support/servers';
-import { createTestApp } from './support/test-app';
+import { suiteFixture } from './support/suite-fixture';
 import { DEMO_APP_ID, demoTokenNotice } from '../apps/demo/src/demo.token';
 import { until } from './support/until';
 
@@ -28,16 +25,15 @@ const MASK = '*'.repeat(24);
 jest.setTimeout(180_000);
 
 describe('token command line', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let app: INestApplication;
-  let redis: Redis;
 
   /** `npm run --silent token -- …args` on the test's database and Redis database. */
   const cli = (args: string[], input?: string): Promise<CliResult> =>
     new Promise((resolve, reject) => {
       const child = spawn('npm', ['run', '--silent', 'token', '--', ...args], {
         cwd: join(__dirname, '..'),
-        env: { ...process.env, DATABASE_URL: db.url, ...REDIS_ENV },
+        env: { ...process.env, DATABASE_URL: suite.db.url, ...REDIS_ENV },
       });
       let stdout = '';
       let stderr = '';
@@ -50,18 +46,8 @@ describe('token command line', () => {
   const whoami = (token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
   const local = (token: string) => localCacheState(app, token);
   beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    await clearLibraryKeys(redis);
     // No scheduled flush: it would move last_used_at under the tests that compare listings.
-    app = await createTestApp({ databaseUrl: db.url, apiToken: { flushCron: false } });
-  });
-
-  afterAll(async () => {
-    await app?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
+    app = await suite.app({ apiToken: { flushCron: false } });
   });
 
   it('create prints the token and nothing else, and the token works on the running demo', async () => {
@@ -121,12 +107,12 @@ describe('token command line', () => {
     const tenantId = randomUUID();
     const { token } = await app.get(ApiTokenService).create({ scope: 'app', tenantId });
     expect((await whoami(token)).status).toBe(200);
-    expect(await redis.smembers(`tenant_tokens:${tenantId}`)).toEqual([`api_token:app:${token}`]);
+    expect(await suite.redis.smembers(`tenant_tokens:${tenantId}`)).toEqual([`api_token:app:${token}`]);
 
     const result = await cli(['invalidate-tenant', tenantId]);
 
     expect(result).toMatchObject({ code: 0, stdout: `Dropped 1 cached entry of tenant ${tenantId}\n` });
-    expect(await redis.exists(`api_token:app:${token}`, `tenant_tokens:${tenantId}`)).toBe(0);
+    expect(await suite.redis.exists(`api_token:app:${token}`, `tenant_tokens:${tenantId}`)).toBe(0);
     await until('the demo drops the tenant entries', () => local(token) === 'miss');
     expect((await whoami(token)).status).toBe(200);
   });

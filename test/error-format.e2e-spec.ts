@@ -3,12 +3,9 @@ import { API_TOKEN_ERRORS, RETRY_AFTER_SECONDS } from '../libs/api-token/src/aut
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
-import type Redis from 'ioredis';
 import request from 'supertest';
-import { createTestDatabase, type TestDatabase } from './support/database';
-import { clearLibraryKeys, testRedis } from './support/redis';
 import { TcpProxy } from './support/tcp-proxy';
-import { createTestApp } from './support/test-app';
+import { suiteFixture } from './support/suite-fixture';
 
 /** The body and headers of each refusal, per `errorFormat`, as a client sees them. */
 const SHAPES: Record<ApiTokenErrorFormat, { challenge: string; body: (status: 401 | 503, message: string) => object }> = {
@@ -29,32 +26,19 @@ describe.each([
   ['express', 'nest'],
   ['fastify', 'nest'],
 ] as const)('refusals on %s, errorFormat %s', (adapter, errorFormat) => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let proxy: TcpProxy;
   let app: INestApplication;
-  let redis: Redis;
   const shape = SHAPES[errorFormat];
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    const target = new URL(db.url);
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5432));
-    redis = testRedis();
-    await clearLibraryKeys(redis);
-    app = await createTestApp({
-      databaseUrl: proxy.proxied(db.url),
+    proxy = await suite.proxy(suite.db.url);
+    app = await suite.app({
+      databaseUrl: proxy.proxied(suite.db.url),
       adapter,
       apiToken: { errorFormat },
       typeorm: { connectTimeoutMS: 500, extra: { query_timeout: 1000 } },
     });
-  });
-
-  afterAll(async () => {
-    await app?.close();
-    await proxy?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
   });
 
   const whoami = (authorization?: string) => {

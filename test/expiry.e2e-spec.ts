@@ -4,17 +4,15 @@ import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.reposi
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { hashToken } from '../libs/api-token/src/tokens/token.hash';
 import type { INestApplication } from '@nestjs/common';
-import type Redis from 'ioredis';
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import request from 'supertest';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { QueryCounter } from './support/query-counter';
-import { clearLibraryKeys, countExisting, testRedis } from './support/redis';
-import { createTestApp } from './support/test-app';
+import { countExisting } from './support/redis';
 import { until } from './support/until';
 import { localCacheState } from './support/local-cache';
+import { suiteFixture } from './support/suite-fixture';
 
 const INVALID = 'Access token is invalid';
 const DIFY_READER = join(__dirname, 'support', 'dify-reader.py');
@@ -37,10 +35,9 @@ const readLikeDify = (raw: string): DifyRead => JSON.parse(execFileSync('python3
 const ms = (naiveUtc: string | null): number => Date.parse(`${naiveUtc}Z`);
 
 describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)', (adapter) => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let a: INestApplication;
   let b: INestApplication;
-  let redis: Redis;
   const counter = new QueryCounter();
 
   const call = async (app: INestApplication, token: string, scope = 'app'): Promise<Timed> => {
@@ -61,20 +58,9 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
   };
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    await clearLibraryKeys(redis);
     // No scheduled flush: the tests run the job themselves.
-    a = await createTestApp({ databaseUrl: db.url, counter, adapter, apiToken: { flushCron: false } });
-    b = await createTestApp({ databaseUrl: db.url, counter, adapter, apiToken: { flushCron: false } });
-  });
-
-  afterAll(async () => {
-    await a?.close();
-    await b?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
+    a = await suite.app({ counter, adapter, apiToken: { flushCron: false } });
+    b = await suite.app({ counter, adapter, apiToken: { flushCron: false } });
   });
 
   it('creates tokens with an expiry and lists it; refuses a bad expiry naming the field, before any I/O', async () => {
@@ -145,7 +131,7 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
   it('refuses an expired record read from Redis with no database query, and caches no valid record of an expired row', async () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app', tenantId: randomUUID(), expiresInSeconds: 1 });
     expect(await status(a, created.token)).toBe(200);
-    expect(JSON.parse((await redis.get(`api_token:app:${created.token}`))!)).toMatchObject({ expires_at: created.expiresAt });
+    expect(JSON.parse((await suite.redis.get(`api_token:app:${created.token}`))!)).toMatchObject({ expires_at: created.expiresAt });
     await until('the token expires', () => Date.now() >= ms(created.expiresAt));
     b.get(ApiTokenCacheService).clearLocal();
     const before = expiredCount(b);
@@ -156,11 +142,11 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
     expect(expiredCount(b)).toBe(before + 1);
 
     // The row, read from the database, is cached as "no such token": Dify ignores expires_at.
-    await redis.del(`api_token:app:${created.token}`);
+    await suite.redis.del(`api_token:app:${created.token}`);
     b.get(ApiTokenCacheService).clearLocal();
     expect(await status(b, created.token)).toBe(401);
     expect(counter.count()).toBe(1);
-    expect(await redis.get(`api_token:app:${created.token}`)).toBe('null');
+    expect(await suite.redis.get(`api_token:app:${created.token}`)).toBe('null');
     expect(local(b, created.token)).toBe('negative');
   });
 
@@ -188,7 +174,7 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
     expect(expiresAtMs).toBeLessThanOrEqual(Date.now() + 2000);
     // The old token's cached records, which lack the expiry, are gone on every instance.
     await until("instance A drops the old token's entry", () => local(a, old.token, 'dataset') === 'miss');
-    expect(await countExisting(redis, `api_token:dataset:${old.token}`)).toBe(0);
+    expect(await countExisting(suite.redis, `api_token:dataset:${old.token}`)).toBe(0);
 
     for (const app of [a, b]) {
       expectValidity(await call(app, old.token, 'dataset'), expiresAtMs);
@@ -224,7 +210,7 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
       expect(await call(app, old.token)).toMatchObject({ status: 401, message: INVALID });
       expect(await status(app, rotation.successor.token)).toBe(200);
     }
-    expect(await db.query('SELECT id FROM api_tokens WHERE id = $1', [old.id])).toEqual([]);
+    expect(await suite.db.query('SELECT id FROM api_tokens WHERE id = $1', [old.id])).toEqual([]);
     expect(a.get(ApiTokenMetrics).snapshot().invalidation.revocations.revoked).toBe(revoked + 1);
 
     expect(await tokens.rotate(old.token, { graceSeconds: 60 })).toBeNull();
@@ -265,25 +251,25 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
       for (const t of [expiring, lasting]) expect(await status(app, t.token)).toBe(200);
     }
     const keys = [`api_token:app:${expiring.token}`];
-    expect(await countExisting(redis, ...keys)).toBe(1);
-    expect(await redis.smembers(`tenant_tokens:${tenantId}`)).toEqual(expect.arrayContaining(keys));
-    await until('the token expires by PostgreSQL\'s clock', async () => (await db.query("SELECT now() AT TIME ZONE 'UTC' >= $1::timestamp AS due", [expiring.expiresAt]))[0].due === true);
+    expect(await countExisting(suite.redis, ...keys)).toBe(1);
+    expect(await suite.redis.smembers(`tenant_tokens:${tenantId}`)).toEqual(expect.arrayContaining(keys));
+    await until('the token expires by PostgreSQL\'s clock', async () => (await suite.db.query("SELECT now() AT TIME ZONE 'UTC' >= $1::timestamp AS due", [expiring.expiresAt]))[0].due === true);
     const removedBefore = a.get(ApiTokenMetrics).snapshot().flush.expiredRemoved;
 
     const stats = (await b.get(ApiTokenUsageFlushService).flushNow())!;
 
     expect(stats.expired).toBeGreaterThanOrEqual(1);
-    expect(await db.query('SELECT id FROM api_tokens WHERE id = $1', [expiring.id])).toEqual([]);
-    expect(await db.query('SELECT token_id FROM api_token_policies WHERE token_id = $1', [expiring.id])).toEqual([]);
-    expect(await db.query('SELECT id FROM api_tokens WHERE id = $1', [lasting.id])).toHaveLength(1);
-    expect(await countExisting(redis, ...keys)).toBe(0);
+    expect(await suite.db.query('SELECT id FROM api_tokens WHERE id = $1', [expiring.id])).toEqual([]);
+    expect(await suite.db.query('SELECT token_id FROM api_token_policies WHERE token_id = $1', [expiring.id])).toEqual([]);
+    expect(await suite.db.query('SELECT id FROM api_tokens WHERE id = $1', [lasting.id])).toHaveLength(1);
+    expect(await countExisting(suite.redis, ...keys)).toBe(0);
     expect(local(b, expiring.token)).toBe('miss');
     await until('instance A drops the expired token', () => local(a, expiring.token) === 'miss');
     expect(b.get(ApiTokenMetrics).snapshot().flush.expiredRemoved).toBe(stats.expired);
     expect(a.get(ApiTokenMetrics).snapshot().flush.expiredRemoved).toBe(removedBefore);
     // What Dify does: a Redis miss, then `SELECT … WHERE token = … AND type = …`: nothing either way.
-    expect(await redis.get(`api_token:app:${expiring.token}`)).toBeNull();
-    expect(await db.query('SELECT id FROM api_tokens WHERE token = $1 AND type = $2', [expiring.token, 'app'])).toEqual([]);
+    expect(await suite.redis.get(`api_token:app:${expiring.token}`)).toBeNull();
+    expect(await suite.db.query('SELECT id FROM api_tokens WHERE token = $1 AND type = $2', [expiring.token, 'app'])).toEqual([]);
     for (const app of [a, b]) {
       expect(await call(app, expiring.token)).toMatchObject({ status: 401, message: INVALID });
       expect(await status(app, lasting.token)).toBe(200);
@@ -300,7 +286,7 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
     for (const t of [plain, extended]) expect(await status(a, t.token)).toBe(200);
 
     for (const t of [plain, extended]) {
-      const raw = (await redis.get(`api_token:app:${t.token}`))!;
+      const raw = (await suite.redis.get(`api_token:app:${t.token}`))!;
       expect(readLikeDify(raw)).toEqual({
         result: 'token',
         token: {
@@ -314,9 +300,9 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
         },
       });
     }
-    const extendedRaw = JSON.parse((await redis.get(`api_token:app:${extended.token}`))!) as Record<string, unknown>;
+    const extendedRaw = JSON.parse((await suite.redis.get(`api_token:app:${extended.token}`))!) as Record<string, unknown>;
     expect(Object.keys(extendedRaw).slice(7)).toEqual(['expires_at', 'rate_limit']);
-    expect(Object.keys(JSON.parse((await redis.get(`api_token:app:${plain.token}`))!))).toHaveLength(7);
+    expect(Object.keys(JSON.parse((await suite.redis.get(`api_token:app:${plain.token}`))!))).toHaveLength(7);
 
     // The reader is as strict as Dify's model: it can fail.
     const { created_at: _dropped, ...missingField } = extendedRaw;
@@ -327,21 +313,11 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
 });
 
 describe('token expiry and rotation in hashed mode', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let app: INestApplication;
-  let redis: Redis;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    app = await createTestApp({ databaseUrl: db.url, apiToken: { hashTokens: true, flushCron: false } });
-  });
-
-  afterAll(async () => {
-    await app?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
+    app = await suite.app({ apiToken: { hashTokens: true, flushCron: false } });
   });
 
   it('expires, rotates and sweeps by the hash, the same as in plain mode', async () => {
@@ -353,15 +329,15 @@ describe('token expiry and rotation in hashed mode', () => {
     const { successor } = (await tokens.rotate(old.token, { graceSeconds: 1 }))!;
 
     expect(successor.token).toMatch(/^app-[A-Za-z0-9]{24}$/);
-    expect(await db.query('SELECT token FROM api_tokens WHERE id = $1', [successor.id])).toEqual([{ token: hashToken(successor.token) }]);
+    expect(await suite.db.query('SELECT token FROM api_tokens WHERE id = $1', [successor.id])).toEqual([{ token: hashToken(successor.token) }]);
     expect((await whoami(old.token)).status).toBe(200);
     const expiresAtMs = ms((await tokens.list()).find((t) => t.id === old.id)!.expiresAt);
     await until('the old token expires', () => Date.now() >= expiresAtMs);
     expect((await whoami(old.token)).status).toBe(401);
     expect((await whoami(successor.token)).status).toBe(200);
-    await until("the old token expires by PostgreSQL's clock", async () => (await db.query("SELECT now() AT TIME ZONE 'UTC' >= to_timestamp($1 / 1000.0) AT TIME ZONE 'UTC' AS due", [expiresAtMs]))[0].due === true);
+    await until("the old token expires by PostgreSQL's clock", async () => (await suite.db.query("SELECT now() AT TIME ZONE 'UTC' >= to_timestamp($1 / 1000.0) AT TIME ZONE 'UTC' AS due", [expiresAtMs]))[0].due === true);
     expect((await app.get(ApiTokenUsageFlushService).flushNow())!.expired).toBe(1);
     expect((await tokens.list()).map((t) => t.id)).toEqual([successor.id]);
-    expect(await redis.exists(`api_token:app:${hashToken(old.token)}`)).toBe(0);
+    expect(await suite.redis.exists(`api_token:app:${hashToken(old.token)}`)).toBe(0);
   });
 });

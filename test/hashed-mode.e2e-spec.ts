@@ -5,17 +5,17 @@ import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { hashToken } from '../libs/api-token/src/tokens/token.hash';
 import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { get, listen } from './support/http-client';
 import { PrivateRedisServer } from './support/redis-server';
 import { QueryCounter } from './support/query-counter';
 import { createTestApp } from './support/test-app';
+import { suiteFixture } from './support/suite-fixture';
 
 const TENANT = '6f1c2f5e-1111-4a2b-8c3d-000000000001';
 
 /** `hashTokens: true` end to end: the table and Redis hold SHA-256 hex, never a token or a piece of one. */
 describe('hashed mode', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture({ redis: false });
   let server: PrivateRedisServer;
   let app: INestApplication;
   let port: number;
@@ -23,19 +23,13 @@ describe('hashed mode', () => {
   const tokens: string[] = [];
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     server = await PrivateRedisServer.start();
+    suite.cleanup(() => server.kill());
     redis = new Redis(server.url());
-    app = await createTestApp({ databaseUrl: db.url, redisUrl: server.url(), apiToken: { hashTokens: true } });
+    suite.cleanup(() => redis.disconnect());
+    app = await suite.app({ redisUrl: server.url(), apiToken: { hashTokens: true } });
     port = await listen(app);
     for (let i = 0; i < 3; i++) tokens.push((await app.get(ApiTokenService).create({ scope: 'app', tenantId: TENANT })).token);
-  });
-
-  afterAll(async () => {
-    await app?.close();
-    redis?.disconnect();
-    await server?.kill();
-    await db?.drop();
   });
 
   const allKeys = async () => {
@@ -56,7 +50,7 @@ describe('hashed mode', () => {
   it('authenticates by the token while the table holds only its SHA-256', async () => {
     for (const token of tokens) expect((await get(port, '/app/whoami', token)).status).toBe(200);
     expect((await get(port, '/app/whoami', generateApiToken('app'))).status).toBe(401);
-    const rows = await db.query('SELECT token FROM api_tokens ORDER BY token');
+    const rows = await suite.db.query('SELECT token FROM api_tokens ORDER BY token');
     expect(rows.map((r) => r.token)).toEqual(tokens.map(hashToken).sort());
   });
 
@@ -87,9 +81,9 @@ describe('hashed mode', () => {
   it('stores sha256: and hex, which an instance in plain mode on the same stores refuses with no I/O', async () => {
     const stored = hashToken(tokens[0]);
     expect(stored).toMatch(/^sha256:[0-9a-f]{64}$/);
-    expect(await db.query('SELECT count(*)::int AS n FROM api_tokens WHERE token = $1', [stored])).toEqual([{ n: 1 }]);
+    expect(await suite.db.query('SELECT count(*)::int AS n FROM api_tokens WHERE token = $1', [stored])).toEqual([{ n: 1 }]);
     const counter = new QueryCounter();
-    const plain = await createTestApp({ databaseUrl: db.url, redisUrl: server.url(), counter });
+    const plain = await createTestApp({ databaseUrl: suite.db.url, redisUrl: server.url(), counter });
     try {
       const plainPort = await listen(plain);
       expect((await get(plainPort, '/app/whoami', stored)).status).toBe(401);
@@ -104,6 +98,6 @@ describe('hashed mode', () => {
     expect((await get(port, '/app/whoami', tokens[1])).status).toBe(401);
     expect(await redis.get(`api_token:app:${hashToken(tokens[1])}`)).toBe('null');
     // The revocation log holds the hash too, never the token.
-    expect(await db.query('SELECT token FROM api_token_revocations')).toEqual([{ token: hashToken(tokens[1]) }]);
+    expect(await suite.db.query('SELECT token FROM api_token_revocations')).toEqual([{ token: hashToken(tokens[1]) }]);
   });
 });

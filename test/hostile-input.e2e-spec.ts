@@ -3,19 +3,18 @@ import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
 import { CapturingLogger } from './support/capturing-logger';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { HOSTILE_AUTHORIZATION } from './support/hostile-corpus';
 import { get, listen, rawAuthorization, rawRequest } from './support/http-client';
 import { QueryCounter } from './support/query-counter';
 import { PrivateRedisServer } from './support/redis-server';
-import { createTestApp } from './support/test-app';
+import { suiteFixture } from './support/suite-fixture';
 
 /**
  * The hostile corpus over raw sockets, on Express and Fastify: every answer is a 4xx, the app stays
  * up, and no value causes a Redis command (MONITOR on a private redis-server) or a database statement.
  */
 describe.each(['express', 'fastify'] as const)('hostile Authorization values (%s)', (adapter) => {
-  let db: TestDatabase;
+  const suite = suiteFixture({ redis: false });
   let server: PrivateRedisServer;
   let app: INestApplication;
   let port: number;
@@ -27,21 +26,17 @@ describe.each(['express', 'fastify'] as const)('hostile Authorization values (%s
 
   beforeAll(async () => {
     expect(HOSTILE_AUTHORIZATION.length).toBeGreaterThanOrEqual(40);
-    db = await createTestDatabase();
     server = await PrivateRedisServer.start();
-    app = await createTestApp({ databaseUrl: db.url, redisUrl: server.url(), adapter, counter, logger });
+    suite.cleanup(() => server.kill());
+    app = await suite.app({ redisUrl: server.url(), adapter, counter, logger });
     port = await listen(app);
     control = new Redis(server.url());
+    suite.cleanup(() => {
+      monitor?.disconnect();
+      control.disconnect();
+    });
     monitor = await control.monitor();
     monitor.on('monitor', (_time: string, args: string[]) => commands.push(args));
-  });
-
-  afterAll(async () => {
-    monitor?.disconnect();
-    control?.disconnect();
-    await app?.close();
-    await server?.kill();
-    await db?.drop();
   });
 
   /** The commands the app sent since the last call, once MONITOR has shown a marker sent after them. */

@@ -6,50 +6,29 @@ import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { hashToken } from '../libs/api-token/src/tokens/token.hash';
 import * as generator from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
-import type Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import request from 'supertest';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { localCacheState, untilCachedLocally } from './support/local-cache';
 import { QueryCounter } from './support/query-counter';
-import { clearLibraryKeys, countExisting, killSubscribers, testRedis } from './support/redis';
-import { createTestApp } from './support/test-app';
+import { countExisting, killSubscribers } from './support/redis';
 import { until } from './support/until';
-
-/** A promise the test settles by hand. */
-function gate<T = void>(): { promise: Promise<T>; open: (value: T) => void } {
-  let open!: (value: T) => void;
-  const promise = new Promise<T>((resolve) => (open = resolve));
-  return { promise, open };
-}
+import { whoami } from './support/requests';
+import { gate, holdNextFind } from './support/gate';
+import { suiteFixture } from './support/suite-fixture';
 
 describe('token lifecycle and revocation across two instances', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let a: INestApplication;
   let b: INestApplication;
-  let redis: Redis;
   const counter = new QueryCounter();
-  const whoami = (app: INestApplication, token: string, scope = 'app') =>
-    request(app.getHttpServer()).get(`/${scope}/whoami`).set('Authorization', `Bearer ${token}`);
   const local = localCacheState;
-  const cached = (token: string, scope = 'app') => redis.get(`api_token:${scope}:${token}`);
+  const cached = (token: string, scope = 'app') => suite.redis.get(`api_token:${scope}:${token}`);
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    await clearLibraryKeys(redis);
     // An in-process TTL far longer than any wait below: an entry that goes must have been evicted, not expired.
     const apiToken = { localCacheTtlMs: 300_000 };
-    a = await createTestApp({ databaseUrl: db.url, counter, apiToken });
-    b = await createTestApp({ databaseUrl: db.url, counter, apiToken });
-  });
-
-  afterAll(async () => {
-    await a?.close();
-    await b?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
+    a = await suite.app({ counter, apiToken });
+    b = await suite.app({ counter, apiToken });
   });
 
   afterEach(() => jest.restoreAllMocks());
@@ -109,7 +88,7 @@ describe('token lifecycle and revocation across two instances', () => {
     await until('instance A drops the token from its in-process cache', () => local(a, created.token) === 'miss');
     expect(local(a, created.token, null)).toBe('miss');
     expect(a.get(ApiTokenInvalidationService).receivedCount).toBeGreaterThan(received);
-    expect(await countExisting(redis, `api_token:app:${created.token}`, `api_token:any:${created.token}`)).toBe(0);
+    expect(await countExisting(suite.redis, `api_token:app:${created.token}`, `api_token:any:${created.token}`)).toBe(0);
     expect((await whoami(a, created.token)).status).toBe(401);
     expect((await whoami(b, created.token)).status).toBe(401);
     expect(await cached(created.token)).toBe('null');
@@ -130,20 +109,12 @@ describe('token lifecycle and revocation across two instances', () => {
   it('a fill that read the row before the revoke cannot bring the token back', async () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     const repository = a.get(ApiTokenRepository);
-    const findByToken = repository.findByToken.bind(repository);
-    const read = gate<unknown>();
-    const release = gate();
-    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
-      const row = await findByToken(...args);
-      read.open(row);
-      await release.promise;
-      return row;
-    });
+    const held = holdNextFind(repository);
 
     const pending = whoami(a, created.token).then((res) => res.status);
-    expect(await read.promise).toMatchObject({ id: created.id });
+    expect(await held.read).toMatchObject({ id: created.id });
     await b.get(ApiTokenService).revoke(created.token);
-    release.open();
+    held.release();
 
     expect(await pending).toBe(401);
     expect(await cached(created.token)).toBeNull();
@@ -156,20 +127,12 @@ describe('token lifecycle and revocation across two instances', () => {
   it('a fill whose write reaches Redis after the revoke writes nothing, on every instance', async () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     const repository = a.get(ApiTokenRepository);
-    const findByToken = repository.findByToken.bind(repository);
-    const read = gate();
-    const release = gate();
-    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
-      const row = await findByToken(...args);
-      read.open();
-      await release.promise;
-      return row;
-    });
+    const held = holdNextFind(repository);
 
     const pending = whoami(a, created.token).then((res) => res.status);
-    await read.promise;
+    await held.read;
     expect((await b.get(ApiTokenService).revoke(created.token)).cacheCleared).toBe(true);
-    release.open();
+    held.release();
 
     // The fill read the row before the revoke; its write reaches Redis after it and is refused there.
     expect(await pending).toBe(401);
@@ -215,23 +178,15 @@ describe('token lifecycle and revocation across two instances', () => {
     const [cachedOne, filled] = [await tokens.create({ scope: 'app', tenantId }), await tokens.create({ scope: 'app', tenantId })];
     expect((await whoami(b, cachedOne.token)).status).toBe(200);
     const repository = a.get(ApiTokenRepository);
-    const findByToken = repository.findByToken.bind(repository);
-    const read = gate();
-    const release = gate();
-    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
-      const row = await findByToken(...args);
-      read.open();
-      await release.promise;
-      return row;
-    });
+    const held = holdNextFind(repository);
     const invalidation = a.get(ApiTokenInvalidationService);
     const received = invalidation.receivedCount;
 
     const pending = whoami(a, filled.token).then((res) => res.status);
-    await read.promise;
+    await held.read;
     expect((await b.get(ApiTokenService).invalidateTenant(tenantId)).dropped).toBe(1);
     await until('instance A hears of the tenant invalidation', () => invalidation.receivedCount > received);
-    release.open();
+    held.release();
 
     expect(await pending).toBe(200);
     expect(local(a, filled.token)).toBe('miss');
@@ -273,7 +228,7 @@ describe('token lifecycle and revocation across two instances', () => {
     const invalidation = a.get(ApiTokenInvalidationService);
     expect(invalidation.isListening).toBe(true);
     // The pub/sub connections on this suite's database are the two instances' (only this suite uses it).
-    expect(await killSubscribers(redis)).toBe(2);
+    expect(await killSubscribers(suite.redis)).toBe(2);
 
     await until('instance A is subscribed again and has emptied its cache', () => invalidation.isListening && local(a, created.token) === 'miss');
     expect((await whoami(a, created.token)).status).toBe(200);
@@ -317,13 +272,13 @@ describe('token lifecycle and revocation across two instances', () => {
       for (const t of [...mine, theirs]) expect((await whoami(app, t.token, t.scope)).status).toBe(200);
     }
     const keys = mine.map((t) => `api_token:${t.scope}:${t.token}`);
-    expect((await redis.smembers(`tenant_tokens:${tenant}`)).sort()).toEqual([...keys].sort());
+    expect((await suite.redis.smembers(`tenant_tokens:${tenant}`)).sort()).toEqual([...keys].sort());
     await untilCachedLocally(b, mine[1].token, 'dataset', () => whoami(b, mine[1].token, 'dataset').expect(200));
 
     expect(await b.get(ApiTokenService).invalidateTenant(tenant)).toEqual({ dropped: 2, cacheCleared: true });
 
-    expect(await countExisting(redis, ...keys, `tenant_tokens:${tenant}`)).toBe(0);
-    expect(await countExisting(redis, `api_token:app:${theirs.token}`, `tenant_tokens:${other}`)).toBe(2);
+    expect(await countExisting(suite.redis, ...keys, `tenant_tokens:${tenant}`)).toBe(0);
+    expect(await countExisting(suite.redis, `api_token:app:${theirs.token}`, `tenant_tokens:${other}`)).toBe(2);
     await until('instance A drops the tenant entries', () => mine.every((t) => local(a, t.token, t.scope) === 'miss'));
     expect(local(a, theirs.token)).toBe('hit');
     counter.reset();
@@ -331,41 +286,31 @@ describe('token lifecycle and revocation across two instances', () => {
       for (const t of mine) expect((await whoami(app, t.token, t.scope)).status).toBe(200);
     }
     expect(counter.count()).toBe(2);
-    expect(await redis.scard(`tenant_tokens:${tenant}`)).toBe(2);
+    expect(await suite.redis.scard(`tenant_tokens:${tenant}`)).toBe(2);
   });
 });
 
 describe('token lifecycle in hashed mode', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let app: INestApplication;
-  let redis: Redis;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    app = await createTestApp({ databaseUrl: db.url, apiToken: { hashTokens: true } });
-  });
-
-  afterAll(async () => {
-    await app?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
+    app = await suite.app({ apiToken: { hashTokens: true } });
   });
 
   it('stores only the hash, lists no part of the token, and revokes by the token', async () => {
     const tokens = app.get(ApiTokenService);
     const created = await tokens.create({ scope: 'app' });
     expect(created.token).toMatch(/^app-[A-Za-z0-9]{24}$/);
-    expect(await db.query('SELECT token FROM api_tokens')).toEqual([{ token: hashToken(created.token) }]);
+    expect(await suite.db.query('SELECT token FROM api_tokens')).toEqual([{ token: hashToken(created.token) }]);
     expect((await tokens.list())[0].maskedToken).toBe('*'.repeat(24));
     const whoami = () => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${created.token}`);
     expect((await whoami()).status).toBe(200);
-    expect(await redis.exists(`api_token:app:${hashToken(created.token)}`)).toBe(1);
+    expect(await suite.redis.exists(`api_token:app:${hashToken(created.token)}`)).toBe(1);
 
     expect((await tokens.revoke(created.token)).revoked).toHaveLength(1);
-    expect(await redis.exists(`api_token:app:${hashToken(created.token)}`)).toBe(0);
+    expect(await suite.redis.exists(`api_token:app:${hashToken(created.token)}`)).toBe(0);
     expect((await whoami()).status).toBe(401);
-    expect(await db.query('SELECT token FROM api_tokens')).toEqual([]);
+    expect(await suite.db.query('SELECT token FROM api_tokens')).toEqual([]);
   });
 });

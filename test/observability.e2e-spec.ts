@@ -7,14 +7,11 @@ import { FLUSH_LOCK_KEY } from '../libs/api-token/src/usage/usage-flush.service'
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { FLUSH_UNWRITTEN_KEY } from '../libs/api-token/src/usage/usage-flush.service';
 import type { INestApplication } from '@nestjs/common';
-import type Redis from 'ioredis';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { get, listen } from './support/http-client';
-import { clearLibraryKeys, testRedis } from './support/redis';
 import { REDIS_TEST_URL } from './support/servers';
 import { TcpProxy } from './support/tcp-proxy';
-import { createTestApp } from './support/test-app';
 import { until } from './support/until';
+import { suiteFixture } from './support/suite-fixture';
 
 const NAME = '[a-zA-Z_:][a-zA-Z0-9_:]*';
 const LABEL = '[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\\\\n]|\\\\[\\\\"n])*"';
@@ -69,8 +66,7 @@ function sampleValue(text: string, name: string, labels = ''): number | undefine
  * token in it, and `/health` reports each store.
  */
 describe('observability', () => {
-  let db: TestDatabase;
-  let redis: Redis;
+  const suite = suiteFixture();
   let pgProxy: TcpProxy;
   let redisProxy: TcpProxy;
   let app: INestApplication;
@@ -96,33 +92,18 @@ describe('observability', () => {
   const appScope = () => snapshot().scopes.app;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    await clearLibraryKeys(redis);
-    const pg = new URL(db.url);
-    pgProxy = await TcpProxy.start(pg.hostname, Number(pg.port || 5432));
-    const target = new URL(REDIS_TEST_URL);
-    redisProxy = await TcpProxy.start(target.hostname, Number(target.port || 6379));
-    app = await createTestApp({
-      databaseUrl: pgProxy.proxied(db.url),
+    pgProxy = await suite.proxy(suite.db.url);
+    redisProxy = await suite.proxy(REDIS_TEST_URL);
+    app = await suite.app({
+      databaseUrl: pgProxy.proxied(suite.db.url),
       redisUrl: redisProxy.proxied(REDIS_TEST_URL),
       apiToken: { flushCron: false, lockWaitMs: 300, redisCooldownMs: 100 },
       typeorm: { connectTimeoutMS: 500, extra: { query_timeout: 1000 } },
     });
-    other = await createTestApp({ databaseUrl: db.url, redisUrl: REDIS_TEST_URL, apiToken: { flushCron: false } });
+    other = await suite.app({ redisUrl: REDIS_TEST_URL, apiToken: { flushCron: false } });
     port = await listen(app);
     metrics = app.get(ApiTokenMetrics);
     repository = app.get(ApiTokenRepository);
-  });
-
-  afterAll(async () => {
-    await app?.close();
-    await other?.close();
-    await pgProxy?.close();
-    await redisProxy?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
   });
 
   it('shows the guard scopes at 0 before any request', () => {
@@ -183,7 +164,7 @@ describe('observability', () => {
   it('counts a wait for a lookup lock held elsewhere, and its timeout', async () => {
     const token = await newToken();
     const lock = `api_token_query_lock:app:${token}`;
-    await redis.set(lock, 'held-by-another-instance', 'PX', 10_000);
+    await suite.redis.set(lock, 'held-by-another-instance', 'PX', 10_000);
     try {
       const before = appScope();
       const waits = snapshot().lockWaitSeconds.count;
@@ -194,7 +175,7 @@ describe('observability', () => {
       expect(snapshot().lockWaitSeconds.count - waits).toBe(1);
       expect(snapshot().lockWaitSeconds.sumSeconds).toBeGreaterThan(0);
     } finally {
-      await redis.del(lock);
+      await suite.redis.del(lock);
     }
   });
 
@@ -222,7 +203,7 @@ describe('observability', () => {
   it('counts a usage flush: keys scanned, taken, rows updated, bad keys dropped, duration, last success', async () => {
     const token = await newToken();
     expect((await whoami(token)).status).toBe(200);
-    await redis.set('api_token_active:app:app-observabilityBadTime', 'not-a-time', 'EX', 60);
+    await suite.redis.set('api_token_active:app:app-observabilityBadTime', 'not-a-time', 'EX', 60);
     const before = snapshot().flush;
     const stats = await app.get(ApiTokenUsageFlushService).flushNow();
     expect(stats).not.toBeNull();
@@ -238,13 +219,13 @@ describe('observability', () => {
   });
 
   it('counts a flush skipped because another instance holds its lock', async () => {
-    await redis.set('api_token_flush_lock', 'held-by-another-instance', 'PX', 10_000);
+    await suite.redis.set('api_token_flush_lock', 'held-by-another-instance', 'PX', 10_000);
     try {
       const before = snapshot().flush.runs.skipped;
       expect(await app.get(ApiTokenUsageFlushService).flushNow()).toBeNull();
       expect(snapshot().flush.runs.skipped - before).toBe(1);
     } finally {
-      await redis.del('api_token_flush_lock');
+      await suite.redis.del('api_token_flush_lock');
     }
   });
 
@@ -287,7 +268,7 @@ describe('observability', () => {
 
   it('counts an error reply (a key of the wrong type) as a fallback, and the lookup as a miss', async () => {
     const token = await newToken();
-    await redis.hset(`api_token:app:${token}`, 'not', 'a string');
+    await suite.redis.hset(`api_token:app:${token}`, 'not', 'a string');
     try {
       const before = snapshot();
       expect((await whoami(token)).status).toBe(200);
@@ -296,7 +277,7 @@ describe('observability', () => {
       expect(now.scopes.app.lookups.miss - before.scopes.app.lookups.miss).toBe(1);
       expect(now.redis.up).toBe(true);
     } finally {
-      await redis.del(`api_token:app:${token}`);
+      await suite.redis.del(`api_token:app:${token}`);
     }
   });
 
@@ -356,7 +337,7 @@ describe('observability', () => {
   it('counts the uses lost when PostgreSQL and Redis fail together during a flush', async () => {
     await app.get(ApiTokenUsageFlushService).flushNow(); // the uses of the tests above
     const tokens = [await newToken(), await newToken()];
-    for (const token of tokens) await redis.set(`api_token_active:app:${token}`, '2026-05-05T00:00:00', 'EX', 3600);
+    for (const token of tokens) await suite.redis.set(`api_token_active:app:${token}`, '2026-05-05T00:00:00', 'EX', 3600);
     const lostBefore = snapshot().flush.usesLost;
     const update = repository.updateLastUsed.bind(repository);
     // Both stores go away once the uses are taken from Redis, as the UPDATE starts.
@@ -373,13 +354,13 @@ describe('observability', () => {
       pgProxy.restore();
       redisProxy.restore();
     }
-    for (const token of tokens) expect(await redis.exists(`api_token_active:app:${token}`)).toBe(0);
+    for (const token of tokens) expect(await suite.redis.exists(`api_token_active:app:${token}`)).toBe(0);
     await until('Redis answers the app again', async () => (await whoami(tokens[0])).status === 200 && !app.get(ApiTokenRedisService).isDown);
     // The failed run could neither delete its marker nor release its lock (let it expire now).
-    expect(await redis.get(FLUSH_UNWRITTEN_KEY)).toBe('2');
-    await redis.del(FLUSH_LOCK_KEY);
+    expect(await suite.redis.get(FLUSH_UNWRITTEN_KEY)).toBe('2');
+    await suite.redis.del(FLUSH_LOCK_KEY);
     expect(await app.get(ApiTokenUsageFlushService).flushNow()).not.toBeNull();
     expect(snapshot().flush.usesLost - lostBefore).toBe(2);
-    expect(await redis.exists(FLUSH_UNWRITTEN_KEY)).toBe(0);
+    expect(await suite.redis.exists(FLUSH_UNWRITTEN_KEY)).toBe(0);
   });
 });

@@ -2,37 +2,29 @@ import { API_TOKEN_ERRORS, RETRY_AFTER_SECONDS } from '../libs/api-token/src/aut
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
-import type Redis from 'ioredis';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { get, listen } from './support/http-client';
 import { QueryCounter } from './support/query-counter';
-import { clearLibraryKeys, testRedis } from './support/redis';
 import { TcpProxy } from './support/tcp-proxy';
-import { createTestApp } from './support/test-app';
+import { suiteFixture } from './support/suite-fixture';
 
 /**
  * PostgreSQL taken away through a TCP proxy the test controls: cached tokens keep working, an uncached
  * one gets 503 with Retry-After (never 401 or 500), nothing negative is cached, and it recovers.
  */
 describe('PostgreSQL outage', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let proxy: TcpProxy;
   let app: INestApplication;
   let port: number;
-  let redis: Redis;
   const counter = new QueryCounter();
   let cached: string;
   let uncached: string;
   const unknown = generateApiToken('app');
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    const target = new URL(db.url);
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5432));
-    redis = testRedis();
-    await clearLibraryKeys(redis);
-    app = await createTestApp({
-      databaseUrl: proxy.proxied(db.url),
+    proxy = await suite.proxy(suite.db.url);
+    app = await suite.app({
+      databaseUrl: proxy.proxied(suite.db.url),
       counter,
       // L1 off: "cached" means cached in Redis, so every request needs Redis or the database.
       apiToken: { localCacheMax: 0 },
@@ -45,15 +37,7 @@ describe('PostgreSQL outage', () => {
     expect((await get(port, '/app/whoami', cached)).status).toBe(200);
   });
 
-  afterAll(async () => {
-    await app?.close();
-    await proxy?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
-  });
-
-  const cacheKeys = async () => [await redis.exists(`api_token:app:${uncached}`), await redis.exists(`api_token:app:${unknown}`)];
+  const cacheKeys = async () => [await suite.redis.exists(`api_token:app:${uncached}`), await suite.redis.exists(`api_token:app:${unknown}`)];
 
   describe.each([
     ['refused', 'refuse'],
@@ -82,7 +66,7 @@ describe('PostgreSQL outage', () => {
       expect((await get(port, '/app/whoami', uncached)).status).toBe(200);
       expect((await get(port, '/app/whoami', unknown)).status).toBe(401);
       expect(await cacheKeys()).toEqual([1, 1]);
-      await redis.del(`api_token:app:${uncached}`, `api_token:app:${unknown}`);
+      await suite.redis.del(`api_token:app:${uncached}`, `api_token:app:${unknown}`);
     });
   });
 });

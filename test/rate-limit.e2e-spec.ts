@@ -7,12 +7,11 @@ import IORedis from 'ioredis';
 import type { Redis } from 'ioredis';
 import { setTimeout as sleep } from 'node:timers/promises';
 import request from 'supertest';
-import { createTestDatabase, type TestDatabase } from './support/database';
-import { clearLibraryKeys, testRedis } from './support/redis';
 import { PrivateRedisServer } from './support/redis-server';
-import { createTestApp } from './support/test-app';
 import { until } from './support/until';
 import { localCacheState, untilCachedLocally } from './support/local-cache';
+import { whoami } from './support/requests';
+import { suiteFixture } from './support/suite-fixture';
 
 const LIMIT_FIELD = /^"token";r=(\d+);t=(\d+)$/;
 /** A window long enough that a test never crosses its end (it waits first when the end is near). */
@@ -25,33 +24,15 @@ async function awayFromWindowEnd(windowSeconds: number, marginMs: number): Promi
   if (left < marginMs) await sleep(left + 50);
 }
 
-const whoami = (app: INestApplication, token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
 const remaining = (answer: request.Response) => Number(LIMIT_FIELD.exec(answer.headers['ratelimit'] ?? '')?.[1]);
 
 describe('per-token rate limits', () => {
-  let db: TestDatabase;
-  let redis: Redis;
-  const apps: INestApplication[] = [];
-  const start = async (apiToken: ApiTokenModuleOptions, extra: { adapter?: 'express' | 'fastify'; redisUrl?: string } = {}) => {
-    const app = await createTestApp({ databaseUrl: db.url, apiToken, ...extra });
-    apps.push(app);
-    return app;
-  };
+  const suite = suiteFixture();
+  /** An instance with these options; the apps of every describe below close after the whole suite. */
+  const start = (apiToken: ApiTokenModuleOptions, extra: { adapter?: 'express' | 'fastify'; redisUrl?: string } = {}) =>
+    suite.app({ apiToken, ...extra });
   const create = (app: INestApplication, limit: number | null, windowSeconds = LONG_WINDOW) =>
     app.get(ApiTokenService).create({ scope: 'app', rateLimit: limit === null ? null : { limit, windowSeconds } });
-
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    await clearLibraryKeys(redis);
-  });
-
-  afterAll(async () => {
-    for (const app of apps) await app.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
-  });
 
   describe.each([
     ['express', 'approximate'],

@@ -5,14 +5,14 @@ import { ApiTokenRevokedTokens } from '../libs/api-token/src/cache/revoked-token
 import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplication } from '@nestjs/common';
 import type Redis from 'ioredis';
-import request from 'supertest';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { PrivateRedisServer } from './support/redis-server';
 import { RedisSentinelSet, redisCli } from './support/redis-sentinel';
 import { TcpProxy } from './support/tcp-proxy';
-import { createTestApp } from './support/test-app';
 import { until } from './support/until';
 import { localCacheState } from './support/local-cache';
+import { whoami } from './support/requests';
+import { suiteFixture } from './support/suite-fixture';
+import type { TestAppOptions } from './support/test-app';
 
 /** Long enough that only the revocation log (never a TTL) can explain a refusal within a test. */
 const apiToken = { revocationPollIntervalMs: 250, localCacheTtlMs: 60_000 };
@@ -22,16 +22,10 @@ const apiToken = { revocationPollIntervalMs: 250, localCacheTtlMs: 60_000 };
  * stalled), a split brain, and a master refusing every write. Each starts servers of its own.
  */
 describe('Redis failover and lost writes', () => {
-  let db: TestDatabase;
-  const apps: INestApplication[] = [];
-  const cleanups: (() => Promise<void>)[] = [];
-  const whoami = (app: INestApplication, token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
+  // Servers and apps a test starts are undone after that test.
+  const suite = suiteFixture({ redis: false });
   const status = async (app: INestApplication, token: string) => (await whoami(app, token)).status;
-  const start = async (options: Parameters<typeof createTestApp>[0]) => {
-    const app = await createTestApp({ apiToken, ...options });
-    apps.push(app);
-    return app;
-  };
+  const start = (options: Partial<TestAppOptions>) => suite.app({ apiToken, ...options });
   const key = (token: string) => `api_token:app:${token}`;
   /** The port of the server an instance's own Redis connection is on. */
   const serverOf = (app: INestApplication) => {
@@ -42,27 +36,14 @@ describe('Redis failover and lost writes', () => {
   /** Instances subscribed to the invalidation channel (database 0) on a server. */
   const subscribers = async (port: number) => Number((await redisCli(port, 'PUBSUB', 'NUMSUB', 'api_token_invalidation:0')).split('\n')[1]);
 
-  beforeAll(async () => {
-    db = await createTestDatabase();
-  });
-
-  afterEach(async () => {
-    for (const app of apps.splice(0)) await app.close();
-    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  });
-
-  afterAll(async () => {
-    await db?.drop();
-  });
-
   it('through a frozen master: valid tokens answer, a revocation after the failover reaches every instance, and an instance left on the old master (split brain) refuses it', async () => {
     const set = await RedisSentinelSet.start();
-    cleanups.push(() => set.stop());
+    suite.cleanup(() => set.stop());
     const [oldMaster, replica] = set.serverPorts;
-    const a = await start({ databaseUrl: db.url, redisSentinels: set.sentinels });
-    const b = await start({ databaseUrl: db.url, redisSentinels: set.sentinels });
+    const a = await start({ redisSentinels: set.sentinels });
+    const b = await start({ redisSentinels: set.sentinels });
     // An instance configured with the master's address rather than the sentinels: it stays on the old master.
-    const x = await start({ databaseUrl: db.url, redisUrl: `redis://127.0.0.1:${oldMaster}` });
+    const x = await start({ redisUrl: `redis://127.0.0.1:${oldMaster}` });
     const valid = await a.get(ApiTokenService).create({ scope: 'app' });
     const revoked = await a.get(ApiTokenService).create({ scope: 'app' });
     for (const app of [a, b, x]) for (const { token } of [valid, revoked]) expect(await status(app, token)).toBe(200);
@@ -103,10 +84,11 @@ describe('Redis failover and lost writes', () => {
   it('a revocation acknowledged by a master whose writes never reached the replica it is failed over to is refused everywhere', async () => {
     let proxy: TcpProxy | undefined;
     const set = await RedisSentinelSet.start({ replicaUpstream: async (master) => (proxy = await TcpProxy.start('127.0.0.1', master)).port });
-    cleanups.push(() => set.stop(), () => proxy!.close());
+    suite.cleanup(() => set.stop());
+    suite.cleanup(() => proxy!.close());
     const [, replica] = set.serverPorts;
-    const a = await start({ databaseUrl: db.url, redisSentinels: set.sentinels });
-    const b = await start({ databaseUrl: db.url, redisSentinels: set.sentinels });
+    const a = await start({ redisSentinels: set.sentinels });
+    const b = await start({ redisSentinels: set.sentinels });
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     expect(await status(a, created.token)).toBe(200);
     expect(await status(b, created.token)).toBe(200);
@@ -130,9 +112,9 @@ describe('Redis failover and lost writes', () => {
 
   it('with every write refused (NOREPLICAS), a revoked token is refused everywhere', async () => {
     const server = await PrivateRedisServer.start();
-    cleanups.push(() => server.kill());
-    const a = await start({ databaseUrl: db.url, redisUrl: server.url() });
-    const b = await start({ databaseUrl: db.url, redisUrl: server.url() });
+    suite.cleanup(() => server.kill());
+    const a = await start({ redisUrl: server.url() });
+    const b = await start({ redisUrl: server.url() });
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     expect(await status(a, created.token)).toBe(200);
     expect(await status(b, created.token)).toBe(200);
@@ -148,8 +130,8 @@ describe('Redis failover and lost writes', () => {
 
   it('the listening gauge drops while no message can arrive, and comes back with an empty in-process cache', async () => {
     const server = await PrivateRedisServer.start();
-    cleanups.push(() => server.kill());
-    const a = await start({ databaseUrl: db.url, redisUrl: server.url() });
+    suite.cleanup(() => server.kill());
+    const a = await start({ redisUrl: server.url() });
     const channel = a.get(ApiTokenInvalidationService);
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     expect(await status(a, created.token)).toBe(200);

@@ -5,12 +5,11 @@ import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
 import { Agent } from 'node:http';
 import { CapturingLogger } from './support/capturing-logger';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { type Answer, get, listen } from './support/http-client';
 import { QueryCounter } from './support/query-counter';
 import { PrivateRedisServer } from './support/redis-server';
-import { createTestApp } from './support/test-app';
 import { until } from './support/until';
+import { suiteFixture } from './support/suite-fixture';
 
 interface Sample extends Answer {
   phase: string;
@@ -23,7 +22,7 @@ interface Sample extends Answer {
  * usage recording resume when it is back.
  */
 describe('Redis outage', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture({ redis: false });
   let server: PrivateRedisServer;
   let app: INestApplication;
   let port: number;
@@ -35,29 +34,22 @@ describe('Redis outage', () => {
   const invalid = Array.from({ length: 3 }, () => generateApiToken('app'));
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     server = await PrivateRedisServer.start();
+    suite.cleanup(() => server.kill());
     probe = new Redis(server.url(), { maxRetriesPerRequest: 0, retryStrategy: () => 50, lazyConnect: true });
+    suite.cleanup(() => probe.disconnect());
     probe.on('error', () => undefined);
-    app = await createTestApp({
-      databaseUrl: db.url,
+    app = await suite.app({
       redisUrl: server.url(),
       counter,
       logger,
       // Every request goes past the in-process cache, so every one needs Redis or the database.
       apiToken: { localCacheMax: 0 },
     });
+    suite.cleanup(() => agent.destroy());
     port = await listen(app);
     const repository = app.get(ApiTokenRepository);
     for (let i = 0; i < 4; i++) valid.push((await repository.insert({ token: generateApiToken('app'), type: 'app' })).token);
-  });
-
-  afterAll(async () => {
-    agent.destroy();
-    await app?.close();
-    probe?.disconnect();
-    await server?.kill();
-    await db?.drop();
   });
 
   const redisLines = () => logger.lines.filter((l) => l.text.includes('ApiTokenRedis'));

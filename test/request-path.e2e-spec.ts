@@ -4,13 +4,10 @@ import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.reposi
 import { type ApiTokenRecord, parseRecord, toNaiveUtc } from '../libs/api-token/src/store/api-token.record';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
-import type Redis from 'ioredis';
 import request from 'supertest';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { QueryCounter } from './support/query-counter';
-import { clearLibraryKeys, testRedis } from './support/redis';
-import { createTestApp } from './support/test-app';
 import { until } from './support/until';
+import { suiteFixture } from './support/suite-fixture';
 import { UNCONFIRMED } from '../libs/api-token/src/redis/redis-access.service';
 
 const MISSING = "Authorization header must be provided and start with 'Bearer'";
@@ -19,9 +16,8 @@ const INVALID = 'Access token is invalid';
 const NAIVE_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?$/;
 
 describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let app: INestApplication;
-  let redis: Redis;
   let repository: ApiTokenRepository;
   const counter = new QueryCounter();
   const whoami = (path: string, authorization?: string) => {
@@ -32,18 +28,8 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
     repository.insert({ token: generateApiToken(scope), type: scope, tenantId });
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    await clearLibraryKeys(redis);
-    app = await createTestApp({ databaseUrl: db.url, counter, adapter });
+    app = await suite.app({ counter, adapter });
     repository = app.get(ApiTokenRepository);
-  });
-
-  afterAll(async () => {
-    await app?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
   });
 
   beforeEach(() => counter.reset());
@@ -83,8 +69,8 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       const res = await whoami('/dataset/whoami', `Bearer ${token}`);
       expect(res.status).toBe(401);
       expect(res.body.message).toBe(INVALID);
-      expect(await redis.get(`api_token:dataset:${token}`)).toBe('null');
-      const ttl = await redis.ttl(`api_token:dataset:${token}`);
+      expect(await suite.redis.get(`api_token:dataset:${token}`)).toBe('null');
+      const ttl = await suite.redis.ttl(`api_token:dataset:${token}`);
       expect(ttl).toBeGreaterThan(0);
       expect(ttl).toBeLessThanOrEqual(60);
     });
@@ -97,11 +83,11 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       try {
         const tenantId = 'a0a0a0a0-1111-4222-8333-444455556666';
         const record = await newToken('app', tenantId);
-        await db.query(`UPDATE api_tokens SET last_used_at = '2026-02-03 10:00:00.123456' WHERE id = $1`, [record.id]);
+        await suite.db.query(`UPDATE api_tokens SET last_used_at = '2026-02-03 10:00:00.123456' WHERE id = $1`, [record.id]);
         expect((await whoami('/app/whoami', `Bearer ${record.token}`)).status).toBe(200);
 
         const key = `api_token:app:${record.token}`;
-        const raw = await redis.get(key);
+        const raw = await suite.redis.get(key);
         const createdAt = JSON.parse(raw!).created_at as string;
         expect(raw).toBe(
           `{"id":"${record.id}","app_id":null,"tenant_id":"${tenantId}","type":"app","token":"${record.token}",` +
@@ -109,17 +95,17 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
         );
         expect(createdAt).toMatch(NAIVE_UTC);
         expect(Math.abs(Date.parse(`${createdAt}Z`) - Date.now())).toBeLessThan(120_000);
-        const ttl = await redis.ttl(key);
+        const ttl = await suite.redis.ttl(key);
         expect(ttl).toBeGreaterThan(590);
         expect(ttl).toBeLessThanOrEqual(600);
-        expect(await redis.sismember(`tenant_tokens:${tenantId}`, key)).toBe(1);
+        expect(await suite.redis.sismember(`tenant_tokens:${tenantId}`, key)).toBe(1);
 
         const activeKey = `api_token_active:app:${record.token}`;
-        await until('the use is recorded', async () => (await redis.exists(activeKey)) === 1);
-        const active = await redis.get(activeKey);
+        await until('the use is recorded', async () => (await suite.redis.exists(activeKey)) === 1);
+        const active = await suite.redis.get(activeKey);
         expect(active).toMatch(NAIVE_UTC);
         expect(Math.abs(Date.parse(`${active}Z`) - Date.now())).toBeLessThan(120_000);
-        const activeTtl = await redis.ttl(activeKey);
+        const activeTtl = await suite.redis.ttl(activeKey);
         expect(activeTtl).toBeGreaterThan(3590);
         expect(activeTtl).toBeLessThanOrEqual(3600);
       } finally {
@@ -130,7 +116,7 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
     it('reads an entry Dify wrote (microseconds, extra fields) without the database', async () => {
       const token = generateApiToken('app');
       const id = '0b7e5f2a-9c1d-4e3f-8a2b-1c0d9e8f7a6b';
-      await redis.set(
+      await suite.redis.set(
         `api_token:app:${token}`,
         JSON.stringify({ id, app_id: null, tenant_id: null, type: 'app', token, last_used_at: '2026-02-03T10:00:00.123456', created_at: '2026-01-01T00:00:00', extra: 1 }),
         'EX',
@@ -145,10 +131,10 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
     it('treats a corrupted entry as a miss, reads the database and overwrites it', async () => {
       const record = await newToken();
       const key = `api_token:app:${record.token}`;
-      await redis.set(key, '{"id": broken', 'EX', 600);
+      await suite.redis.set(key, '{"id": broken', 'EX', 600);
       expect((await whoami('/app/whoami', `Bearer ${record.token}`)).status).toBe(200);
       expect(counter.count()).toBe(1);
-      const stored = parseRecord((await redis.get(key))!) as ApiTokenRecord;
+      const stored = parseRecord((await suite.redis.get(key))!) as ApiTokenRecord;
       expect(stored.id).toBe(record.id);
     });
   });
@@ -175,7 +161,7 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
     it('refuses an app record a writer put under the dataset key: 401, after one database lookup', async () => {
       const { token } = await newToken('app');
       expect((await whoami('/app/whoami', `Bearer ${token}`)).status).toBe(200);
-      await redis.set(`api_token:dataset:${token}`, (await redis.get(`api_token:app:${token}`))!, 'EX', 600);
+      await suite.redis.set(`api_token:dataset:${token}`, (await suite.redis.get(`api_token:app:${token}`))!, 'EX', 600);
       counter.reset();
       const res = await whoami('/dataset/whoami', `Bearer ${token}`);
       expect(res.status).toBe(401);
@@ -194,14 +180,14 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       const { token } = await newToken('dataset');
       const authenticator = app.get(ApiTokenAuthenticator);
       expect(await authenticator.authenticate(token, null)).toMatchObject({ scope: 'dataset' });
-      const entry = await redis.get(`api_token:any:${token}`);
+      const entry = await suite.redis.get(`api_token:any:${token}`);
       counter.reset();
       for (const scope of ['any', 'None', 'a:b']) {
         await expect(authenticator.authenticate(token, scope)).rejects.toThrow(/"scope" must be 1 to 16 letters/);
       }
       expect(() => ApiTokenGuard('any')).toThrow(/not "any" or "None"/);
       expect(counter.count(/.*/)).toBe(0);
-      expect(await redis.get(`api_token:any:${token}`)).toBe(entry);
+      expect(await suite.redis.get(`api_token:any:${token}`)).toBe(entry);
       expect(await authenticator.authenticate(token, null)).toMatchObject({ scope: 'dataset' });
     });
   });
@@ -220,7 +206,7 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       expect(res.status).toBe(401);
       expect(res.body.message).toBe(INVALID);
       expect(counter.count(/api_tokens/)).toBe(0);
-      expect(await redis.exists(`api_token:app:${token}`)).toBe(0);
+      expect(await suite.redis.exists(`api_token:app:${token}`)).toBe(0);
     });
 
     it('deleting by a token with glob characters deletes nothing else', async () => {
@@ -230,9 +216,9 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       for (const literal of ['*', 'app-*', '[a-z]*', '?*', '\\*']) {
         expect(await cache.deleteAllScopes(literal)).toEqual([]);
       }
-      for (const { token, type } of others) expect(await redis.exists(`api_token:${type}:${token}`)).toBe(1);
+      for (const { token, type } of others) expect(await suite.redis.exists(`api_token:${type}:${token}`)).toBe(1);
       expect(await cache.deleteAllScopes(others[0].token)).toEqual([`api_token:app:${others[0].token}`]);
-      expect(await redis.exists(`api_token:dataset:${others[1].token}`)).toBe(1);
+      expect(await suite.redis.exists(`api_token:dataset:${others[1].token}`)).toBe(1);
     });
   });
 
@@ -241,7 +227,7 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
     process.env.TZ = 'America/Los_Angeles';
     try {
       const record = await newToken();
-      const [{ created_at }] = (await db.query(`SELECT to_char(created_at, 'YYYY-MM-DD"T"HH24:MI:SS') AS created_at FROM api_tokens WHERE id = $1`, [record.id])) as { created_at: string }[];
+      const [{ created_at }] = (await suite.db.query(`SELECT to_char(created_at, 'YYYY-MM-DD"T"HH24:MI:SS') AS created_at FROM api_tokens WHERE id = $1`, [record.id])) as { created_at: string }[];
       expect(toNaiveUtc(created_at)).toBe(record.createdAt);
       expect(Math.abs(Date.parse(`${created_at}Z`) - Date.now())).toBeLessThan(120_000);
     } finally {

@@ -9,20 +9,16 @@ import type { INestApplication } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import Redis, { type Cluster } from 'ioredis';
-import request from 'supertest';
 import { CapturingLogger } from './support/capturing-logger';
-import { createTestDatabase, type TestDatabase } from './support/database';
-import { clearLibraryKeys, testRedis } from './support/redis';
 import { PrivateRedisServer } from './support/redis-server';
-import { REDIS_CLUSTER_NODES, REDIS_HOST, REDIS_PORT, REDIS_TEST_URL } from './support/servers';
+import { REDIS_CLUSTER_NODES, REDIS_TEST_URL } from './support/servers';
 import { type RedisFault, TcpProxy } from './support/tcp-proxy';
-import { createTestApp } from './support/test-app';
 import { until } from './support/until';
 import { localCacheState } from './support/local-cache';
+import { whoami } from './support/requests';
+import { suiteFixture } from './support/suite-fixture';
 
 const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-const whoami = (app: INestApplication, token: string) =>
-  request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
 const local = (app: INestApplication, token: string) => localCacheState(app, token);
 const cleared = /now cleared from the cache/;
 
@@ -34,27 +30,23 @@ const cleared = /now cleared from the cache/;
  * cluster's own addresses), so these run on a single node only.
  */
 (REDIS_CLUSTER_NODES ? describe.skip : describe)('revocation under injected Redis faults (one command at a time)', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let proxy: TcpProxy;
   let a: INestApplication;
   let b: INestApplication;
-  let redis: Redis;
   const logger = new CapturingLogger();
-  const entry = (token: string) => redis.get(`api_token:app:${token}`);
-  const generation = (token: string) => redis.get(`api_token_generation:{api_token:app:${token}}`);
+  const entry = (token: string) => suite.redis.get(`api_token:app:${token}`);
+  const generation = (token: string) => suite.redis.get(`api_token_generation:{api_token:app:${token}}`);
   const fault = (f: RedisFault) => proxy.fault(f);
   /** B's fill of the token: the script that writes the entry (EVAL with its body the first time, then EVALSHA). */
   const fillWrite = (token: string) => new RegExp(`^EVAL(SHA)? [\\s\\S]* 2 ${escape(`api_token:app:${token}`)} `);
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    await clearLibraryKeys(redis);
-    proxy = await TcpProxy.start(REDIS_HOST, REDIS_PORT, { resp: true });
+    proxy = await suite.proxy(REDIS_TEST_URL, { resp: true });
     // A lookup lock left by a fill whose unlock was lost to a fault delays the next lookup by lockWaitMs.
     const apiToken = { lockWaitMs: 200 };
-    a = await createTestApp({ databaseUrl: db.url, redisUrl: REDIS_TEST_URL, apiToken });
-    b = await createTestApp({ databaseUrl: db.url, redisUrl: proxy.proxied(REDIS_TEST_URL), logger, apiToken });
+    a = await suite.app({ redisUrl: REDIS_TEST_URL, apiToken });
+    b = await suite.app({ redisUrl: proxy.proxied(REDIS_TEST_URL), logger, apiToken });
   });
 
   // A fault that timed out a call opens B's circuit (Redis skipped for redisCooldownMs): each test
@@ -68,15 +60,6 @@ const cleared = /now cleared from the cache/;
   });
 
   afterEach(() => proxy.clearFaults());
-
-  afterAll(async () => {
-    await a?.close();
-    await b?.close();
-    await proxy?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
-  });
 
   /** A token of each origin: create() (which sets a generation) or a plain INSERT (Dify, SQL: none). */
   async function newToken(origin: 'create' | 'insert'): Promise<string> {
@@ -198,30 +181,20 @@ const cleared = /now cleared from the cache/;
 
 /** The script behind every fill's write, on one node and on the Cluster (both keys in one slot). */
 describe("a fill's conditional write", () => {
-  let redis: Redis;
-
-  beforeAll(async () => {
-    redis = testRedis();
-    await clearLibraryKeys(redis);
-  });
-
-  afterAll(async () => {
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-  });
+  const suite = suiteFixture();
 
   it('writes only while the generation is the one read, and refuses a write that arrives too late', async () => {
     const token = generateApiToken('app');
     const [key, generationOf] = [cacheKey('app', token), generationKey('app', token)];
     const latest = Math.floor(Date.now() / 1000) + 600;
-    expect(await setIfGeneration(redis, key, generationOf, '', 'null', 60, latest)).toBe(1);
-    await redis.set(generationOf, 'after-a-revoke');
-    expect(await setIfGeneration(redis, key, generationOf, '', '{"stale":true}', 60, latest)).toBe(0);
-    expect(await redis.get(key)).toBe('null');
-    expect(await setIfGeneration(redis, key, generationOf, 'after-a-revoke', '{"late":true}', 60, latest - 1200)).toBe(-1);
-    expect(await redis.get(key)).toBe('null');
-    expect(await setIfGeneration(redis, key, generationOf, 'after-a-revoke', '{"fresh":true}', 60, latest)).toBe(1);
-    expect(await redis.get(key)).toBe('{"fresh":true}');
+    expect(await setIfGeneration(suite.redis, key, generationOf, '', 'null', 60, latest)).toBe(1);
+    await suite.redis.set(generationOf, 'after-a-revoke');
+    expect(await setIfGeneration(suite.redis, key, generationOf, '', '{"stale":true}', 60, latest)).toBe(0);
+    expect(await suite.redis.get(key)).toBe('null');
+    expect(await setIfGeneration(suite.redis, key, generationOf, 'after-a-revoke', '{"late":true}', 60, latest - 1200)).toBe(-1);
+    expect(await suite.redis.get(key)).toBe('null');
+    expect(await setIfGeneration(suite.redis, key, generationOf, 'after-a-revoke', '{"fresh":true}', 60, latest)).toBe(1);
+    expect(await suite.redis.get(key)).toBe('{"fresh":true}');
   });
 });
 
@@ -231,41 +204,31 @@ describe("a fill's conditional write", () => {
  * Only in cluster mode: on a single node it would need CONFIG SET on the Redis the other suites share.
  */
 (REDIS_CLUSTER_NODES ? describe : describe.skip)('revocation when the Cluster refuses every write (NOREPLICAS)', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let a: INestApplication;
-  let redis: Redis;
   const logger = new CapturingLogger();
-  const masters = () => (redis as unknown as Cluster).nodes('master');
+  const masters = () => (suite.redis as unknown as Cluster).nodes('master');
   const minReplicas = (n: number) => Promise.all(masters().map((node) => node.config('SET', 'min-replicas-to-write', String(n))));
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    await clearLibraryKeys(redis);
-    a = await createTestApp({ databaseUrl: db.url, logger });
-  });
-
-  afterAll(async () => {
-    await minReplicas(0);
-    await a?.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
+    a = await suite.app({ logger });
+    // Registered after the app, so it runs before the app closes: writes are accepted again first.
+    suite.cleanup(() => minReplicas(0));
   });
 
   it('cacheCleared is false while writes are refused, and the retry holds once they are accepted', async () => {
     const { token } = await a.get(ApiTokenService).create({ scope: 'app' });
     expect((await whoami(a, token)).status).toBe(200);
-    expect(await redis.exists(`api_token:app:${token}`)).toBe(1);
+    expect(await suite.redis.exists(`api_token:app:${token}`)).toBe(1);
     await minReplicas(1);
     try {
       expect((await a.get(ApiTokenService).revoke(token)).cacheCleared).toBe(false);
-      expect(await redis.exists(`api_token:app:${token}`)).toBe(1);
+      expect(await suite.redis.exists(`api_token:app:${token}`)).toBe(1);
     } finally {
       await minReplicas(0);
     }
     await until('the retry holds', () => logger.matching(cleared).length === 1);
-    expect(await redis.exists(`api_token:app:${token}`)).toBe(0);
+    expect(await suite.redis.exists(`api_token:app:${token}`)).toBe(0);
     expect((await whoami(a, token)).status).toBe(401);
   });
 });
@@ -276,7 +239,7 @@ describe("a fill's conditional write", () => {
  * application shuts down. A private server of the test's own, so single node only.
  */
 (REDIS_CLUSTER_NODES ? describe.skip : describe)('a frozen Redis with a client of ioredis defaults', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture({ redis: false });
   let server: PrivateRedisServer;
   let client: Redis;
   let probe: Redis;
@@ -284,28 +247,26 @@ describe("a fill's conditional write", () => {
   const logger = new CapturingLogger();
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     server = await PrivateRedisServer.start();
+    suite.cleanup(() => server.kill());
     probe = new Redis(server.url());
     client = new Redis(server.url());
+    suite.cleanup(() => {
+      client.disconnect();
+      probe.disconnect();
+    });
+    // Runs first: a test that froze the server leaves it frozen when it fails.
+    suite.cleanup(() => server.resume());
     const redisConnection = getRedisConnectionToken();
     const moduleRef = await Test.createTestingModule({
       imports: [
         { module: class DefaultRedisClient {}, global: true, providers: [{ provide: redisConnection, useValue: client }], exports: [redisConnection] },
-        TypeOrmModule.forRoot({ type: 'postgres', url: db.url, migrations: [ApiTokenMigration], migrationsRun: true }),
+        TypeOrmModule.forRoot({ type: 'postgres', url: suite.db.url, migrations: [ApiTokenMigration], migrationsRun: true }),
         ApiTokenModule.forRoot({ flushCron: false, flushPageSize: 2 }),
       ],
     }).compile();
     app = moduleRef.createNestApplication({ logger });
     await app.init();
-  });
-
-  afterAll(async () => {
-    server?.resume();
-    client?.disconnect();
-    probe?.disconnect();
-    await server?.kill();
-    await db?.drop();
   });
 
   it('revoke() answers cacheCleared: false while Redis is frozen, and the retry holds once it resumes', async () => {
@@ -348,7 +309,7 @@ describe("a fill's conditional write", () => {
 
     server.resume();
     // Every use is in PostgreSQL or still in Redis (put back or never taken), none lost.
-    const rows = (await db.query('SELECT token, last_used_at FROM api_tokens')) as { token: string; last_used_at: Date | null }[];
+    const rows = (await suite.db.query('SELECT token, last_used_at FROM api_tokens')) as { token: string; last_used_at: Date | null }[];
     for (const token of tokens) {
       const written = rows.find((row) => row.token === token)?.last_used_at != null;
       const kept = (await probe.exists(`api_token_active:app:${token}`)) === 1;

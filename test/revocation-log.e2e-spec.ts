@@ -1,25 +1,17 @@
 import { ApiTokenService } from '../libs/api-token/src';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
-import { type ApiTokenRecord } from '../libs/api-token/src/store/api-token.record';
 import { ApiTokenRevokedTokens } from '../libs/api-token/src/cache/revoked-tokens';
 import { ApiTokenRevocationLogService } from '../libs/api-token/src/tokens/revocation-log.service';
 import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
 import { Client } from 'pg';
-import request from 'supertest';
-import { createTestDatabase, type TestDatabase } from './support/database';
-import { clearLibraryKeys, testRedis } from './support/redis';
 import { PrivateRedisServer } from './support/redis-server';
 import { createTestApp } from './support/test-app';
 import { until } from './support/until';
 import { localCacheState, untilCachedLocally } from './support/local-cache';
-
-/** A promise the test settles by hand. */
-function gate<T = void>(): { promise: Promise<T>; open: (value: T) => void } {
-  let open!: (value: T) => void;
-  const promise = new Promise<T>((resolve) => (open = resolve));
-  return { promise, open };
-}
+import { whoami } from './support/requests';
+import { holdNextFind } from './support/gate';
+import { suiteFixture } from './support/suite-fixture';
 
 const POLL_MS = 200;
 /** Long enough that only the log (never a TTL) can explain a refusal within a test. */
@@ -31,33 +23,20 @@ const apiToken = { revocationPollIntervalMs: POLL_MS, localCacheTtlMs: 60_000 };
  * deletes: B stands for an instance whose Redis lost the revocation (a failover, a lost write).
  */
 describe('revocation log', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let privateRedis: PrivateRedisServer;
   let a: INestApplication;
   let b: INestApplication;
-  let shared: Redis;
   let bRedis: Redis;
-  const whoami = (app: INestApplication, token: string) => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
   const listed = (app: INestApplication, token: string) => app.get(ApiTokenRevokedTokens).has(token);
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    shared = testRedis();
-    await clearLibraryKeys(shared);
     privateRedis = await PrivateRedisServer.start();
+    suite.cleanup(() => privateRedis.kill());
     bRedis = new Redis(privateRedis.url(), { maxRetriesPerRequest: 1 });
-    a = await createTestApp({ databaseUrl: db.url, apiToken });
-    b = await createTestApp({ databaseUrl: db.url, redisUrl: privateRedis.url(), apiToken });
-  });
-
-  afterAll(async () => {
-    await a?.close();
-    await b?.close();
-    await clearLibraryKeys(shared);
-    shared.disconnect();
-    bRedis?.disconnect();
-    await privateRedis?.kill();
-    await db?.drop();
+    suite.cleanup(() => bRedis.disconnect());
+    a = await suite.app({ apiToken });
+    b = await suite.app({ redisUrl: privateRedis.url(), apiToken });
   });
 
   afterEach(() => jest.restoreAllMocks());
@@ -65,15 +44,15 @@ describe('revocation log', () => {
   it('records the revocation with the row delete: the stored token, its scopes, the time', async () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     await a.get(ApiTokenService).revoke(created.token);
-    const rows = await db.query(
+    const rows = await suite.db.query(
       'SELECT token, scopes, revoked_at > (now() AT TIME ZONE \'UTC\') - interval \'1 minute\' AS recent FROM api_token_revocations WHERE token = $1',
       [created.token],
     );
     expect(rows).toEqual([{ token: created.token, scopes: ['app'], recent: true }]);
-    expect(await db.query('SELECT 1 FROM api_tokens WHERE token = $1', [created.token])).toEqual([]);
+    expect(await suite.db.query('SELECT 1 FROM api_tokens WHERE token = $1', [created.token])).toEqual([]);
     // Nothing is logged when nothing was deleted.
     await a.get(ApiTokenService).revoke(created.token);
-    expect(await db.query('SELECT count(*)::int AS n FROM api_token_revocations WHERE token = $1', [created.token])).toEqual([{ n: 1 }]);
+    expect(await suite.db.query('SELECT count(*)::int AS n FROM api_token_revocations WHERE token = $1', [created.token])).toEqual([{ n: 1 }]);
   });
 
   it('an instance that missed the message and whose Redis kept the entry refuses the token within a poll', async () => {
@@ -92,39 +71,31 @@ describe('revocation log', () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     expect((await whoami(a, created.token)).status).toBe(200);
     const key = `api_token:app:${created.token}`;
-    const stale = await shared.get(key);
+    const stale = await suite.redis.get(key);
     expect(stale).not.toBeNull();
 
     await a.get(ApiTokenService).revoke(created.token);
     await until('B reads the revocation from the log', () => listed(b, created.token), 5_000);
-    await shared.set(key, stale!, 'EX', 600);
+    await suite.redis.set(key, stale!, 'EX', 600);
     await bRedis.set(key, stale!, 'EX', 600);
 
     expect((await whoami(a, created.token)).status).toBe(401);
     expect((await whoami(b, created.token)).status).toBe(401);
-    await until('the stale entries are deleted again', async () => (await shared.exists(key)) + (await bRedis.exists(key)) === 0);
+    await until('the stale entries are deleted again', async () => (await suite.redis.exists(key)) + (await bRedis.exists(key)) === 0);
     expect((await whoami(b, created.token)).status).toBe(401);
   });
 
   it('a fill that read the row before the revocation committed is refused once the log lists the token', async () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     const repository = b.get(ApiTokenRepository);
-    const findByToken = repository.findByToken.bind(repository);
-    const read = gate<ApiTokenRecord | null>();
-    const release = gate();
-    jest.spyOn(repository, 'findByToken').mockImplementationOnce(async (...args) => {
-      const row = await findByToken(...args);
-      read.open(row);
-      await release.promise;
-      return row;
-    });
+    const held = holdNextFind(repository);
     const answer = whoami(b, created.token).then((res) => res.status);
-    expect(await read.promise).not.toBeNull();
+    expect(await held.read).not.toBeNull();
 
     // B's Redis never sees A's generation change: only the log can stop this fill.
     await a.get(ApiTokenService).revoke(created.token);
     await until('B reads the revocation from the log', () => listed(b, created.token), 5_000);
-    release.open();
+    held.release();
 
     expect(await answer).toBe(401);
     expect(await bRedis.get(`api_token:app:${created.token}`)).toBe('null');
@@ -136,7 +107,7 @@ describe('revocation log', () => {
     expect((await whoami(b, late.token)).status).toBe(200);
     const log = b.get(ApiTokenRevocationLogService);
 
-    const client = new Client({ connectionString: db.url });
+    const client = new Client({ connectionString: suite.db.url });
     await client.connect();
     try {
       await client.query('BEGIN');
@@ -161,16 +132,16 @@ describe('revocation log', () => {
   it('an instance started after a revocation refuses the token from its first request', async () => {
     const created = await a.get(ApiTokenService).create({ scope: 'app' });
     expect((await whoami(a, created.token)).status).toBe(200);
-    const stale = await shared.get(`api_token:app:${created.token}`);
+    const stale = await suite.redis.get(`api_token:app:${created.token}`);
     await a.get(ApiTokenService).revoke(created.token);
     const log = a.get(ApiTokenRevocationLogService);
     const reads = log.readCount;
     await until('A has read the revocation (and deleted its entries again)', () => log.readCount > reads + 1, 5_000);
-    await shared.set(`api_token:app:${created.token}`, stale!, 'EX', 600);
-    const c = await createTestApp({ databaseUrl: db.url, apiToken });
+    await suite.redis.set(`api_token:app:${created.token}`, stale!, 'EX', 600);
+    const c = await createTestApp({ databaseUrl: suite.db.url, apiToken });
     try {
       expect(listed(c, created.token)).toBe(true);
-      expect(await shared.exists(`api_token:app:${created.token}`)).toBe(1);
+      expect(await suite.redis.exists(`api_token:app:${created.token}`)).toBe(1);
       expect((await whoami(c, created.token)).status).toBe(401);
     } finally {
       await c.close();
@@ -179,10 +150,10 @@ describe('revocation log', () => {
 
   it('prunes entries older than cacheTtlSeconds plus the margin', async () => {
     const repository = a.get(ApiTokenRepository);
-    await db.query(`INSERT INTO api_token_revocations (token, scopes, revoked_at) VALUES
+    await suite.db.query(`INSERT INTO api_token_revocations (token, scopes, revoked_at) VALUES
       ('app-old', '{app}', (now() AT TIME ZONE 'UTC') - interval '700 seconds'),
       ('app-new', '{app}', (now() AT TIME ZONE 'UTC') - interval '600 seconds')`);
     expect(await repository.pruneRevocations(660_000)).toBe(1);
-    expect(await db.query("SELECT token FROM api_token_revocations WHERE token LIKE 'app-old' OR token LIKE 'app-new'")).toEqual([{ token: 'app-new' }]);
+    expect(await suite.db.query("SELECT token FROM api_token_revocations WHERE token LIKE 'app-old' OR token LIKE 'app-new'")).toEqual([{ token: 'app-new' }]);
   });
 });

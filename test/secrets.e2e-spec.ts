@@ -5,12 +5,11 @@ import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CapturingLogger } from './support/capturing-logger';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { HOSTILE_AUTHORIZATION } from './support/hostile-corpus';
 import { type Answer, get, listen, rawAuthorization } from './support/http-client';
 import { PrivateRedisServer } from './support/redis-server';
 import { TcpProxy } from './support/tcp-proxy';
-import { createTestApp } from './support/test-app';
+import { suiteFixture } from './support/suite-fixture';
 
 const CONSOLE_METHODS = ['log', 'info', 'warn', 'error', 'debug', 'trace'] as const;
 
@@ -21,7 +20,7 @@ const CONSOLE_METHODS = ['log', 'info', 'warn', 'error', 'debug', 'trace'] as co
  * any token the test made may appear in it.
  */
 describe('secrets never reach logs, errors or answers', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture({ redis: false });
   let proxy: TcpProxy;
   let server: PrivateRedisServer;
   let app: INestApplication;
@@ -46,30 +45,23 @@ describe('secrets never reach logs, errors or answers', () => {
     for (const method of CONSOLE_METHODS) {
       spies.push(jest.spyOn(console, method).mockImplementation((...args: unknown[]) => void written.push(args.map(String).join(' '))));
     }
-    db = await createTestDatabase();
-    const target = new URL(db.url);
-    proxy = await TcpProxy.start(target.hostname, Number(target.port || 5432));
+    // Undone last, once the app and the servers are gone.
+    suite.cleanup(() => spies.forEach((spy) => spy.mockRestore()));
+    proxy = await suite.proxy(suite.db.url);
     server = await PrivateRedisServer.start();
+    suite.cleanup(() => server.kill());
     redis = new Redis(server.url(), { maxRetriesPerRequest: 0, lazyConnect: true });
+    suite.cleanup(() => redis.disconnect());
     redis.on('error', () => undefined);
     await redis.connect();
-    app = await createTestApp({
-      databaseUrl: proxy.proxied(db.url),
+    app = await suite.app({
+      databaseUrl: proxy.proxied(suite.db.url),
       redisUrl: server.url(),
       logger,
       apiToken: { localCacheMax: 0, lockWaitMs: 100 },
       typeorm: { connectTimeoutMS: 500, extra: { query_timeout: 1000 } },
     });
     port = await listen(app);
-  });
-
-  afterAll(async () => {
-    for (const spy of spies) spy.mockRestore();
-    await app?.close();
-    redis?.disconnect();
-    await server?.kill();
-    await proxy?.close();
-    await db?.drop();
   });
 
   it('runs the scenarios', async () => {

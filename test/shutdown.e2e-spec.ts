@@ -2,10 +2,10 @@ import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.reposi
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import Redis from 'ioredis';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { get, listen } from './support/http-client';
 import { PrivateRedisServer } from './support/redis-server';
 import { createTestApp } from './support/test-app';
+import { suiteFixture } from './support/suite-fixture';
 
 /** Resources (sockets, timers, ...) the process holds, by kind. */
 function resources(): Map<string, number> {
@@ -21,27 +21,22 @@ function extra(baseline: Map<string, number>): string[] {
 
 /** Closing the application writes every recorded use and leaves no socket or timer behind. */
 describe('shutdown', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture({ redis: false });
   let server: PrivateRedisServer;
   let redis: Redis;
 
   beforeAll(async () => {
-    db = await createTestDatabase();
     server = await PrivateRedisServer.start();
+    suite.cleanup(() => server.kill());
     redis = new Redis(server.url());
+    suite.cleanup(() => redis.disconnect());
     await redis.ping();
-  });
-
-  afterAll(async () => {
-    redis?.disconnect();
-    await server?.kill();
-    await db?.drop();
   });
 
   it('loses no recorded usage and leaves no open handles', async () => {
     const baseline = resources();
     // Uses after the first within a minute wait in the process: only the shutdown writes them.
-    const app = await createTestApp({ databaseUrl: db.url, redisUrl: server.url(), apiToken: { usageWriteIntervalMs: 60_000 } });
+    const app = await createTestApp({ databaseUrl: suite.db.url, redisUrl: server.url(), apiToken: { usageWriteIntervalMs: 60_000 } });
     const port = await listen(app);
     const repository = app.get(ApiTokenRepository);
     const tokens: string[] = [];

@@ -4,48 +4,32 @@ import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.reposi
 import { RETRY_AFTER_SECONDS } from '../libs/api-token/src/auth/api-token.guard';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import type { INestApplication } from '@nestjs/common';
-import type Redis from 'ioredis';
-import request from 'supertest';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { QueryCounter } from './support/query-counter';
-import { clearLibraryKeys, testRedis } from './support/redis';
-import { createTestApp } from './support/test-app';
+import { whoami } from './support/requests';
+import { suiteFixture } from './support/suite-fixture';
 
 describe('single flight across instances', () => {
-  let db: TestDatabase;
+  const suite = suiteFixture();
   let apps: INestApplication[];
-  let redis: Redis;
   const counter = new QueryCounter();
-  const get = (app: INestApplication, token: string) =>
-    request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
 
   beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    await clearLibraryKeys(redis);
     const apiToken = { lockWaitMs: 400, lockRetryDelayMs: 20 };
-    apps = [await createTestApp({ databaseUrl: db.url, counter, apiToken }), await createTestApp({ databaseUrl: db.url, counter, apiToken })];
-  });
-
-  afterAll(async () => {
-    for (const app of apps ?? []) await app.close();
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
+    apps = [await suite.app({ counter, apiToken }), await suite.app({ counter, apiToken })];
   });
 
   beforeEach(() => counter.reset());
 
   it('300 concurrent first requests split over two instances make one database query', async () => {
     const { token } = await apps[0].get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
-    const answers = await Promise.all(Array.from({ length: 300 }, (_, i) => get(apps[i % 2], token)));
+    const answers = await Promise.all(Array.from({ length: 300 }, (_, i) => whoami(apps[i % 2], token)));
     expect(answers.map((r) => r.status)).toEqual(Array(300).fill(200));
     expect(counter.count()).toBe(1);
   });
 
   it('concurrent misses in one process share one Redis read', async () => {
     const { token } = await apps[0].get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
-    expect((await get(apps[1], token)).status).toBe(200); // in Redis now, not in apps[0]'s in-process cache
+    expect((await whoami(apps[1], token)).status).toBe(200); // in Redis now, not in apps[0]'s in-process cache
     const cache = apps[0].get(ApiTokenCacheService);
     const lookupRedis = jest.spyOn(cache, 'lookupRedis');
     try {
@@ -61,25 +45,25 @@ describe('single flight across instances', () => {
 
   it('a lock left by a dead holder delays the lookup by at most lockWaitMs, then the database answers', async () => {
     const { token } = await apps[0].get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
-    await redis.set(`api_token_query_lock:app:${token}`, 'dead-holder', 'PX', 10_000);
-    expect((await get(apps[1], token)).status).toBe(200);
+    await suite.redis.set(`api_token_query_lock:app:${token}`, 'dead-holder', 'PX', 10_000);
+    expect((await whoami(apps[1], token)).status).toBe(200);
     expect(counter.count()).toBe(1);
-    expect(await redis.get(`api_token_query_lock:app:${token}`)).toBe('dead-holder');
+    expect(await suite.redis.get(`api_token_query_lock:app:${token}`)).toBe('dead-holder');
   });
 
   it('a database error is answered 503 once, not retried as if the lock had failed', async () => {
     const token = generateApiToken('app');
-    await db.query('ALTER TABLE api_tokens RENAME TO api_tokens_away');
+    await suite.db.query('ALTER TABLE api_tokens RENAME TO api_tokens_away');
     try {
-      const res = await get(apps[0], token);
+      const res = await whoami(apps[0], token);
       expect(res.status).toBe(503);
       expect(res.headers['retry-after']).toBe(String(RETRY_AFTER_SECONDS));
       expect(RETRY_AFTER_SECONDS).toBe(5);
       expect(counter.count()).toBe(1);
-      expect(await redis.exists(`api_token:app:${token}`)).toBe(0);
+      expect(await suite.redis.exists(`api_token:app:${token}`)).toBe(0);
     } finally {
-      await db.query('ALTER TABLE api_tokens_away RENAME TO api_tokens');
+      await suite.db.query('ALTER TABLE api_tokens_away RENAME TO api_tokens');
     }
-    expect((await get(apps[0], token)).status).toBe(401);
+    expect((await whoami(apps[0], token)).status).toBe(401);
   });
 });

@@ -8,19 +8,18 @@ import { SchedulerRegistry } from '@nestjs/schedule';
 import { Test } from '@nestjs/testing';
 import { TypeOrmModule } from '@nestjs/typeorm';
 import { Redlock } from '@sesamecare-oss/redlock';
-import type Redis from 'ioredis';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client } from 'pg';
 import request from 'supertest';
 import { CapturingLogger } from './support/capturing-logger';
-import { createTestDatabase, type TestDatabase } from './support/database';
 import { QueryCounter } from './support/query-counter';
-import { clearLibraryKeys, testRedis } from './support/redis';
+import { clearLibraryKeys } from './support/redis';
 import { REDIS_CLUSTER_NODES, REDIS_TEST_DB, REDIS_TEST_URL } from './support/servers';
 import { redisModuleOptions } from '../libs/api-token/src/env/stores.modules';
 import { createTestApp } from './support/test-app';
 import { FLUSH_UNWRITTEN_KEY } from '../libs/api-token/src/usage/usage-flush.service';
 import { until } from './support/until';
+import { suiteFixture } from './support/suite-fixture';
 
 jest.setTimeout(60_000);
 
@@ -29,37 +28,24 @@ const LAST_USED = `to_char(last_used_at, 'YYYY-MM-DD"T"HH24:MI:SS.US') AS last_u
 const UPDATES = /^\s*UPDATE api_tokens/;
 
 describe('usage flush', () => {
-  let db: TestDatabase;
-  let redis: Redis;
+  const suite = suiteFixture();
   const logger = new CapturingLogger();
 
   const lastUsed = async (token: string): Promise<string | null> =>
-    ((await db.query(`SELECT ${LAST_USED} FROM api_tokens WHERE token = $1`, [token]))[0]?.last_used_at as string | null) ?? null;
+    ((await suite.db.query(`SELECT ${LAST_USED} FROM api_tokens WHERE token = $1`, [token]))[0]?.last_used_at as string | null) ?? null;
   const activeKeys = async (): Promise<string[]> => {
     const keys: string[] = [];
     let cursor = '0';
     do {
-      const [next, page] = await redis.scan(cursor, 'MATCH', 'api_token_active:*', 'COUNT', 1000);
+      const [next, page] = await suite.redis.scan(cursor, 'MATCH', 'api_token_active:*', 'COUNT', 1000);
       cursor = next;
       keys.push(...page);
     } while (cursor !== '0');
     return keys;
   };
 
-  beforeAll(async () => {
-    db = await createTestDatabase();
-    redis = testRedis();
-    await clearLibraryKeys(redis);
-  });
-
-  afterAll(async () => {
-    await clearLibraryKeys(redis);
-    redis.disconnect();
-    await db?.drop();
-  });
-
   beforeEach(async () => {
-    await clearLibraryKeys(redis);
+    await clearLibraryKeys(suite.redis);
     logger.lines.length = 0;
   });
 
@@ -71,7 +57,7 @@ describe('usage flush', () => {
     const newToken = async (scope = 'app') => (await repository.insert({ token: generateApiToken(scope), type: scope })).token;
 
     beforeAll(async () => {
-      app = await createTestApp({ databaseUrl: db.url, counter, logger, apiToken: { flushCron: false, usageWriteIntervalMs: 60_000 } });
+      app = await createTestApp({ databaseUrl: suite.db.url, counter, logger, apiToken: { flushCron: false, usageWriteIntervalMs: 60_000 } });
       flush = app.get(ApiTokenUsageFlushService);
       repository = app.get(ApiTokenRepository);
     });
@@ -96,20 +82,20 @@ describe('usage flush', () => {
     it('flushes 20,000 keys completely, one UPDATE per page of 1,000', async () => {
       const n = 20_000;
       const base = Date.parse('2026-03-01T00:00:00Z');
-      await db.query(
+      await suite.db.query(
         `INSERT INTO api_tokens (type, token) SELECT 'app', 'app-bulk' || lpad(i::text, 20, '0') FROM generate_series(1, ${n}) AS i`,
       );
       const token = (i: number) => `app-bulk${String(i).padStart(20, '0')}`;
       for (let start = 1; start <= n; start += 5000) {
         const writes: Promise<unknown>[] = [];
-        for (let i = start; i < start + 5000; i++) writes.push(redis.set(`api_token_active:app:${token(i)}`, NAIVE_MS(base + i), 'EX', 3600));
+        for (let i = start; i < start + 5000; i++) writes.push(suite.redis.set(`api_token_active:app:${token(i)}`, NAIVE_MS(base + i), 'EX', 3600));
         await Promise.all(writes);
       }
       counter.reset();
       const stats = await flush.flushNow();
       expect(stats).toMatchObject({ scanned: n, taken: n, updated: n, dropped: 0 });
       expect(counter.count(UPDATES)).toBe(n / 1000);
-      const rows = await db.query(`SELECT token, ${LAST_USED} FROM api_tokens WHERE token LIKE 'app-bulk%'`);
+      const rows = await suite.db.query(`SELECT token, ${LAST_USED} FROM api_tokens WHERE token LIKE 'app-bulk%'`);
       expect(rows).toHaveLength(n);
       const wrong = rows.filter((r) => r.last_used_at !== NAIVE_MS(base + Number((r.token as string).slice(8))));
       expect(wrong).toEqual([]);
@@ -119,10 +105,10 @@ describe('usage flush', () => {
     it('only moves last_used_at forward, and reads Dify\'s None scope as every scope', async () => {
       const [older, newer, anyScope] = [await newToken(), await newToken(), await newToken('dataset')];
       const t2 = '2026-05-01T12:00:00.500000';
-      await db.query(`UPDATE api_tokens SET last_used_at = $1 WHERE token = ANY($2)`, [t2, [older, newer]]);
-      await redis.set(`api_token_active:app:${older}`, '2026-05-01T11:59:59.999000', 'EX', 3600);
-      await redis.set(`api_token_active:app:${newer}`, '2026-05-01T12:00:00.501000', 'EX', 3600);
-      await redis.set(`api_token_active:None:${anyScope}`, '2026-05-02T00:00:00+02:00', 'EX', 3600);
+      await suite.db.query(`UPDATE api_tokens SET last_used_at = $1 WHERE token = ANY($2)`, [t2, [older, newer]]);
+      await suite.redis.set(`api_token_active:app:${older}`, '2026-05-01T11:59:59.999000', 'EX', 3600);
+      await suite.redis.set(`api_token_active:app:${newer}`, '2026-05-01T12:00:00.501000', 'EX', 3600);
+      await suite.redis.set(`api_token_active:None:${anyScope}`, '2026-05-02T00:00:00+02:00', 'EX', 3600);
       const stats = await flush.flushNow();
       expect(stats).toMatchObject({ taken: 3, updated: 2, dropped: 0 });
       expect(await lastUsed(older)).toBe(t2);
@@ -134,10 +120,10 @@ describe('usage flush', () => {
     it('writes the newest of two uses of one row (Dify\'s None scope and the row\'s own), whichever is newer', async () => {
       const [noneNewer, appNewer] = [await newToken(), await newToken()];
       const [older, newer] = ['2026-05-03T10:00:00.100000', '2026-05-03T10:00:07.900000'];
-      await redis.set(`api_token_active:None:${noneNewer}`, newer, 'EX', 3600);
-      await redis.set(`api_token_active:app:${noneNewer}`, older, 'EX', 3600);
-      await redis.set(`api_token_active:None:${appNewer}`, older, 'EX', 3600);
-      await redis.set(`api_token_active:app:${appNewer}`, newer, 'EX', 3600);
+      await suite.redis.set(`api_token_active:None:${noneNewer}`, newer, 'EX', 3600);
+      await suite.redis.set(`api_token_active:app:${noneNewer}`, older, 'EX', 3600);
+      await suite.redis.set(`api_token_active:None:${appNewer}`, older, 'EX', 3600);
+      await suite.redis.set(`api_token_active:app:${appNewer}`, newer, 'EX', 3600);
       expect(await flush.flushNow()).toMatchObject({ taken: 4, updated: 2, dropped: 0 });
       expect([await lastUsed(noneNewer), await lastUsed(appNewer)]).toEqual([newer, newer]);
     });
@@ -145,7 +131,7 @@ describe('usage flush', () => {
     it('checks use times against Redis\'s clock, not this instance\'s: a clock 20 minutes behind drops nothing', async () => {
       const token = await newToken();
       const now = NAIVE_MS(Date.now());
-      await redis.set(`api_token_active:app:${token}`, now, 'EX', 3600);
+      await suite.redis.set(`api_token_active:app:${token}`, now, 'EX', 3600);
       const realNow = Date.now.bind(Date);
       jest.spyOn(Date, 'now').mockImplementation(() => realNow() - 20 * 60_000);
       try {
@@ -159,13 +145,13 @@ describe('usage flush', () => {
     it('counts as lost the uses a run killed mid-way left taken and unwritten; a run marks them while it writes', async () => {
       const metrics = app.get(ApiTokenMetrics);
       const lostBefore = metrics.snapshot().flush.usesLost;
-      await redis.set(FLUSH_UNWRITTEN_KEY, '7', 'EX', 3600); // what a run killed during its UPDATE leaves
+      await suite.redis.set(FLUSH_UNWRITTEN_KEY, '7', 'EX', 3600); // what a run killed during its UPDATE leaves
       const tokens = [await newToken(), await newToken(), await newToken()];
-      for (const token of tokens) await redis.set(`api_token_active:app:${token}`, '2026-05-04T00:00:00', 'EX', 3600);
+      for (const token of tokens) await suite.redis.set(`api_token_active:app:${token}`, '2026-05-04T00:00:00', 'EX', 3600);
       const marked: (string | null)[] = [];
       const update = repository.updateLastUsed.bind(repository);
       jest.spyOn(repository, 'updateLastUsed').mockImplementation(async (page) => {
-        marked.push(await redis.get(FLUSH_UNWRITTEN_KEY));
+        marked.push(await suite.redis.get(FLUSH_UNWRITTEN_KEY));
         return update(page);
       });
       try {
@@ -175,7 +161,7 @@ describe('usage flush', () => {
       }
       expect(metrics.snapshot().flush.usesLost - lostBefore).toBe(7);
       expect(marked).toEqual(['3']);
-      expect(await redis.exists(FLUSH_UNWRITTEN_KEY)).toBe(0);
+      expect(await suite.redis.exists(FLUSH_UNWRITTEN_KEY)).toBe(0);
       expect(logger.matching(/ended mid-run: 7 uses/)).toHaveLength(1);
       expect(await flush.flushNow()).toMatchObject({ taken: 0 });
       expect(metrics.snapshot().flush.usesLost - lostBefore).toBe(7);
@@ -184,11 +170,11 @@ describe('usage flush', () => {
     it('drops and counts bad keys without stopping good ones, and logs no token', async () => {
       const [good, badTime, badDate] = [await newToken(), await newToken(), await newToken()];
       const t = '2026-06-01T08:00:00.250000';
-      await redis.set(`api_token_active:app:${good}`, t, 'EX', 3600);
-      await redis.set(`api_token_active:app:${badTime}`, 'last tuesday', 'EX', 3600);
-      await redis.set(`api_token_active:app:${badDate}`, '2026-13-01T00:00:00', 'EX', 3600);
-      await redis.set('api_token_active:app', t, 'EX', 3600);
-      await redis.set(`api_token_active::${good}`, t, 'EX', 3600);
+      await suite.redis.set(`api_token_active:app:${good}`, t, 'EX', 3600);
+      await suite.redis.set(`api_token_active:app:${badTime}`, 'last tuesday', 'EX', 3600);
+      await suite.redis.set(`api_token_active:app:${badDate}`, '2026-13-01T00:00:00', 'EX', 3600);
+      await suite.redis.set('api_token_active:app', t, 'EX', 3600);
+      await suite.redis.set(`api_token_active::${good}`, t, 'EX', 3600);
       const stats = await flush.flushNow();
       expect(stats).toMatchObject({ scanned: 5, taken: 5, updated: 1, dropped: 4 });
       expect(await lastUsed(good)).toBe(t);
@@ -200,12 +186,12 @@ describe('usage flush', () => {
     });
 
     it('answers null while another instance holds the lock', async () => {
-      const other = new Redlock([redis], { retryCount: 0, db: REDIS_TEST_DB });
+      const other = new Redlock([suite.redis], { retryCount: 0, db: REDIS_TEST_DB });
       const lock = await other.acquire([FLUSH_LOCK_KEY], 10_000);
       const token = await newToken();
-      await redis.set(`api_token_active:app:${token}`, '2026-07-01T00:00:00', 'EX', 3600);
+      await suite.redis.set(`api_token_active:app:${token}`, '2026-07-01T00:00:00', 'EX', 3600);
       expect(await flush.flushNow()).toBeNull();
-      expect(await redis.exists(`api_token_active:app:${token}`)).toBe(1);
+      expect(await suite.redis.exists(`api_token_active:app:${token}`)).toBe(1);
       await lock.release();
       expect(await flush.flushNow()).toMatchObject({ taken: 1, updated: 1 });
     });
@@ -213,9 +199,9 @@ describe('usage flush', () => {
     it('puts taken times back when the database fails, never over a newer one', async () => {
       const [a, b] = [await newToken(), await newToken()];
       const [ta, tb, newer] = ['2026-08-01T00:00:00.100000', '2026-08-01T00:00:00.200000', '2026-08-01T00:00:09.900000'];
-      await redis.set(`api_token_active:app:${a}`, ta, 'EX', 3600);
-      await redis.set(`api_token_active:app:${b}`, tb, 'EX', 3600);
-      const blocker = new Client({ connectionString: db.url });
+      await suite.redis.set(`api_token_active:app:${a}`, ta, 'EX', 3600);
+      await suite.redis.set(`api_token_active:app:${b}`, tb, 'EX', 3600);
+      const blocker = new Client({ connectionString: suite.db.url });
       await blocker.connect();
       try {
         await blocker.query('BEGIN');
@@ -227,14 +213,14 @@ describe('usage flush', () => {
         let pid: number | undefined;
         // From another connection: inside the blocker's transaction pg_stat_activity is a frozen snapshot.
         await until('the flush UPDATE waits on the table lock', async () => {
-          const rows = await db.query(
+          const rows = await suite.db.query(
             `SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%UPDATE api_tokens%'`,
           );
           pid = rows[0]?.pid as number | undefined;
           return pid !== undefined;
         });
-        expect(await redis.exists(`api_token_active:app:${a}`)).toBe(0); // taken
-        await redis.set(`api_token_active:app:${a}`, newer, 'EX', 3600); // a use recorded during the run
+        expect(await suite.redis.exists(`api_token_active:app:${a}`)).toBe(0); // taken
+        await suite.redis.set(`api_token_active:app:${a}`, newer, 'EX', 3600); // a use recorded during the run
         await blocker.query('SELECT pg_terminate_backend($1)', [pid]);
         const error = await run;
         expect(error).toBeInstanceOf(ApiTokenStoreError);
@@ -243,8 +229,8 @@ describe('usage flush', () => {
         await blocker.query('ROLLBACK').catch(() => undefined);
         await blocker.end();
       }
-      expect(await redis.get(`api_token_active:app:${a}`)).toBe(newer);
-      expect(await redis.get(`api_token_active:app:${b}`)).toBe(tb);
+      expect(await suite.redis.get(`api_token_active:app:${a}`)).toBe(newer);
+      expect(await suite.redis.get(`api_token_active:app:${b}`)).toBe(tb);
       expect(await lastUsed(a)).toBeNull();
       expect(logger.matching(/Usage flush failed: .*update last_used_at failed \(57P01\); 2 uses put back/)).toHaveLength(1);
       expect(await flush.flushNow()).toMatchObject({ taken: 2, updated: 2 });
@@ -259,7 +245,7 @@ describe('usage flush', () => {
       let writing = true;
       const writer = (async () => {
         for (let r = 1; r <= rounds; r++) {
-          await Promise.all(tokens.map((token, i) => redis.set(`api_token_active:app:${token}`, NAIVE_MS(base + r * 1000 + i), 'EX', 3600)));
+          await Promise.all(tokens.map((token, i) => suite.redis.set(`api_token_active:app:${token}`, NAIVE_MS(base + r * 1000 + i), 'EX', 3600)));
           await sleep(2);
         }
         writing = false;
@@ -272,7 +258,7 @@ describe('usage flush', () => {
       await writer;
       runs.push((await flush.flushNow())!);
       expect(runs.filter((s) => s.taken > 0).length).toBeGreaterThan(2);
-      const rows = await db.query(`SELECT token, ${LAST_USED} FROM api_tokens WHERE token = ANY($1)`, [tokens]);
+      const rows = await suite.db.query(`SELECT token, ${LAST_USED} FROM api_tokens WHERE token = ANY($1)`, [tokens]);
       const got = Object.fromEntries(rows.map((r) => [r.token, r.last_used_at]));
       expect(tokens.map((token) => got[token])).toEqual(tokens.map((_, i) => NAIVE_MS(base + rounds * 1000 + i)));
       expect(await activeKeys()).toEqual([]);
@@ -290,7 +276,7 @@ describe('usage flush', () => {
     });
 
     it('gives a used token its last_used_at within a tick, in UTC, and removes its key', async () => {
-      const app = await createTestApp({ databaseUrl: db.url, logger, flushCron: '* * * * * *' });
+      const app = await createTestApp({ databaseUrl: suite.db.url, logger, flushCron: '* * * * * *' });
       try {
         expect(app.get(SchedulerRegistry).getCronJob(FLUSH_JOB_NAME).cronTime.source).toBe('* * * * * *');
         const { token } = await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
@@ -301,7 +287,7 @@ describe('usage flush', () => {
         const written = Date.parse(`${await lastUsed(token)}Z`);
         expect(written).toBeGreaterThanOrEqual(before);
         expect(written).toBeLessThanOrEqual(after);
-        expect(await redis.exists(`api_token_active:app:${token}`)).toBe(0);
+        expect(await suite.redis.exists(`api_token_active:app:${token}`)).toBe(0);
         expect(logger.matching(/Usage flush tick=\d+: scanned=1 taken=1 updated=1/).length).toBeGreaterThanOrEqual(1);
       } finally {
         await app.close();
@@ -310,8 +296,8 @@ describe('usage flush', () => {
 
     it('runs once per tick across two instances on one schedule, even for an instance that ticks late', async () => {
       const apps = [
-        await createTestApp({ databaseUrl: db.url, logger, flushCron: '* * * * * *' }),
-        await createTestApp({ databaseUrl: db.url, logger, flushCron: '* * * * * *' }),
+        await createTestApp({ databaseUrl: suite.db.url, logger, flushCron: '* * * * * *' }),
+        await createTestApp({ databaseUrl: suite.db.url, logger, flushCron: '* * * * * *' }),
       ];
       try {
         const runs = () => logger.matching(/Usage flush tick=\d+:/);
@@ -337,15 +323,15 @@ describe('usage flush', () => {
   });
   describe('lifecycle', () => {
     it('writes the pending uses to Redis when the application closes', async () => {
-      const app = await createTestApp({ databaseUrl: db.url, apiToken: { flushCron: false, usageWriteIntervalMs: 60_000 } });
+      const app = await createTestApp({ databaseUrl: suite.db.url, apiToken: { flushCron: false, usageWriteIntervalMs: 60_000 } });
       const { token } = await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
       const whoami = () => request(app.getHttpServer()).get('/app/whoami').set('Authorization', `Bearer ${token}`);
       expect((await whoami()).status).toBe(200);
-      await until('the first use is in Redis', async () => (await redis.exists(`api_token_active:app:${token}`)) === 1);
+      await until('the first use is in Redis', async () => (await suite.redis.exists(`api_token_active:app:${token}`)) === 1);
       const before = Date.now();
       expect((await whoami()).status).toBe(200);
       await app.close();
-      const written = Date.parse(`${await redis.get(`api_token_active:app:${token}`)}Z`);
+      const written = Date.parse(`${await suite.redis.get(`api_token_active:app:${token}`)}Z`);
       expect(written).toBeGreaterThanOrEqual(before);
     });
 
@@ -353,7 +339,7 @@ describe('usage flush', () => {
       const moduleRef = await Test.createTestingModule({
         imports: [
           RedisModule.forRoot(redisModuleOptions({ redisUrl: REDIS_TEST_URL, redisClusterNodes: REDIS_CLUSTER_NODES })),
-          TypeOrmModule.forRoot({ type: 'postgres', url: db.url, migrations: [ApiTokenMigration], migrationsRun: true }),
+          TypeOrmModule.forRoot({ type: 'postgres', url: suite.db.url, migrations: [ApiTokenMigration], migrationsRun: true }),
           ApiTokenModule.forRoot({}),
         ],
       }).compile();
@@ -362,7 +348,7 @@ describe('usage flush', () => {
       try {
         await until('the warning', () => logger.matching(/No flush job is scheduled \(import ScheduleModule.forRoot\(\)/).length === 1);
         const { token } = await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
-        await redis.set(`api_token_active:app:${token}`, '2026-10-01T00:00:00.001000', 'EX', 3600);
+        await suite.redis.set(`api_token_active:app:${token}`, '2026-10-01T00:00:00.001000', 'EX', 3600);
         expect(await app.get(ApiTokenUsageFlushService).flushNow()).toMatchObject({ taken: 1, updated: 1 });
         expect(await lastUsed(token)).toBe('2026-10-01T00:00:00.001000');
       } finally {
