@@ -1,5 +1,6 @@
 import { ApiTokenAuthenticator, ApiTokenMigration, ApiTokenModule, ApiTokenService, ApiTokenUsageFlushService } from '../libs/api-token/src';
 import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
+import { ApiTokenRevocationLogService } from '../libs/api-token/src/tokens/revocation-log.service';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { cacheKey, generationKey } from '../libs/api-token/src/api-token.keys';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
@@ -140,10 +141,16 @@ const cleared = /now cleared from the cache/;
       expect(local(a, token)).toBe('hit');
       const before = logger.matching(cleared).length;
 
+      // B's reading of the revocation log deletes the token's keys again, through the same proxy: held
+      // while revoke() runs, so that the one command faulted is revoke()'s own, not the log reader's.
+      const revocationLog = b.get(ApiTokenRevocationLogService);
+      await revocationLog.poll();
+      const logHeld = jest.spyOn(revocationLog, 'poll').mockResolvedValue();
       const reply = 'NOREPLICAS Not enough good replicas to write.';
       const injected = fault({ match: match(token), action, reply });
       const revocation = await b.get(ApiTokenService).revoke(token);
       await injected.hit;
+      logHeld.mockRestore();
       expect(revocation).toMatchObject({ revoked: [{ scope: 'app' }], cacheCleared: false });
       injected.release();
 
