@@ -110,7 +110,8 @@ const OPEN_BODY: AuthenticatedApiToken = { id: '00000000-0000-4000-8000-00000000
 @Injectable()
 class NoopGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean {
-    context.switchToHttp().getRequest<{ apiToken?: AuthenticatedApiToken }>().apiToken = OPEN_BODY;
+    // The cheapest way to the request (no closures per call, as switchToHttp() makes), as ApiTokenGuard has it.
+    context.getArgByIndex<{ apiToken?: AuthenticatedApiToken }>(0).apiToken = OPEN_BODY;
     return true;
   }
 }
