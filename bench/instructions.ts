@@ -20,7 +20,8 @@ import { type Adapter, createBenchApp, injector } from './bench.server';
  * BENCH_IR_BATCH requests of each route (order rotating from round to round, as the in-process bench
  * does) through light-my-request, dumping the counters after each batch (`callgrind_control -d`) and
  * once more with no request between, to subtract what a dump costs. A route's figure is the median
- * over rounds; GC lands in whichever batch it lands, hence rounds. BENCH_IR_PERF=1 also has V8 write
+ * over rounds: a batch holds one young-generation GC or two, which moves its figure by ~±50k (so
+ * compare routes within a round, and look at the dumps: `callgrind_annotate`). BENCH_IR_PERF=1 also has V8 write
  * /tmp/perf-<pid>.map, which names the JIT code that callgrind shows as addresses.
  */
 
@@ -47,14 +48,15 @@ async function child(): Promise<void> {
   }
   control('-i', 'on');
   for (let round = 0; round < rounds; round++) {
-    control('-z');
     for (let r = 0; r < names.length; r++) {
       const name = names[(round + r) % names.length];
+      control('-z');
       let ok = 0;
       for (let i = 0; i < batch; i++) if ((await send(ROUTES[name])).statusCode === 200) ok++;
       if (ok !== batch) throw new Error(`${name}: ${batch - ok} of ${batch} requests failed`);
       control('-d', `${name} ${round}`);
     }
+    control('-z');
     control('-d', `empty ${round}`);
   }
   control('-i', 'off');
