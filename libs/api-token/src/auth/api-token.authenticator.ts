@@ -12,7 +12,7 @@ import { ApiTokenRedisService, LOCKED } from '../redis/redis-access.service';
 import { ApiTokenRepository } from '../store/api-token.repository';
 import { ApiTokenUsageRecorder } from '../usage/usage.recorder';
 import { ApiTokenStoreError } from '../api-token.errors';
-import { ApiTokenMetrics } from '../metrics/api-token.metrics';
+import { ApiTokenMetrics, type LookupCounts } from '../metrics/api-token.metrics';
 
 /**
  * The request path: shape check, in-process cache, Redis, then one database lookup per token at a
@@ -23,6 +23,8 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 export class ApiTokenAuthenticator {
   private readonly logger = new Logger(ApiTokenAuthenticator.name);
   private readonly inflight = new Map<string, Promise<ApiTokenRecord | null>>();
+  private countsScope: string | null = null;
+  private counts: LookupCounts | undefined;
 
   constructor(
     private readonly cache: ApiTokenCacheService,
@@ -55,13 +57,21 @@ export class ApiTokenAuthenticator {
 
   /** The answer the process knows with no I/O (the in-process cache's entry: record and identity), or undefined when it must ask Redis or the database. */
   authenticateLocal(token: string, scope: string | null): LocalHit | null | undefined {
-    const counts = this.metrics.scope(scope).lookups;
-    if (!this.isWellFormed(token)) {
+    const counts = this.lookupCounts(scope);
+    const { hashTokens, tokenPattern } = this.options;
+    // L1 holds only tokens that passed the shape check when they were filled, so a hit needs no second
+    // check (a regular expression per request): in plain mode the pattern is tested only when L1 misses.
+    // In hashed mode it comes first, as a malformed token should not cost a SHA-256.
+    if (token.length > MAX_TOKEN_LENGTH || (hashTokens && !tokenPattern.test(token))) {
       counts.malformed++;
       return null;
     }
     const local = this.cache.peekLocal(scope, storedToken(token, this.options));
-    if (local === undefined) return undefined;
+    if (local === undefined) {
+      if (hashTokens || tokenPattern.test(token)) return undefined;
+      counts.malformed++;
+      return null;
+    }
     if (local) {
       if (isExpired(local.record)) {
         counts.expired++;
@@ -73,6 +83,15 @@ export class ApiTokenAuthenticator {
     }
     counts.local_negative++;
     return null;
+  }
+
+  /** The lookup counters of a scope; the last scope's are kept, as a guard asks for the same scope every time. */
+  private lookupCounts(scope: string | null): LookupCounts {
+    if (scope !== this.countsScope || this.counts === undefined) {
+      this.counts = this.metrics.scope(scope).lookups;
+      this.countsScope = scope;
+    }
+    return this.counts;
   }
 
   /** The rest of the path, after the in-process cache missed (the token is well formed). */

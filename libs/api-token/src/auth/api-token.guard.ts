@@ -38,16 +38,16 @@ export interface ApiTokenRequest {
 export function parseAuthorization(header: string | undefined): { token: string } | { error: string } {
   // The usual header, `Bearer ` then a printable ASCII character, needs no regular expression (and no
   // match array per request): the expression below would answer the same.
-  if (header !== undefined && header.startsWith('Bearer ')) {
-    const first = header.charCodeAt(7);
-    if (first > 0x20 && first < 0x7f) return { token: header.slice(7) };
-  }
+  if (header !== undefined && header.startsWith('Bearer ') && isPrintable(header.charCodeAt(7))) return { token: header.slice(7) };
   if (header === undefined || !header.includes(' ')) return { error: API_TOKEN_ERRORS.missingHeader };
   const match = /^\s*(\S+)\s+(\S[\s\S]*)$/.exec(header);
   if (!match) return { error: API_TOKEN_ERRORS.missingHeader };
   if (match[1].toLowerCase() !== 'bearer') return { error: API_TOKEN_ERRORS.wrongScheme };
   return { token: match[2] };
 }
+
+/** A printable ASCII character other than space: what may follow `Bearer ` for the header to be read without the expression. */
+const isPrintable = (code: number): boolean => code > 0x20 && code < 0x7f;
 
 /** What the guard reads of a request: Express's is Node's request, Fastify's holds it in `raw`. */
 interface RawRequest {
@@ -88,34 +88,42 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
     }
 
     canActivate(context: ExecutionContext): boolean | Promise<boolean> {
-      const http = context.switchToHttp();
-      const request = http.getRequest<RawRequest & Partial<ApiTokenRequest>>();
+      // getArgByIndex, not switchToHttp(): that one assigns three new closures to the context on every call.
+      const request = context.getArgByIndex<RawRequest & Partial<ApiTokenRequest>>(0);
       const header = request.headers.authorization;
-      const parsed =
-        header !== undefined && hasRepeatedAuthorization(request.rawHeaders ?? request.raw?.rawHeaders)
-          ? { error: API_TOKEN_ERRORS.repeatedHeader }
-          : parseAuthorization(Array.isArray(header) ? header[0] : header);
-      if ('error' in parsed) {
-        this.metrics?.lookup(scope, 'bad_header');
-        throw this.unauthorized(http.getResponse(), parsed.error);
+      let token: string;
+      if (header !== undefined && hasRepeatedAuthorization(request.rawHeaders ?? request.raw?.rawHeaders)) {
+        throw this.badHeader(context, API_TOKEN_ERRORS.repeatedHeader);
+      } else if (typeof header === 'string' && header.startsWith('Bearer ') && isPrintable(header.charCodeAt(7))) {
+        // The usual header, read with no answer object; parseAuthorization would take the same token.
+        token = header.slice(7);
+      } else {
+        const parsed = parseAuthorization(Array.isArray(header) ? header[0] : header);
+        if ('error' in parsed) throw this.badHeader(context, parsed.error);
+        token = parsed.token;
       }
-      const local = this.authenticator.authenticateLocal(parsed.token, scope);
-      if (local !== undefined) return this.admit(request, http.getResponse(), local && local.record, local?.identity);
-      return this.authenticator.authenticateRemote(parsed.token, scope).then(
-        (record) => this.admit(request, http.getResponse(), record),
+      const local = this.authenticator.authenticateLocal(token, scope);
+      if (local !== undefined) return this.admit(request, context, local && local.record, local?.identity);
+      return this.authenticator.authenticateRemote(token, scope).then(
+        (record) => this.admit(request, context, record),
         (error: unknown) => {
-          if (error instanceof ApiTokenStoreError) throw this.unavailable(http.getResponse());
+          if (error instanceof ApiTokenStoreError) throw this.unavailable(context.getArgByIndex(1));
           throw error;
         },
       );
     }
 
-    private admit(request: Partial<ApiTokenRequest>, response: unknown, record: ApiTokenRecord | null, identity?: AuthenticatedApiToken): true | Promise<true> {
-      if (!record) throw this.unauthorized(response, API_TOKEN_ERRORS.invalidToken);
+    private badHeader(context: ExecutionContext, message: string): HttpException {
+      this.metrics?.lookup(scope, 'bad_header');
+      return this.unauthorized(context.getArgByIndex(1), message);
+    }
+
+    private admit(request: Partial<ApiTokenRequest>, context: ExecutionContext, record: ApiTokenRecord | null, identity?: AuthenticatedApiToken): true | Promise<true> {
+      if (!record) throw this.unauthorized(context.getArgByIndex(1), API_TOKEN_ERRORS.invalidToken);
       // An in-process hit hands over the identity cached beside the record: nothing is built per request.
       request.apiToken = identity ?? toAuthenticated(record);
       // A token without a limit (and no default) pays this one check and nothing else.
-      if (record.rateLimit || this.limiter.defaultRateLimit) return this.limiter.enforce(scope, record, response);
+      if (record.rateLimit || this.limiter.defaultRateLimit) return this.limiter.enforce(scope, record, context.getArgByIndex(1));
       return true;
     }
 

@@ -6,5 +6,7 @@ import type { ApiTokenRequest } from './api-token.guard';
  * `whoami(@CurrentApiToken() token: AuthenticatedApiToken)`.
  */
 export const CurrentApiToken = createParamDecorator(
-  (_data: unknown, context: ExecutionContext) => context.switchToHttp().getRequest<Partial<ApiTokenRequest>>().apiToken,
+  // getArgByIndex(0) is the request, as switchToHttp().getRequest() has it, without the three closures
+  // switchToHttp() assigns to the context on every call.
+  (_data: unknown, context: ExecutionContext) => context.getArgByIndex<Partial<ApiTokenRequest>>(0).apiToken,
 );

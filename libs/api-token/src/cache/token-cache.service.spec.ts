@@ -38,6 +38,24 @@ describe('ApiTokenCacheService in-process hits', () => {
     expect(cache.peekLocal('app', record.token)?.identity).not.toBe(first?.identity);
   });
 
+  it('read L1 by the keys kept when entries were written, per scope, and keep at most localCacheMax of them', async () => {
+    const tokens = ['app-aaaaaaaaaaaaaaaaaaaaaaa1', 'app-aaaaaaaaaaaaaaaaaaaaaaa2', 'app-aaaaaaaaaaaaaaaaaaaaaaa3'];
+    const redis = { call: async (_op: string, run: (r: unknown) => unknown) => run({ get: async (key: string) => serializeRecord({ ...record, token: key.slice('api_token:app:'.length) }) }) };
+    const cache = new ApiTokenCacheService(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({ localCacheMax: 2 }));
+    const kept = cache as unknown as { localKeyCount: number };
+    for (const token of tokens) {
+      await cache.lookupRedis('app', token);
+      expect(cache.peekLocal('app', token)?.record.token).toBe(token);
+      expect(kept.localKeyCount).toBeLessThanOrEqual(2);
+    }
+    // Another scope never reads this scope's entry, kept key or not.
+    expect(cache.peekLocal('dataset', tokens[2])).toBeUndefined();
+    expect(cache.peekLocal(null, tokens[2])).toBeUndefined();
+    // A kept key whose entry was evicted is a miss.
+    cache.evictLocal([cacheKey('app', tokens[2])]);
+    expect(cache.peekLocal('app', tokens[2])).toBeUndefined();
+  });
+
   it('start no timer when read (lru-cache would cache its clock behind a 1 ms timer per busy millisecond)', async () => {
     jest.useFakeTimers();
     const cache = withRecordInRedis();

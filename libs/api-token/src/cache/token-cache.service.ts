@@ -1,7 +1,7 @@
 import { Inject, Injectable, Optional } from '@nestjs/common';
 import { LRUCache } from 'lru-cache';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
-import { CACHE_KEY_PREFIX, activeKey, cacheKey, escapeGlob, generationKey, parseScopedKey, tenantIndexKey } from '../api-token.keys';
+import { ANY_SCOPE, CACHE_KEY_PREFIX, activeKey, cacheKey, escapeGlob, generationKey, parseScopedKey, tenantIndexKey } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import type { ApiTokenRecord, AuthenticatedApiToken } from '../store/api-token.record';
 import { parseRecord, serializeRecord, toAuthenticated } from '../store/api-token.record';
@@ -63,6 +63,14 @@ export class ApiTokenCacheService {
   private readonly localNegativeTtl: number;
   private readonly evictionListeners: ((keys: readonly string[]) => Promise<boolean>)[] = [];
   private epoch = 0;
+  /**
+   * The L1 key of each token written to L1, by scope, built when the entry was written: a hit then hashes
+   * the token (which it must) but builds, flattens and hashes no `api_token:{scope}:{token}` string, and the
+   * LRU compares its key by identity. Names keys, decides nothing: a key whose entry is gone simply misses.
+   * Bounded: emptied once it holds `localCacheMax` keys.
+   */
+  private readonly localKeys = new Map<string, Map<string, string>>();
+  private localKeyCount = 0;
 
   constructor(
     private readonly redis: ApiTokenRedisService,
@@ -83,7 +91,8 @@ export class ApiTokenCacheService {
    * negative) or undefined (miss, or L1 off). A record of another scope is a miss, as in {@link lookupRedis}.
    */
   peekLocal(scope: string | null, token: string): LocalHit | null | undefined {
-    const entry = this.local?.get(cacheKey(scope, token));
+    if (!this.local) return undefined;
+    const entry = this.local.get(this.localKeys.get(scope || ANY_SCOPE)?.get(token) ?? cacheKey(scope, token));
     if (entry === NEGATIVE) return null;
     return entry && scope && entry.record.type !== scope ? undefined : entry;
   }
@@ -99,11 +108,11 @@ export class ApiTokenCacheService {
     if (record === undefined || (record && (record.token !== token || (scope && record.type !== scope)))) return MISS;
     if (record && this.revoked.has(token)) {
       // A stale entry of a revoked token (a failover, a lost write, a fill by Dify): refused, and deleted again.
-      if (epoch === this.epoch) this.setLocal(key, null, scope, started);
+      if (epoch === this.epoch) this.setLocal(key, null, scope, started, token);
       void this.redis.call('del', (r) => r.del(key), FORCE);
       return NEGATIVE_ANSWER;
     }
-    if (epoch === this.epoch) this.setLocal(key, record, scope, started);
+    if (epoch === this.epoch) this.setLocal(key, record, scope, started, token);
     return record ? { status: 'hit', record } : NEGATIVE_ANSWER;
   }
 
@@ -186,7 +195,7 @@ export class ApiTokenCacheService {
       const index = tenantIndexKey(record.tenantId);
       await this.redis.call('set', (r) => r.sadd(index, key).then(() => r.expire(index, tenantIndexTtlSeconds)));
     }
-    if (outcome !== 'changed' && epoch === this.epoch) this.setLocal(key, record, scope, started);
+    if (outcome !== 'changed' && epoch === this.epoch) this.setLocal(key, record, scope, started, token);
     return outcome;
   }
 
@@ -263,6 +272,21 @@ export class ApiTokenCacheService {
     this.local?.clear();
   }
 
+  /** Keeps `key` as the L1 key of (scope, token) for {@link peekLocal}. */
+  private rememberKey(scope: string | null, token: string, key: string): void {
+    const label = scope || ANY_SCOPE;
+    let keys = this.localKeys.get(label);
+    if (keys?.get(token) === key) return;
+    if (this.localKeyCount >= this.options.localCacheMax) {
+      this.localKeys.clear();
+      this.localKeyCount = 0;
+      keys = undefined;
+    }
+    if (!keys) this.localKeys.set(label, (keys = new Map()));
+    if (!keys.has(token)) this.localKeyCount++;
+    keys.set(token, key);
+  }
+
   private async evicted(keys: readonly string[]): Promise<boolean> {
     if (keys.length === 0) return true;
     const told = await Promise.all(this.evictionListeners.map((listener) => listener(keys)));
@@ -273,8 +297,9 @@ export class ApiTokenCacheService {
    * Puts an entry in L1: a record with its identity and usage key built once, or a negative.
    * `start`: when the read that produced the entry began (L1's clock); the entry's life counts from it.
    */
-  private setLocal(key: string, record: ApiTokenRecord | null, scope: string | null, start: number): void {
+  private setLocal(key: string, record: ApiTokenRecord | null, scope: string | null, start: number, token: string): void {
     if (!this.local) return;
+    this.rememberKey(scope, token, key);
     if (record) this.local.set(key, { record, identity: toAuthenticated(record), usageKey: activeKey(scope, record.token) }, { start });
     else if (this.localNegativeTtl > 0) this.local.set(key, NEGATIVE, { ttl: this.localNegativeTtl, start });
   }

@@ -14,4 +14,23 @@ describe('ApiTokenUsageRecorder', () => {
     await recorder.flushPending();
     expect(jest.getTimerCount()).toBe(0);
   });
+
+  it('a token already waiting for the timer costs no LRU read per use, and the timer writes its newest time once', async () => {
+    jest.useFakeTimers({ now: Date.UTC(2026, 1, 3, 10, 0, 0) });
+    const written: string[][] = [];
+    const client = { apiTokenSetIfNewer: async (...args: unknown[]) => (written.push(args.map(String)), 1) };
+    const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => send(client) };
+    const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
+    const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
+    recorder.recordKey(key); // written at once
+    recorder.recordKey(key); // now waits for the timer
+    const recent = (recorder as unknown as { recent: { has: (key: string) => boolean } }).recent;
+    const has = jest.spyOn(recent, 'has');
+    jest.setSystemTime(Date.UTC(2026, 1, 3, 10, 0, 0, 400));
+    recorder.recordKey(key);
+    expect(has).not.toHaveBeenCalled();
+    expect(jest.getTimerCount()).toBe(1);
+    await recorder.flushPending();
+    expect(written.at(-1)?.join(' ')).toContain('2026-02-03T10:00:00.400000');
+  });
 });

@@ -11,6 +11,11 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 const MAX_TRACKED = 100_000;
 const RETRY_MS = 1000;
 
+/** A use waiting for the timer: its newest time, which later uses of the token update in place. */
+interface PendingUse {
+  ms: number;
+}
+
 /**
  * Records token uses in `api_token_active:{scope}:{token}` (the naive UTC time of the last use).
  *
@@ -22,7 +27,7 @@ const RETRY_MS = 1000;
 @Injectable()
 export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
   private readonly recent: LRUCache<string, true> | null;
-  private pending = new Map<string, number>();
+  private pending = new Map<string, PendingUse>();
   private timer: NodeJS.Timeout | undefined;
   private readonly writing = new Set<Promise<void>>();
 
@@ -45,13 +50,20 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
   /** {@link record} by the `api_token_active:*` key, for callers that keep it (an in-process cache hit). */
   recordKey(key: string): void {
     const now = Date.now();
+    // A hot token is already waiting for the timer, which writes its newest time: moving that time is all a
+    // use costs (one map read and a number written in place; no LRU read, no clock read, no map write).
+    const waiting = this.recent && this.pending.get(key);
+    if (waiting) {
+      if (waiting.ms < now) waiting.ms = now;
+      return;
+    }
     if (this.recent?.has(key)) {
-      this.pending.set(key, now);
+      this.pending.set(key, { ms: now });
       this.schedule();
       return;
     }
     this.recent?.set(key, true);
-    const write = this.write(new Map([[key, now]])).finally(() => this.writing.delete(write));
+    const write = this.write([[key, now]]).finally(() => this.writing.delete(write));
     this.writing.add(write);
   }
 
@@ -63,7 +75,7 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
     const batch = this.pending;
     this.pending = new Map();
     for (const key of batch.keys()) this.recent?.set(key, true);
-    await this.write(batch);
+    await this.write(Array.from(batch, ([key, use]): [string, number] => [key, use.ms]));
   }
 
   /**
@@ -80,8 +92,7 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
     this.timer ??= setTimeout(() => void this.flushPending(), this.options.usageWriteIntervalMs || RETRY_MS).unref();
   }
 
-  private async write(batch: Map<string, number>): Promise<void> {
-    const entries = [...batch];
+  private async write(entries: [key: string, ms: number][]): Promise<void> {
     const done = await this.redis.call('set', (r) =>
       Promise.all(entries.map(([key, ms]) => setIfNewer(r, key, formatNaiveUtc(new Date(ms)), ACTIVE_KEY_TTL_SECONDS))),
     );
@@ -92,7 +103,9 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
         break;
       }
       const [key, ms] = entries[i];
-      if ((this.pending.get(key) ?? 0) < ms) this.pending.set(key, ms);
+      const waiting = this.pending.get(key);
+      if (!waiting) this.pending.set(key, { ms });
+      else if (waiting.ms < ms) waiting.ms = ms;
     }
     if (this.pending.size) this.schedule();
   }
