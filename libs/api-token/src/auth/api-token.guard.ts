@@ -36,9 +36,8 @@ export interface ApiTokenRequest {
 
 /** Parses `Authorization` like Dify: the token, or the 401 message to answer with. */
 export function parseAuthorization(header: string | undefined): { token: string } | { error: string } {
-  // The usual header, `Bearer ` then a printable ASCII character, needs no regular expression (and no
-  // match array per request): the expression below would answer the same.
-  if (header !== undefined && header.startsWith('Bearer ') && isPrintable(header.charCodeAt(7))) return { token: header.slice(7) };
+  const usual = usualBearerToken(header);
+  if (usual !== undefined) return { token: usual };
   if (header === undefined || !header.includes(' ')) return { error: API_TOKEN_ERRORS.missingHeader };
   const match = /^\s*(\S+)\s+(\S[\s\S]*)$/.exec(header);
   if (!match) return { error: API_TOKEN_ERRORS.missingHeader };
@@ -46,8 +45,16 @@ export function parseAuthorization(header: string | undefined): { token: string 
   return { token: match[2] };
 }
 
-/** A printable ASCII character other than space: what may follow `Bearer ` for the header to be read without the expression. */
-const isPrintable = (code: number): boolean => code > 0x20 && code < 0x7f;
+/**
+ * The token of the usual header, `Bearer ` then a printable ASCII character other than space, read
+ * with no regular expression and no answer object (what {@link parseAuthorization} would take from
+ * it); undefined for any other header, which `parseAuthorization` then reads.
+ */
+function usualBearerToken(header: unknown): string | undefined {
+  if (typeof header !== 'string' || !header.startsWith('Bearer ')) return undefined;
+  const first = header.charCodeAt(7);
+  return first > 0x20 && first < 0x7f ? header.slice(7) : undefined;
+}
 
 /** What the guard reads of a request: Express's is Node's request, Fastify's holds it in `raw`. */
 interface RawRequest {
@@ -91,13 +98,11 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
       // getArgByIndex, not switchToHttp(): that one assigns three new closures to the context on every call.
       const request = context.getArgByIndex<RawRequest & Partial<ApiTokenRequest>>(0);
       const header = request.headers.authorization;
-      let token: string;
       if (header !== undefined && hasRepeatedAuthorization(request.rawHeaders ?? request.raw?.rawHeaders)) {
         throw this.badHeader(context, API_TOKEN_ERRORS.repeatedHeader);
-      } else if (typeof header === 'string' && header.startsWith('Bearer ') && isPrintable(header.charCodeAt(7))) {
-        // The usual header, read with no answer object; parseAuthorization would take the same token.
-        token = header.slice(7);
-      } else {
+      }
+      let token = usualBearerToken(header);
+      if (token === undefined) {
         const parsed = parseAuthorization(Array.isArray(header) ? header[0] : header);
         if ('error' in parsed) throw this.badHeader(context, parsed.error);
         token = parsed.token;
