@@ -2,6 +2,10 @@ import { type ChildProcess, fork } from 'node:child_process';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import Redis from 'ioredis';
+import { DataSource } from 'typeorm';
+import { ApiTokenMigration } from '../libs/api-token/src';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { createTestDatabase } from '../test/support/database';
 import { PrivateRedisServer } from '../test/support/redis-server';
 import type { Adapter, InjectStats, ServerCommand, ServerRequest, ServerStats, Variant } from './bench.server';
@@ -72,6 +76,21 @@ export async function createDatabase(cleanup: Cleanup): Promise<string> {
   const db = await createTestDatabase(PG_ADMIN_URL, 'api_token_bench');
   cleanup.add(() => db.drop());
   return db.url;
+}
+
+/**
+ * A migrated database of this run's own (see {@link createDatabase}), its DataSource and repository,
+ * and one token inserted in it: the hot token the request-path benches send.
+ */
+export async function createBenchDatabase(cleanup: Cleanup): Promise<{ url: string; dataSource: DataSource; repository: ApiTokenRepository; hotToken: string }> {
+  const url = await createDatabase(cleanup);
+  const dataSource = new DataSource({ type: 'postgres', url, migrations: [ApiTokenMigration], extra: { max: 2 } });
+  await dataSource.initialize();
+  cleanup.add(() => dataSource.destroy());
+  await dataSource.runMigrations();
+  const repository = new ApiTokenRepository(dataSource);
+  const hot = await repository.insert({ token: generateApiToken('app'), type: 'app' });
+  return { url, dataSource, repository, hotToken: hot.token };
 }
 
 /** A benchmark server process (bench/bench.server.ts) and its IPC commands. */

@@ -2,11 +2,8 @@ import 'reflect-metadata';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { DataSource } from 'typeorm';
-import { ApiTokenMigration } from '../libs/api-token/src';
-import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
-import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
-import { Cleanup, createDatabase, startRedis } from './bench.infra';
+import { Cleanup, createBenchDatabase, startRedis } from './bench.infra';
+import { median } from './bench.load';
 import { type Adapter, createBenchApp, injector } from './bench.server';
 
 /**
@@ -100,12 +97,6 @@ function runUnderValgrind(env: NodeJS.ProcessEnv, out: string): Promise<void> {
   });
 }
 
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-};
-
 async function main(): Promise<void> {
   const adapters = (process.argv.slice(2).length ? process.argv.slice(2) : ['express', 'fastify']) as Adapter[];
   const rounds = Number(process.env.BENCH_IR_ROUNDS ?? 7);
@@ -115,16 +106,11 @@ async function main(): Promise<void> {
   const cleanup = new Cleanup();
   try {
     const redis = await startRedis(cleanup);
-    const databaseUrl = await createDatabase(cleanup);
-    const dataSource = new DataSource({ type: 'postgres', url: databaseUrl, migrations: [ApiTokenMigration], extra: { max: 2 } });
-    await dataSource.initialize();
-    cleanup.add(() => dataSource.destroy());
-    await dataSource.runMigrations();
-    const hot = await new ApiTokenRepository(dataSource).insert({ token: generateApiToken('app'), type: 'app' });
+    const { url: databaseUrl, hotToken } = await createBenchDatabase(cleanup);
     for (const adapter of adapters) {
       const base = join(dir, `${adapter}.out`);
       for (const old of readdirSync(dir)) if (old.startsWith(`${adapter}.out`)) rmSync(join(dir, old));
-      const env = { ...process.env, BENCH_ADAPTER: adapter, BENCH_IR_ROUNDS: String(rounds), BENCH_IR_BATCH: String(batch), BENCH_IR_TOKEN: hot.token, DATABASE_URL: databaseUrl, REDIS_URL: redis.url };
+      const env = { ...process.env, BENCH_ADAPTER: adapter, BENCH_IR_ROUNDS: String(rounds), BENCH_IR_BATCH: String(batch), BENCH_IR_TOKEN: hotToken, DATABASE_URL: databaseUrl, REDIS_URL: redis.url };
       await runUnderValgrind(env, base);
       const all = dumps(base);
       const perRound = (route: string) =>

@@ -1,14 +1,10 @@
 import 'reflect-metadata';
-import { ApiTokenMigration } from '../libs/api-token/src';
-import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
-import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { existsSync, mkdirSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { DataSource } from 'typeorm';
 import { sparePort } from '../test/support/ports';
 import type { Adapter } from './bench.server';
-import { BenchServer, type BenchContext, Cleanup, createDatabase, runIsolated, startRedis } from './bench.infra';
+import { BenchServer, type BenchContext, Cleanup, createBenchDatabase, runIsolated, startRedis } from './bench.infra';
 import { load } from './bench.load';
 import { runFloodBench } from './flood.bench';
 import { type ProfileSummary, summarizeProfile } from './hot-path.profile';
@@ -49,13 +45,7 @@ async function main(): Promise<void> {
     };
     console.log('Starting a private redis-server and a private database…');
     const redis = await startRedis(cleanup);
-    const databaseUrl = await createDatabase(cleanup);
-    const dataSource = new DataSource({ type: 'postgres', url: databaseUrl, migrations: [ApiTokenMigration], extra: { max: 2 } });
-    await dataSource.initialize();
-    cleanup.add(() => dataSource.destroy());
-    await dataSource.runMigrations();
-    const repository = new ApiTokenRepository(dataSource);
-    const hot = await repository.insert({ token: generateApiToken('app'), type: 'app' });
+    const { url: databaseUrl, dataSource, repository, hotToken } = await createBenchDatabase(cleanup);
 
     const start = async (name: string, variant: 'default' | 'dify', adapter: Adapter = 'express') =>
       BenchServer.start(cleanup, { name, variant, adapter, port: await sparePort(), databaseUrl, redisUrl: redis.url });
@@ -64,7 +54,7 @@ async function main(): Promise<void> {
     const adapters = async (context: Pick<BenchContext, 'redis' | 'settings'>) => {
       console.log(`Express and Fastify: ${settings.rounds} alternating rounds of ${settings.seconds} s per route, ${settings.connections} connections`);
       const [express, fastify] = await Promise.all([start('express', 'default', 'express'), start('fastify', 'default', 'fastify')]);
-      const results = await runAdapterBench(context, { express, fastify }, hot.token, profileDir);
+      const results = await runAdapterBench(context, { express, fastify }, hotToken, profileDir);
       writeSection(join(__dirname, 'RESULTS.md'), 'adapters', renderAdapterResults(results, settings));
       console.log('Wrote the adapters part of bench/RESULTS.md');
     };
@@ -85,14 +75,14 @@ async function main(): Promise<void> {
     const context: BenchContext = { redis: redis.admin, servers: { unguarded, noop, default: def, dify, naive, second }, settings };
 
     console.log(`Throughput: ${settings.rounds} alternating rounds of ${settings.seconds} s, ${settings.connections} connections`);
-    const throughput = await runThroughputBench(context, hot.token);
+    const throughput = await runThroughputBench(context, hotToken);
 
     console.log('CPU profiles: unguarded route, do-nothing guard, default configuration with the hot token…');
     const profiles: ProfileSummary[] = [];
     for (const [name, server, path, authorization] of [
       ['unguarded', unguarded, '/bench/open', undefined],
       ['noop', noop, '/bench/noop', undefined],
-      ['default', def, '/app/whoami', `Bearer ${hot.token}`],
+      ['default', def, '/app/whoami', `Bearer ${hotToken}`],
     ] as const) {
       const file = join(profileDir, `${name}.cpuprofile`);
       const round = await server.profile(file, () => load({ url: server.url + path, connections: settings.connections, duration: settings.seconds, authorization }));
@@ -103,7 +93,7 @@ async function main(): Promise<void> {
     const stampede = await runStampedeBench(context, repository);
 
     console.log(`Floods: ${settings.floodSize} distinct unknown tokens, then ${settings.floodSize} malformed ones`);
-    const floods = await runFloodBench(context, hot.token);
+    const floods = await runFloodBench(context, hotToken);
 
     // Both run on the private redis-server too, each in an empty database index of its own.
     const redisPort = Number(new URL(redis.url).port);
