@@ -1,9 +1,12 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
+import type { INestApplicationContext } from '@nestjs/common';
 import Redis from 'ioredis';
 import { DataSource } from 'typeorm';
 import { ApiTokenMigration } from '../libs/api-token/src';
+import { activeKey, cacheKey, generationKey } from '../libs/api-token/src/api-token.keys';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { createTestDatabase } from '../test/support/database';
@@ -91,6 +94,49 @@ export async function createBenchDatabase(cleanup: Cleanup): Promise<{ url: stri
   const repository = new ApiTokenRepository(dataSource);
   const hot = await repository.insert({ token: generateApiToken('app'), type: 'app' });
   return { url, dataSource, repository, hotToken: hot.token };
+}
+
+/** Where a bench that runs its applications in its own process connects to Redis (default: BENCH_REDIS_HOST / _PORT / _DB). */
+export interface BenchRedisOptions {
+  redisHost?: string;
+  redisPort?: number;
+  redisDb?: number;
+}
+
+/** The bench's Redis: its options, else BENCH_REDIS_HOST / BENCH_REDIS_PORT / BENCH_REDIS_DB, else 127.0.0.1:6379 and `defaultDb`; `url(db)` names another database of the same server. */
+export function benchRedis(options: BenchRedisOptions, defaultDb: number): { db: number; url: (db?: number) => string } {
+  const host = options.redisHost ?? process.env.BENCH_REDIS_HOST ?? '127.0.0.1';
+  const port = options.redisPort ?? Number(process.env.BENCH_REDIS_PORT ?? 6379);
+  const db = options.redisDb ?? Number(process.env.BENCH_REDIS_DB ?? defaultDb);
+  return { db, url: (other = db) => `redis://${host}:${port}/${other}` };
+}
+
+/**
+ * Closes applications a bench started in its own process; `@nestjs-modules/ioredis` quits only the
+ * first application's connection (a static Set), so the others' are dropped here.
+ */
+export async function closeBenchApps(apps: readonly INestApplicationContext[]): Promise<void> {
+  for (const app of apps) {
+    const connection = app.get<Redis>(getRedisConnectionToken());
+    await app.close();
+    if (connection.status !== 'end') connection.disconnect();
+  }
+}
+
+/**
+ * Deletes what the library wrote to the Redis database at `redisUrl` for these `app` tokens: cache
+ * entries and generations in `app` and any, and use marks. Call it after closing the applications,
+ * which write their pending uses on shutdown.
+ */
+export async function deleteTokenKeys(redisUrl: string, tokens: readonly string[]): Promise<void> {
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  try {
+    for (const token of tokens) {
+      await redis.del(cacheKey('app', token), cacheKey(null, token), generationKey('app', token), generationKey(null, token), activeKey('app', token));
+    }
+  } finally {
+    await redis.quit();
+  }
 }
 
 /** A benchmark server process (bench/bench.server.ts) and its IPC commands. */

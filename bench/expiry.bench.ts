@@ -2,22 +2,17 @@ import { ApiTokenAuthenticator } from '../libs/api-token/src';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { formatNaiveUtc } from '../libs/api-token/src/store/api-token.record';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
-import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import Redis from 'ioredis';
 import { performance } from 'node:perf_hooks';
 import { TestAppModule } from '../test/app/app.module';
-import { Cleanup, createDatabase } from './bench.infra';
+import { type BenchRedisOptions, Cleanup, benchRedis, closeBenchApps, createDatabase, deleteTokenKeys } from './bench.infra';
 import { median } from './bench.load';
 
 /** Where the expiry benchmark runs; every field has a default (env `BENCH_REDIS_*`, `BENCH_EXPIRY_*`). */
-export interface ExpiryBenchOptions {
+export interface ExpiryBenchOptions extends BenchRedisOptions {
   rounds?: number;
   callsPerRound?: number;
-  redisHost?: string;
-  redisPort?: number;
-  redisDb?: number;
 }
 
 export interface ExpiryBenchResult {
@@ -38,10 +33,7 @@ export interface ExpiryBenchResult {
 export async function runExpiryBench(options: ExpiryBenchOptions = {}): Promise<ExpiryBenchResult> {
   const rounds = options.rounds ?? Number(process.env.BENCH_EXPIRY_ROUNDS ?? 20);
   const callsPerRound = options.callsPerRound ?? Number(process.env.BENCH_EXPIRY_CALLS ?? 200_000);
-  const host = options.redisHost ?? process.env.BENCH_REDIS_HOST ?? '127.0.0.1';
-  const port = options.redisPort ?? Number(process.env.BENCH_REDIS_PORT ?? 6379);
-  const db = options.redisDb ?? Number(process.env.BENCH_REDIS_DB ?? 10);
-  const redisUrl = `redis://${host}:${port}/${db}`;
+  const redisUrl = benchRedis(options, 10).url();
   const cleanup = new Cleanup();
   const databaseUrl = await createDatabase(cleanup);
   let app: INestApplicationContext | undefined;
@@ -93,16 +85,8 @@ export async function runExpiryBench(options: ExpiryBenchOptions = {}): Promise<
     ].join('\n');
     return { ...result, markdown };
   } finally {
-    if (app) {
-      const connection = app.get<Redis>(getRedisConnectionToken());
-      await app.close();
-      if (connection.status !== 'end') connection.disconnect();
-    }
-    const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
-    for (const token of tokens) {
-      await redis.del(`api_token:app:${token}`, `api_token:any:${token}`, `api_token_generation:${token}`, `api_token_active:app:${token}`);
-    }
-    await redis.quit();
+    if (app) await closeBenchApps([app]);
+    await deleteTokenKeys(redisUrl, tokens);
     await cleanup.run();
   }
 }

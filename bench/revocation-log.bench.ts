@@ -1,26 +1,22 @@
 import { ApiTokenAuthenticator, ApiTokenService } from '../libs/api-token/src';
 import { ApiTokenRevocationLogService } from '../libs/api-token/src/tokens/revocation-log.service';
-import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import Redis from 'ioredis';
 import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldToIo, setTimeout as sleep } from 'node:timers/promises';
 import { TestAppModule } from '../test/app/app.module';
 import { createTestDatabase } from '../test/support/database';
+import { type BenchRedisOptions, PG_ADMIN_URL, benchRedis, closeBenchApps, deleteTokenKeys } from './bench.infra';
 import { quantile } from './bench.load';
 
 /** Where the revocation-log benchmark runs; every field has a default (env `BENCH_PG_URL`, `BENCH_REDIS_*`). */
-export interface RevocationLogBenchOptions {
+export interface RevocationLogBenchOptions extends BenchRedisOptions {
   /** Revocations timed from A's `revoke()` until B, which hears nothing from A, refuses the token. */
   samples?: number;
   /** Seconds the poll's cost is measured, idle and then under load. */
   seconds?: number;
   pgAdminUrl?: string;
-  redisHost?: string;
-  redisPort?: number;
-  /** A's database index; B uses the next one (so it shares neither keys nor the pub/sub channel). */
-  redisDb?: number;
+  /** `redisDb` is A's database index; B uses the next one (so it shares neither keys nor the pub/sub channel). */
 }
 
 export interface RevocationLogBenchResult {
@@ -49,11 +45,8 @@ export interface RevocationLogBenchResult {
 export async function runRevocationLogBench(options: RevocationLogBenchOptions = {}): Promise<RevocationLogBenchResult> {
   const samples = options.samples ?? Number(process.env.BENCH_REVOCATION_LOG_SAMPLES ?? 20);
   const seconds = options.seconds ?? Number(process.env.BENCH_SECONDS ?? 10);
-  const adminUrl = options.pgAdminUrl ?? process.env.BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  const host = options.redisHost ?? process.env.BENCH_REDIS_HOST ?? '127.0.0.1';
-  const port = options.redisPort ?? Number(process.env.BENCH_REDIS_PORT ?? 6379);
-  const db = options.redisDb ?? Number(process.env.BENCH_REDIS_DB ?? 10);
-  const database = await createTestDatabase(adminUrl, 'api_token_bench_revocation_log');
+  const redis = benchRedis(options, 10);
+  const database = await createTestDatabase(options.pgAdminUrl ?? PG_ADMIN_URL, 'api_token_bench_revocation_log');
   const databaseUrl = database.url;
   const commits = async () =>
     Number((await database.query('SELECT xact_commit AS n FROM pg_stat_database WHERE datname = $1', [database.name]))[0].n);
@@ -61,9 +54,9 @@ export async function runRevocationLogBench(options: RevocationLogBenchOptions =
   const apps: INestApplicationContext[] = [];
   const created: string[] = [];
   try {
-    for (const redisDb of [db, db + 1]) {
+    for (const redisDb of [redis.db, redis.db + 1]) {
       // No usage flush: its statements would be counted as the poll's.
-      const config = { stores: { databaseUrl, redisUrl: `redis://${host}:${port}/${redisDb}` }, apiToken: { flushCron: false as const } };
+      const config = { stores: { databaseUrl, redisUrl: redis.url(redisDb) }, apiToken: { flushCron: false as const } };
       const app = await NestFactory.create(TestAppModule.forRoot(config), { logger: ['error', 'warn'] });
       apps.push(await app.init());
     }
@@ -106,7 +99,7 @@ export async function runRevocationLogBench(options: RevocationLogBenchOptions =
     }
     polls.sort((x, y) => x - y);
 
-    const a2 = await NestFactory.create(TestAppModule.forRoot({ stores: { databaseUrl, redisUrl: `redis://${host}:${port}/${db}` }, apiToken: { flushCron: false } }), {
+    const a2 = await NestFactory.create(TestAppModule.forRoot({ stores: { databaseUrl, redisUrl: redis.url() }, apiToken: { flushCron: false } }), {
       logger: ['error', 'warn'],
     });
     apps.unshift(await a2.init());
@@ -150,18 +143,8 @@ export async function runRevocationLogBench(options: RevocationLogBenchOptions =
     ].join('\n');
     return { ...result, markdown };
   } finally {
-    for (const app of apps) {
-      const connection = app.get<Redis>(getRedisConnectionToken());
-      await app.close();
-      if (connection.status !== 'end') connection.disconnect();
-    }
-    for (const redisDb of [db, db + 1]) {
-      const redis = new Redis(`redis://${host}:${port}/${redisDb}`, { maxRetriesPerRequest: 1 });
-      for (const token of created) {
-        await redis.del(`api_token:app:${token}`, `api_token:any:${token}`, `api_token_generation:${token}`, `api_token_active:app:${token}`);
-      }
-      await redis.quit();
-    }
+    await closeBenchApps(apps);
+    for (const redisDb of [redis.db, redis.db + 1]) await deleteTokenKeys(redis.url(redisDb), created);
     await database.drop();
   }
 }

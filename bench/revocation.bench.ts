@@ -1,21 +1,17 @@
 import { ApiTokenAuthenticator, ApiTokenService } from '../libs/api-token/src';
-import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import type { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
-import Redis from 'ioredis';
 import { performance } from 'node:perf_hooks';
 import { setImmediate as yieldToIo } from 'node:timers/promises';
 import { TestAppModule } from '../test/app/app.module';
 import { createTestDatabase } from '../test/support/database';
+import { type BenchRedisOptions, PG_ADMIN_URL, benchRedis, closeBenchApps, deleteTokenKeys } from './bench.infra';
 import { quantile } from './bench.load';
 
 /** Where the revocation benchmark runs; every field has a default (env `BENCH_PG_URL`, `BENCH_REDIS_*`). */
-export interface RevocationBenchOptions {
+export interface RevocationBenchOptions extends BenchRedisOptions {
   samples?: number;
   pgAdminUrl?: string;
-  redisHost?: string;
-  redisPort?: number;
-  redisDb?: number;
 }
 
 export interface RevocationBenchResult {
@@ -35,12 +31,9 @@ export interface RevocationBenchResult {
  */
 export async function runRevocationBench(options: RevocationBenchOptions = {}): Promise<RevocationBenchResult> {
   const samples = options.samples ?? Number(process.env.BENCH_REVOCATION_SAMPLES ?? 200);
-  const adminUrl = options.pgAdminUrl ?? process.env.BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  const host = options.redisHost ?? process.env.BENCH_REDIS_HOST ?? '127.0.0.1';
-  const port = options.redisPort ?? Number(process.env.BENCH_REDIS_PORT ?? 6379);
-  const db = options.redisDb ?? Number(process.env.BENCH_REDIS_DB ?? 9);
-  const redisUrl = `redis://${host}:${port}/${db}`;
-  const database = await createTestDatabase(adminUrl, 'api_token_bench_revocation');
+  const redis = benchRedis(options, 9);
+  const redisUrl = redis.url();
+  const database = await createTestDatabase(options.pgAdminUrl ?? PG_ADMIN_URL, 'api_token_bench_revocation');
   const databaseUrl = database.url;
   const apps: INestApplicationContext[] = [];
   const created: string[] = [];
@@ -77,7 +70,7 @@ export async function runRevocationBench(options: RevocationBenchOptions = {}): 
     };
     const ms = (n: number) => `${n.toFixed(2)} ms`;
     const markdown = [
-      `Two instances of the demo in one process, sharing PostgreSQL and Redis db ${db}; instance B holds the token in its in-process cache;`,
+      `Two instances of the demo in one process, sharing PostgreSQL and Redis db ${redis.db}; instance B holds the token in its in-process cache;`,
       `A calls \`revoke()\` and B is polled until it refuses the token. ${samples} samples.`,
       '',
       '| figure | value |',
@@ -89,18 +82,8 @@ export async function runRevocationBench(options: RevocationBenchOptions = {}): 
     ].join('\n');
     return { ...result, markdown };
   } finally {
-    for (const app of apps) {
-      const connection = app.get<Redis>(getRedisConnectionToken());
-      await app.close();
-      // `@nestjs-modules/ioredis` quits only the first application's connection (a static Set).
-      if (connection.status !== 'end') connection.disconnect();
-    }
-    // After closing: the applications write their pending uses on shutdown.
-    const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
-    for (const token of created) {
-      await redis.del(`api_token:app:${token}`, `api_token:any:${token}`, `api_token_generation:${token}`, `api_token_active:app:${token}`);
-    }
-    await redis.quit();
+    await closeBenchApps(apps);
+    await deleteTokenKeys(redisUrl, created);
     await database.drop();
   }
 }
