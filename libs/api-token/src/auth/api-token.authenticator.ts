@@ -58,17 +58,18 @@ export class ApiTokenAuthenticator {
   /** The answer the process knows with no I/O (the in-process cache's entry: record and identity), or undefined when it must ask Redis or the database. */
   authenticateLocal(token: string, scope: string | null): LocalHit | null | undefined {
     const counts = this.lookupCounts(scope);
-    const { hashTokens, tokenPattern } = this.options;
+    const { hashTokens } = this.options;
     // L1 holds only tokens that passed the shape check when they were filled, so a hit needs no second
-    // check (a regular expression per request): in plain mode the pattern is tested only when L1 misses.
-    // In hashed mode it comes first, as a malformed token should not cost a SHA-256.
-    if (token.length > MAX_TOKEN_LENGTH || (hashTokens && !tokenPattern.test(token))) {
+    // check (a regular expression per request): in plain mode the full check runs only when L1 misses,
+    // and only the length bound before. In hashed mode it comes first, as a malformed token should not
+    // cost a SHA-256.
+    if (hashTokens ? !this.isWellFormed(token) : token.length > MAX_TOKEN_LENGTH) {
       counts.malformed++;
       return null;
     }
     const local = this.cache.peekLocal(scope, storedToken(token, this.options));
     if (local === undefined) {
-      if (hashTokens || tokenPattern.test(token)) return undefined;
+      if (hashTokens || this.isWellFormed(token)) return undefined;
       counts.malformed++;
       return null;
     }
