@@ -7,6 +7,9 @@ import type { INestApplication } from '@nestjs/common';
 import { QueryCounter } from './support/query-counter';
 import { whoami } from './support/requests';
 import { suiteFixture } from './support/suite-fixture';
+import { holdNextFind } from './support/gate';
+import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
+import { lockKey } from '../libs/api-token/src/api-token.keys';
 
 describe('single flight across instances', () => {
   const suite = suiteFixture();
@@ -49,6 +52,29 @@ describe('single flight across instances', () => {
     expect((await whoami(apps[1], token)).status).toBe(200);
     expect(counter.count()).toBe(1);
     expect(await suite.redis.get(`api_token_query_lock:app:${token}`)).toBe('dead-holder');
+  });
+
+  it('a fill that outlives its lookup lock does not take Redis for down when the late unlock finds the lock gone', async () => {
+    const { token } = await apps[0].get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
+    const redis = apps[0].get(ApiTokenRedisService);
+    const call = redis.call.bind(redis);
+    let unlocked: Promise<unknown> | undefined;
+    jest.spyOn(redis, 'call').mockImplementation((operation, ...rest) => {
+      const result = call(operation, ...rest);
+      if (operation === 'unlock') unlocked = result;
+      return result;
+    });
+    const held = holdNextFind(apps[0].get(ApiTokenRepository));
+    const answer = whoami(apps[0], token).then((res) => res.status);
+    await held.read;
+    // The lock's TTL runs out while the database lookup is held: the release script then finds no lock.
+    expect(await suite.redis.del(lockKey('app', token))).toBe(1);
+    held.release();
+    expect(await answer).toBe(200);
+    expect(unlocked).toBeDefined();
+    await unlocked;
+    expect(redis.isDown).toBe(false);
+    jest.restoreAllMocks();
   });
 
   it('a database error is answered 503 once, not retried as if the lock had failed', async () => {

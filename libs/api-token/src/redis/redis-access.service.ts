@@ -196,7 +196,7 @@ export class ApiTokenRedisService {
       () => {
         attempt = redlock.acquire([resource], ttlMs);
         return attempt.catch(async (error: unknown): Promise<typeof LOCKED> => {
-          if (await isLockedByAnother(error)) return LOCKED;
+          if (await refusedByScript(error)) return LOCKED;
           throw error;
         });
       },
@@ -206,9 +206,17 @@ export class ApiTokenRedisService {
     return result;
   }
 
-  /** Releases a lock without waiting; if Redis does not answer, the lock expires by itself. */
+  /**
+   * Releases a lock without waiting; if Redis does not answer, the lock expires by itself. A lock that
+   * had already expired (a lookup that outlived `lockTtlMs`) is refused by Redlock's release script:
+   * Redis answered, so that is no outage.
+   */
   unlock(lock: Lock): void {
-    void this.call('unlock', () => lock.release());
+    void this.call('unlock', () =>
+      lock.release().catch(async (error: unknown) => {
+        if (!(await refusedByScript(error))) throw error;
+      }),
+    );
   }
 
   private failed(operation: string, reason: string): void {
@@ -243,7 +251,11 @@ function bounded<T>(promise: Promise<T>, timeoutMs: number): Promise<T> {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
-async function isLockedByAnother(error: unknown): Promise<boolean> {
+/**
+ * Whether Redlock failed because its script refused (the resource is locked by another holder, or a
+ * lock to release is no longer held), as opposed to Redis not answering.
+ */
+async function refusedByScript(error: unknown): Promise<boolean> {
   if (!(error instanceof ExecutionError) || error.attempts.length === 0) return false;
   const stats = await error.attempts[error.attempts.length - 1];
   return [...stats.votesAgainst.values()].some((e) => e instanceof ResourceLockedError);
