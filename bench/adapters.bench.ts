@@ -143,7 +143,7 @@ export async function runAdapterBench(context: Pick<BenchContext, 'redis' | 'set
 
   // In-process last: light-my-request's requests, once Express has re-parented them, leave Express's
   // request prototype unfit for a socket's close, so no HTTP round may follow them in that process.
-  const inProcessSettings = { rounds: Number(process.env.BENCH_INJECT_ROUNDS ?? 10), batch: Number(process.env.BENCH_INJECT_BATCH ?? 2000) };
+  const inProcessSettings = { rounds: Number(process.env.BENCH_INJECT_ROUNDS ?? 20), batch: Number(process.env.BENCH_INJECT_BATCH ?? 2000) };
   const inProcess = await runInProcess(servers, authorization, inProcessSettings);
 
   const profiles: AdapterProfile[] = [];
@@ -164,10 +164,13 @@ export async function runAdapterBench(context: Pick<BenchContext, 'redis' | 'set
   return { inProcess, inProcessSettings, rows, profiles };
 }
 
+/** Plain batches per route that count the heap bytes (the median is reported). */
+const HEAP_BATCHES = 5;
+
 /**
  * In-process rounds: in each, both servers run `batch` requests of every route, the routes taking
- * turns request by request (CPU read around each request); then one plain batch per route counts the
- * heap bytes.
+ * turns request by request (CPU read around each request); then {@link HEAP_BATCHES} plain batches per
+ * route count the heap bytes.
  */
 async function runInProcess(servers: Record<Adapter, BenchServer>, authorization: string, settings: { rounds: number; batch: number }): Promise<InProcessRow[]> {
   const { rounds, batch } = settings;
@@ -184,7 +187,10 @@ async function runInProcess(servers: Record<Adapter, BenchServer>, authorization
   }
   const rows: InProcessRow[] = [];
   for (const adapter of ADAPTERS) {
-    const heap = await servers[adapter].inject(paths, authorization, batch, false);
+    // Heap bytes: a few plain batches per route, the median of each route's (one GC more or less in a
+    // batch, or a timer's allocations, moves a single batch by hundreds of bytes per request).
+    const heaps: InjectStats[][] = [];
+    for (let i = 0; i < HEAP_BATCHES; i++) heaps.push(await servers[adapter].inject(paths, authorization, batch, false));
     const runs = seen.get(adapter)!;
     const noop = ADAPTER_ROUTES.findIndex((r) => r.name === 'noop');
     ADAPTER_ROUTES.forEach((route, i) => {
@@ -199,9 +205,9 @@ async function runInProcess(servers: Record<Adapter, BenchServer>, authorization
         cpuOverNoop: median(over),
         cpuOverNoopRange: [Math.min(...over), Math.max(...over)],
         speedToNoop: median(runs.map((r) => interquartileMean(r[noop].perRequest) / interquartileMean(r[i].perRequest))),
-        heapBytes: heap[i].allocatedBytes / batch,
+        heapBytes: median(heaps.map((h) => h[i].allocatedBytes / batch)),
         requests: runs.length * batch,
-        failed: runs.reduce((n, r) => n + batch - r[i].ok, 0) + batch - heap[i].ok,
+        failed: runs.reduce((n, r) => n + batch - r[i].ok, 0) + heaps.reduce((n, h) => n + batch - h[i].ok, 0),
       });
     });
   }
@@ -251,10 +257,10 @@ export function renderAdapterResults(results: AdapterResults, settings: BenchCon
   );
   out.push(
     `- **Over HTTP** (${settings.rounds} alternating rounds × ${settings.seconds} s per route, ${settings.connections} connections, autocannon in the bench process): ` +
-      'server CPU is `process.cpuUsage()` of the server over a round divided by the requests it answered. The load generator and seven other jobs share the two cores: expect ±20 µs per round under Express.',
+      'server CPU is `process.cpuUsage()` of the server over a round divided by the requests it answered. The load generator shares the cores of the machine with the servers (and with any other job on it): on two shared cores, expect ±20 µs per round under Express.',
   );
   out.push(
-    '- Heap bytes: what the server allocated on the JS heap per request (`v8.GCProfiler`: what each GC freed plus the growth of the used heap), in-process batches of one route.',
+    `- Heap bytes: what the server allocated on the JS heap per request (\`v8.GCProfiler\`: what each GC freed plus the growth of the used heap), in-process batches of one route at a time, the median of ${HEAP_BATCHES} batches of each.`,
   );
   out.push('');
   out.push('| target | in process: median (range over rounds) | over HTTP: median (range over rounds) | status (in process / HTTP) |');

@@ -7,12 +7,16 @@ import { storedToken } from '../tokens/token.hash';
 import { cacheKey, lockKey } from '../api-token.keys';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
 import { checkScope } from '../tokens/token.scope';
+import { BEARER_PREFIX } from './authorization.header';
 import { type ApiTokenRecord, type AuthenticatedApiToken, isExpired, toAuthenticated } from '../store/api-token.record';
 import { ApiTokenRedisService, LOCKED } from '../redis/redis-access.service';
 import { ApiTokenRepository } from '../store/api-token.repository';
 import { ApiTokenUsageRecorder } from '../usage/usage.recorder';
 import { ApiTokenStoreError } from '../api-token.errors';
 import { ApiTokenMetrics, type LookupCounts } from '../metrics/api-token.metrics';
+
+/** The longest usual `Authorization` value: `Bearer ` and a token of the longest length accepted. */
+const MAX_HEADER_LENGTH = BEARER_PREFIX.length + MAX_TOKEN_LENGTH;
 
 /**
  * The request path: shape check, in-process cache, Redis, then one database lookup per token at a
@@ -55,35 +59,53 @@ export class ApiTokenAuthenticator {
     return record && toAuthenticated(record);
   }
 
-  /** The answer the process knows with no I/O (the in-process cache's entry: record and identity), or undefined when it must ask Redis or the database. */
+  /**
+   * The guard's first step, before it parses the header: the answer the process knows with no I/O for an
+   * `Authorization` value as sent. In plain mode L1 knows each token by its usual header, `Bearer <token>`,
+   * so a hit neither parses the header nor slices the token out of it (only tokens that passed the shape
+   * check are ever written to L1). Undefined when L1 does not know the header (a miss, an unusual header,
+   * hashed mode): parse it, then call {@link authenticateLocal}.
+   * @internal the guard's step; applications call {@link authenticate}.
+   */
+  authenticateLocalHeader(header: string, scope: string | null): LocalHit | null | undefined {
+    // A header too long to hold a token is not hashed for a map read (the token path refuses it).
+    if (this.options.hashTokens || header.length > MAX_HEADER_LENGTH) return undefined;
+    // One clock reading per request: it checks the L1 entry's life and dates the use.
+    const now = this.cache.localClock();
+    const local = this.cache.peekLocalHeader(scope, header, now);
+    return local === undefined ? undefined : this.localAnswer(local, scope, now);
+  }
+
+  /**
+   * The answer the process knows with no I/O (the in-process cache's entry: record and identity), or
+   * undefined when it must ask Redis or the database.
+   * @internal the guard's step; applications call {@link authenticate}.
+   */
   authenticateLocal(token: string, scope: string | null): LocalHit | null | undefined {
+    // Before anything else, and in hashed mode before the SHA-256: a malformed token costs no hash and no I/O.
+    if (!this.isWellFormed(token)) {
+      this.lookupCounts(scope).malformed++;
+      return null;
+    }
+    const now = this.cache.localClock();
+    const local = this.cache.peekLocal(scope, storedToken(token, this.options), now);
+    return local === undefined ? undefined : this.localAnswer(local, scope, now);
+  }
+
+  /** Counts an L1 answer; a hit of an unexpired token is a use, dated `now`. */
+  private localAnswer(local: LocalHit | null, scope: string | null, now: number): LocalHit | null {
     const counts = this.lookupCounts(scope);
-    const { hashTokens } = this.options;
-    // L1 holds only tokens that passed the shape check when they were filled, so a hit needs no second
-    // check (a regular expression per request): in plain mode the full check runs only when L1 misses,
-    // and only the length bound before. In hashed mode it comes first, as a malformed token should not
-    // cost a SHA-256.
-    if (hashTokens ? !this.isWellFormed(token) : token.length > MAX_TOKEN_LENGTH) {
-      counts.malformed++;
+    if (local === null) {
+      counts.local_negative++;
       return null;
     }
-    const local = this.cache.peekLocal(scope, storedToken(token, this.options));
-    if (local === undefined) {
-      if (hashTokens || this.isWellFormed(token)) return undefined;
-      counts.malformed++;
+    if (isExpired(local.record)) {
+      counts.expired++;
       return null;
     }
-    if (local) {
-      if (isExpired(local.record)) {
-        counts.expired++;
-        return null;
-      }
-      counts.local_hit++;
-      this.usage.recordKey(local.usageKey);
-      return local;
-    }
-    counts.local_negative++;
-    return null;
+    counts.local_hit++;
+    this.usage.recordKey(local.usageKey, now);
+    return local;
   }
 
   /** The lookup counters of a scope; the last scope's are kept, as a guard asks for the same scope every time. */
@@ -95,7 +117,10 @@ export class ApiTokenAuthenticator {
     return this.counts;
   }
 
-  /** The rest of the path, after the in-process cache missed (the token is well formed). */
+  /**
+   * The rest of the path, after the in-process cache missed (the token is well formed).
+   * @internal the guard's step; applications call {@link authenticate}.
+   */
   async authenticateRemote(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     token = storedToken(token, this.options);
     const record = await this.shared(token, scope).catch((error: unknown) => {

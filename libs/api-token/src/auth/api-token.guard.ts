@@ -11,7 +11,7 @@ import { ApiTokenAuthenticator } from './api-token.authenticator';
 import { ApiTokenRefusals } from './refusal';
 import { ApiTokenStoreError } from '../api-token.errors';
 import { checkScope } from '../tokens/token.scope';
-import { hasRepeatedAuthorization } from './authorization.header';
+import { BEARER_PREFIX, hasRepeatedAuthorization } from './authorization.header';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRateLimiter } from '../limits/rate-limiter.service';
 import { type ApiTokenRecord, type AuthenticatedApiToken, toAuthenticated } from '../store/api-token.record';
@@ -51,9 +51,9 @@ export function parseAuthorization(header: string | undefined): { token: string 
  * it); undefined for any other header, which `parseAuthorization` then reads.
  */
 function usualBearerToken(header: unknown): string | undefined {
-  if (typeof header !== 'string' || !header.startsWith('Bearer ')) return undefined;
-  const first = header.charCodeAt(7);
-  return first > 0x20 && first < 0x7f ? header.slice(7) : undefined;
+  if (typeof header !== 'string' || !header.startsWith(BEARER_PREFIX)) return undefined;
+  const first = header.charCodeAt(BEARER_PREFIX.length);
+  return first > 0x20 && first < 0x7f ? header.slice(BEARER_PREFIX.length) : undefined;
 }
 
 /** What the guard reads of a request: Express's is Node's request, Fastify's holds it in `raw`. */
@@ -101,12 +101,16 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
       if (header !== undefined && hasRepeatedAuthorization(request.rawHeaders ?? request.raw?.rawHeaders)) {
         throw this.badHeader(context, API_TOKEN_ERRORS.repeatedHeader);
       }
+      // A token the process holds is found by the header as it came: no parse, no slice.
+      const known = typeof header === 'string' ? this.authenticator.authenticateLocalHeader(header, scope) : undefined;
+      if (known !== undefined) return this.admit(request, context, known && known.record, known?.identity);
       let token = usualBearerToken(header);
       if (token === undefined) {
         const parsed = parseAuthorization(Array.isArray(header) ? header[0] : header);
         if ('error' in parsed) throw this.badHeader(context, parsed.error);
         token = parsed.token;
       }
+      // Misses L1 again in plain mode unless the header was unusual: one more map read, on a path that goes to Redis.
       const local = this.authenticator.authenticateLocal(token, scope);
       if (local !== undefined) return this.admit(request, context, local && local.record, local?.identity);
       return this.authenticator.authenticateRemote(token, scope).then(

@@ -1,3 +1,6 @@
+/** How the usual `Authorization` value starts: the scheme Dify accepts, as clients send it, and one space. */
+export const BEARER_PREFIX = 'Bearer ';
+
 /**
  * Whether a request carried more than one `Authorization` header. Node keeps the first and drops the
  * rest, while a proxy in front may check the last one: the two would disagree about who is calling.

@@ -56,6 +56,28 @@ describe('ApiTokenCacheService in-process hits', () => {
     expect(cache.peekLocal('app', tokens[2])).toBeUndefined();
   });
 
+  it('know a token by its usual header in plain mode, and only by that; never in hashed mode', async () => {
+    const cache = withRecordInRedis();
+    await cache.lookupRedis('app', record.token);
+    const now = cache.localClock();
+    expect(cache.peekLocalHeader('app', `Bearer ${record.token}`, now)).toBe(cache.peekLocal('app', record.token, now));
+    expect(cache.peekLocalHeader('app', `Bearer ${record.token}`, now)?.record).toMatchObject({ id: record.id });
+    for (const header of [record.token, `bearer ${record.token}`, `Bearer  ${record.token}`, `Bearer ${record.token} `]) {
+      expect(cache.peekLocalHeader('app', header, now)).toBeUndefined();
+    }
+    expect(cache.peekLocalHeader('dataset', `Bearer ${record.token}`, now)).toBeUndefined();
+    // Past the entry's life, the header finds nothing either.
+    expect(cache.peekLocalHeader('app', `Bearer ${record.token}`, now + 10 * 60_000)).toBeUndefined();
+
+    const hashed = new ApiTokenCacheService(
+      { call: async (_op: string, run: (r: unknown) => unknown) => run({ get: async () => serializeRecord(record) }) } as unknown as ApiTokenRedisService,
+      resolveApiTokenOptions({ hashTokens: true }),
+    );
+    await hashed.lookupRedis('app', record.token);
+    expect(hashed.peekLocal('app', record.token)?.record).toMatchObject({ id: record.id });
+    expect(hashed.peekLocalHeader('app', `Bearer ${record.token}`, hashed.localClock())).toBeUndefined();
+  });
+
   it('start no timer when read (lru-cache would cache its clock behind a 1 ms timer per busy millisecond)', async () => {
     jest.useFakeTimers();
     const cache = withRecordInRedis();

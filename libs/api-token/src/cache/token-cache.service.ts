@@ -9,6 +9,7 @@ import { scanKeys, setIfGeneration } from '../redis/redis.commands';
 import { ApiTokenRedisService, UNCONFIRMED, type Unconfirmed } from '../redis/redis-access.service';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRevokedTokens } from './revoked-tokens';
+import { BEARER_PREFIX } from '../auth/authorization.header';
 
 /** The three outcomes of a cache lookup. */
 export type CacheLookup =
@@ -17,17 +18,27 @@ export type CacheLookup =
   | { status: 'miss' };
 
 /**
- * What L1 holds for a token it knows: the record, and the identity the guard hands handlers, built
- * once when the entry is written, so an in-process hit allocates nothing. Evicting the entry drops both.
+ * An L1 entry: a token's record, and the identity the guard hands handlers, built once when the entry
+ * is written, so an in-process hit allocates nothing; or, with `record` null, "no such token". Both
+ * kinds have one shape, so the hot path reads one kind of object. Evicting the entry drops it all.
  */
-export interface LocalHit {
-  readonly record: ApiTokenRecord;
-  readonly identity: AuthenticatedApiToken;
+interface LocalEntry {
+  readonly record: ApiTokenRecord | null;
+  readonly identity: AuthenticatedApiToken | null;
   /** The token's `api_token_active:*` key, for the usage recorder: built once, its hash computed once. */
   readonly usageKey: string;
+  /**
+   * When the entry stops answering, on the {@link ApiTokenCacheService.localClock} clock. Kept here, not
+   * as lru-cache's TTL: lru-cache would read the clock on every `get`, and the caller already has.
+   */
+  readonly expiresAt: number;
 }
 
-const NEGATIVE = Symbol('negative');
+/** What an in-process hit hands back: an entry of a known token. */
+export interface LocalHit extends LocalEntry {
+  readonly record: ApiTokenRecord;
+  readonly identity: AuthenticatedApiToken;
+}
 const MISS: CacheLookup = { status: 'miss' };
 const NEGATIVE_ANSWER: CacheLookup = { status: 'negative' };
 const SCAN_COUNT = 1000;
@@ -59,15 +70,18 @@ const FORCE = { force: true } as const;
  */
 @Injectable()
 export class ApiTokenCacheService {
-  private readonly local: LRUCache<string, LocalHit | typeof NEGATIVE> | null;
+  private readonly local: LRUCache<string, LocalEntry> | null;
+  private readonly localTtl: number;
   private readonly localNegativeTtl: number;
   private readonly evictionListeners: ((keys: readonly string[]) => Promise<boolean>)[] = [];
   private epoch = 0;
   /**
-   * The L1 key of each token written to L1, by scope, built when the entry was written: a hit then hashes
-   * the token (which it must) but builds, flattens and hashes no `api_token:{scope}:{token}` string, and the
-   * LRU compares its key by identity. Names keys, decides nothing: a key whose entry is gone simply misses.
-   * Bounded: emptied once it holds `localCacheMax` keys.
+   * The L1 key of each token written to L1, by scope, built when the entry was written, under the name
+   * {@link localName} gives the token: in plain mode its usual `Authorization` value, `Bearer <token>`, so
+   * that the guard looks the header up as it came ({@link peekLocalHeader}: no parse, no slice, and a
+   * flat string to hash); in hashed mode the stored hash. A hit then builds, flattens and hashes no
+   * `api_token:{scope}:{token}` string, and the LRU compares its key by identity. Names keys, decides
+   * nothing: a key whose entry is gone simply misses. Bounded: emptied once it holds `localCacheMax` keys.
    */
   private readonly localKeys = new Map<string, Map<string, string>>();
   private localKeyCount = 0;
@@ -80,21 +94,44 @@ export class ApiTokenCacheService {
   ) {
     metrics?.source('localCacheEntries', () => this.local?.size ?? 0);
     const { localCacheMax, localCacheTtlMs, negativeTtlSeconds } = options;
-    // ttlResolution 0: lru-cache's default (1) caches the clock behind a 1 ms timer, so a busy L1 makes
-    // and fires a timer every millisecond; performance.now() on each read costs less (bench/RESULTS.md).
-    this.local = localCacheMax > 0 && localCacheTtlMs > 0 ? new LRUCache({ max: localCacheMax, ttl: localCacheTtlMs, ttlResolution: 0 }) : null;
+    // lru-cache bounds the entries and orders them by use; their life is in the entries (`expiresAt`), so
+    // a hit reads the clock once for L1 and the usage note together (lru-cache's TTL would read it again,
+    // or cache it behind a 1 ms timer: bench/RESULTS.md).
+    this.local = localCacheMax > 0 && localCacheTtlMs > 0 ? new LRUCache({ max: localCacheMax }) : null;
+    this.localTtl = localCacheTtlMs;
     this.localNegativeTtl = Math.min(localCacheTtlMs, negativeTtlSeconds * 1000);
   }
 
   /**
    * The in-process answer, with no I/O: the entry (record, identity, usage key), null (cached
-   * negative) or undefined (miss, or L1 off). A record of another scope is a miss, as in {@link lookupRedis}.
+   * negative) or undefined (miss, expired entry, or L1 off). A record of another scope is a miss, as in
+   * {@link lookupRedis}. `now`: a {@link localClock} reading the caller took (it also dates the use).
    */
-  peekLocal(scope: string | null, token: string): LocalHit | null | undefined {
+  peekLocal(scope: string | null, token: string, now = this.localClock()): LocalHit | null | undefined {
     if (!this.local) return undefined;
-    const entry = this.local.get(this.localKeys.get(scope || ANY_SCOPE)?.get(token) ?? cacheKey(scope, token));
-    if (entry === NEGATIVE) return null;
-    return entry && scope && entry.record.type !== scope ? undefined : entry;
+    return this.localEntry(this.localKeys.get(scope || ANY_SCOPE)?.get(this.localName(token)) ?? cacheKey(scope, token), scope, now);
+  }
+
+  /**
+   * {@link peekLocal} by an `Authorization` value as sent, in plain mode: undefined unless it is the usual
+   * `Bearer <token>` of a token L1 holds (then no parse and no slice was needed). Always undefined in
+   * hashed mode, where L1 does not keep tokens in the clear.
+   */
+  peekLocalHeader(scope: string | null, header: string, now: number): LocalHit | null | undefined {
+    const key = this.local && !this.options.hashTokens ? this.localKeys.get(scope || ANY_SCOPE)?.get(header) : undefined;
+    return key === undefined ? undefined : this.localEntry(key, scope, now);
+  }
+
+  private localEntry(key: string, scope: string | null, now: number): LocalHit | null | undefined {
+    const entry = this.local?.get(key);
+    if (entry === undefined) return undefined;
+    if (entry.expiresAt <= now) {
+      this.local?.delete(key);
+      return undefined;
+    }
+    const record = entry.record;
+    if (record === null) return null;
+    return scope && record.type !== scope ? undefined : (entry as LocalHit);
   }
 
   /** Redis only; what it finds goes to L1. An unreadable entry, or one of another token or scope, is a miss. */
@@ -159,9 +196,12 @@ export class ApiTokenCacheService {
     return this.epoch;
   }
 
-  /** The clock of L1's TTLs: hand a reading taken before a read to {@link fill}, so the entry's life counts from before the read. */
+  /**
+   * The clock of L1's TTLs (monotonic milliseconds): hand a reading taken before a read to {@link fill},
+   * so the entry's life counts from before the read.
+   */
   localClock(): number {
-    return this.local ? this.local.perf.now() : 0;
+    return performance.now();
   }
 
   /**
@@ -272,19 +312,25 @@ export class ApiTokenCacheService {
     this.local?.clear();
   }
 
-  /** Keeps `key` as the L1 key of (scope, token) for {@link peekLocal}. */
+  /** What {@link localKeys} names a stored token by. */
+  private localName(token: string): string {
+    return this.options.hashTokens ? token : BEARER_PREFIX + token;
+  }
+
+  /** Keeps `key` as the L1 key of (scope, token) for {@link peekLocal} and {@link peekLocalHeader}. */
   private rememberKey(scope: string | null, token: string, key: string): void {
     const label = scope || ANY_SCOPE;
+    const name = this.localName(token);
     let keys = this.localKeys.get(label);
-    if (keys?.get(token) === key) return;
+    if (keys?.get(name) === key) return;
     if (this.localKeyCount >= this.options.localCacheMax) {
       this.localKeys.clear();
       this.localKeyCount = 0;
       keys = undefined;
     }
     if (!keys) this.localKeys.set(label, (keys = new Map()));
-    if (!keys.has(token)) this.localKeyCount++;
-    keys.set(token, key);
+    if (!keys.has(name)) this.localKeyCount++;
+    keys.set(name, key);
   }
 
   private async evicted(keys: readonly string[]): Promise<boolean> {
@@ -300,7 +346,10 @@ export class ApiTokenCacheService {
   private setLocal(key: string, record: ApiTokenRecord | null, scope: string | null, start: number, token: string): void {
     if (!this.local) return;
     this.rememberKey(scope, token, key);
-    if (record) this.local.set(key, { record, identity: toAuthenticated(record), usageKey: activeKey(scope, record.token) }, { start });
-    else if (this.localNegativeTtl > 0) this.local.set(key, NEGATIVE, { ttl: this.localNegativeTtl, start });
+    if (record) {
+      this.local.set(key, { record, identity: toAuthenticated(record), usageKey: activeKey(scope, record.token), expiresAt: start + this.localTtl });
+    } else if (this.localNegativeTtl > 0) {
+      this.local.set(key, { record: null, identity: null, usageKey: '', expiresAt: start + this.localNegativeTtl });
+    }
   }
 }

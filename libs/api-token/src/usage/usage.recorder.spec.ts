@@ -22,12 +22,12 @@ describe('ApiTokenUsageRecorder', () => {
     const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => send(client) };
     const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
     const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
-    recorder.recordKey(key); // written at once
-    recorder.recordKey(key); // now waits for the timer
+    recorder.recordKey(key, performance.now()); // written at once
+    recorder.recordKey(key, performance.now()); // now waits for the timer
     const recent = (recorder as unknown as { recent: { has: (key: string) => boolean } }).recent;
     const has = jest.spyOn(recent, 'has');
-    jest.setSystemTime(Date.UTC(2026, 1, 3, 10, 0, 0, 400));
-    recorder.recordKey(key);
+    jest.advanceTimersByTime(400);
+    recorder.recordKey(key, performance.now());
     expect(has).not.toHaveBeenCalled();
     expect(jest.getTimerCount()).toBe(1);
     await recorder.flushPending();

@@ -11,9 +11,9 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 const MAX_TRACKED = 100_000;
 const RETRY_MS = 1000;
 
-/** A use waiting for the timer: its newest time, which later uses of the token update in place. */
+/** A use waiting for the timer: its newest time (`performance.now()`), which later uses of the token update in place. */
 interface PendingUse {
-  ms: number;
+  at: number;
 }
 
 /**
@@ -44,26 +44,29 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
 
   /** Records a use now. */
   record(scope: string | null, token: string): void {
-    this.recordKey(activeKey(scope, token));
+    this.recordKey(activeKey(scope, token), performance.now());
   }
 
-  /** {@link record} by the `api_token_active:*` key, for callers that keep it (an in-process cache hit). */
-  recordKey(key: string): void {
-    const now = Date.now();
+  /**
+   * {@link record} by the `api_token_active:*` key, for callers that keep it (an in-process cache hit),
+   * at `at`, a `performance.now()` reading the caller took: a hit reads the clock once, for L1 and this.
+   * Monotonic, so that the newest use wins whatever the wall clock does; dated by the wall clock when written.
+   */
+  recordKey(key: string, at: number): void {
     // A hot token is already waiting for the timer, which writes its newest time: moving that time is all a
     // use costs (one map read and a number written in place; no LRU read, no clock read, no map write).
     const waiting = this.recent && this.pending.get(key);
     if (waiting) {
-      if (waiting.ms < now) waiting.ms = now;
+      if (waiting.at < at) waiting.at = at;
       return;
     }
     if (this.recent?.has(key)) {
-      this.pending.set(key, { ms: now });
+      this.pending.set(key, { at });
       this.schedule();
       return;
     }
     this.recent?.set(key, true);
-    const write = this.write([[key, now]]).finally(() => this.writing.delete(write));
+    const write = this.write([[key, at]]).finally(() => this.writing.delete(write));
     this.writing.add(write);
   }
 
@@ -75,7 +78,7 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
     const batch = this.pending;
     this.pending = new Map();
     for (const key of batch.keys()) this.recent?.set(key, true);
-    await this.write(Array.from(batch, ([key, use]): [string, number] => [key, use.ms]));
+    await this.write(Array.from(batch, ([key, use]): [string, number] => [key, use.at]));
   }
 
   /**
@@ -92,9 +95,11 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
     this.timer ??= setTimeout(() => void this.flushPending(), this.options.usageWriteIntervalMs || RETRY_MS).unref();
   }
 
-  private async write(entries: [key: string, ms: number][]): Promise<void> {
+  private async write(entries: [key: string, at: number][]): Promise<void> {
+    // From the monotonic clock to the wall clock, as of now: a use `performance.now() - at` ms ago.
+    const toWallClock = Date.now() - performance.now();
     const done = await this.redis.call('set', (r) =>
-      Promise.all(entries.map(([key, ms]) => setIfNewer(r, key, formatNaiveUtc(new Date(ms)), ACTIVE_KEY_TTL_SECONDS))),
+      Promise.all(entries.map(([key, at]) => setIfNewer(r, key, formatNaiveUtc(new Date(at + toWallClock)), ACTIVE_KEY_TTL_SECONDS))),
     );
     if (done !== undefined) return;
     for (let i = 0; i < entries.length; i++) {
@@ -102,10 +107,10 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
         this.metrics?.usesDropped(entries.length - i);
         break;
       }
-      const [key, ms] = entries[i];
+      const [key, at] = entries[i];
       const waiting = this.pending.get(key);
-      if (!waiting) this.pending.set(key, { ms });
-      else if (waiting.ms < ms) waiting.ms = ms;
+      if (!waiting) this.pending.set(key, { at });
+      else if (waiting.at < at) waiting.at = at;
     }
     if (this.pending.size) this.schedule();
   }
