@@ -17,8 +17,9 @@ import { type Adapter, createBenchApp, injector } from './bench.server';
  * BENCH_IR_BATCH requests of each route (order rotating from round to round, as the in-process bench
  * does) through light-my-request, dumping the counters after each batch (`callgrind_control -d`) and
  * once more with no request between, to subtract what a dump costs. A route's figure is the median
- * over rounds: a batch holds one young-generation GC or two, which moves its figure by ~±50k (so
- * compare routes within a round, and look at the dumps: `callgrind_annotate`). BENCH_IR_PERF=1 also has V8 write
+ * over its batches that hold no garbage collection (see {@link GC_BATCH_FACTOR}); BENCH_IR_CACHE=1 adds
+ * instruction-cache misses (I1mr), data-cache misses (D1mr) and mispredicted branches (Bcm). Look at
+ * the dumps with `callgrind_annotate`. BENCH_IR_PERF=1 also has V8 write
  * /tmp/perf-<pid>.map, which names the JIT code that callgrind shows as addresses.
  */
 
@@ -60,18 +61,36 @@ async function child(): Promise<void> {
   process.exit(0);
 }
 
-/** Each dump of a run: its label (`route round`) and total instructions (Ir). */
-function dumps(base: string): { label: string; ir: number; file: string }[] {
-  const found: { label: string; ir: number; file: string }[] = [];
+/** Each dump of a run: its label (`route round`) and its totals by event (Ir, and with the cache simulation I1mr…). */
+function dumps(base: string): { label: string; totals: Record<string, number> }[] {
+  const found: { label: string; totals: Record<string, number> }[] = [];
   for (let part = 1; existsSync(`${base}.${part}`); part++) {
     const file = `${base}.${part}`;
     const text = readFileSync(file, 'utf8');
     const label = /^desc: Trigger: dump (.*)$/m.exec(text)?.[1];
-    const ir = /^totals: (\d+)/m.exec(text)?.[1];
-    if (label === undefined || ir === undefined) throw new Error(`unreadable dump ${file}`);
-    found.push({ label, ir: Number(ir), file });
+    const events = /^events: (.*)$/m.exec(text)?.[1].split(' ');
+    const totals = /^totals: (.*)$/m.exec(text)?.[1].split(' ').map(Number);
+    if (label === undefined || events === undefined || totals === undefined) throw new Error(`unreadable dump ${file}`);
+    found.push({ label, totals: Object.fromEntries(events.map((event, i) => [event, totals[i]])) });
   }
   return found;
+}
+
+/**
+ * A batch that holds a garbage collection counts two to four times one that does not (the collection,
+ * and the background threads' marking and sweeping, which callgrind counts too): batches over
+ * {@link GC_BATCH_FACTOR} × the route's cheapest are left out, and each route's figure is the median
+ * of the rest. GC is reported by the heap-bytes figure of `npm run bench`, not here.
+ */
+const GC_BATCH_FACTOR = 1.25;
+
+/** Per request, per route: the median over the route's batches without a GC, and how many there were. */
+function perRequest(all: ReturnType<typeof dumps>, route: string, event: string, rounds: number, batch: number): { value: number; clean: number } {
+  const irOf = (label: string) => all.find((d) => d.label === label)!.totals;
+  const batches = Array.from({ length: rounds }, (_, round) => ({ ir: irOf(`${route} ${round}`).Ir, value: irOf(`${route} ${round}`)[event] - irOf(`empty ${round}`)[event] }));
+  const cheapest = Math.min(...batches.map((b) => b.ir));
+  const clean = batches.filter((b) => b.ir <= cheapest * GC_BATCH_FACTOR);
+  return { value: median(clean.map((b) => b.value)) / batch, clean: clean.length };
 }
 
 function runUnderValgrind(env: NodeJS.ProcessEnv, out: string): Promise<void> {
@@ -103,26 +122,28 @@ async function main(): Promise<void> {
   const batch = Number(process.env.BENCH_IR_BATCH ?? 500);
   const dir = resolve('.tmp', 'bench', process.env.BENCH_IR_DIR ?? 'callgrind');
   mkdirSync(dir, { recursive: true });
+  // BENCH_IR_REPORT=1: read the dumps of an earlier run in BENCH_IR_DIR again (same rounds and batch), run nothing.
+  const reportOnly = process.env.BENCH_IR_REPORT === '1';
   const cleanup = new Cleanup();
   try {
-    const redis = await startRedis(cleanup);
-    const { url: databaseUrl, hotToken } = await createBenchDatabase(cleanup);
+    const stores = reportOnly ? undefined : { redis: await startRedis(cleanup), ...(await createBenchDatabase(cleanup)) };
     for (const adapter of adapters) {
       const base = join(dir, `${adapter}.out`);
-      for (const old of readdirSync(dir)) if (old.startsWith(`${adapter}.out`)) rmSync(join(dir, old));
-      const env = { ...process.env, BENCH_ADAPTER: adapter, BENCH_IR_ROUNDS: String(rounds), BENCH_IR_BATCH: String(batch), BENCH_IR_TOKEN: hotToken, DATABASE_URL: databaseUrl, REDIS_URL: redis.url };
-      await runUnderValgrind(env, base);
+      if (stores) {
+        for (const old of readdirSync(dir)) if (old.startsWith(`${adapter}.out`)) rmSync(join(dir, old));
+        const { redis, url, hotToken } = stores;
+        const env = { ...process.env, BENCH_ADAPTER: adapter, BENCH_IR_ROUNDS: String(rounds), BENCH_IR_BATCH: String(batch), BENCH_IR_TOKEN: hotToken, DATABASE_URL: url, REDIS_URL: redis.url };
+        await runUnderValgrind(env, base);
+      }
       const all = dumps(base);
-      const perRound = (route: string) =>
-        Array.from({ length: rounds }, (_, round) => {
-          const of = (label: string) => all.find((d) => d.label === `${label} ${round}`)!.ir;
-          return (of(route) - of('empty')) / batch;
-        });
-      const noop = perRound('noop');
+      const events = ['Ir', ...(process.env.BENCH_IR_CACHE === '1' ? ['I1mr', 'D1mr', 'Bcm'] : [])];
+      const noop = Object.fromEntries(events.map((event) => [event, perRequest(all, 'noop', event, rounds, batch).value]));
       const lines = (Object.keys(ROUTES) as Route[]).map((route) => {
-        const ir = perRound(route);
-        const over = ir.map((v, i) => v - noop[i]);
-        return `${adapter} ${route.padEnd(5)} ${median(ir).toFixed(0).padStart(7)} Ir/request (${Math.min(...ir).toFixed(0)} to ${Math.max(...ir).toFixed(0)}), − noop ${median(over).toFixed(0)} (${Math.min(...over).toFixed(0)} to ${Math.max(...over).toFixed(0)})`;
+        const figures = events.map((event) => {
+          const { value, clean } = perRequest(all, route, event, rounds, batch);
+          return { event, value, over: value - noop[event], clean };
+        });
+        return `${adapter} ${route.padEnd(5)} ` + figures.map((f) => `${f.event} ${f.value.toFixed(0)} (− noop ${f.over.toFixed(0)})`).join(', ') + `; ${figures[0].clean} of ${rounds} batches without a GC`;
       });
       console.log(lines.join('\n'));
     }

@@ -11,7 +11,7 @@ import { ApiTokenAuthenticator } from './api-token.authenticator';
 import { ApiTokenRefusals } from './refusal';
 import { ApiTokenStoreError } from '../api-token.errors';
 import { checkScope } from '../tokens/token.scope';
-import { BEARER_PREFIX, hasRepeatedAuthorization } from './authorization.header';
+import { BEARER_PREFIX, hasRepeatedAuthorization, startsUsualToken } from './authorization.header';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRateLimiter } from '../limits/rate-limiter.service';
 import { type ApiTokenRecord, type AuthenticatedApiToken, toAuthenticated } from '../store/api-token.record';
@@ -52,8 +52,7 @@ export function parseAuthorization(header: string | undefined): { token: string 
  */
 function usualBearerToken(header: unknown): string | undefined {
   if (typeof header !== 'string' || !header.startsWith(BEARER_PREFIX)) return undefined;
-  const first = header.charCodeAt(BEARER_PREFIX.length);
-  return first > 0x20 && first < 0x7f ? header.slice(BEARER_PREFIX.length) : undefined;
+  return startsUsualToken(header, BEARER_PREFIX.length) ? header.slice(BEARER_PREFIX.length) : undefined;
 }
 
 /** What the guard reads of a request: Express's is Node's request, Fastify's holds it in `raw`. */

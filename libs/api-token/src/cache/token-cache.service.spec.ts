@@ -78,6 +78,16 @@ describe('ApiTokenCacheService in-process hits', () => {
     expect(hashed.peekLocalHeader('app', `Bearer ${record.token}`, hashed.localClock())).toBeUndefined();
   });
 
+  it('name no token by a header the guard would not read back as it (a custom pattern may allow a leading space)', async () => {
+    const odd = ' app-aaaaaaaaaaaaaaaaaaaaaaaa';
+    const redis = { call: async (_op: string, run: (r: unknown) => unknown) => run({ get: async () => serializeRecord({ ...record, token: odd }) }) };
+    const cache = new ApiTokenCacheService(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
+    await cache.lookupRedis('app', odd);
+    const now = cache.localClock();
+    expect(cache.peekLocal('app', odd, now)?.record.token).toBe(odd);
+    for (const header of [`Bearer ${odd}`, odd]) expect(cache.peekLocalHeader('app', header, now)).toBeUndefined();
+  });
+
   it('start no timer when read (lru-cache would cache its clock behind a 1 ms timer per busy millisecond)', async () => {
     jest.useFakeTimers();
     const cache = withRecordInRedis();

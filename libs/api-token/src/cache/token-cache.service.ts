@@ -9,7 +9,7 @@ import { scanKeys, setIfGeneration } from '../redis/redis.commands';
 import { ApiTokenRedisService, UNCONFIRMED, type Unconfirmed } from '../redis/redis-access.service';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRevokedTokens } from './revoked-tokens';
-import { BEARER_PREFIX } from '../auth/authorization.header';
+import { BEARER_PREFIX, startsUsualToken } from '../auth/authorization.header';
 
 /** The three outcomes of a cache lookup. */
 export type CacheLookup =
@@ -109,7 +109,9 @@ export class ApiTokenCacheService {
    */
   peekLocal(scope: string | null, token: string, now = this.localClock()): LocalHit | null | undefined {
     if (!this.local) return undefined;
-    return this.localEntry(this.localKeys.get(scope || ANY_SCOPE)?.get(this.localName(token)) ?? cacheKey(scope, token), scope, now);
+    const name = this.localName(token);
+    const kept = name === undefined ? undefined : this.localKeys.get(scope || ANY_SCOPE)?.get(name);
+    return this.localEntry(kept ?? cacheKey(scope, token), scope, now);
   }
 
   /**
@@ -312,15 +314,21 @@ export class ApiTokenCacheService {
     this.local?.clear();
   }
 
-  /** What {@link localKeys} names a stored token by. */
-  private localName(token: string): string {
-    return this.options.hashTokens ? token : BEARER_PREFIX + token;
+  /**
+   * What {@link localKeys} names a stored token by: in hashed mode the hash; in plain mode its usual
+   * header, when the guard reads that header back as this token ({@link startsUsualToken}), else no name
+   * (a custom `tokenPattern` could allow such a token; it is found by its cache key, built per lookup).
+   */
+  private localName(token: string): string | undefined {
+    if (this.options.hashTokens) return token;
+    return startsUsualToken(token, 0) ? BEARER_PREFIX + token : undefined;
   }
 
   /** Keeps `key` as the L1 key of (scope, token) for {@link peekLocal} and {@link peekLocalHeader}. */
   private rememberKey(scope: string | null, token: string, key: string): void {
-    const label = scope || ANY_SCOPE;
     const name = this.localName(token);
+    if (name === undefined) return;
+    const label = scope || ANY_SCOPE;
     let keys = this.localKeys.get(label);
     if (keys?.get(name) === key) return;
     if (this.localKeyCount >= this.options.localCacheMax) {

@@ -33,4 +33,20 @@ describe('ApiTokenUsageRecorder', () => {
     await recorder.flushPending();
     expect(written.at(-1)?.join(' ')).toContain('2026-02-03T10:00:00.400000');
   });
+
+  it('dates a pending use by the wall clock of its time: a clock step (or a suspended host) before the write does not move it', async () => {
+    jest.useFakeTimers({ now: Date.UTC(2026, 1, 3, 10, 0, 0) });
+    const written: string[][] = [];
+    const client = { apiTokenSetIfNewer: async (...args: unknown[]) => (written.push(args.map(String)), 1) };
+    const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => send(client) };
+    const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
+    const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
+    recorder.recordKey(key, performance.now()); // written at once
+    jest.advanceTimersByTime(200);
+    recorder.recordKey(key, performance.now()); // waits for the timer: 10:00:00.200
+    // The wall clock steps ten minutes ahead; the monotonic clock does not.
+    jest.setSystemTime(Date.UTC(2026, 1, 3, 10, 10, 0, 200));
+    await recorder.flushPending();
+    expect(written.at(-1)?.join(' ')).toContain('2026-02-03T10:00:00.200000');
+  });
 });

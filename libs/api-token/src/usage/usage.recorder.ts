@@ -11,10 +11,19 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 const MAX_TRACKED = 100_000;
 const RETRY_MS = 1000;
 
-/** A use waiting for the timer: its newest time (`performance.now()`), which later uses of the token update in place. */
+/**
+ * A use waiting for the timer: its newest time on the monotonic clock (`performance.now()`), which later
+ * uses of the token move in place, and the wall clock's lead over that clock when the entry was made.
+ * The use is dated `at + toWallClock`: a wall-clock step or a suspended host between the use and its
+ * write does not move it.
+ */
 interface PendingUse {
   at: number;
+  readonly toWallClock: number;
 }
+
+/** How far the wall clock is ahead of the monotonic one, now. */
+const wallClockLead = (): number => Date.now() - performance.now();
 
 /**
  * Records token uses in `api_token_active:{scope}:{token}` (the naive UTC time of the last use).
@@ -50,7 +59,8 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
   /**
    * {@link record} by the `api_token_active:*` key, for callers that keep it (an in-process cache hit),
    * at `at`, a `performance.now()` reading the caller took: a hit reads the clock once, for L1 and this.
-   * Monotonic, so that the newest use wins whatever the wall clock does; dated by the wall clock when written.
+   * Monotonic, so that the newest use wins whatever the wall clock does; the wall clock is read only when
+   * a token's first use of a window is noted.
    */
   recordKey(key: string, at: number): void {
     // A hot token is already waiting for the timer, which writes its newest time: moving that time is all a
@@ -61,12 +71,12 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
       return;
     }
     if (this.recent?.has(key)) {
-      this.pending.set(key, { at });
+      this.pending.set(key, { at, toWallClock: wallClockLead() });
       this.schedule();
       return;
     }
     this.recent?.set(key, true);
-    const write = this.write([[key, at]]).finally(() => this.writing.delete(write));
+    const write = this.write([[key, at + wallClockLead()]]).finally(() => this.writing.delete(write));
     this.writing.add(write);
   }
 
@@ -78,7 +88,7 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
     const batch = this.pending;
     this.pending = new Map();
     for (const key of batch.keys()) this.recent?.set(key, true);
-    await this.write(Array.from(batch, ([key, use]): [string, number] => [key, use.at]));
+    await this.write(Array.from(batch, ([key, use]): [string, number] => [key, use.at + use.toWallClock]));
   }
 
   /**
@@ -95,22 +105,22 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
     this.timer ??= setTimeout(() => void this.flushPending(), this.options.usageWriteIntervalMs || RETRY_MS).unref();
   }
 
-  private async write(entries: [key: string, at: number][]): Promise<void> {
-    // From the monotonic clock to the wall clock, as of now: a use `performance.now() - at` ms ago.
-    const toWallClock = Date.now() - performance.now();
+  /** Writes uses dated by the wall clock (milliseconds); what Redis refused waits for the timer again. */
+  private async write(entries: [key: string, ms: number][]): Promise<void> {
     const done = await this.redis.call('set', (r) =>
-      Promise.all(entries.map(([key, at]) => setIfNewer(r, key, formatNaiveUtc(new Date(at + toWallClock)), ACTIVE_KEY_TTL_SECONDS))),
+      Promise.all(entries.map(([key, ms]) => setIfNewer(r, key, formatNaiveUtc(new Date(ms)), ACTIVE_KEY_TTL_SECONDS))),
     );
     if (done !== undefined) return;
+    const lead = wallClockLead();
     for (let i = 0; i < entries.length; i++) {
       if (this.pending.size >= MAX_TRACKED) {
         this.metrics?.usesDropped(entries.length - i);
         break;
       }
-      const [key, at] = entries[i];
+      const [key, ms] = entries[i];
       const waiting = this.pending.get(key);
-      if (!waiting) this.pending.set(key, { at });
-      else if (waiting.at < at) waiting.at = at;
+      if (!waiting) this.pending.set(key, { at: ms - lead, toWallClock: lead });
+      else if (waiting.at + waiting.toWallClock < ms) waiting.at = ms - waiting.toWallClock;
     }
     if (this.pending.size) this.schedule();
   }
