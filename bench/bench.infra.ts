@@ -303,8 +303,6 @@ export async function measure<T>(context: Pick<BenchContext, 'redis'>, servers: 
   const result = await run();
   const after = await Promise.all(servers.map((s) => s.stats()));
   const executedAfter = await commandStats(context.redis);
-  let redisExecuted = 0;
-  for (const [command, calls] of executedAfter) redisExecuted += calls - (executedBefore.get(command) ?? 0);
   const redisByCommand = new Map<string, number>();
   after.forEach((stats, i) => {
     for (const [command, calls] of Object.entries(stats.redis)) {
@@ -312,6 +310,10 @@ export async function measure<T>(context: Pick<BenchContext, 'redis'>, servers: 
       if (delta > 0) redisByCommand.set(command, (redisByCommand.get(command) ?? 0) + delta);
     }
   });
+  // PUBLISH as the measured servers sent it: Redis also executes every server's liveness ping (one a
+  // second each, whatever the requests), which its counts cannot tell apart.
+  let redisExecuted = redisByCommand.get('publish') ?? 0;
+  for (const [command, calls] of executedAfter) if (command !== 'publish') redisExecuted += calls - (executedBefore.get(command) ?? 0);
   const sum = (pick: (s: ServerStats) => number) => after.reduce((n, s, i) => n + pick(s) - pick(before[i]), 0);
   return {
     result,

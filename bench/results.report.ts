@@ -76,7 +76,7 @@ function render(r: BenchResults): string {
     `- Command: \`BENCH_ROUNDS=${s.rounds} BENCH_SECONDS=${s.seconds} BENCH_CONNECTIONS=${s.connections} npm run bench\` (these are the defaults: \`npm run bench\` alone is the same)`,
     `- Machine: ${m.cpus} CPUs (\`nproc\`), ${m.model}, ${f(m.memoryGiB, 1)} GiB memory; Node ${m.node}, PostgreSQL ${m.postgres}, Redis ${m.redis}`,
     `- Set-up: load generator (autocannon, in the bench process), six server processes (Express; one per route, plus a second instance for the stampede), a private redis-server and a private database, all on this one machine.`,
-    `  Redis commands are those the server processes sent (counted at ioredis' \`sendCommand\`: round trips); "executed" adds what Redis ran inside scripts (\`INFO commandstats\` deltas of the private redis-server, INFO left out). Database queries are the \`FROM api_tokens WHERE token = $1\` statements, counted by a pg Client in each server.`,
+    `  Redis commands are those the server processes sent (counted at ioredis' \`sendCommand\`: round trips); "executed" adds what Redis ran inside scripts (\`INFO commandstats\` deltas of the private redis-server, INFO left out). Neither counts the invalidation channel's liveness ping (one PUBLISH a second per server, whatever the requests). Database queries are the token lookups (\`FROM api_tokens … WHERE token = $1\`), counted by a pg Client in each server.`,
     '',
     '## Targets',
     '',
