@@ -15,7 +15,7 @@ const RETRY_MS = 1000;
  * A use waiting for the timer: its newest time on the monotonic clock (`performance.now()`), which later
  * uses of the token move in place, and the wall clock's lead over that clock when the entry was made.
  * The use is dated `at + toWallClock`: a wall-clock step or a suspended host between the use and its
- * write does not move it.
+ * write does not move it (the lead is read in whole milliseconds, so the date may be up to 1 ms early).
  */
 interface PendingUse {
   at: number;
@@ -76,7 +76,8 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
       return;
     }
     this.recent?.set(key, true);
-    const write = this.write([[key, at + wallClockLead()]]).finally(() => this.writing.delete(write));
+    // Written at once: dated by the wall clock itself (one read per token per window).
+    const write = this.write([[key, Date.now()]]).finally(() => this.writing.delete(write));
     this.writing.add(write);
   }
 
