@@ -2,6 +2,16 @@ import { ApiTokenUsageRecorder } from './usage.recorder';
 import { resolveApiTokenOptions } from '../api-token.options';
 import type { ApiTokenRedisService } from '../redis/redis-access.service';
 
+/** A recorder over a Redis stub that keeps the arguments of each write, with fake timers from `now`. */
+function recordingAt(now: number) {
+  jest.useFakeTimers({ now });
+  const written: string[][] = [];
+  const client = { apiTokenSetIfNewer: async (...args: unknown[]) => (written.push(args.map(String)), 1) };
+  const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => send(client) };
+  const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
+  return { recorder, written, key: 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa' };
+}
+
 describe('ApiTokenUsageRecorder', () => {
   afterEach(() => jest.useRealTimers());
 
@@ -16,12 +26,7 @@ describe('ApiTokenUsageRecorder', () => {
   });
 
   it('a token already waiting for the timer costs no LRU read per use, and the timer writes its newest time once', async () => {
-    jest.useFakeTimers({ now: Date.UTC(2026, 1, 3, 10, 0, 0) });
-    const written: string[][] = [];
-    const client = { apiTokenSetIfNewer: async (...args: unknown[]) => (written.push(args.map(String)), 1) };
-    const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => send(client) };
-    const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
-    const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
+    const { recorder, written, key } = recordingAt(Date.UTC(2026, 1, 3, 10, 0, 0));
     recorder.recordKey(key, performance.now()); // written at once
     recorder.recordKey(key, performance.now()); // now waits for the timer
     const recent = (recorder as unknown as { recent: { has: (key: string) => boolean } }).recent;
@@ -35,12 +40,7 @@ describe('ApiTokenUsageRecorder', () => {
   });
 
   it('dates a pending use by the wall clock of its time: a clock step (or a suspended host) before the write does not move it', async () => {
-    jest.useFakeTimers({ now: Date.UTC(2026, 1, 3, 10, 0, 0) });
-    const written: string[][] = [];
-    const client = { apiTokenSetIfNewer: async (...args: unknown[]) => (written.push(args.map(String)), 1) };
-    const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => send(client) };
-    const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
-    const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
+    const { recorder, written, key } = recordingAt(Date.UTC(2026, 1, 3, 10, 0, 0));
     recorder.recordKey(key, performance.now()); // written at once
     jest.advanceTimersByTime(200);
     recorder.recordKey(key, performance.now()); // waits for the timer: 10:00:00.200
