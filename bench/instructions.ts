@@ -87,7 +87,10 @@ const GC_BATCH_FACTOR = 1.25;
 /** Per request, per route: the median over the route's batches without a GC, and how many there were. */
 function perRequest(all: ReturnType<typeof dumps>, route: string, event: string, rounds: number, batch: number): { value: number; clean: number } {
   const irOf = (label: string) => all.find((d) => d.label === label)!.totals;
-  const batches = Array.from({ length: rounds }, (_, round) => ({ ir: irOf(`${route} ${round}`).Ir, value: irOf(`${route} ${round}`)[event] - irOf(`empty ${round}`)[event] }));
+  const batches = Array.from({ length: rounds }, (_, round) => {
+    const totals = irOf(`${route} ${round}`);
+    return { ir: totals.Ir, value: totals[event] - irOf(`empty ${round}`)[event] };
+  });
   const cheapest = Math.min(...batches.map((b) => b.ir));
   const clean = batches.filter((b) => b.ir <= cheapest * GC_BATCH_FACTOR);
   return { value: median(clean.map((b) => b.value)) / batch, clean: clean.length };

@@ -68,7 +68,8 @@ export class ApiTokenAuthenticator {
    * @internal the guard's step; applications call {@link authenticate}.
    */
   authenticateLocalHeader(header: string, scope: string | null): LocalHit | null | undefined {
-    // A header too long to hold a token is not hashed for a map read (the token path refuses it).
+    // Hashed mode has no header names (the cache refuses too; checked here so no clock is read for nothing),
+    // and a header too long to hold a token is not hashed for a map read (the token path refuses it).
     if (this.options.hashTokens || header.length > MAX_HEADER_LENGTH) return undefined;
     // One clock reading per request: it checks the L1 entry's life and dates the use.
     const now = this.cache.localClock();

@@ -109,7 +109,8 @@ function createApiTokenGuard(scope: string): Type<CanActivate> {
         if ('error' in parsed) throw this.badHeader(context, parsed.error);
         token = parsed.token;
       }
-      // Misses L1 again in plain mode unless the header was unusual: one more map read, on a path that goes to Redis.
+      // For a usual header in plain mode this reads L1 again, and finds only an entry whose name the key map
+      // dropped at its bound (by its cache key); one more map read, on a path that otherwise goes to Redis.
       const local = this.authenticator.authenticateLocal(token, scope);
       if (local !== undefined) return this.admit(request, context, local && local.record, local?.identity);
       return this.authenticator.authenticateRemote(token, scope).then(

@@ -120,6 +120,7 @@ export class ApiTokenCacheService {
    * hashed mode, where L1 does not keep tokens in the clear.
    */
   peekLocalHeader(scope: string | null, header: string, now: number): LocalHit | null | undefined {
+    // Not in hashed mode, where names are stored hashes: a client must not get in by sending the hash itself.
     const key = this.local && !this.options.hashTokens ? this.localKeys.get(scope || ANY_SCOPE)?.get(header) : undefined;
     return key === undefined ? undefined : this.localEntry(key, scope, now);
   }
