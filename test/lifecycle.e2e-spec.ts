@@ -1,4 +1,4 @@
-import { ApiTokenAuthenticator, ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenAuthenticator, ApiTokenInputError, ApiTokenService } from '../libs/api-token/src';
 import { ApiTokenInvalidationService, ECHO_LOST_AFTER_MS } from '../libs/api-token/src/cache/cache-invalidation.service';
 import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
@@ -63,6 +63,17 @@ describe('token lifecycle and revocation across two instances', () => {
     await expect(tokens.create({ scope: 'any' })).rejects.toThrow('not "any"');
     await expect(tokens.create({ scope: 'x'.repeat(17) })).rejects.toThrow('"scope" must be 1 to 16');
     await expect(tokens.create({ scope: 'app', prefix: 'bad prefix' })).rejects.toThrow('"prefix"');
+    // A live token pasted as the prefix, whole or cut to the length allowed, is refused and never quoted.
+    const live = 'app-Xk3pQ9vLm2RtY7wZa8Nc4Hd6';
+    for (const pasted of [live, live.slice(0, 16), live.slice(0, 13)]) {
+      const refused = await tokens.create({ scope: 'app', prefix: pasted }).catch((e: Error) => e);
+      expect(refused).toBeInstanceOf(ApiTokenInputError);
+      expect(String(refused)).toMatch(/"prefix"/);
+      expect(String(refused)).not.toContain(pasted.slice(4));
+    }
+    const picky = await a.get(ApiTokenService).create({ scope: 'app', prefix: 'my-application' });
+    expect(picky.token).toMatch(/^my-application-[A-Za-z0-9]{24}$/);
+    await tokens.revoke(picky.token);
     await expect(tokens.list({ tenantId: secret })).rejects.toThrow('"tenantId" must be a UUID');
     await expect(tokens.revoke('')).rejects.toThrow('the token must be a string');
     await expect(tokens.revokeById(secret)).rejects.toThrow('"id" must be a UUID');

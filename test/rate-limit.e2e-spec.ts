@@ -8,6 +8,10 @@ import type { Redis } from 'ioredis';
 import { setTimeout as sleep } from 'node:timers/promises';
 import request from 'supertest';
 import { PrivateRedisServer } from './support/redis-server';
+import { REDIS_CLUSTER_NODES, REDIS_TEST_URL } from './support/servers';
+import type { TcpProxy } from './support/tcp-proxy';
+import { rateKey } from '../libs/api-token/src/api-token.keys';
+import { windowIndex } from '../libs/api-token/src/limits/rate-limit.policy';
 import { until } from './support/until';
 import { localCacheState, untilCachedLocally } from './support/local-cache';
 import { whoami } from './support/requests';
@@ -195,6 +199,51 @@ describe('per-token rate limits', () => {
       expect(refused.headers['ratelimit-policy']).toBe(`"token";q=2;w=${LONG_WINDOW}`);
       for (let i = 0; i < 4; i++) await whoami(app, own.token).expect(200);
       await whoami(app, own.token).expect(429);
+    });
+  });
+
+  // A count that Redis never sees (an error reply in its place) or that it never answers in time: exact
+  // mode then counts alone, from the window's last total it knew, and what it counted reaches Redis after.
+  (REDIS_CLUSTER_NODES ? describe.skip : describe)('exact mode when the count does not reach Redis (a proxy in front of Redis)', () => {
+    let app: INestApplication;
+    let proxy: TcpProxy;
+    const COUNT = /^EVALSHA .* api_token_rate:/;
+
+    beforeAll(async () => {
+      proxy = await suite.proxy(REDIS_TEST_URL, { resp: true });
+      app = await start({ rateLimitMode: 'exact', redisCooldownMs: 200 }, { redisUrl: proxy.proxied(REDIS_TEST_URL) });
+    });
+    afterEach(() => proxy.clearFaults());
+
+    const backOnRedis = () => until('the instance takes Redis as up again', async () => {
+      await app.get(ApiTokenRedisService).call('ping', (r) => r.ping());
+      return !app.get(ApiTokenRedisService).isDown;
+    });
+
+    it('a stall after the limit was reached in Redis lets no request through', async () => {
+      await awayFromWindowEnd(LONG_WINDOW, 10_000);
+      const limited = await create(app, 3);
+      for (let i = 0; i < 3; i++) await whoami(app, limited.token).expect(200);
+
+      // Redis runs the counts but its answers never come back in time (what CLIENT PAUSE does).
+      const held = proxy.fault({ match: COUNT, action: 'hold-reply', times: 100 });
+      for (let i = 0; i < 3; i++) await whoami(app, limited.token).expect(429);
+      held.release();
+    });
+
+    it('what was counted while Redis did not see the counts reaches Redis: the window is not counted afresh after', async () => {
+      await awayFromWindowEnd(LONG_WINDOW, 10_000);
+      const limited = await create(app, 3);
+      // Redis never sees these counts: the instance counts alone, the limit and no more.
+      proxy.fault({ match: COUNT, action: 'error', reply: 'ERR injected', times: 100 });
+      for (let i = 0; i < 3; i++) await whoami(app, limited.token).expect(200);
+      await whoami(app, limited.token).expect(429);
+      proxy.clearFaults();
+      await backOnRedis();
+
+      await whoami(app, limited.token).expect(429);
+      const key = rateKey('app', limited.id, LONG_WINDOW, windowIndex(Date.now(), LONG_WINDOW));
+      expect(Number(await suite.redis.get(key))).toBeGreaterThanOrEqual(5);
     });
   });
 

@@ -38,6 +38,7 @@ describe('resolveApiTokenOptions', () => {
     [{ rateLimitWhenRedisDown: 'maybe' as never }, /rateLimitWhenRedisDown.*"open" or "closed"/],
     [{ rateLimitSyncIntervalMs: 0 }, /rateLimitSyncIntervalMs.*>= 1/],
     [{ revocationPollIntervalMs: -1 }, /revocationPollIntervalMs.*>= 0/],
+    [{ cacheTtlSeconds: 3600, tenantIndexTtlSeconds: 3599 }, /tenantIndexTtlSeconds.*not be shorter than "cacheTtlSeconds"/],
   ])('refuses %p with an ApiTokenInputError naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);
     expect(() => resolveApiTokenOptions(options)).toThrow(ApiTokenInputError);
@@ -48,6 +49,12 @@ describe('resolveApiTokenOptions', () => {
       expect(resolveApiTokenOptions({ tokenPattern }).tokenPattern).toBe(tokenPattern);
     }
     expect(resolveApiTokenOptions({ cacheTtlSeconds: 5, localCacheTtlMs: 5_000 }).localCacheTtlMs).toBe(5_000);
+  });
+
+  it('keeps the tenant index 60 s longer than the entries it names unless told otherwise, as Dify does', () => {
+    expect(resolveApiTokenOptions({ cacheTtlSeconds: 3600 }).tenantIndexTtlSeconds).toBe(3660);
+    expect(resolveApiTokenOptions({ cacheTtlSeconds: 86_400 }).tenantIndexTtlSeconds).toBe(86_400);
+    expect(resolveApiTokenOptions({ cacheTtlSeconds: 3600, tenantIndexTtlSeconds: 3600 }).tenantIndexTtlSeconds).toBe(3600);
   });
 
   it('takes a default rate limit as a copy', () => {

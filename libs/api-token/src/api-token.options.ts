@@ -10,7 +10,10 @@ export interface ApiTokenModuleOptions {
   cacheTtlSeconds?: number;
   /** Seconds a "no such token" entry stays in Redis. Default 60 (Dify). */
   negativeTtlSeconds?: number;
-  /** Seconds the tenant index `tenant_tokens:{tenant_id}` lives. Default 660 (Dify). */
+  /**
+   * Seconds the tenant index `tenant_tokens:{tenant_id}` lives; at least `cacheTtlSeconds`, so the index
+   * outlives every entry it names (else `invalidateTenant` would miss entries). Default `cacheTtlSeconds` + 60 (Dify: 660).
+   */
   tenantIndexTtlSeconds?: number;
   /** Milliseconds the single-flight lock is held at most. Default 10000 (Dify). */
   lockTtlMs?: number;
@@ -148,6 +151,11 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
   const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
   const resolved = { ...DEFAULT_API_TOKEN_OPTIONS, ...defined } as ResolvedApiTokenOptions;
   for (const [name, [min, max]] of Object.entries(INTEGER_RANGES)) assertInteger(name, resolved[name as keyof ApiTokenModuleOptions], min, max);
+  // Dify's index lives 60 s longer than the entries it names; so does this one unless told otherwise.
+  if (options.tenantIndexTtlSeconds === undefined) resolved.tenantIndexTtlSeconds = Math.min(DAY_SECONDS, resolved.cacheTtlSeconds + 60);
+  if (resolved.tenantIndexTtlSeconds < resolved.cacheTtlSeconds) {
+    throw new ApiTokenInputError('ApiTokenModule: option "tenantIndexTtlSeconds" must not be shorter than "cacheTtlSeconds" (the index must outlive the entries it names)');
+  }
   if (resolved.localCacheTtlMs > resolved.cacheTtlSeconds * 1000) {
     throw new ApiTokenInputError('ApiTokenModule: option "localCacheTtlMs" must not be longer than "cacheTtlSeconds"');
   }

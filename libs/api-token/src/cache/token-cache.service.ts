@@ -226,9 +226,12 @@ export class ApiTokenCacheService {
     const { cacheTtlSeconds, negativeTtlSeconds, tenantIndexTtlSeconds } = this.options;
     let outcome: FillOutcome = 'unconfirmed';
     if (generation !== UNCONFIRMED) {
+      const now = Date.now();
       const value = record ? serializeRecord(record) : 'null';
-      const ttl = record ? cacheTtlSeconds : negativeTtlSeconds;
-      const latest = Math.floor(Date.now() / 1000) + FILL_WRITE_DEADLINE_SECONDS;
+      // An entry never outlives its token's expiry, so Dify, which ignores `expires_at`, stops finding it then too.
+      const ttl = !record ? negativeTtlSeconds : record.expiresAtMs == null ? cacheTtlSeconds : Math.max(1, Math.min(cacheTtlSeconds, Math.ceil((record.expiresAtMs - now) / 1000)));
+      // The deadline counts from before the read (`started`): a read that outlived the generation key must not write.
+      const latest = Math.floor((now - (this.localClock() - started)) / 1000) + FILL_WRITE_DEADLINE_SECONDS;
       const written = await this.redis.attempt('set', (r) =>
         setIfGeneration(r, key, generationKey(scope, token), generation, value, ttl, latest),
       );

@@ -26,11 +26,14 @@ type CountingClient = RedisClient & { [COUNT_COMMAND](key: string, delta: number
 
 /** One token's count in one window, as this instance knows it. */
 class WindowCount {
-  /** The window's total Redis last answered (approximate mode). */
+  /** The highest total of the window Redis answered. */
   seen = 0;
   /** Requests sent to Redis in a reconciliation that has not answered yet. */
   inflight = 0;
-  /** Requests accepted here and not yet sent to Redis (in exact mode: counted here while Redis is down). */
+  /**
+   * Requests counted here and not yet sent to Redis: in approximate mode, those accepted since the last
+   * reconciliation; in exact mode, those counted while Redis did not answer, sent with the next count.
+   */
   pending = 0;
   syncing = false;
 
@@ -100,9 +103,8 @@ export class ApiTokenRateLimiter implements OnApplicationShutdown {
     return this.answer(count, policy, used, now, adapter, response);
   }
 
-  /** Sends every count this instance has not yet sent to Redis (approximate mode) and waits for the answers. */
+  /** Sends every count this instance has not yet sent to Redis and waits for the answers. */
   async flush(): Promise<void> {
-    if (this.exact) return;
     await Promise.all([...this.counts.values()].filter((c) => c.pending > 0 && !c.syncing).map((c) => this.sync(c)));
   }
 
@@ -119,12 +121,23 @@ export class ApiTokenRateLimiter implements OnApplicationShutdown {
     adapter: HttpServer,
     response: unknown,
   ): Promise<true> {
-    const total = await this.add(count, 1);
+    // What was counted here while Redis did not answer goes with this count, so the window's total in
+    // Redis holds every request once Redis answers again (a count whose call timed out but landed is
+    // then counted twice: stricter, never looser).
+    const owed = count.pending;
+    count.pending = 0;
+    const total = await this.add(count, 1 + owed);
     let used: number;
-    if (total !== undefined) used = total;
-    else if (this.closedWhenDown) throw this.unavailable(count.scope, adapter, response);
-    // Redis down, failing open: this instance counts alone until it answers again.
-    else used = ++count.pending;
+    if (total !== undefined) {
+      count.seen = Math.max(count.seen, total);
+      used = total;
+    } else {
+      count.pending += owed;
+      if (this.closedWhenDown) throw this.unavailable(count.scope, adapter, response);
+      // Redis down, failing open: this instance counts alone, from the window's last total it knows, so a
+      // stall never hands a token a fresh quota, and at most the limit per instance when it knew none.
+      used = count.seen + count.inflight + ++count.pending;
+    }
     return this.answer(count, policy, used, now, adapter, response);
   }
 
@@ -155,12 +168,16 @@ export class ApiTokenRateLimiter implements OnApplicationShutdown {
     return count;
   }
 
-  /** Every interval: forgets the counts of windows that are over, and (approximate mode) reconciles the others. */
+  /**
+   * Every interval: forgets the counts of windows that are over, and sends what the others have pending
+   * (approximate mode: what was accepted since the last reconciliation; exact mode: what was counted
+   * while Redis did not answer, for a token with no request since).
+   */
   private tick(): void {
     const now = Date.now();
     for (const [tokenId, count] of this.counts) {
       if (windowIndex(now, count.windowSeconds) !== count.index) this.counts.delete(tokenId);
-      else if (!this.exact && count.pending > 0 && !count.syncing) void this.sync(count);
+      else if (count.pending > 0 && !count.syncing && !(this.exact && this.redis.isDown)) void this.sync(count);
     }
     if (this.counts.size === 0) this.stopTicker();
   }
@@ -177,7 +194,7 @@ export class ApiTokenRateLimiter implements OnApplicationShutdown {
     count.inflight = 0;
     // Not answered: sent again on a later tick (a call that timed out but went through counts twice: stricter, never looser).
     if (total === undefined) count.pending += delta;
-    else count.seen = total;
+    else count.seen = Math.max(count.seen, total);
     count.syncing = false;
   }
 

@@ -38,11 +38,24 @@ describe('naive UTC datetimes', () => {
 });
 
 describe('cached JSON', () => {
-  it('serializes compactly with Dify field names in order', () => {
+  it('serializes compactly with Dify field names in order, then the library fields, null when unset', () => {
     expect(serializeRecord(record)).toBe(
       '{"id":"11111111-2222-4333-8444-555555555555","app_id":null,"tenant_id":"aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee",' +
-        '"type":"app","token":"app-abc","last_used_at":"2026-02-03T10:00:00.123000","created_at":"2026-01-01T00:00:00"}',
+        '"type":"app","token":"app-abc","last_used_at":"2026-02-03T10:00:00.123000","created_at":"2026-01-01T00:00:00",' +
+        '"expires_at":null,"rate_limit":null}',
     );
+  });
+
+  // Dify's fill writes its seven fields only: such an entry cannot say "no expiry, no limit", so it is a miss
+  // (re-read from PostgreSQL), never a token without a policy.
+  it.each([
+    ['written by Dify (seven fields)', ['expires_at', 'rate_limit']],
+    ['without expires_at', ['expires_at']],
+    ['without rate_limit', ['rate_limit']],
+  ])('takes an entry %s for a miss', (_name, dropped) => {
+    const fields = JSON.parse(serializeRecord(record)) as Record<string, unknown>;
+    for (const name of dropped) delete fields[name];
+    expect(parseRecord(JSON.stringify(fields))).toBeUndefined();
   });
 
   it('round-trips', () => expect(parseRecord(serializeRecord(record))).toEqual(record));
@@ -80,8 +93,8 @@ describe('cached JSON with a policy', () => {
     expect(json).toContain('"expires_at":"2026-03-01T00:00:00","rate_limit":{"limit":100,"window_seconds":60}}');
   });
 
-  it('writes no library field for a token without a policy', () => {
-    expect(Object.keys(JSON.parse(serializeRecord(record)))).toHaveLength(7);
+  it('writes both library fields, null, for a token without a policy', () => {
+    expect(JSON.parse(serializeRecord(record))).toMatchObject({ expires_at: null, rate_limit: null });
   });
 
   it('round-trips', () => expect(parseRecord(serializeRecord(withPolicy))).toEqual(withPolicy));

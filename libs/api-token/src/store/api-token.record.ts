@@ -93,11 +93,13 @@ export function formatNaiveUtc(date: Date, micros = date.getUTCMilliseconds() * 
 
 /**
  * Serializes a record to Dify's cached JSON: compact, snake_case, Dify's seven fields in Dify's order,
- * then the library's own (`expires_at`, `rate_limit`) only when set, so the entry of a token without a
- * policy is byte for byte what Dify writes, and Dify's reader (which ignores extra fields) reads both.
+ * then the library's own, `expires_at` and `rate_limit`, always (null when the token has none). Dify's
+ * reader ignores extra fields, so it reads the entry; this library reads an entry that lacks either
+ * field as one it did not write ({@link parseRecord}), whose policy it cannot know.
  */
 export function serializeRecord(record: ApiTokenRecord): string {
-  const dify = {
+  const { rateLimit } = record;
+  return JSON.stringify({
     id: record.id,
     app_id: record.appId,
     tenant_id: record.tenantId,
@@ -105,13 +107,8 @@ export function serializeRecord(record: ApiTokenRecord): string {
     token: record.token,
     last_used_at: record.lastUsedAt,
     created_at: record.createdAt,
-  };
-  const { expiresAt, rateLimit } = record;
-  if (!expiresAt && !rateLimit) return JSON.stringify(dify);
-  return JSON.stringify({
-    ...dify,
-    ...(expiresAt ? { expires_at: expiresAt } : {}),
-    ...(rateLimit ? { rate_limit: { limit: rateLimit.limit, window_seconds: rateLimit.windowSeconds } } : {}),
+    expires_at: record.expiresAt ?? null,
+    rate_limit: rateLimit ? { limit: rateLimit.limit, window_seconds: rateLimit.windowSeconds } : null,
   });
 }
 
@@ -126,7 +123,13 @@ function parseRateLimit(value: unknown): RateLimitPolicy | null | undefined {
 
 const isNullableString = (v: unknown): v is string | null | undefined => v == null || typeof v === 'string';
 
-/** Parses a cached entry: a record, `null` for "no such token", or `undefined` when unreadable (a miss). */
+/**
+ * Parses a cached entry: a record, `null` for "no such token", or `undefined` when unreadable (a miss).
+ * An entry without both `expires_at` and `rate_limit` (null or not) is unreadable too: Dify writes its
+ * seven fields only, and "no expiry, no limit" must never be inferred from an entry that cannot say
+ * so. The lookup then reads the row from PostgreSQL once and rewrites the entry in this library's form,
+ * which Dify still reads.
+ */
 export function parseRecord(raw: string): ApiTokenRecord | null | undefined {
   if (raw === 'null') return null;
   let value: unknown;
@@ -143,7 +146,7 @@ export function parseRecord(raw: string): ApiTokenRecord | null | undefined {
   const lastUsedAt = v.last_used_at == null ? null : toNaiveUtc(v.last_used_at);
   const createdAt = v.created_at == null ? null : toNaiveUtc(v.created_at);
   if ((v.last_used_at != null && lastUsedAt === null) || (v.created_at != null && createdAt === null)) return undefined;
-  if (!isNullableString(v.expires_at)) return undefined;
+  if (!('expires_at' in v) || !('rate_limit' in v) || !isNullableString(v.expires_at)) return undefined;
   const expiresAt = v.expires_at == null ? null : toNaiveUtc(v.expires_at);
   const rateLimit = parseRateLimit(v.rate_limit);
   if ((v.expires_at != null && expiresAt === null) || rateLimit === undefined) return undefined;

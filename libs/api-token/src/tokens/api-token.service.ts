@@ -120,7 +120,13 @@ const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** Whether a value is a UUID, as the app, tenant and token ids must be. */
 export const isUuid = (value: unknown): value is string => typeof value === 'string' && UUID.test(value);
-const PREFIX = /^[A-Za-z][A-Za-z0-9_.-]{0,31}$/;
+/**
+ * A prefix: a letter, then at most 15 letters, digits, `_`, `.` or `-`. Short enough that no whole token
+ * (28 characters and more) pasted by mistake fits, and `list` would show a prefix in clear.
+ */
+const PREFIX = /^[A-Za-z][A-Za-z0-9_.-]{0,15}$/;
+/** What follows a prefix's last `-` when it looks like a token's random part: 8 or more letters and digits, both. */
+const RANDOM_TAIL = /-(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{8,}$/;
 const DEFAULT_PREFIXES: Record<string, string> = { app: 'app', dataset: 'dataset' };
 /** A token of the generated shape: a prefix, `-`, then the random part. Only the prefix is ever shown. */
 const GENERATED_SHAPE = new RegExp(`^([A-Za-z][A-Za-z0-9_.-]{0,31})-[A-Za-z0-9]{${TOKEN_RANDOM_LENGTH}}$`);
@@ -169,11 +175,15 @@ export class ApiTokenService implements OnApplicationShutdown {
     const tenantId = checkUuid(input.tenantId, 'tenantId');
     const rateLimit = checkRateLimitPolicy(input.rateLimit, 'ApiTokenService.create: "rateLimit"');
     const prefix = input.prefix ?? DEFAULT_PREFIXES[scope] ?? scope;
+    // The messages never quote the prefix: it may be a token pasted in the wrong place.
     if (typeof prefix !== 'string' || !PREFIX.test(prefix)) {
-      throw new ApiTokenInputError('ApiTokenService.create: "prefix" must be a letter then up to 31 letters, digits, "_", "." or "-"');
+      throw new ApiTokenInputError('ApiTokenService.create: "prefix" must be a letter then up to 15 letters, digits, "_", "." or "-"');
+    }
+    if (RANDOM_TAIL.test(prefix)) {
+      throw new ApiTokenInputError('ApiTokenService.create: "prefix" looks like the start of a token (a "-" then 8 or more letters and digits); was a token pasted?');
     }
     if (!this.options.tokenPattern.test(`${prefix}-${'A'.repeat(TOKEN_RANDOM_LENGTH)}`)) {
-      throw new ApiTokenInputError(`ApiTokenService.create: tokens with prefix "${prefix}" do not match the "tokenPattern" option`);
+      throw new ApiTokenInputError('ApiTokenService.create: tokens with this "prefix" do not match the "tokenPattern" option');
     }
     const expiresAt = checkExpiry(input.expiresAt, input.expiresInSeconds);
     return this.issue(prefix, { type: scope, appId, tenantId, expiresAt, rateLimit });
