@@ -139,4 +139,18 @@ describe('sharing the cache with Dify', () => {
 
     expect(await suite.redis.get(`api_token:app:${token}`)).toBeNull();
   });
+
+  it('an expired row is deleted at its expiry, not at the next flush: Dify refuses the token then too', async () => {
+    // Neither instance runs a flush here (flushCron: false): only the expiry timer can delete the row.
+    const created = await a.get(ApiTokenService).create({ scope: 'app', expiresInSeconds: 2 });
+    await whoami(b, created.token).expect(200);
+    const expiresAtMs = ms(created.expiresAt);
+
+    await until('the row is deleted', async () => (await suite.db.query('SELECT 1 FROM api_tokens WHERE id = $1', [created.id])).length === 0, 10_000);
+    console.log(`expired row deleted ${Date.now() - expiresAtMs} ms after its expiry`);
+
+    // What Dify does: a Redis miss, then `SELECT … WHERE token = … AND type = …`: nothing either way.
+    expect(await suite.redis.get(`api_token:app:${created.token}`)).toBeNull();
+    await whoami(a, created.token).expect(401);
+  });
 });

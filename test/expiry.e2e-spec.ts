@@ -58,9 +58,11 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
   };
 
   beforeAll(async () => {
-    // No scheduled flush: the tests run the job themselves.
-    a = await suite.app({ counter, adapter, apiToken: { flushCron: false } });
-    b = await suite.app({ counter, adapter, apiToken: { flushCron: false } });
+    // No scheduled flush: the tests run the job themselves. No revocation-log poll either, which would
+    // also set the expiry timer (test/dify-shared.e2e-spec.ts): expired rows stay until the job runs.
+    const apiToken = { flushCron: false as const, revocationPollIntervalMs: 0 };
+    a = await suite.app({ counter, adapter, apiToken });
+    b = await suite.app({ counter, adapter, apiToken });
   });
 
   it('creates tokens with an expiry and lists it; refuses a bad expiry naming the field, before any I/O', async () => {
@@ -317,7 +319,7 @@ describe('token expiry and rotation in hashed mode', () => {
   let app: INestApplication;
 
   beforeAll(async () => {
-    app = await suite.app({ apiToken: { hashTokens: true, flushCron: false } });
+    app = await suite.app({ apiToken: { hashTokens: true, flushCron: false, revocationPollIntervalMs: 0 } });
   });
 
   it('expires, rotates and sweeps by the hash, the same as in plain mode', async () => {

@@ -1,4 +1,6 @@
+import { ApiTokenService } from '../libs/api-token/src';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { DataSource } from 'typeorm';
 import type { INestApplication } from '@nestjs/common';
 import { createTestDatabase, type TestDatabase } from './support/database';
 import { createTestApp } from './support/test-app';
@@ -63,6 +65,17 @@ describe('migration', () => {
     expect(
       await db.query(`SELECT column_name FROM information_schema.columns WHERE table_name = 'api_token_policies' ORDER BY ordinal_position`),
     ).toEqual([{ column_name: 'token_id' }, { column_name: 'expires_at' }, { column_name: 'rate_limit' }, { column_name: 'rate_window_seconds' }]);
+  });
+
+  it("a revert never deletes the tokens' policies: the 0.2 migration's down() refuses while api_token_policies has rows", async () => {
+    db = await createTestDatabase();
+    app = await createTestApp({ databaseUrl: db.url });
+    await app.get(ApiTokenService).create({ scope: 'app', expiresInSeconds: 3600 });
+    const dataSource = app.get(DataSource);
+    await dataSource.undoLastMigration(); // the policy-change log: a log, dropped
+    await expect(dataSource.undoLastMigration()).rejects.toThrow(/api_token_policies holds 1 token policy .* nothing was dropped/);
+    expect(await db.query('SELECT count(*)::int AS n FROM api_token_policies')).toEqual([{ n: 1 }]);
+    expect(await db.query("SELECT to_regclass('api_token_policy_changes') IS NULL AS gone")).toEqual([{ gone: true }]);
   });
 
   it('leaves a table Dify already made as it is, rows and extra columns included', async () => {

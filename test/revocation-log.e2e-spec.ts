@@ -1,4 +1,4 @@
-import { ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenMetrics, ApiTokenService } from '../libs/api-token/src';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { ApiTokenRevokedTokens } from '../libs/api-token/src/cache/revoked-tokens';
 import { ApiTokenRevocationLogService } from '../libs/api-token/src/tokens/revocation-log.service';
@@ -155,5 +155,83 @@ describe('revocation log', () => {
       ('app-new', '{app}', (now() AT TIME ZONE 'UTC') - interval '600 seconds')`);
     expect(await repository.pruneRevocations(660_000)).toBe(1);
     expect(await suite.db.query("SELECT token FROM api_token_revocations WHERE token LIKE 'app-old' OR token LIKE 'app-new'")).toEqual([{ token: 'app-new' }]);
+  });
+
+  // Every change that narrows what a kept token may do goes through the log too (issue 22).
+  it("the end of a rotation's grace reaches an instance whose Redis kept the old entry, and a stale entry written back is not trusted", async () => {
+    const old = await a.get(ApiTokenService).create({ scope: 'app' });
+    await untilCachedLocally(b, old.token, 'app', () => whoami(b, old.token).expect(200));
+    const stale = await bRedis.get(`api_token:app:${old.token}`);
+    expect(stale).not.toBeNull();
+
+    const { previous } = (await a.get(ApiTokenService).rotate(old.token, { graceSeconds: 1 }))!;
+    await until("B reads the change from the log and drops the old token's entries", () => localCacheState(b, old.token) === 'miss', 5_000);
+    // The entry comes back in B's Redis (a failover, a lost delete), without the expiry.
+    await bRedis.set(`api_token:app:${old.token}`, stale!, 'EX', 600);
+    await until('the grace ends', () => Date.now() >= Date.parse(`${previous.expiresAt}Z`));
+
+    expect((await whoami(b, old.token)).status).toBe(401);
+    expect((await whoami(b, old.token)).status).toBe(401);
+  });
+
+  it('a changed rate limit reaches an instance whose Redis kept the old entry, and a stale entry written back is not trusted', async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    await untilCachedLocally(b, created.token, 'app', () => whoami(b, created.token).expect(200));
+    const stale = await bRedis.get(`api_token:app:${created.token}`);
+
+    await a.get(ApiTokenService).setRateLimit(created.token, { limit: 1, windowSeconds: 3600 });
+    await until("B reads the change from the log and drops the token's entries", () => localCacheState(b, created.token) === 'miss', 5_000);
+    await bRedis.set(`api_token:app:${created.token}`, stale!, 'EX', 600);
+
+    const statuses = [];
+    for (let i = 0; i < 3; i++) statuses.push((await whoami(b, created.token)).status);
+    expect(statuses).toEqual([200, 429, 429]);
+  });
+
+  it('a log reset under a running instance (TRUNCATE … RESTART IDENTITY) is seen, counted and read from the start', async () => {
+    const before = await a.get(ApiTokenService).create({ scope: 'app' });
+    await a.get(ApiTokenService).revoke(before.token);
+    await until('B reads the revocation', () => listed(b, before.token), 5_000);
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    await untilCachedLocally(b, created.token, 'app', () => whoami(b, created.token).expect(200));
+    const resets = b.get(ApiTokenMetrics).snapshot().invalidation.logResets;
+
+    await suite.db.query('TRUNCATE api_token_revocations RESTART IDENTITY');
+    await a.get(ApiTokenService).revoke(created.token);
+
+    await until('B reads the revocation made after the reset', () => listed(b, created.token), 5_000);
+    expect((await whoami(b, created.token)).status).toBe(401);
+    expect(b.get(ApiTokenMetrics).snapshot().invalidation.logResets).toBeGreaterThan(resets);
+  });
+
+  it("an instance's first read watches the ids of revocations still open then: one that commits later is read", async () => {
+    const late = await a.get(ApiTokenService).create({ scope: 'app' });
+    const early = await a.get(ApiTokenService).create({ scope: 'app' });
+    expect((await whoami(a, late.token)).status).toBe(200);
+    const stale = await suite.redis.get(`api_token:app:${late.token}`);
+    const client = new Client({ connectionString: suite.db.url });
+    await client.connect();
+    let c: INestApplication | undefined;
+    try {
+      await client.query('BEGIN');
+      await client.query(
+        `WITH d AS (DELETE FROM api_tokens WHERE token = $1 RETURNING *)
+         INSERT INTO api_token_revocations (token, scopes) SELECT token, array_agg(type) FROM d GROUP BY token`,
+        [late.token],
+      );
+      await a.get(ApiTokenService).revoke(early.token);
+      // C starts while the first revocation is open and the second committed: its first read sees only the second.
+      c = await createTestApp({ databaseUrl: suite.db.url, apiToken });
+      expect(listed(c, early.token)).toBe(true);
+      expect(listed(c, late.token)).toBe(false);
+      await client.query('COMMIT');
+      // A Redis entry of the revoked token that no message deletes (a lost write): only the log refuses it.
+      await suite.redis.set(`api_token:app:${late.token}`, stale!, 'EX', 600);
+      await until('C reads the revocation that committed late', () => listed(c!, late.token), 5_000);
+      expect((await whoami(c, late.token)).status).toBe(401);
+    } finally {
+      await client.end();
+      await c?.close();
+    }
   });
 });

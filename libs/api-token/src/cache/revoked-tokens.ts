@@ -1,5 +1,18 @@
 import { Injectable, Optional } from '@nestjs/common';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
+import { type ApiTokenRecord, type RateLimitPolicy, naiveUtcToMs } from '../store/api-token.record';
+
+/** A token's policy as a change set it: when it expires (Unix ms, null: never) and its own rate limit. */
+export interface KnownPolicy {
+  expiresAtMs: number | null;
+  rateLimit: RateLimitPolicy | null;
+}
+
+/** A policy from its stored form (naive UTC expiry). */
+export const knownPolicy = (expiresAt: string | null, rateLimit: RateLimitPolicy | null): KnownPolicy => ({
+  expiresAtMs: expiresAt === null ? null : naiveUtcToMs(expiresAt),
+  rateLimit,
+});
 
 /**
  * Tokens this instance refuses on its own, whatever Redis says, until their cache entries can no
@@ -14,6 +27,12 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 export class ApiTokenRevokedTokens {
   /** Stored token → the monotonic time after which none of its cache entries can exist. */
   private readonly until = new Map<string, number>();
+  /**
+   * Stored token → its policy since its latest change, until no entry cached before the change can
+   * exist: an entry that says otherwise (cached before the change, and the change's invalidation did
+   * not reach Redis) is not trusted.
+   */
+  private readonly policies = new Map<string, { policy: KnownPolicy; until: number }>();
 
   constructor(@Optional() metrics?: ApiTokenMetrics) {
     metrics?.source('revokedTokensListed', () => this.until.size);
@@ -34,10 +53,36 @@ export class ApiTokenRevokedTokens {
     return false;
   }
 
-  /** Forgets the tokens past their time; returns how many are still listed. */
+  /** Notes the stored token's policy after a change, for `forMs` from now (the latest change noted wins). */
+  notePolicy(token: string, policy: KnownPolicy, forMs: number): void {
+    this.policies.set(token, { policy, until: performance.now() + forMs });
+  }
+
+  /**
+   * Whether a cached record of a kept token predates the latest change of its policy that this instance
+   * knows of: its expiry or its rate limit differs from the one the change set. One map read for a
+   * token whose policy never changed.
+   */
+  isStale(record: ApiTokenRecord): boolean {
+    const known = this.policies.get(record.token);
+    if (known === undefined) return false;
+    if (known.until <= performance.now()) {
+      this.policies.delete(record.token);
+      return false;
+    }
+    const { expiresAtMs, rateLimit } = known.policy;
+    const limit = record.rateLimit ?? null;
+    return (
+      (record.expiresAtMs ?? null) !== expiresAtMs ||
+      (limit === null ? rateLimit !== null : rateLimit === null || limit.limit !== rateLimit.limit || limit.windowSeconds !== rateLimit.windowSeconds)
+    );
+  }
+
+  /** Forgets the tokens past their time; returns how many are still listed as revoked. */
   prune(): number {
     const now = performance.now();
     for (const [token, until] of this.until) if (until <= now) this.until.delete(token);
+    for (const [token, { until }] of this.policies) if (until <= now) this.policies.delete(token);
     return this.until.size;
   }
 

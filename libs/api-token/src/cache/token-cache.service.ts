@@ -152,6 +152,9 @@ export class ApiTokenCacheService {
       void this.redis.call('del', (r) => r.del(key), FORCE);
       return NEGATIVE_ANSWER;
     }
+    // An entry cached before a change of the token's policy that this instance knows of (from the change
+    // log, when the change's own invalidation did not reach this Redis): read again from the database.
+    if (record && this.revoked.isStale(record)) return MISS;
     if (epoch === this.epoch) this.setLocal(key, record, scope, started, token);
     return record ? { status: 'hit', record } : NEGATIVE_ANSWER;
   }

@@ -146,6 +146,8 @@ export interface ApiTokenMetricsSnapshot {
   invalidation: {
     revocations: { revoked: number; not_found: number };
     tenantInvalidations: number;
+    /** Times this instance found the revocation log reset under it (truncated, or made again) and read it from the start. */
+    logResets: number;
     /** Invalidations whose Redis part did not go through (entries may be served until they expire), by kind. */
     failures: Record<InvalidationKind, number>;
     listening: boolean;
@@ -211,6 +213,7 @@ export class ApiTokenMetrics {
   private lastFlushSuccess: number | null = null;
   private readonly revocations = { revoked: 0, not_found: 0 };
   private tenantInvalidations = 0;
+  private revocationLogResets = 0;
   private readonly invalidationFailures = zeros(INVALIDATION_KINDS);
 
   /** The counters of a scope (null: `any`); count on the returned object. Allocates only the first time a scope is seen. */
@@ -293,6 +296,11 @@ export class ApiTokenMetrics {
     this.tenantInvalidations++;
   }
 
+  /** Counts a reset of the revocation log seen by this instance. */
+  revocationLogReset(): void {
+    this.revocationLogResets++;
+  }
+
   /** Counts an invalidation whose Redis part did not go through. */
   invalidationFailed(kind: InvalidationKind): void {
     this.invalidationFailures[kind]++;
@@ -328,6 +336,7 @@ export class ApiTokenMetrics {
       invalidation: {
         revocations: { ...this.revocations },
         tenantInvalidations: this.tenantInvalidations,
+        logResets: this.revocationLogResets,
         failures: { ...this.invalidationFailures },
         listening: read('invalidationListening') === 1,
         messagesReceived: read('invalidationMessagesReceived'),

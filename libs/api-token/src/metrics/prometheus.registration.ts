@@ -167,6 +167,12 @@ export const API_TOKEN_GAUGES: readonly Family[] = [
     samples: one((s) => s.invalidation.logLagSeconds),
   },
   {
+    name: 'api_token_revocation_log_resets_total',
+    help: 'Times this instance found the revocation log reset under it (truncated, or its table made again) and read it again from the start; alert on any.',
+    labelNames: [],
+    samples: one((s) => s.invalidation.logResets),
+  },
+  {
     name: 'api_token_flush_last_success_timestamp_seconds',
     help: 'Unix time of the end of the last completed usage flush in this process (0: none yet).',
     labelNames: [],

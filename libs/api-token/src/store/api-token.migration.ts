@@ -18,6 +18,28 @@ async function createRevocationLog(queryRunner: QueryRunner): Promise<void> {
 }
 
 /**
+ * The library's own table, `api_token_policy_changes`: the log of changes that narrow what a kept token
+ * may do (a new expiry, as at the end of a rotation's grace; a new rate limit), with the new policy,
+ * polled with the revocation log so that an instance that missed the pub/sub message still stops
+ * trusting the token's older cache entries. Separate from the revocation log: a 0.2 instance reads
+ * every row of that log as a revocation. Idempotent.
+ */
+async function createPolicyChanges(queryRunner: QueryRunner): Promise<void> {
+  await queryRunner.query(`
+    CREATE TABLE IF NOT EXISTS api_token_policy_changes (
+      id bigserial NOT NULL,
+      token varchar(255) NOT NULL,
+      scopes varchar(16)[] NOT NULL,
+      expires_at timestamp without time zone,
+      rate_limit integer,
+      rate_window_seconds integer,
+      changed_at timestamp without time zone NOT NULL DEFAULT (clock_timestamp() AT TIME ZONE 'UTC'),
+      CONSTRAINT api_token_policy_changes_pkey PRIMARY KEY (id)
+    )`);
+  await queryRunner.query('CREATE INDEX IF NOT EXISTS api_token_policy_changes_changed_at_idx ON api_token_policy_changes (changed_at)');
+}
+
+/**
  * The library's own table `api_token_policies`, never Dify's: a token's expiry and rate limit. Its
  * row goes with the token's row (ON DELETE CASCADE), whoever deletes it, Dify included. Idempotent.
  */
@@ -64,6 +86,7 @@ export class ApiTokenMigration1764000000000 implements MigrationInterface {
     await queryRunner.query('CREATE INDEX IF NOT EXISTS api_token_tenant_idx ON api_tokens (tenant_id, type)');
     await createPolicies(queryRunner);
     await createRevocationLog(queryRunner);
+    await createPolicyChanges(queryRunner);
   }
 
   /** Does nothing: the table may be Dify's, and dropping it would take its tokens. */
@@ -86,12 +109,39 @@ export class ApiTokenOwnTablesMigration1764100000000 implements MigrationInterfa
     await createRevocationLog(queryRunner);
   }
 
-  /** Drops them: only this library writes them (expiries and rate limits go with them). */
+  /**
+   * Drops the revocation log (entries older than the cache's life are pruned anyway) and, only while it
+   * holds no row, `api_token_policies`: a table of expiries and rate limits is data, and a revert must
+   * not delete every token's policy. With rows it fails, saying how to drop the table on purpose.
+   */
   async down(queryRunner: QueryRunner): Promise<void> {
+    const [{ count }] = (await queryRunner.query('SELECT count(*)::int AS count FROM api_token_policies')) as { count: number }[];
+    if (count > 0) {
+      throw new Error(
+        `ApiTokenOwnTablesMigration1764100000000.down: api_token_policies holds ${count} token polic${count === 1 ? 'y' : 'ies'} (expiries, rate limits) that a revert would delete; ` +
+          'nothing was dropped. Drop the table yourself (DROP TABLE api_token_policies) if that is what you want, then revert again.',
+      );
+    }
     await queryRunner.query('DROP TABLE IF EXISTS api_token_revocations');
     await queryRunner.query('DROP TABLE IF EXISTS api_token_policies');
   }
 }
 
+/**
+ * Creates the policy-change log (see `createPolicyChanges`) for a database migrated by 0.2. Its
+ * revert drops that log alone: its rows only matter for the few minutes a cache entry lives.
+ */
+export class ApiTokenPolicyChangesMigration1764200000000 implements MigrationInterface {
+  name = 'ApiTokenPolicyChangesMigration1764200000000';
+
+  async up(queryRunner: QueryRunner): Promise<void> {
+    await createPolicyChanges(queryRunner);
+  }
+
+  async down(queryRunner: QueryRunner): Promise<void> {
+    await queryRunner.query('DROP TABLE IF EXISTS api_token_policy_changes');
+  }
+}
+
 /** Every migration of the library, in order: the value for a DataSource's `migrations`. */
-export const API_TOKEN_MIGRATIONS = [ApiTokenMigration1764000000000, ApiTokenOwnTablesMigration1764100000000];
+export const API_TOKEN_MIGRATIONS = [ApiTokenMigration1764000000000, ApiTokenOwnTablesMigration1764100000000, ApiTokenPolicyChangesMigration1764200000000];

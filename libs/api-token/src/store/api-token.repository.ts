@@ -18,6 +18,23 @@ const JOINED_COLUMNS =
 const JOINED = 'api_tokens t LEFT JOIN api_token_policies p ON p.token_id = t.id';
 const NOW_UTC = `(now() AT TIME ZONE 'UTC')::timestamp(0)`;
 
+/** A row of {@link ApiTokenRepository.readLogs}: the logs' heads, then one entry (its columns null when neither log had one). */
+interface LogRow {
+  r_node: string;
+  r_max: string;
+  p_node: string;
+  p_max: string;
+  next_expiry_ms: number | null;
+  log: 'r' | 'p' | null;
+  id: string;
+  token: string;
+  scopes: string[];
+  expires_at: string | null;
+  rate_limit: number | null;
+  rate_window_seconds: number | null;
+  age_ms: number;
+}
+
 interface Row {
   id: string;
   app_id: string | null;
@@ -82,16 +99,41 @@ export interface ApiTokenFilter {
 /** What a revocation deletes: every row of one stored token (any scope), or the rows with these ids. */
 export type RevocationTarget = { token: string } | { ids: readonly string[] };
 
-/** One entry of the revocation log (`api_token_revocations`). */
+/** One entry of the revocation log (`api_token_revocations`) or of the policy-change log (`api_token_policy_changes`). */
 export interface RevocationLogEntry {
   /** The entry's bigserial id, as text. */
   id: string;
   /** The token's stored form (its hash in hashed mode). */
   token: string;
-  /** The scopes of the rows deleted. */
+  /** The scopes of the rows deleted or changed. */
   scopes: string[];
-  /** Milliseconds since the revocation, by the database's clock (so no two clocks are compared). */
+  /** Milliseconds since the revocation or change, by the database's clock (so no two clocks are compared). */
   ageMs: number;
+  /** The token's policy from this change on; absent for a revocation. */
+  policy?: { expiresAt: string | null; rateLimit: RateLimitPolicy | null };
+}
+
+/** Where a reader of one log stands: entries after `after`, and the ids it skipped (`gaps`), are read. */
+export interface LogCursor {
+  after: string;
+  gaps: readonly string[];
+}
+
+/** What one read of a log found: its entries, and what tells a reader that the log was reset. */
+export interface LogPage {
+  entries: RevocationLogEntry[];
+  /** The highest id in the log ('0' when empty). */
+  maxId: string;
+  /** The table's file node: TRUNCATE, or dropping and creating the table again, changes it. */
+  fileNode: string;
+}
+
+/** One poll of both logs ({@link ApiTokenRepository.readLogs}). */
+export interface LogsRead {
+  revocations: LogPage;
+  policyChanges: LogPage;
+  /** Milliseconds until the next token expires, by PostgreSQL's clock (negative: one has); null when none expires. */
+  nextExpiryInMs: number | null;
 }
 
 /**
@@ -150,7 +192,8 @@ export class ApiTokenRepository {
 
   /**
    * Sets a token's policy (expiry, rate limit; null clears one, undefined leaves it) and returns the
-   * token with it, or null when no row has this id.
+   * token with it, or null when no row has this id. The change is written to the policy-change log in
+   * the same statement, so every instance learns of it, whatever Redis does.
    */
   async setPolicy(id: string, policy: ApiTokenPolicyUpdate): Promise<ApiTokenRecord | null> {
     const keepExpiry = policy.expiresAt === undefined;
@@ -165,6 +208,9 @@ export class ApiTokenRepository {
            rate_limit = CASE WHEN $6::boolean THEN api_token_policies.rate_limit ELSE EXCLUDED.rate_limit END,
            rate_window_seconds = CASE WHEN $6::boolean THEN api_token_policies.rate_window_seconds ELSE EXCLUDED.rate_window_seconds END
          RETURNING *
+       ), l AS (
+         INSERT INTO api_token_policy_changes (token, scopes, expires_at, rate_limit, rate_window_seconds)
+         SELECT t.token, ARRAY[t.type], p.expires_at, p.rate_limit, p.rate_window_seconds FROM api_tokens t JOIN p ON p.token_id = t.id
        )
        SELECT t.id::text, t.app_id::text, t.tenant_id::text, t.type, t.token, ${TS('last_used_at', 't.')}, ${TS('created_at', 't.')},
               ${POLICY_COLUMNS}
@@ -200,35 +246,69 @@ export class ApiTokenRepository {
   }
 
   /**
-   * Revocation log entries after `afterId`, and those among `gaps` (ids skipped by an earlier read,
-   * whose transactions may have committed since), oldest first: one range scan of the primary key.
+   * One poll of the revocation log and the policy-change log, in one statement: each log's entries after
+   * its cursor and among its gaps (ids skipped by an earlier read, whose transactions may have
+   * committed since), oldest first, at most `limit` of each (a range scan of each primary key); each
+   * log's highest id and file node, so a reader sees a log that was truncated or made again; and when
+   * the next token expires.
    */
-  async readRevocations(afterId: string, gaps: readonly string[], limit: number): Promise<RevocationLogEntry[]> {
-    const where = gaps.length ? 'id > $1::bigint OR id = ANY($3::bigint[])' : 'id > $1::bigint';
-    const rows = await this.query<{ id: string; token: string; scopes: string[]; age_ms: number }>(
+  async readLogs(revocations: LogCursor, policyChanges: LogCursor, limit: number): Promise<LogsRead> {
+    const age = (column: string) => `(extract(epoch FROM (clock_timestamp() AT TIME ZONE 'UTC') - ${column}) * 1000)::float8 AS age_ms`;
+    const rows = await this.query<LogRow>(
       'read revocations',
-      `SELECT id::text, token, scopes::text[] AS scopes,
-              (extract(epoch FROM (clock_timestamp() AT TIME ZONE 'UTC') - revoked_at) * 1000)::float8 AS age_ms
-         FROM api_token_revocations WHERE ${where} ORDER BY id LIMIT $2`,
-      gaps.length ? [afterId, limit, [...gaps]] : [afterId, limit],
+      `WITH h AS (
+         SELECT pg_relation_filenode('api_token_revocations')::text AS r_node,
+                (SELECT coalesce(max(id), 0) FROM api_token_revocations)::text AS r_max,
+                pg_relation_filenode('api_token_policy_changes')::text AS p_node,
+                (SELECT coalesce(max(id), 0) FROM api_token_policy_changes)::text AS p_max,
+                (SELECT extract(epoch FROM min(expires_at) - (clock_timestamp() AT TIME ZONE 'UTC')) * 1000
+                   FROM api_token_policies WHERE expires_at IS NOT NULL)::float8 AS next_expiry_ms
+       ), e AS (
+         (SELECT 'r' AS log, id::text AS id, token, scopes::text[] AS scopes, NULL::text AS expires_at, NULL::integer AS rate_limit,
+                 NULL::integer AS rate_window_seconds, ${age('revoked_at')}
+            FROM api_token_revocations WHERE id > $1::bigint OR id = ANY($2::bigint[]) ORDER BY id LIMIT $5)
+         UNION ALL
+         (SELECT 'p', id::text, token, scopes::text[], ${TS('expires_at').replace(' AS expires_at', '')}, rate_limit, rate_window_seconds, ${age('changed_at')}
+            FROM api_token_policy_changes WHERE id > $3::bigint OR id = ANY($4::bigint[]) ORDER BY id LIMIT $5)
+       )
+       SELECT h.*, e.* FROM h LEFT JOIN e ON true`,
+      [revocations.after, [...revocations.gaps], policyChanges.after, [...policyChanges.gaps], limit],
     );
-    return rows.map((row) => ({ id: row.id, token: row.token, scopes: row.scopes, ageMs: Math.max(0, row.age_ms) }));
+    const [head] = rows;
+    const entries = (log: 'r' | 'p') =>
+      rows
+        .filter((row) => row.log === log)
+        .map((row): RevocationLogEntry => ({
+          id: row.id,
+          token: row.token,
+          scopes: row.scopes,
+          ageMs: Math.max(0, row.age_ms),
+          ...(log === 'p'
+            ? {
+                policy: {
+                  expiresAt: row.expires_at ? toNaiveUtc(row.expires_at) : null,
+                  rateLimit: row.rate_limit && row.rate_window_seconds ? { limit: row.rate_limit, windowSeconds: row.rate_window_seconds } : null,
+                },
+              }
+            : {}),
+        }));
+    return {
+      revocations: { entries: entries('r'), maxId: head.r_max, fileNode: head.r_node },
+      policyChanges: { entries: entries('p'), maxId: head.p_max, fileNode: head.p_node },
+      nextExpiryInMs: head.next_expiry_ms,
+    };
   }
 
-  /** The newest revocation log entry's id, as text ('0' when the log is empty). */
-  async latestRevocationId(): Promise<string> {
-    const rows = await this.query<{ id: string }>('read revocations', 'SELECT coalesce(max(id), 0)::text AS id FROM api_token_revocations', []);
-    return rows[0].id;
-  }
-
-  /** Deletes revocation log entries older than `olderThanMs`; returns how many. */
+  /** Deletes entries of both logs older than `olderThanMs`; returns how many. */
   async pruneRevocations(olderThanMs: number): Promise<number> {
     const result = await this.run(
       'prune revocations',
-      `DELETE FROM api_token_revocations WHERE revoked_at < (clock_timestamp() AT TIME ZONE 'UTC') - $1 * interval '1 millisecond'`,
+      `WITH r AS (DELETE FROM api_token_revocations WHERE revoked_at < (clock_timestamp() AT TIME ZONE 'UTC') - $1 * interval '1 millisecond' RETURNING 1),
+            p AS (DELETE FROM api_token_policy_changes WHERE changed_at < (clock_timestamp() AT TIME ZONE 'UTC') - $1 * interval '1 millisecond' RETURNING 1)
+       SELECT (SELECT count(*) FROM r) + (SELECT count(*) FROM p) AS pruned`,
       [olderThanMs],
     );
-    return result.rowCount ?? 0;
+    return Number((result.rows[0] as { pruned: string }).pruned);
   }
 
   /**

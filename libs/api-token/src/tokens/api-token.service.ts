@@ -13,7 +13,7 @@ import { checkRateLimitPolicy } from '../limits/rate-limit.policy';
 import { ApiTokenRedisService, UNCONFIRMED } from '../redis/redis-access.service';
 import { ApiTokenRepository, type NewApiToken, type RevocationTarget } from '../store/api-token.repository';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
-import { ApiTokenRevokedTokens } from '../cache/revoked-tokens';
+import { ApiTokenRevokedTokens, knownPolicy } from '../cache/revoked-tokens';
 import { revocationWindowMs } from './revocation-log.service';
 
 /** What {@link ApiTokenService.create} needs. */
@@ -254,7 +254,7 @@ export class ApiTokenService implements OnApplicationShutdown {
     const expiresAt = formatNaiveUtc(new Date(Math.min(graceEnd, current.expiresAtMs ?? graceEnd)));
     const updated = await this.withdrawOnFailure(successor, this.repository.setPolicy(current.id, { expiresAt }));
     // The row may have gone meanwhile (revoked); its entries are dropped all the same.
-    const { cacheCleared } = await this.invalidate(stored, [updated ?? current]);
+    const { cacheCleared } = await this.invalidate(stored, [updated ?? current], updated ? 'policy' : 'revoke');
     return { successor, previous: this.summarize(updated ?? current), cacheCleared };
   }
 
@@ -364,6 +364,8 @@ export class ApiTokenService implements OnApplicationShutdown {
    * Answers the rows' summaries.
    */
   private async invalidate(stored: string, rows: ApiTokenRecord[], kind: 'revoke' | 'policy' = 'revoke'): Promise<ApiTokenRevocation> {
+    // This instance distrusts older entries at once; the others learn of the change from the log.
+    if (kind === 'policy') this.revokedTokens?.notePolicy(stored, knownPolicy(rows[0].expiresAt ?? null, rows[0].rateLimit ?? null), revocationWindowMs(this.options));
     const scopes = [...new Set<string | null>([null, ...rows.map((row) => row.type)])];
     const cacheCleared = await this.clearCache(stored, scopes);
     if (!cacheCleared) {
