@@ -91,7 +91,7 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
         const createdAt = JSON.parse(raw!).created_at as string;
         expect(raw).toBe(
           `{"id":"${record.id}","app_id":null,"tenant_id":"${tenantId}","type":"app","token":"${record.token}",` +
-            `"last_used_at":"2026-02-03T10:00:00.123456","created_at":"${createdAt}"}`,
+            `"last_used_at":"2026-02-03T10:00:00.123456","created_at":"${createdAt}","expires_at":null,"rate_limit":null}`,
         );
         expect(createdAt).toMatch(NAIVE_UTC);
         expect(Math.abs(Date.parse(`${createdAt}Z`) - Date.now())).toBeLessThan(120_000);
@@ -113,12 +113,15 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       }
     });
 
-    it('reads an entry Dify wrote (microseconds, extra fields) without the database', async () => {
+    it("reads an entry in the library's form (microseconds, an offset, extra fields) without the database", async () => {
       const token = generateApiToken('app');
       const id = '0b7e5f2a-9c1d-4e3f-8a2b-1c0d9e8f7a6b';
       await suite.redis.set(
         `api_token:app:${token}`,
-        JSON.stringify({ id, app_id: null, tenant_id: null, type: 'app', token, last_used_at: '2026-02-03T10:00:00.123456', created_at: '2026-01-01T00:00:00', extra: 1 }),
+        JSON.stringify({
+          id, app_id: null, tenant_id: null, type: 'app', token, last_used_at: '2026-02-03T10:00:00.123456', created_at: '2026-01-01T09:00:00+09:00',
+          expires_at: null, rate_limit: null, extra: 1,
+        }),
         'EX',
         600,
       );
@@ -126,6 +129,20 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       expect(res.status).toBe(200);
       expect(res.body.id).toBe(id);
       expect(counter.count()).toBe(0);
+    });
+
+    it('reads an entry Dify wrote (its seven fields: no policy it can vouch for) from the database once, and rewrites it', async () => {
+      const record = await newToken();
+      const key = `api_token:app:${record.token}`;
+      const { id, appId, tenantId, type, token, createdAt } = record;
+      const dify = { id, app_id: appId, tenant_id: tenantId, type, token, last_used_at: '2026-02-03T10:00:00.123456', created_at: createdAt };
+      await suite.redis.set(key, JSON.stringify(dify), 'EX', 600);
+      counter.reset();
+      const res = await whoami('/app/whoami', `Bearer ${record.token}`);
+      expect(res.status).toBe(200);
+      expect(res.body.id).toBe(id);
+      expect(counter.count()).toBe(1);
+      expect(JSON.parse((await suite.redis.get(key))!)).toMatchObject({ id, expires_at: null, rate_limit: null });
     });
 
     it('treats a corrupted entry as a miss, reads the database and overwrites it', async () => {
