@@ -16,7 +16,6 @@ import { fileURLToPath } from 'node:url';
 const started = Date.now();
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const ts = createRequire(join(root, 'package.json'))('typescript');
-const lib = join(root, 'libs', 'api-token', 'src');
 const read = (path) => readFileSync(join(root, path), 'utf8');
 const problems = [];
 const problem = (file, line, message) => problems.push(`${file}:${line}: ${message}`);
@@ -208,6 +207,27 @@ for (const { file, text } of docs) {
   }
 }
 
+// Relative links: the file exists, and the anchor is one of its headings (GitHub's slugs).
+const slug = (heading) => heading.trim().toLowerCase().replace(/[^\w\- ]+/g, '').replace(/ /g, '-');
+const anchorsOf = (text) => new Set([...text.replace(/```[\s\S]*?```/g, '').matchAll(/^#+ (.+)$/gm)].map((m) => slug(m[1].replace(/`/g, ''))));
+for (const { file, text } of docs) {
+  for (const m of text.matchAll(/\]\(([^)\s]+)\)/g)) {
+    const target = m[1];
+    if (/^[a-z]+:/.test(target)) continue; // https:, mailto:
+    const [path, anchor] = target.split('#');
+    const targetFile = path ? relative(root, resolve(root, dirname(file), path)) : file;
+    let targetText;
+    try {
+      targetText = read(targetFile);
+    } catch {
+      if (!path.endsWith('/')) problem(file, lineAt(text, m.index), `link to ${target}: no such file`);
+      continue;
+    }
+    checkedNames++;
+    if (anchor && targetFile.endsWith('.md') && !anchorsOf(targetText).has(anchor)) problem(file, lineAt(text, m.index), `link to ${target}: no such heading`);
+  }
+}
+
 // Completeness: what users must find documented.
 const readme = read('README.md');
 const optionsTable = /^\| option \|[\s\S]*?\n\n/m.exec(readme)?.[0] ?? '';
@@ -217,9 +237,9 @@ for (const name of metrics) if (!observability.includes(name)) problem('docs/obs
 for (const name of envRead) if (!readme.includes(`\`${name}\``)) problem('README.md', 0, `environment variable ${name} (read by the demo or the CLI) is not named`);
 for (const name of commands.keys()) if (!read('docs/cli.md').includes(`-- ${name}`)) problem('docs/cli.md', 0, `CLI command ${name} is not documented`);
 
-for (const p of problems) console.error(p);
-console.log(
+for (const p of problems) process.stderr.write(`${p}\n`);
+process.stdout.write(
   `docs:check: ${docs.length} files, ${snippets.length} TypeScript snippets compiled, ${checkedNames} names checked, ` +
-    `${problems.length} problem${problems.length === 1 ? '' : 's'} (${((Date.now() - started) / 1000).toFixed(1)} s)`,
+    `${problems.length} problem${problems.length === 1 ? '' : 's'} (${((Date.now() - started) / 1000).toFixed(1)} s)\n`,
 );
 process.exitCode = problems.length ? 1 : 0;
