@@ -183,6 +183,9 @@ async function main() {
     for (const needed of ['package.json', 'README.md', 'LICENSE', 'CHANGELOG.md', 'dist/index.js', 'dist/index.d.ts', 'dist/cli/token.cli.js']) {
       assert(files.includes(needed), `missing ${needed}`);
     }
+    // The package's own README (install and use), not the repository's (demo, tests, benches).
+    const readme = readFileSync(join(unpacked, 'package', 'README.md'), 'utf8');
+    assert(readme === readFileSync(join(root, 'libs', 'api-token', 'README.md'), 'utf8'), "README.md is not libs/api-token/README.md");
     const unwanted = files.filter((f) => /(^|\/)(test|tests|bench|__tests__)\//.test(f) || /\.(spec|e2e-spec|test|bench)\.[cm]?[jt]s/.test(f) || /(^|\/)tsconfig[^/]*\.json$/.test(f));
     assert(unwanted.length === 0, `unwanted files: ${unwanted.slice(0, 5).join(', ')}`);
     const maps = files.filter((f) => f.endsWith('.map'));

@@ -22,6 +22,8 @@ const MAX_HEADER_LENGTH = BEARER_PREFIX.length + MAX_TOKEN_LENGTH;
  * The request path: shape check, in-process cache, Redis, then one database lookup per token at a
  * time (a shared promise in the process, a Redlock lock across processes). Every token it accepts
  * counts as a use.
+ *
+ * @hideconstructor
  */
 @Injectable()
 export class ApiTokenAuthenticator {

@@ -69,7 +69,7 @@ const guards = new Map<string, Type<CanActivate>>();
  * `@UseGuards(ApiTokenGuard('app'))`. The token's identity is then on `request.apiToken`
  * (see {@link CurrentApiToken}). Refusals are 401 with `WWW-Authenticate: Bearer`; when the token
  * store cannot answer for an uncached token, 503 with `Retry-After`; a token over its rate limit
- * gets 429 ({@link ApiTokenRateLimiter}). Bodies in the shape of the `errorFormat` option.
+ * gets 429 (its rate limit). Bodies in the shape of the `errorFormat` option.
  */
 export function ApiTokenGuard(scope: string): Type<CanActivate> {
   let guard = guards.get(scope);

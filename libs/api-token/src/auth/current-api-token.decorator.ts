@@ -2,7 +2,7 @@ import { ExecutionContext, createParamDecorator } from '@nestjs/common';
 import type { ApiTokenRequest } from './api-token.guard';
 
 /**
- * Hands a handler the token the guard accepted (id, appId, tenantId, type):
+ * Hands a handler the token the guard accepted (id, appId, tenantId, scope):
  * `whoami(@CurrentApiToken() token: AuthenticatedApiToken)`.
  */
 export const CurrentApiToken = createParamDecorator(

@@ -30,6 +30,8 @@ const DEFAULT_TIMEOUT_MS = 1000;
  *
  * The module authenticates without Redis (from the database, more slowly), so a readiness check
  * may leave Redis out, or treat its `down` as a warning.
+ *
+ * @hideconstructor
  */
 @Injectable()
 export class ApiTokenHealthIndicator {

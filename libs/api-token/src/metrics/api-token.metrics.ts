@@ -112,45 +112,72 @@ export interface TimingSnapshot {
 
 /** Everything {@link ApiTokenMetrics} knows, as plain data. Scope labels: the scope, `any` (no scope), or `other`. */
 export interface ApiTokenMetricsSnapshot {
+  /** Request-path counters per scope label. */
   scopes: Record<string, ScopeMetricsSnapshot>;
+  /** Durations of request-path database lookups. */
   databaseLookupSeconds: TimingSnapshot;
+  /** Durations of waits for a lookup lock held by another process. */
   lockWaitSeconds: TimingSnapshot;
-  localCache: { entries: number };
+  /** The in-process cache (L1). */
+  localCache: {
+    /** Entries it holds now. */
+    entries: number;
+  };
+  /** The module's use of Redis. */
   redis: {
+    /** True while Redis is used, false while the module does without it. */
     up: boolean;
     /** Times Redis was taken as down (one per outage, however many calls failed). */
     outages: number;
     /** Calls that yielded nothing, by operation and reason. */
     fallbacks: Record<string, Record<RedisFallbackReason, number>>;
   };
+  /** Usage recording in this process. */
   usage: {
     /** Uses waiting in the process to be written to Redis. */
     pending: number;
     /** Uses given up because too many were pending while Redis did not answer. */
     dropped: number;
   };
+  /** The usage flush, as run by this process. */
   flush: {
+    /** Runs by outcome: completed, stopped, failed, skipped. */
     runs: Record<FlushOutcome, number>;
+    /** `api_token_active:*` keys the walks returned. */
     scanned: number;
+    /** Keys read and deleted (GETDEL). */
     taken: number;
+    /** Rows whose `last_used_at` moved forward. */
     updated: number;
+    /** Unusable keys dropped (bad shape, unreadable time, time too far ahead). */
     dropped: number;
     /** Uses taken from Redis that neither reached the database nor went back to Redis. */
     usesLost: number;
     /** Expired tokens the job deleted (rows and cache entries, through the revocation path). */
     expiredRemoved: number;
+    /** Durations of the runs. */
     durationSeconds: TimingSnapshot;
     /** Unix time (seconds) of the end of the last completed run, null before the first. */
     lastSuccessAt: number | null;
   };
+  /** Revocations, tenant invalidations and the invalidation channel. */
   invalidation: {
-    revocations: { revoked: number; not_found: number };
+    /** Revocations made by this process. */
+    revocations: {
+      /** Revocations that deleted a row. */
+      revoked: number;
+      /** Revocations that matched no row. */
+      not_found: number;
+    };
+    /** Tenant invalidations made by this process. */
     tenantInvalidations: number;
     /** Times this instance found the revocation log reset under it (truncated, or made again) and read it from the start. */
     logResets: number;
     /** Invalidations whose Redis part did not go through (entries may be served until they expire), by kind. */
     failures: Record<InvalidationKind, number>;
+    /** True while the invalidation channel reaches this instance (its own ping came back within 3 s). */
     listening: boolean;
+    /** Invalidation messages from other instances acted on. */
     messagesReceived: number;
     /** Revoked tokens this instance refuses on its own until their cache entries can no longer exist. */
     revokedListed: number;
@@ -194,7 +221,7 @@ const zeros = <K extends string>(keys: readonly K[]): Record<K, number> =>
  * Counters and timings of the module, kept as plain numbers per low-cardinality label set (scope,
  * outcome), cheap enough for the request path. Read them with {@link snapshot}, or export them to
  * Prometheus with `registerApiTokenMetrics`. No label or value ever holds a token or a key: scope
- * labels are at most {@link MAX_SCOPE_LABELS} strings shaped like the `type` column, others are `other`.
+ * labels are at most `MAX_SCOPE_LABELS` (20) strings shaped like the `type` column, others are `other`.
  */
 @Injectable()
 export class ApiTokenMetrics {
@@ -216,7 +243,11 @@ export class ApiTokenMetrics {
   private revocationLogResets = 0;
   private readonly invalidationFailures = zeros(INVALIDATION_KINDS);
 
-  /** The counters of a scope (null: `any`); count on the returned object. Allocates only the first time a scope is seen. */
+  /**
+   * The counters of a scope (null: `any`); count on the returned object. Allocates only the first time a scope is seen.
+   *
+   * @hidden
+   */
   scope(scope: string | null): ScopeCounters {
     return this.scopes.get(scope ?? ANY_SCOPE) ?? this.addScope(scope ?? ANY_SCOPE);
   }
@@ -306,7 +337,11 @@ export class ApiTokenMetrics {
     this.invalidationFailures[kind]++;
   }
 
-  /** Registers where a live value is read when a snapshot is taken (the last registration wins). */
+  /**
+   * Registers where a live value is read when a snapshot is taken (the last registration wins).
+   *
+   * @hidden
+   */
   source(name: ApiTokenMetricsSource, read: () => number): void {
     this.sources.set(name, read);
   }

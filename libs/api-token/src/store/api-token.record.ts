@@ -29,15 +29,21 @@ export interface ApiTokenRecord {
 
 /** A per-token rate limit: at most `limit` requests per `windowSeconds`. */
 export interface RateLimitPolicy {
+  /** Requests accepted per window, on all instances together. */
   limit: number;
+  /** The window's length in seconds (1 s to 1 day); windows are aligned on the Unix epoch. */
   windowSeconds: number;
 }
 
 /** What the guard attaches to the request: the token's identity, never its secret. */
 export interface AuthenticatedApiToken {
+  /** The token's row id (uuid). */
   id: string;
+  /** The app the token belongs to, or null. */
   appId: string | null;
+  /** The tenant the token belongs to, or null. */
   tenantId: string | null;
+  /** The token's scope (the `type` column): `app`, `dataset`, or another scope. */
   scope: string;
 }
 

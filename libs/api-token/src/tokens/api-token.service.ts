@@ -55,16 +55,23 @@ export interface ApiTokenRotation {
 
 /** Filters of {@link ApiTokenService.list}; all optional. */
 export interface ListApiTokensInput {
+  /** Only tokens of this app (uuid). */
   appId?: string;
+  /** Only tokens of this tenant (uuid). */
   tenantId?: string;
+  /** Only tokens of this scope. */
   scope?: string;
 }
 
 /** A token as the service shows it: everything but the secret. */
 export interface ApiTokenSummary {
+  /** The token's row id (uuid). */
   id: string;
+  /** The app the token belongs to, or null. */
   appId: string | null;
+  /** The tenant the token belongs to, or null. */
   tenantId: string | null;
+  /** The token's scope (the `type` column). */
   scope: string;
   /** The token's prefix, when it has the generated shape, followed by asterisks; never a character of the secret. */
   maskedToken: string;
@@ -80,6 +87,7 @@ export interface ApiTokenSummary {
 
 /** A new token: its summary and, this once, the token itself. */
 export interface CreatedApiToken extends ApiTokenSummary {
+  /** The token itself: handed out this once, never stored in clear in hashed mode, never logged. */
   token: string;
 }
 
@@ -144,9 +152,11 @@ const MAX_PENDING_INVALIDATIONS = 10_000;
  * A revocation deletes the rows and logs it in PostgreSQL (one statement), then changes the token's
  * generation (so a cache fill that read the row before cannot write it after), then drops the token's
  * entries in every scope from Redis, and every instance drops them from its in-process cache through
- * Redis pub/sub ({@link ApiTokenInvalidationService}) and, whatever Redis does, from the log. A
+ * Redis pub/sub (the invalidation channel) and, whatever Redis does, from the log. A
  * creation changes the generation and drops the entries too, so a cached "no such token" never hides
  * a new token.
+ *
+ * @hideconstructor
  */
 @Injectable()
 export class ApiTokenService implements OnApplicationShutdown {
@@ -350,6 +360,7 @@ export class ApiTokenService implements OnApplicationShutdown {
     return this.options.hashTokens ? MASK : mask(token);
   }
 
+  /** Nest's shutdown hook: stops retrying revocations and warns about those that never reached Redis. */
   onApplicationShutdown(): void {
     if (this.retryTimer) clearInterval(this.retryTimer);
     this.retryTimer = undefined;

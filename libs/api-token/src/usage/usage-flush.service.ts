@@ -47,7 +47,7 @@ export interface UsageFlushStats {
   updated: number;
   /** Taken keys that could not be used (bad key shape or time), deleted and counted. */
   dropped: number;
-  /** Expired tokens deleted after the walk, under the same lock (the {@link FlushFollowUp}, when one is set). */
+  /** Expired tokens deleted after the walk, under the same lock (when the expiry sweep is set up). */
   expired: number;
   /** Milliseconds the flush took, lock included. */
   elapsedMs: number;
@@ -119,6 +119,8 @@ class Walk {
  * in one step (GETDEL), so a use recorded during the run stays for the next one; each page of
  * `flushPageSize` uses is one forward-only UPDATE. When the database refuses a page, the taken times
  * go back to Redis unless a newer one is there.
+ *
+ * @hideconstructor
  */
 @Injectable()
 export class ApiTokenUsageFlushService implements OnApplicationBootstrap, BeforeApplicationShutdown {
@@ -143,6 +145,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     this.tickTtlSeconds = 2 * (options.flushCron === false ? MAX_FLUSH_GAP_SECONDS : longestCronGapSeconds(options.flushCron));
   }
 
+  /** Nest's bootstrap hook: warns when no flush job is scheduled (no `ScheduleModule.forRoot()`). */
   onApplicationBootstrap(): void {
     // ScheduleModule mounts its jobs in its own bootstrap hook, which may come after this one.
     if (!this.applySchedule()) setImmediate(() => this.applySchedule(true));
@@ -179,7 +182,12 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     return run;
   }
 
-  /** Sets the work each run does after its walk, under its lock (one; the last set wins). */
+  /**
+   * Sets the work each run does after its walk, under its lock (one; the last set wins). Wiring
+   * inside the module, not for applications.
+   *
+   * @hidden
+   */
   setFollowUp(work: FlushFollowUp): void {
     this.followUp = work;
   }
