@@ -32,7 +32,7 @@ export class ApiTokenRevokedTokens {
    * exist: an entry that says otherwise (cached before the change, and the change's invalidation did
    * not reach Redis) is not trusted.
    */
-  private readonly policies = new Map<string, { policy: KnownPolicy; until: number }>();
+  private readonly policies = new Map<string, { policy: KnownPolicy; until: number; id?: bigint }>();
 
   constructor(@Optional() metrics?: ApiTokenMetrics) {
     metrics?.source('revokedTokensListed', () => this.until.size);
@@ -53,9 +53,16 @@ export class ApiTokenRevokedTokens {
     return false;
   }
 
-  /** Notes the stored token's policy after a change, for `forMs` from now (the latest change noted wins). */
-  notePolicy(token: string, policy: KnownPolicy, forMs: number): void {
-    this.policies.set(token, { policy, until: performance.now() + forMs });
+  /**
+   * Notes the stored token's policy after a change, for `forMs` from now. `id` is the change's id in the
+   * policy-change log: a change with a lower id than the one noted is older and never replaces it (a
+   * late-committing entry read after a newer one). A note without an id (this instance's own change,
+   * before the log tells it the id) is replaced by the next change the log brings.
+   */
+  notePolicy(token: string, policy: KnownPolicy, forMs: number, id?: bigint): void {
+    const noted = this.policies.get(token);
+    if (id !== undefined && noted?.id !== undefined && noted.id > id) return;
+    this.policies.set(token, { policy, until: performance.now() + forMs, id });
   }
 
   /**

@@ -5,7 +5,7 @@ import { ANY_SCOPE, CACHE_KEY_PREFIX, activeKey, cacheKey, escapeGlob, generatio
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import type { ApiTokenRecord, AuthenticatedApiToken } from '../store/api-token.record';
 import { parseRecord, serializeRecord, toAuthenticated } from '../store/api-token.record';
-import { scanKeys, setIfGeneration } from '../redis/redis.commands';
+import { scanKeys, setIfGeneration, addToIndex } from '../redis/redis.commands';
 import { ApiTokenRedisService, UNCONFIRMED, type Unconfirmed } from '../redis/redis-access.service';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRevokedTokens } from './revoked-tokens';
@@ -242,7 +242,7 @@ export class ApiTokenCacheService {
     }
     if (outcome === 'stored' && record?.tenantId) {
       const index = tenantIndexKey(record.tenantId);
-      await this.redis.call('set', (r) => r.sadd(index, key).then(() => r.expire(index, tenantIndexTtlSeconds)));
+      await this.redis.call('set', (r) => addToIndex(r, index, key, tenantIndexTtlSeconds));
     }
     if (outcome !== 'changed' && epoch === this.epoch) this.setLocal(key, record, scope, started, token);
     return outcome;

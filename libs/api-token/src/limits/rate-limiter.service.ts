@@ -129,8 +129,13 @@ export class ApiTokenRateLimiter implements OnApplicationShutdown {
     const total = await this.add(count, 1 + owed);
     let used: number;
     if (total !== undefined) {
-      count.seen = Math.max(count.seen, total);
-      used = total;
+      // Redis's total only grows within a window, so one below what it said before plus this count
+      // means it lost the window (a restart without persistence, a promoted replica): count on from
+      // what was known, and put the difference back with the next count.
+      const known = count.seen + owed + 1;
+      if (total < known) count.pending += known - total;
+      used = Math.max(total, known);
+      count.seen = used;
     } else {
       count.pending += owed;
       if (this.closedWhenDown) throw this.unavailable(count.scope, adapter, response);

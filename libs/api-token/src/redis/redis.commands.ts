@@ -88,3 +88,21 @@ export function setIfGeneration(
   if (!client.apiTokenSetIfGeneration) client.defineCommand('apiTokenSetIfGeneration', { numberOfKeys: 2, lua: SET_IF_GENERATION });
   return (client as RedisClient & WithSetIfGeneration).apiTokenSetIfGeneration(key, generationKey, generation, value, ttlSeconds, latest);
 }
+
+const ADD_TO_INDEX = `
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1`;
+
+type WithAddToIndex = { apiTokenAddToIndex(index: string, member: string, ttlSeconds: number): Promise<number> };
+
+/**
+ * Adds a member to a set and makes its TTL at least `ttlSeconds`, never shorter: an index shared with
+ * writers of a shorter TTL (Dify's 660 s, another instance's options) keeps the longest. One script, one
+ * round trip (EXPIRE's GT flag needs Redis 7, and alone it never sets a TTL on a new set).
+ */
+export function addToIndex(redis: RedisClient, index: string, member: string, ttlSeconds: number): Promise<number> {
+  const client = redis as RedisClient & Partial<WithAddToIndex>;
+  if (!client.apiTokenAddToIndex) client.defineCommand('apiTokenAddToIndex', { numberOfKeys: 1, lua: ADD_TO_INDEX });
+  return (client as RedisClient & WithAddToIndex).apiTokenAddToIndex(index, member, ttlSeconds);
+}

@@ -18,20 +18,17 @@ const JOINED_COLUMNS =
 const JOINED = 'api_tokens t LEFT JOIN api_token_policies p ON p.token_id = t.id';
 const NOW_UTC = `(now() AT TIME ZONE 'UTC')::timestamp(0)`;
 
-/** A row of {@link ApiTokenRepository.readLogs}: the logs' heads, then one entry (its columns null when neither log had one). */
+/** A row of a log read ({@link ApiTokenRepository.readRevocationLog}): the log's head, then one entry (null columns when none). */
 interface LogRow {
-  r_node: string;
-  r_max: string;
-  p_node: string;
-  p_max: string;
-  next_expiry_ms: number | null;
-  log: 'r' | 'p' | null;
-  id: string;
+  seq_node: string;
+  seq_last: string;
+  next_expiry_ms?: number | null;
+  id: string | null;
   token: string;
   scopes: string[];
-  expires_at: string | null;
-  rate_limit: number | null;
-  rate_window_seconds: number | null;
+  expires_at?: string | null;
+  rate_limit?: number | null;
+  rate_window_seconds?: number | null;
   age_ms: number;
 }
 
@@ -119,19 +116,23 @@ export interface LogCursor {
   gaps: readonly string[];
 }
 
-/** What one read of a log found: its entries, and what tells a reader that the log was reset. */
+/** What one read of a log found: its entries, and the state of the log's id sequence. */
 export interface LogPage {
   entries: RevocationLogEntry[];
-  /** The highest id in the log ('0' when empty). */
-  maxId: string;
-  /** The table's file node: TRUNCATE, or dropping and creating the table again, changes it. */
-  fileNode: string;
+  /**
+   * The last id the log's sequence handed out ('0' before the first): ids up to it are taken, by
+   * committed entries or by transactions still open (or rolled back).
+   */
+  lastId: string;
+  /**
+   * The file node of the log's id sequence: restarting the sequence (TRUNCATE … RESTART IDENTITY) or
+   * making the table again changes it; pruning, TRUNCATE alone, VACUUM FULL or CLUSTER do not.
+   */
+  sequenceNode: string;
 }
 
-/** One poll of both logs ({@link ApiTokenRepository.readLogs}). */
-export interface LogsRead {
-  revocations: LogPage;
-  policyChanges: LogPage;
+/** One read of the revocation log ({@link ApiTokenRepository.readRevocationLog}). */
+export interface RevocationLogRead extends LogPage {
   /** Milliseconds until the next token expires, by PostgreSQL's clock (negative: one has); null when none expires. */
   nextExpiryInMs: number | null;
 }
@@ -246,57 +247,73 @@ export class ApiTokenRepository {
   }
 
   /**
-   * One poll of the revocation log and the policy-change log, in one statement: each log's entries after
-   * its cursor and among its gaps (ids skipped by an earlier read, whose transactions may have
-   * committed since), oldest first, at most `limit` of each (a range scan of each primary key); each
-   * log's highest id and file node, so a reader sees a log that was truncated or made again; and when
-   * the next token expires.
+   * Entries of the revocation log after `cursor.after` or among `cursor.gaps`, in id order, at most
+   * `limit`; with the state of the log's id sequence and when the next token expires. One statement.
    */
-  async readLogs(revocations: LogCursor, policyChanges: LogCursor, limit: number): Promise<LogsRead> {
-    const age = (column: string) => `(extract(epoch FROM (clock_timestamp() AT TIME ZONE 'UTC') - ${column}) * 1000)::float8 AS age_ms`;
-    const rows = await this.query<LogRow>(
+  async readRevocationLog(cursor: LogCursor, limit: number): Promise<RevocationLogRead> {
+    const rows = await this.readLog(
       'read revocations',
-      `WITH h AS (
-         SELECT pg_relation_filenode('api_token_revocations')::text AS r_node,
-                (SELECT coalesce(max(id), 0) FROM api_token_revocations)::text AS r_max,
-                pg_relation_filenode('api_token_policy_changes')::text AS p_node,
-                (SELECT coalesce(max(id), 0) FROM api_token_policy_changes)::text AS p_max,
-                (SELECT extract(epoch FROM min(expires_at) - (clock_timestamp() AT TIME ZONE 'UTC')) * 1000
-                   FROM api_token_policies WHERE expires_at IS NOT NULL)::float8 AS next_expiry_ms
-       ), e AS (
-         (SELECT 'r' AS log, id::text AS id, token, scopes::text[] AS scopes, NULL::text AS expires_at, NULL::integer AS rate_limit,
-                 NULL::integer AS rate_window_seconds, ${age('revoked_at')}
-            FROM api_token_revocations WHERE id > $1::bigint OR id = ANY($2::bigint[]) ORDER BY id LIMIT $5)
-         UNION ALL
-         (SELECT 'p', id::text, token, scopes::text[], ${TS('expires_at').replace(' AS expires_at', '')}, rate_limit, rate_window_seconds, ${age('changed_at')}
-            FROM api_token_policy_changes WHERE id > $3::bigint OR id = ANY($4::bigint[]) ORDER BY id LIMIT $5)
-       )
-       SELECT h.*, e.* FROM h LEFT JOIN e ON true`,
-      [revocations.after, [...revocations.gaps], policyChanges.after, [...policyChanges.gaps], limit],
+      'api_token_revocations',
+      `, (SELECT extract(epoch FROM min(expires_at) - (clock_timestamp() AT TIME ZONE 'UTC')) * 1000
+            FROM api_token_policies WHERE expires_at IS NOT NULL)::float8 AS next_expiry_ms`,
+      'revoked_at',
+      '',
+      cursor,
+      limit,
     );
-    const [head] = rows;
-    const entries = (log: 'r' | 'p') =>
-      rows
-        .filter((row) => row.log === log)
-        .map((row): RevocationLogEntry => ({
-          id: row.id,
-          token: row.token,
-          scopes: row.scopes,
-          ageMs: Math.max(0, row.age_ms),
-          ...(log === 'p'
-            ? {
-                policy: {
-                  expiresAt: row.expires_at ? toNaiveUtc(row.expires_at) : null,
-                  rateLimit: row.rate_limit && row.rate_window_seconds ? { limit: row.rate_limit, windowSeconds: row.rate_window_seconds } : null,
-                },
-              }
-            : {}),
-        }));
-    return {
-      revocations: { entries: entries('r'), maxId: head.r_max, fileNode: head.r_node },
-      policyChanges: { entries: entries('p'), maxId: head.p_max, fileNode: head.p_node },
-      nextExpiryInMs: head.next_expiry_ms,
-    };
+    return { ...this.logPage(rows, false), nextExpiryInMs: rows[0].next_expiry_ms ?? null };
+  }
+
+  /** Entries of the policy-change log, as {@link readRevocationLog} reads the revocation log. */
+  async readPolicyLog(cursor: LogCursor, limit: number): Promise<LogPage> {
+    const rows = await this.readLog(
+      'read policy changes',
+      'api_token_policy_changes',
+      '',
+      'changed_at',
+      `, ${TS('expires_at')}, rate_limit, rate_window_seconds`,
+      cursor,
+      limit,
+    );
+    return this.logPage(rows, true);
+  }
+
+  /**
+   * One log's head (its id sequence: file node and last value) joined to its next entries. Ordered by
+   * the bigint id, never by its text (where '1000' sorts before '2').
+   */
+  private readLog(what: string, table: string, head: string, at: string, columns: string, cursor: LogCursor, limit: number): Promise<LogRow[]> {
+    return this.query<LogRow>(
+      what,
+      `WITH s AS (SELECT pg_get_serial_sequence('${table}', 'id')::regclass AS seq),
+       h AS (SELECT pg_relation_filenode(s.seq)::text AS seq_node, coalesce(pg_sequence_last_value(s.seq), 0)::text AS seq_last${head} FROM s),
+       e AS (SELECT id, token, scopes::text[] AS scopes${columns},
+                    (extract(epoch FROM (clock_timestamp() AT TIME ZONE 'UTC') - ${at}) * 1000)::float8 AS age_ms
+               FROM ${table} WHERE id > $1::bigint OR id = ANY($2::bigint[]) ORDER BY id LIMIT $3)
+       SELECT h.*, e.id::text AS id, e.token, e.scopes${columns ? ', e.expires_at, e.rate_limit, e.rate_window_seconds' : ''}, e.age_ms
+         FROM h LEFT JOIN e ON true ORDER BY e.id`,
+      [cursor.after, [...cursor.gaps], limit],
+    );
+  }
+
+  private logPage(rows: LogRow[], policies: boolean): LogPage {
+    const entries = rows
+      .filter((row) => row.id !== null)
+      .map((row): RevocationLogEntry => ({
+        id: row.id!,
+        token: row.token,
+        scopes: row.scopes,
+        ageMs: Math.max(0, row.age_ms),
+        ...(policies
+          ? {
+              policy: {
+                expiresAt: row.expires_at ? toNaiveUtc(row.expires_at) : null,
+                rateLimit: row.rate_limit && row.rate_window_seconds ? { limit: row.rate_limit, windowSeconds: row.rate_window_seconds } : null,
+              },
+            }
+          : {}),
+      }));
+    return { entries, lastId: rows[0].seq_last, sequenceNode: rows[0].seq_node };
   }
 
   /** Deletes entries of both logs older than `olderThanMs`; returns how many. */

@@ -11,6 +11,8 @@ import { ApiTokenRevocationLogService } from './revocation-log.service';
  * Expired tokens deleted per page. Each goes through the revocation path (a DELETE, then the deletes
  * of its cache keys and a publish), so a page is kept well inside the flush lock's lifetime.
  */
+/** The longest timer set for an expiry; a later one is set by a poll closer to it. */
+const MAX_TIMER_MS = 3_600_000;
 const SWEEP_PAGE = 100;
 /** The lock that lets one instance at a time sweep at a token's expiry (not Dify's). */
 export const EXPIRY_LOCK_KEY = 'api_token_expiry_lock';
@@ -78,7 +80,9 @@ export class ApiTokenExpirySweep implements OnModuleInit, OnModuleDestroy {
 
   /** Sets the timer for the next expiry (`inMs` from now; null: none), unless it is already set as early. */
   private scheduleAt(inMs: number | null): void {
-    if (this.stopped || inMs === null) return;
+    // A later expiry is left to a later poll (every poll says when the next one is): Node fires a
+    // timer longer than 2^31 - 1 ms at once, so a 90-day token would make every poll sweep.
+    if (this.stopped || inMs === null || inMs > MAX_TIMER_MS) return;
     const at = performance.now() + Math.max(0, inMs) + AFTER_EXPIRY_MS;
     // Already due at about that time: a poll every second must not keep pushing a timer back.
     if (this.timer && Math.abs(this.timerAt - at) < AFTER_EXPIRY_MS) return;

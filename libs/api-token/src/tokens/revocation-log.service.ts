@@ -5,7 +5,7 @@ import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { ApiTokenCacheService } from '../cache/token-cache.service';
 import { ApiTokenRevokedTokens, knownPolicy } from '../cache/revoked-tokens';
 import { describeError } from '../api-token.errors';
-import { ApiTokenRepository, type LogPage, type RevocationLogEntry } from '../store/api-token.repository';
+import { ApiTokenRepository, type LogPage } from '../store/api-token.repository';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 /**
@@ -25,31 +25,42 @@ const MAX_GAPS = 10_000;
 /** How often an instance prunes old entries from the log and from its list of revoked tokens. */
 const PRUNE_EVERY_MS = 60_000;
 /**
- * On a first read (at start, or after a reset), ids this far below the log's highest that were not
- * read are watched as gaps: a revocation whose transaction was still open then. Open transactions are
- * at most PostgreSQL's connections, so their ids are near the top; older missing ids were pruned.
+ * How far below the newest id skipped ids are watched as gaps. On a first read (at start, or after a
+ * reset), the ids this far below the last one the log's sequence handed out that were not read: a
+ * revocation whose transaction was still open then. Open transactions are at most PostgreSQL's
+ * connections, so their ids are near the top; older missing ids were pruned or rolled back.
  */
-const FIRST_READ_GAP_SPAN = 1000n;
+const GAP_SPAN = 1000n;
 
 /**
  * A reader's place in one log: the highest id read, the ids skipped (transactions that took an id but
- * had not committed when a later one was read), and what the log looked like when last read, so a log
- * that was emptied and restarted (TRUNCATE … RESTART IDENTITY, a migration's down and up) is seen.
+ * had not committed when a later one was read), and the log's id sequence when last read, so a log
+ * whose ids start again (TRUNCATE … RESTART IDENTITY, a migration's down and up) is seen.
  */
 class LogPosition {
   last = 0n;
   readonly gaps = new Map<string, number>();
-  private fileNode: string | undefined;
+  /** Whether the next pages are a first read: no gaps noted between entries, the top settled at its end. */
+  first = true;
+  /** The ids a first read read near the top (the only ones {@link settle} asks about). */
+  private readonly readNearTop = new Set<bigint>();
+  private sequenceNode: string | undefined;
+  /** Whether gaps were dropped at {@link MAX_GAPS} since the last read (reported once). */
+  overflowed = false;
 
   /** The cursor of the next read. */
   cursor(): { after: string; gaps: string[] } {
     return { after: String(this.last), gaps: [...this.gaps.keys()] };
   }
 
-  /** Whether the log was reset since the last read: a new file node, or ids below what was read. */
+  /**
+   * Whether the log's ids started again since the last read: its sequence was restarted or made anew
+   * (a new file node), or hands out ids below what was read. Pruning, TRUNCATE without RESTART
+   * IDENTITY, VACUUM FULL and CLUSTER keep the sequence, so they are not resets.
+   */
   wasReset(page: LogPage): boolean {
-    const reset = this.fileNode !== undefined && (page.fileNode !== this.fileNode || BigInt(page.maxId) < this.last);
-    this.fileNode = page.fileNode;
+    const reset = this.sequenceNode !== undefined && (page.sequenceNode !== this.sequenceNode || BigInt(page.lastId) < this.last);
+    this.sequenceNode = page.sequenceNode;
     return reset;
   }
 
@@ -57,29 +68,48 @@ class LogPosition {
   rewind(): void {
     this.last = 0n;
     this.gaps.clear();
+    this.first = true;
   }
 
   /**
-   * Moves past `entries`. Later reads note every id skipped since the last one; a first read notes the
-   * missing ids within {@link FIRST_READ_GAP_SPAN} of the log's highest (`maxId`), and moves there.
+   * Moves past one page of entries (in id order). Outside a first read, notes every id skipped since
+   * the last one; in a first read, missing ids are old (pruned) unless near the top, which
+   * {@link settle} watches once the last page is read.
    */
-  advance(entries: readonly RevocationLogEntry[], first: boolean, maxId: string, now: number): void {
-    const read = new Set<bigint>();
-    const from = this.last;
-    for (const entry of entries) {
+  advance(page: LogPage, pageSize: number, now: number): void {
+    const top = BigInt(page.lastId);
+    for (const entry of page.entries) {
       const id = BigInt(entry.id);
-      read.add(id);
+      if (this.first && id > top - GAP_SPAN) this.readNearTop.add(id);
       if (this.gaps.delete(entry.id) || id <= this.last) continue;
-      if (!first) for (let gap = this.last + 1n; gap < id && this.gaps.size < MAX_GAPS; gap++) this.gaps.set(String(gap), now);
+      if (!this.first) {
+        // The ids just below a new entry are the ones open transactions may hold; a longer run of
+        // skipped ids (a sequence moved by setval, many rollbacks) is watched only near its top, and
+        // past MAX_GAPS the oldest gap makes room: the newest are the likeliest to commit late.
+        const low = id - this.last > GAP_SPAN ? id - GAP_SPAN : this.last + 1n;
+        for (let gap = low; gap < id; gap++) {
+          this.gaps.set(String(gap), now);
+          if (this.gaps.size > MAX_GAPS) {
+            this.gaps.delete(this.gaps.keys().next().value!);
+            this.overflowed = true;
+          }
+        }
+      }
       this.last = id;
     }
-    if (first) {
-      const top = BigInt(maxId);
-      for (let id = top > FIRST_READ_GAP_SPAN ? top - FIRST_READ_GAP_SPAN + 1n : 1n; id <= top && this.gaps.size < MAX_GAPS; id++) {
-        if (!read.has(id) && id > from) this.gaps.set(String(id), now);
-      }
-      if (top > this.last) this.last = top;
+    if (this.first && page.entries.length < pageSize) this.settle(top, now);
+  }
+
+  /** Ends a first read: watches the ids near the sequence's top that were not read, and moves there. */
+  private settle(top: bigint, now: number): void {
+    const low = top > GAP_SPAN ? top - GAP_SPAN + 1n : 1n;
+    // A first read starts from 0 (at start, or after a reset), so every id from `low` up is its concern.
+    for (let id = low; id <= top && this.gaps.size < MAX_GAPS; id++) {
+      if (!this.readNearTop.has(id)) this.gaps.set(String(id), now);
     }
+    if (top > this.last) this.last = top;
+    this.readNearTop.clear();
+    this.first = false;
   }
 
   /** Forgets gaps watched longer than {@link GAP_WAIT_MS}. */
@@ -121,6 +151,7 @@ export class ApiTokenRevocationLogService implements OnModuleInit, OnModuleDestr
   private loaded = false;
   private lastReadAt: number | undefined;
   private failing = false;
+  private policyLogFailing = false;
   private nextPruneAt = 0;
   private timer: NodeJS.Timeout | undefined;
   private polling: Promise<void> | undefined;
@@ -181,27 +212,19 @@ export class ApiTokenRevocationLogService implements OnModuleInit, OnModuleDestr
   private async read(): Promise<void> {
     try {
       const initial = !this.loaded;
-      let first = { revocations: initial, policyChanges: initial };
       let nextExpiryInMs: number | null = null;
       for (;;) {
         this.reads++;
-        const read = await this.repository.readLogs(this.revocations.cursor(), this.policyChanges.cursor(), PAGE_SIZE);
-        nextExpiryInMs = read.nextExpiryInMs;
-        const reset = { revocations: this.revocations.wasReset(read.revocations), policyChanges: this.policyChanges.wasReset(read.policyChanges) };
-        if (reset.revocations || reset.policyChanges) {
-          this.metrics?.revocationLogReset();
-          this.logger.error(
-            'The revocation log was reset under this instance (truncated, or its table made again); reading it again from the start. ' +
-              'Revocations made while it was reset may have been missed by instances that did not restart: revoke them again.',
-          );
-          if (reset.revocations) this.revocations.rewind();
-          if (reset.policyChanges) this.policyChanges.rewind();
-          first = { revocations: first.revocations || reset.revocations, policyChanges: first.policyChanges || reset.policyChanges };
-          continue;
-        }
-        await this.apply(read.revocations, read.policyChanges, first, initial);
-        first = { revocations: false, policyChanges: false };
-        if (read.revocations.entries.length < PAGE_SIZE && read.policyChanges.entries.length < PAGE_SIZE) break;
+        // Two statements, so a missing or broken policy-change log (a rollback's migration down())
+        // never stops revocations from being read.
+        const [revocations, policyChanges] = await Promise.all([
+          this.repository.readRevocationLog(this.revocations.cursor(), PAGE_SIZE),
+          this.repository.readPolicyLog(this.policyChanges.cursor(), PAGE_SIZE).catch((error: unknown) => this.policyLogFailed(error)),
+        ]);
+        nextExpiryInMs = revocations.nextExpiryInMs;
+        if (this.sawReset(revocations, policyChanges)) continue;
+        await this.apply(revocations, policyChanges, initial);
+        if (revocations.entries.length < PAGE_SIZE && (policyChanges?.entries.length ?? 0) < PAGE_SIZE) break;
       }
       this.loaded = true;
       this.lastReadAt = performance.now();
@@ -219,25 +242,55 @@ export class ApiTokenRevocationLogService implements OnModuleInit, OnModuleDestr
     }
   }
 
+  /** Logs a failed read of the policy-change log (once until it is read again); the poll goes on without it. */
+  private policyLogFailed(error: unknown): undefined {
+    if (!this.policyLogFailing && !this.stopped) {
+      this.policyLogFailing = true;
+      this.logger.error(
+        `Policy-change log not read (${describeError(error)}); revocations still apply, but ends of rotation grace and ` +
+          'changed rate limits reach this instance only through Redis until it is (run the migrations)',
+      );
+    }
+    return undefined;
+  }
+
+  /** Whether either log's ids started again (then both positions affected are rewound, and it is logged and counted). */
+  private sawReset(revocations: LogPage, policyChanges: LogPage | undefined): boolean {
+    const reset = this.revocations.wasReset(revocations);
+    const policyReset = policyChanges !== undefined && this.policyChanges.wasReset(policyChanges);
+    if (!reset && !policyReset) return false;
+    this.metrics?.revocationLogReset();
+    this.logger.error(
+      'The revocation log was reset under this instance (its ids started again: TRUNCATE … RESTART IDENTITY, or its table made again); ' +
+        'reading it again from the start. Revocations made while it was reset may have been missed by instances that did not restart: revoke them again.',
+    );
+    if (reset) this.revocations.rewind();
+    if (policyReset) this.policyChanges.rewind();
+    return true;
+  }
+
   /**
-   * Lists each revocation still inside the window as revoked, and notes each policy change's policy;
-   * after start-up (when L1 is empty and the entries are old news), evicts their keys from L1 and
-   * deletes them from Redis again.
+   * Lists each revocation still inside the window as revoked, and notes each policy change's policy
+   * (the newest change of a token wins, whatever order the entries arrive in); after start-up (when L1
+   * is empty and the entries are old news), evicts their keys from L1 and deletes them from Redis again.
    */
-  private async apply(
-    revocations: LogPage,
-    policyChanges: LogPage,
-    first: { revocations: boolean; policyChanges: boolean },
-    initial: boolean,
-  ): Promise<void> {
+  private async apply(revocations: LogPage, policyChanges: LogPage | undefined, initial: boolean): Promise<void> {
     const now = performance.now();
-    this.revocations.advance(revocations.entries, first.revocations, revocations.maxId, now);
-    this.policyChanges.advance(policyChanges.entries, first.policyChanges, policyChanges.maxId, now);
+    this.revocations.advance(revocations, PAGE_SIZE, now);
+    if (policyChanges) {
+      this.policyChanges.advance(policyChanges, PAGE_SIZE, now);
+      this.policyLogFailing = false;
+    }
+    for (const position of [this.revocations, this.policyChanges]) {
+      if (!position.overflowed) continue;
+      position.overflowed = false;
+      this.logger.warn(`More than ${MAX_GAPS} skipped log ids watched at once; the oldest are no longer watched (a revocation among them that commits late is read only after a restart)`);
+    }
     const keys: string[] = [];
-    for (const entry of [...revocations.entries, ...policyChanges.entries]) {
+    for (const entry of [...revocations.entries, ...(policyChanges?.entries ?? [])]) {
       const remaining = this.windowMs - entry.ageMs;
       if (remaining <= 0) continue;
-      if (entry.policy) this.revoked.notePolicy(entry.token, knownPolicy(entry.policy.expiresAt, entry.policy.rateLimit), remaining);
+      if (entry.policy) this.revoked.notePolicy(entry.token, knownPolicy(entry.policy.expiresAt, entry.policy.rateLimit), remaining, BigInt(entry.id));
       else this.revoked.add(entry.token, remaining);
       if (!initial) for (const scope of [null, ...entry.scopes]) keys.push(cacheKey(scope, entry.token));
     }
