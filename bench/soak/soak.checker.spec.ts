@@ -127,3 +127,12 @@ describe('soak checker', () => {
     expect(short.note).toMatch(/not judged/);
   });
 });
+
+describe('soak checker, what the instances saw', () => {
+  it('applies the Redis-down bound where an instance took Redis as down with no fault injected', () => {
+    const limit = { limit: 10, windowSeconds: 5 };
+    const h = history({ redisDown: [{ instance: 0, start: T0 + 7000, end: T0 + 12_000 }] });
+    expect(rateLimitBound(h, limit, T0, 40).bound).toBe(20);
+    expect(rateLimitBound(h, limit, T0 + 60_000, 40).bound).toBe(14);
+  });
+});

@@ -23,6 +23,8 @@ export interface RequestRecord {
   sent: number;
   done: number;
   status: number;
+  /** The client's error code (ECONNREFUSED, …) when there was no answer. */
+  error?: string;
 }
 
 /** One token the soak created, and what it did to it. Never the token itself: its id and a label. */
@@ -84,6 +86,14 @@ export interface SoakHistory {
   faults: FaultEvent[];
   memory: MemorySample[];
   finalUses: FinalUse[];
+  /**
+   * Spans in which an instance took Redis as down on its own (its `redis.outages` metric grew, or
+   * `redis.up` was false, between two samples): a call timed out on a loaded machine with no fault
+   * injected. The README's Redis-down rules apply there as well.
+   */
+  redisDown?: { instance: number; start: number; end: number }[];
+  /** The soak client's own event-loop delay, the longest per second: a stall there makes answers look late. */
+  clientStalls?: { t: number; maxMs: number }[];
 }
 
 export interface InvariantResult {
@@ -123,7 +133,7 @@ class Tally {
 /** A request named for a person reading the report: its number, time into the run, instance, token label, answer. */
 export function describeRequest(h: SoakHistory, r: RequestRecord): string {
   const token = r.token >= 0 ? `${h.tokens[r.token].kind} token #${r.token} (id ${h.tokens[r.token].id.slice(0, 8)}…)` : `${r.kind} token`;
-  const answer = r.status === NO_ANSWER ? 'no answer' : r.status === CONNECTION_ERROR ? 'connection error' : `status ${r.status}`;
+  const answer = r.status === NO_ANSWER ? 'no answer' : r.status === CONNECTION_ERROR ? `connection error ${r.error ?? ''}`.trim() : `status ${r.status}`;
   return `request #${r.id} at +${((r.sent - h.startedAt) / 1000).toFixed(3)} s to instance ${r.instance}, ${token}: ${answer} after ${r.done - r.sent} ms`;
 }
 
@@ -182,7 +192,8 @@ function checkAnswers(h: SoakHistory, b: SoakBounds): InvariantResult {
       continue;
     }
     if (r.done - r.sent > b.hangMs) {
-      tally.check(false, say(`answered after the ${b.hangMs} ms bound`));
+      const stall = Math.max(0, ...(h.clientStalls ?? []).filter((s) => s.t >= r.sent && s.t - 1000 <= r.done).map((s) => s.maxMs));
+      tally.check(false, say(`answered after the ${b.hangMs} ms bound (the client's own event loop stalled up to ${stall.toFixed(0)} ms meanwhile)`));
       continue;
     }
     switch (r.status) {
@@ -213,7 +224,7 @@ function checkAnswers(h: SoakHistory, b: SoakBounds): InvariantResult {
 
 /** The most requests the README lets through in one window of a limited token. */
 export function rateLimitBound(
-  h: Pick<SoakHistory, 'instances' | 'rateLimitMode' | 'faults'>,
+  h: Pick<SoakHistory, 'instances' | 'rateLimitMode' | 'faults' | 'redisDown'>,
   limit: { limit: number; windowSeconds: number },
   windowStart: number,
   offered: number,
@@ -221,13 +232,15 @@ export function rateLimitBound(
 ): { bound: number; why: string } {
   const windowEnd = windowStart + limit.windowSeconds * 1000;
   const n = h.instances;
-  const redisDown = h.faults.some((f) => REDIS_FAULTS.includes(f.kind) && overlaps(f.start - b.redisFaultSlackMs, f.end + b.redisFaultSlackMs, windowStart, windowEnd));
+  const redisDown =
+    h.faults.some((f) => REDIS_FAULTS.includes(f.kind) && overlaps(f.start - b.redisFaultSlackMs, f.end + b.redisFaultSlackMs, windowStart, windowEnd)) ||
+    (h.redisDown ?? []).some((d) => overlaps(d.start - b.redisFaultSlackMs, d.end + b.redisFaultSlackMs, windowStart, windowEnd));
   const killed = h.faults.some((f) => f.kind === 'instance-kill' && overlaps(f.start, f.end, windowStart, windowEnd));
   let bound: number;
   let why: string;
   if (redisDown) {
     bound = n * limit.limit;
-    why = `Redis fault: N × limit`;
+    why = `Redis fault or an instance took Redis as down: N × limit`;
   } else if (h.rateLimitMode === 'exact') {
     bound = limit.limit;
     why = 'exact: limit';

@@ -154,7 +154,7 @@ ${chart('Requests by status', 'per second', statusSeries, h)}
 ${chart('Memory', 'MB', [...perInstance((s) => s.rssBytes / mb, 'RSS'), ...perInstance((s) => s.heapBytes / mb, 'heap after GC')], h)}
 ${chart('Redis round trips', 'commands per second', perInstance(rate((s) => s.redisCommands), 'Redis'), h)}
 ${chart('PostgreSQL round trips', 'statements per second', perInstance(rate((s) => s.pgStatements), 'PG'), h)}
-${chart('Event-loop delay', 'p99 per sample, ms', perInstance((s) => s.loopP99Ms, 'p99'), h)}
+${chart('Event-loop delay', 'p99 per sample, ms; client: max per second', [...perInstance((s) => s.loopP99Ms, 'p99'), { name: 'client max', points: (h.clientStalls ?? []).map((c) => [(c.t - h.startedAt) / 1000, c.maxMs] as [number, number]) }], h)}
 <h2>Faults</h2><table><tr><th>at</th><th>fault</th><th>held</th><th>detail</th></tr>${faultRows}</table>
 </body></html>
 `;

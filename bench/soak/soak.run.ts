@@ -3,6 +3,7 @@ import { type ChildProcess, fork } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { join, relative, resolve } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
@@ -80,6 +81,8 @@ class Instance {
   readonly agent = new Agent({ keepAlive: true, maxSockets: 64 });
   private waiters = new Map<string, () => void>();
   dyingInFlush = false;
+  /** When the instance said it was killing itself (a moment before the parent sees it exit). */
+  diedAt = 0;
 
   constructor(
     readonly index: number,
@@ -100,7 +103,10 @@ class Instance {
     this.child = child;
     child.on('message', (m: { type: string } & Partial<InstanceSample>) => {
       if (m.type === 'sample') this.onSample({ ...(m as InstanceSample), instance: this.index, life });
-      else if (m.type === 'dying-in-flush') this.dyingInFlush = true;
+      else if (m.type === 'dying-in-flush') {
+        this.dyingInFlush = true;
+        this.diedAt = Date.now();
+      }
       this.waiters.get(m.type)?.();
     });
     child.once('exit', () => {
@@ -214,12 +220,16 @@ async function run(options: Options, command: string, random: () => number, clea
   // Instances, on the proxied database.
   const dbUrl = new URL(pgProxy.proxied(db.url));
   const instances: Instance[] = [];
+  const lastSample: (InstanceSample & { life: number })[] = [];
   for (let i = 0; i < INSTANCES; i++) {
     dbUrl.searchParams.set('application_name', `soak-instance-${i}`);
     const env: Record<string, string> = { DATABASE_URL: dbUrl.toString(), SOAK_RATE_LIMIT_MODE: options.rateLimitMode };
     if (sentinels) Object.assign(env, { SOAK_REDIS_SENTINELS: sentinels, REDIS_SENTINEL_NAME: sentinelName });
     else env.REDIS_URL = redisUrl;
     const instance = new Instance(i, await sparePort(), env, (s) => {
+      const prev = lastSample[s.instance];
+      lastSample[s.instance] = s;
+      if (prev?.life === s.life && (s.redisOutages > prev.redisOutages || !s.redisUp || !prev.redisUp)) (history.redisDown ??= []).push({ instance: s.instance, start: prev.t, end: s.t });
       samples.push(s);
       history.memory.push({ instance: s.instance, life: s.life, t: s.t, rssBytes: s.rssBytes, heapBytes: s.heapBytes, loopP99Ms: s.loopLifeP99Ms } satisfies MemorySample);
     });
@@ -274,30 +284,50 @@ async function run(options: Options, command: string, random: () => number, clea
     history.requests.push(record);
     inFlight++;
     let settled = false;
-    const finish = (status: number) => {
+    const finish = (status: number, error?: string) => {
       if (settled) return;
       settled = true;
       inFlight--;
       record.done = Date.now();
       record.status = status;
+      if (error) record.error = error;
     };
-    const req = request(
-      { host: '127.0.0.1', port: instance.port, path: '/app/whoami', agent: instance.agent, headers: header ? { authorization: header } : {} },
-      (res) => {
-        res.resume();
-        res.on('end', () => finish(res.statusCode ?? 0));
-        res.on('error', () => finish(CONNECTION_ERROR));
-      },
-    );
-    // Past the hang bound (and a margin) the request is given up and recorded as unanswered.
-    req.setTimeout(SOAK_BOUNDS.hangMs + 2000, () => {
-      finish(NO_ANSWER);
-      req.destroy();
-    });
-    req.on('error', () => finish(CONNECTION_ERROR));
-    req.end();
+    const send = (retry: boolean) => {
+      const req = request(
+        { host: '127.0.0.1', port: instance.port, path: '/app/whoami', agent: instance.agent, headers: header ? { authorization: header } : {} },
+        (res) => {
+          res.resume();
+          res.on('end', () => finish(res.statusCode ?? 0));
+          res.on('error', (e: NodeJS.ErrnoException) => finish(CONNECTION_ERROR, e.code ?? 'response error'));
+        },
+      );
+      // Past the hang bound (and a margin) the request is given up and recorded as unanswered.
+      req.setTimeout(SOAK_BOUNDS.hangMs + 2000, () => {
+        finish(NO_ANSWER);
+        req.destroy();
+      });
+      req.on('error', (e: NodeJS.ErrnoException) => {
+        // Node's documented keep-alive race: the server closed an idle connection as this request
+        // reused it, so the request never reached the application; sent again once, on a new one
+        // (https://nodejs.org/api/http.html#requestreusedsocket).
+        if (!retry && !settled && req.reusedSocket && e.code === 'ECONNRESET') {
+          record.sent = Date.now();
+          return send(true);
+        }
+        finish(CONNECTION_ERROR, e.code ?? 'request error');
+      });
+      req.end();
+    };
+    send(false);
   };
 
+  // The client's own event loop: a stall here delays when answers are seen, and the report says so.
+  const clientLoop = monitorEventLoopDelay({ resolution: 10 });
+  clientLoop.enable();
+  const clientTimer = setInterval(() => {
+    (history.clientStalls ??= []).push({ t: Date.now(), maxMs: clientLoop.max / 1e6 });
+    clientLoop.reset();
+  }, 1000);
   const durationMs = options.seconds * 1000;
   const startedAt = Date.now();
   history.startedAt = startedAt;
@@ -373,6 +403,7 @@ async function run(options: Options, command: string, random: () => number, clea
   await churnLoop;
   while (inFlight > 0) await sleep(20);
   history.endedAt = Date.now();
+  clearInterval(clientTimer);
   for (const instance of instances.filter((i) => i.up)) {
     const stopped = instance.waitFor('exit', 30_000);
     instance.send({ command: 'stop' });
@@ -390,6 +421,8 @@ async function run(options: Options, command: string, random: () => number, clea
   for (const t of history.tokens) if (byId.has(t.id)) history.finalUses.push({ ref: t.ref, lastUsedAt: byId.get(t.id) ? Date.parse(`${byId.get(t.id)}Z`) : null });
 
   const results = checkInvariants(history);
+  // SOAK_DUMP=path: the history as JSON (ids and times, never a token), to study a violation offline.
+  if (process.env.SOAK_DUMP) writeFileSync(process.env.SOAK_DUMP, JSON.stringify({ history, samples }));
   const violations = results.reduce((s, r) => s + r.violations, 0);
   const html = renderReport({
     history,
@@ -462,7 +495,7 @@ async function inject(fault: ReturnType<typeof planFaults>[number], t: Targets):
       const exited = instance.waitFor('exit', 35_000);
       instance.send({ command: 'arm-kill-in-flush' });
       const inFlush = await exited;
-      const killedAt = Date.now();
+      const killedAt = inFlush && instance.dyingInFlush ? instance.diedAt : Date.now();
       if (!inFlush) {
         const gone = instance.waitFor('exit', 10_000);
         instance.kill();

@@ -4,7 +4,7 @@ import { NestFactory } from '@nestjs/core';
 import Redis from 'ioredis';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Client } from 'pg';
-import type { ApiTokenModuleOptions } from '../../libs/api-token/src';
+import { ApiTokenMetrics, type ApiTokenModuleOptions } from '../../libs/api-token/src';
 import { ApiTokenRepository } from '../../libs/api-token/src/store/api-token.repository';
 import { ApiTokenUsageRecorder } from '../../libs/api-token/src/usage/usage.recorder';
 import { TestAppModule } from '../../test/app/app.module';
@@ -27,6 +27,11 @@ export interface InstanceSample {
   /** Event-loop delay p99 over the last sample interval and over the process's life, ms. */
   loopP99Ms: number;
   loopLifeP99Ms: number;
+  /** The library's own count of Redis outages (times it took Redis as down) and whether Redis is up now. */
+  redisOutages: number;
+  redisUp: boolean;
+  /** Uses the usage flush took from Redis and could neither write nor put back (README "Usage flush"). */
+  flushUsesLost: number;
 }
 
 /** Messages from the parent. `arm-kill-in-flush`: the next page the usage flush writes kills this process (SIGKILL) while its UPDATE is on the wire. */
@@ -84,13 +89,13 @@ async function main(): Promise<void> {
   class SoakModule {}
   const app = await NestFactory.create(SoakModule, { logger: ['error', 'warn'] });
   await app.listen(Number(process.env.PORT), '127.0.0.1');
-  startSampling(Number(process.env.SOAK_SAMPLE_MS ?? 5000));
+  startSampling(Number(process.env.SOAK_SAMPLE_MS ?? 5000), app.get(ApiTokenMetrics));
   process.on('message', (message: InstanceCommand) => void handle(app, message));
   process.on('disconnect', () => void stop(app));
   process.send?.({ type: 'ready' });
 }
 
-function startSampling(intervalMs: number): void {
+function startSampling(intervalMs: number, metrics: ApiTokenMetrics): void {
   const interval = monitorEventLoopDelay({ resolution: 10 });
   const life = monitorEventLoopDelay({ resolution: 10 });
   interval.enable();
@@ -99,7 +104,7 @@ function startSampling(intervalMs: number): void {
   setInterval(() => {
     gc?.();
     const memory = process.memoryUsage();
-    const sample: InstanceSample = {
+    const sample: Omit<InstanceSample, 'redisOutages' | 'redisUp' | 'flushUsesLost'> = {
       type: 'sample',
       t: Date.now(),
       rssBytes: memory.rss,
@@ -110,7 +115,8 @@ function startSampling(intervalMs: number): void {
       loopLifeP99Ms: life.percentile(99) / 1e6,
     };
     interval.reset();
-    process.send?.(sample);
+    const snapshot = metrics.snapshot();
+    process.send?.({ ...sample, redisOutages: snapshot.redis.outages, redisUp: snapshot.redis.up, flushUsesLost: snapshot.flush.usesLost });
   }, intervalMs).unref();
 }
 
