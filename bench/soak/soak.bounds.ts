@@ -99,7 +99,8 @@ export const SOAK_BOUNDS = {
   /**
    * Warm-up: the revocation log lists a revoked token for `cacheTtlSeconds` + 60 s (660 s, README
    * "The revocation log") and the in-process cache fills to its bound; memory grows until both are
-   * full, so it is judged after that (or after 20 % of a shorter run).
+   * full, so it is judged after that (or after 40 % of a shorter run). Instance 0 is never killed, so it
+   * has one life as long as the run.
    */
   warmupMs: 720_000,
   /**

@@ -334,7 +334,7 @@ export function slopePerHour(points: { t: number; y: number }[]): number {
 function checkProcesses(h: SoakHistory, b: SoakBounds): InvariantResult[] {
   const memory = new Tally('memory flat', `Per instance, over its longest life after warm-up (≥ ${b.memoryMinSpanMs / 60000} min needed): heap growth < ${b.heapGrowthMBPerHour} MB/h, RSS growth < ${b.rssGrowthMBPerHour} MB/h`);
   const loop = new Tally('event loop responsive', `Per instance life: event-loop delay p99 < ${b.eventLoopDelayP99Ms} ms`);
-  const warmup = Math.min(b.warmupMs, 0.2 * (h.endedAt - h.startedAt));
+  const warmup = Math.min(b.warmupMs, 0.4 * (h.endedAt - h.startedAt));
   const notes: string[] = [];
   const loopNotes: string[] = [];
   for (let instance = 0; instance < h.instances; instance++) {
@@ -345,7 +345,7 @@ function checkProcesses(h: SoakHistory, b: SoakBounds): InvariantResult[] {
       const last = samples[samples.length - 1];
       loop.check(last.loopP99Ms < b.eventLoopDelayP99Ms, () => `instance ${instance} life ${last.life}: p99 ${last.loopP99Ms.toFixed(1)} ms`);
       loopNotes.push(`i${instance}.${last.life}: ${last.loopP99Ms.toFixed(1)} ms`);
-      const after = samples.filter((s) => s.t >= samples[0].t + warmup);
+      const after = samples.filter((s) => s.t >= Math.max(samples[0].t, h.startedAt) + warmup);
       if (after.length && after[after.length - 1].t - after[0].t > (longest.length ? longest[longest.length - 1].t - longest[0].t : -1)) longest = after;
     }
     const span = longest.length ? longest[longest.length - 1].t - longest[0].t : 0;

@@ -43,7 +43,8 @@ export function planFaults(random: () => number, kinds: FaultKind[], firstMs: nu
     if (!round.length) round = [...kinds].sort(() => random() - 0.5);
     const kind = round.shift()!;
     const holdMs = kind === 'redis-kill' || kind === 'redis-stop' ? between(random, 1000, 3000) : kind === 'pg-cut' ? between(random, 2000, 5000) : 0;
-    plan.push({ kind, at, holdMs, instance: kind === 'instance-kill' ? between(random, 0, instances - 1) : undefined });
+    // Only the last instance is killed: the first lives the whole run, so that its memory can be judged over a long life.
+    plan.push({ kind, at, holdMs, instance: kind === 'instance-kill' ? instances - 1 : undefined });
     at += holdMs + between(random, 12_000, 25_000);
   }
   return plan;

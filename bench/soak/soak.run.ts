@@ -1,7 +1,8 @@
 import 'reflect-metadata';
 import { type ChildProcess, fork } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
+import { cpus, loadavg } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,7 +19,7 @@ import { Cleanup, PG_ADMIN_URL } from '../bench.infra';
 import { SOAK_BOUNDS } from './soak.bounds';
 import { CONNECTION_ERROR, type FaultEvent, type FaultKind, type MemorySample, NO_ANSWER, type RequestKind, type RequestRecord, type SoakHistory, type TokenLife, checkInvariants } from './soak.checker';
 import { SoakRedis, between, planFaults, seededRandom } from './soak.faults';
-import { renderReport } from './soak.report';
+import { type ReportInput, renderReport } from './soak.report';
 import type { InstanceCommand, InstanceSample } from './soak.server';
 
 /**
@@ -146,6 +147,8 @@ class Instance {
 const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 
 async function main(): Promise<void> {
+  const dump = process.argv.indexOf('--from-dump');
+  if (dump >= 0) return rejudge(process.argv[dump + 1], process.argv.slice(2));
   const options = parseArgs(process.argv.slice(2));
   const command = `npm run soak -- --seconds ${options.seconds} --seed ${options.seed} --rate ${options.rate}${options.rateLimitMode === 'exact' ? ' --rate-limit-mode exact' : ''}`;
   console.log(`soak: seed ${options.seed} (replay: ${command})`);
@@ -387,11 +390,14 @@ async function run(options: Options, command: string, random: () => number, clea
   const kinds: FaultKind[] = sentinels ? ['redis-failover', 'pg-cut', 'pg-terminate', 'instance-kill'] : ['redis-kill', 'redis-stop', 'pg-cut', 'pg-terminate', 'instance-kill'];
   const quietTail = Math.min(20_000, durationMs * 0.15);
   const plan = planFaults(random, kinds, Math.min(10_000, durationMs * 0.1), durationMs - quietTail - 5000, INSTANCES);
+  let healedAt = 0;
   for (const fault of plan) {
-    const wait = startedAt + fault.at - Date.now();
+    // At least 5 s of calm after each fault (a kill that waited for a flush can push the schedule back).
+    const wait = Math.max(startedAt + fault.at, healedAt + 5000) - Date.now();
     if (wait > 0) await sleep(wait);
     if (Date.now() - startedAt > durationMs - quietTail) break;
     history.faults.push(await inject(fault, { redis, pgProxy, instances, db, sentinelNodes, sentinelName }));
+    healedAt = Date.now();
   }
   const left = startedAt + durationMs - Date.now();
   if (left > 0) await sleep(left);
@@ -422,7 +428,7 @@ async function run(options: Options, command: string, random: () => number, clea
 
   const results = checkInvariants(history);
   // SOAK_DUMP=path: the history as JSON (ids and times, never a token), to study a violation offline.
-  if (process.env.SOAK_DUMP) writeFileSync(process.env.SOAK_DUMP, JSON.stringify({ history, samples }));
+  if (process.env.SOAK_DUMP) writeFileSync(process.env.SOAK_DUMP, JSON.stringify({ history, samples, seed: options.seed, command }));
   const violations = results.reduce((s, r) => s + r.violations, 0);
   const html = renderReport({
     history,
@@ -430,7 +436,7 @@ async function run(options: Options, command: string, random: () => number, clea
     seed: options.seed,
     command,
     samples,
-    notes: [`Machine: ${require('node:os').cpus().length} CPUs, load average at the end ${require('node:os').loadavg().map((l: number) => l.toFixed(1)).join(' ')}; Node ${process.version}. Offered rate ${options.rate} requests/s; flush every 10 s; Redis ${sentinels ? 'through Sentinel' : 'one server, appendfsync everysec'}.`],
+    notes: [`Machine: ${cpus().length} CPUs, load average at the end ${loadavg().map((l) => l.toFixed(1)).join(' ')}; Node ${process.version}. Offered rate ${options.rate} requests/s; flush every 10 s; Redis ${sentinels ? 'through Sentinel' : 'one server, appendfsync everysec'}.`],
   });
   // A report never holds a token: the check is cheap and the promise is absolute.
   for (const secret of secrets) if (html.includes(secret)) throw new Error('soak: a token reached the report; not written');
@@ -440,6 +446,22 @@ async function run(options: Options, command: string, random: () => number, clea
   console.log(`soak: report ${relative(process.cwd(), options.out) || options.out}`);
   console.log(`soak: ${history.requests.length} requests, ${history.faults.length} faults, ${violations} violations`);
   return violations ? 1 : 0;
+}
+
+/**
+ * `--from-dump file.json [--out FILE]`: judges a recorded history (SOAK_DUMP) again and writes its report, so that a
+ * correction of the checker is tried on the very run that showed the problem.
+ */
+async function rejudge(file: string, argv: string[]): Promise<void> {
+  const { history, samples, seed, command } = JSON.parse(readFileSync(file, 'utf8')) as { history: SoakHistory; samples: ReportInput['samples']; seed: number; command: string };
+  const results = checkInvariants(history);
+  const violations = results.reduce((s, r) => s + r.violations, 0);
+  const out = argv[argv.indexOf('--out') + 1] && argv.includes('--out') ? argv[argv.indexOf('--out') + 1] : file.replace(/\.json$/, '') + '.html';
+  writeFileSync(out, renderReport({ history, results, seed: seed ?? 0, command: command ?? '(not recorded)', samples, notes: [`Judged again from ${file}.`] }));
+  for (const r of results) console.log(`soak: ${r.pass ? 'pass' : 'FAIL'} ${r.name}: ${r.checked} checked, ${r.violations} violations${r.first ? `; first: ${r.first}` : ''}${r.note ? ` (${r.note})` : ''}`);
+  console.log(`soak: report ${out}`);
+  console.log(`soak: ${history.requests.length} requests, ${history.faults.length} faults, ${violations} violations`);
+  process.exit(violations ? 1 : 0);
 }
 
 /** A random token of the generated shape (`app-` and 24 characters) that no row holds. */
