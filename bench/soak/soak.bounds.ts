@@ -34,10 +34,20 @@ export const SOAK_BOUNDS = {
   rotationPropagationMs: 1000 + 1000,
   /**
    * README failure table: Redis hanging costs "slowest answer 122 ms", PostgreSQL refusing "3–4 ms
-   * per 503", the pool's connect timeout 2 s and query timeout 5 s (stores.modules.ts) bound the
-   * rest. No request may take longer than the query timeout plus 1 s of scheduling slack.
+   * per 503"; "PostgreSQL black-holed: the same, once pg's timeouts fire", and the stores' pool
+   * (stores.modules.ts) bounds the wait for a pooled connection by the 2 s connect timeout and each
+   * query by the 5 s query timeout. So no request may take longer than 2 s + 5 s, plus 1 s of
+   * scheduling slack. (A first cut said 6 s, forgetting the pool wait: a seed-7 run met a PostgreSQL
+   * stalled by another database's forced checkpoint during a Redis kill and answered in 6.9 s.)
    */
-  hangMs: 6000,
+  hangMs: 2000 + 5000 + 1000,
+  /**
+   * A PostgreSQL that answers nothing for a while is, to the instances, a cut one. The soak probes
+   * the database every 500 ms on a connection of its own (a read of `api_tokens`, as a lookup is);
+   * a probe slower than this counts as a stall, and the 503 and revocation rules for a cut apply
+   * to it (the machine's PostgreSQL is shared: other databases' forced checkpoints stall it).
+   */
+  postgresStallMs: 1000,
   /**
    * README failure table, "PostgreSQL refusing connections": "an uncached token gets 503 with
    * `Retry-After: 5`". A 503 is accepted only for a request that overlaps a PostgreSQL fault, widened

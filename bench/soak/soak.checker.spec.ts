@@ -64,7 +64,7 @@ describe('soak checker', () => {
     const answers = byName(checkInvariants(h), 'promised answers only');
     expect(answers.checked).toBe(6);
     expect(answers.violations).toBe(3);
-    expect(answers.first).toMatch(/at \+20\.000 s.*503 while PostgreSQL was not cut/);
+    expect(answers.first).toMatch(/at \+20\.000 s.*503 while PostgreSQL was neither cut nor stalled/);
   });
 
   it('flags 200 for an unknown token and 429 for a token without a limit', () => {
@@ -134,5 +134,13 @@ describe('soak checker, what the instances saw', () => {
     const h = history({ redisDown: [{ instance: 0, start: T0 + 7000, end: T0 + 12_000 }] });
     expect(rateLimitBound(h, limit, T0, 40).bound).toBe(20);
     expect(rateLimitBound(h, limit, T0 + 60_000, 40).bound).toBe(14);
+  });
+});
+
+describe('soak checker, PostgreSQL stalls it did not inject', () => {
+  it('judges a 503 during a probed stall as during a cut', () => {
+    const h = history({ tokens: [token(0)], requests: [req(0, 20_000, 503)] });
+    expect(byName(checkInvariants(h), 'promised answers only').violations).toBe(1);
+    expect(byName(checkInvariants({ ...h, pgStalls: [{ start: T0 + 19_000, end: T0 + 21_500 }] }), 'promised answers only').violations).toBe(0);
   });
 });

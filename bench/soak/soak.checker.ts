@@ -92,6 +92,8 @@ export interface SoakHistory {
    * injected. The README's Redis-down rules apply there as well.
    */
   redisDown?: { instance: number; start: number; end: number }[];
+  /** Probes of PostgreSQL (every 500 ms, its own connection) slower than `postgresStallMs`: when it started, how long it took. */
+  pgStalls?: { start: number; end: number }[];
   /** The soak client's own event-loop delay, the longest per second: a stall there makes answers look late. */
   clientStalls?: { t: number; maxMs: number }[];
 }
@@ -138,7 +140,10 @@ export function describeRequest(h: SoakHistory, r: RequestRecord): string {
 }
 
 function pgFaultBetween(h: SoakHistory, from: number, to: number, slack = 0): boolean {
-  return h.faults.some((f) => PG_FAULTS.includes(f.kind) && overlaps(f.start - slack, f.end + slack, from, to));
+  return (
+    h.faults.some((f) => PG_FAULTS.includes(f.kind) && overlaps(f.start - slack, f.end + slack, from, to)) ||
+    (h.pgStalls ?? []).some((f) => overlaps(f.start - slack, f.end + slack, from, to))
+  );
 }
 
 /** Whether the token's state is known at `t` (no failed administrative call before). */
@@ -152,7 +157,7 @@ export function checkInvariants(h: SoakHistory, b: SoakBounds = SOAK_BOUNDS): In
 function checkEnds(h: SoakHistory, b: SoakBounds): InvariantResult {
   const tally = new Tally(
     'ended tokens refused',
-    `No revoked token accepted when sent more than ${b.revocationMs} ms after revoke() answered (${b.revocationWithoutPostgresMs} ms when PostgreSQL was cut meanwhile); no expired token accepted past its expiry (+${b.expiryMs} ms); no rotated-out token past the later of its grace end and ${b.rotationPropagationMs} ms after rotate() answered`,
+    `No revoked token accepted when sent more than ${b.revocationMs} ms after revoke() answered (${b.revocationWithoutPostgresMs} ms when PostgreSQL was cut or stalled meanwhile); no expired token accepted past its expiry (+${b.expiryMs} ms); no rotated-out token past the later of its grace end and ${b.rotationPropagationMs} ms after rotate() answered`,
   );
   for (const r of h.requests) {
     if (r.token < 0 || r.status !== 200) continue;
@@ -180,7 +185,7 @@ function checkEnds(h: SoakHistory, b: SoakBounds): InvariantResult {
 function checkAnswers(h: SoakHistory, b: SoakBounds): InvariantResult {
   const tally = new Tally(
     'promised answers only',
-    `200 for valid tokens; 401 for unknown, malformed and ended tokens; 429 only for rate-limited tokens; 503 only while PostgreSQL is cut (±${b.postgresFaultSlackMs} ms); no 500; every answer within ${b.hangMs} ms; connection errors only from an instance that was down`,
+    `200 for valid tokens; 401 for unknown, malformed and ended tokens; 429 only for rate-limited tokens; 503 only while PostgreSQL is cut or stalled (±${b.postgresFaultSlackMs} ms); no 500; every answer within ${b.hangMs} ms; connection errors only from an instance that was down`,
   );
   for (const r of h.requests) {
     const token = r.token >= 0 ? h.tokens[r.token] : undefined;
@@ -213,7 +218,7 @@ function checkAnswers(h: SoakHistory, b: SoakBounds): InvariantResult {
         tally.check(token?.limit !== undefined, say('429 for a token without a rate limit'));
         break;
       case 503:
-        tally.check(pgFaultBetween(h, r.sent, r.done, b.postgresFaultSlackMs), say('503 while PostgreSQL was not cut'));
+        tally.check(pgFaultBetween(h, r.sent, r.done, b.postgresFaultSlackMs), say('503 while PostgreSQL was neither cut nor stalled'));
         break;
       default:
         tally.check(false, say('an answer outside 200, 401, 429, 503'));

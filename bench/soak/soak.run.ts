@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Module } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import Redis from 'ioredis';
+import { Client } from 'pg';
 import { ApiTokenUsageFlushService } from '../../libs/api-token/src';
 import { type CreatedApiToken, ApiTokenService } from '../../libs/api-token/src/tokens/api-token.service';
 import { TestAppModule } from '../../test/app/app.module';
@@ -331,6 +332,22 @@ async function run(options: Options, command: string, random: () => number, clea
     (history.clientStalls ??= []).push({ t: Date.now(), maxMs: clientLoop.max / 1e6 });
     clientLoop.reset();
   }, 1000);
+  // PostgreSQL itself, probed on a connection of the soak's own: a stall not injected here (the machine's
+  // PostgreSQL is shared) is recorded, and judged as a cut (SOAK_BOUNDS.postgresStallMs).
+  const probe = new Client({ connectionString: db.url, query_timeout: 10_000 });
+  await probe.connect();
+  probe.on('error', () => undefined);
+  cleanup.add(() => probe.end());
+  let probeRunning = true;
+  const prober = (async () => {
+    while (probeRunning) {
+      const start = Date.now();
+      await probe.query('SELECT count(*) FROM api_tokens WHERE token = $1', ['app-probe']).catch(() => undefined);
+      const end = Date.now();
+      if (end - start > SOAK_BOUNDS.postgresStallMs) (history.pgStalls ??= []).push({ start, end });
+      await sleep(500);
+    }
+  })();
   const durationMs = options.seconds * 1000;
   const startedAt = Date.now();
   history.startedAt = startedAt;
@@ -410,6 +427,8 @@ async function run(options: Options, command: string, random: () => number, clea
   while (inFlight > 0) await sleep(20);
   history.endedAt = Date.now();
   clearInterval(clientTimer);
+  probeRunning = false;
+  await prober;
   for (const instance of instances.filter((i) => i.up)) {
     const stopped = instance.waitFor('exit', 30_000);
     instance.send({ command: 'stop' });
