@@ -297,7 +297,8 @@ function checkUses(h: SoakHistory, b: SoakBounds): InvariantResult {
   const redisLosses = h.faults.filter((f) => f.kind === 'redis-kill' || f.kind === 'redis-failover');
   const lost = (r: RequestRecord) =>
     kills.some((k) => (k.instance === r.instance && r.sent >= k.start - b.killedInstanceUsesMs && r.sent <= k.start) || (k.midFlush && r.sent >= k.start - b.killedFlushUsesMs && r.sent <= k.start)) ||
-    redisLosses.some((k) => r.sent >= k.start - b.redisKillUsesMs && r.sent <= k.start);
+    // A failover also drops what the old master took between the promotion and the clients' move (its resync discards it).
+    redisLosses.some((k) => r.sent >= k.start - b.redisKillUsesMs && r.sent <= (k.kind === 'redis-failover' ? k.end : k.start));
   const last = new Map<number, RequestRecord>();
   let excused = 0;
   for (const r of h.requests) {
