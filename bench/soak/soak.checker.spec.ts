@@ -1,5 +1,5 @@
 import { SOAK_BOUNDS } from './soak.bounds';
-import { CONNECTION_ERROR, type FaultEvent, type InvariantResult, type RequestRecord, type SoakHistory, type TokenLife, checkInvariants, rateLimitBound, slopePerHour } from './soak.checker';
+import { CONNECTION_ERROR, type FaultEvent, type InvariantResult, type RequestRecord, type SoakHistory, type TokenLife, burstIn, checkInvariants, rateLimitBound, slopePerHour } from './soak.checker';
 
 const T0 = 1_700_000_000_000;
 
@@ -76,17 +76,23 @@ describe('soak checker', () => {
     const limit = { limit: 10, windowSeconds: 5 };
     const quiet = history();
     expect(rateLimitBound({ ...quiet, rateLimitMode: 'exact' }, limit, T0, 40).bound).toBe(10);
-    // approximate: 10 + min(10, ceil(2 × 8/s × 0.2 s)) = 14
-    expect(rateLimitBound(quiet, limit, T0, 40).bound).toBe(14);
+    // approximate: 10 + min(10, the most requests offered in 2 × (I + d) = 400 ms)
+    expect(rateLimitBound(quiet, limit, T0, 4).bound).toBe(14);
+    expect(rateLimitBound(quiet, limit, T0, 40).bound).toBe(20);
     const redisDown = history({ faults: [{ kind: 'redis-stop', start: T0 + 6000, end: T0 + 7000 }] });
-    expect(rateLimitBound(redisDown, limit, T0, 40).bound).toBe(20);
+    expect(rateLimitBound(redisDown, limit, T0, 4).bound).toBe(20);
     const killed = history({ faults: [{ kind: 'instance-kill', start: T0 + 1000, end: T0 + 2000, instance: 0 }] });
-    expect(rateLimitBound({ ...killed, rateLimitMode: 'exact' }, limit, T0, 40).bound).toBe(20);
+    expect(rateLimitBound({ ...killed, rateLimitMode: 'exact' }, limit, T0, 4).bound).toBe(20);
 
     const limited = token(0, { kind: 'limited', limit });
-    const accepted = Array.from({ length: 15 }, (_, i) => req(0, 100 + i * 100, 200));
+    const accepted = Array.from({ length: 16 }, (_, i) => req(0, 100 + i * 200, 200));
     const result = byName(checkInvariants(history({ tokens: [limited], requests: accepted })), 'rate limits held');
-    expect(result.violations).toBe(1); // 15 accepted, offered 15 → bound 10 + ceil(2 × 3 × 0.2) = 12
+    expect(result.violations).toBe(1); // 16 accepted, one every 200 ms: at most 3 in 400 ms → bound 10 + 3
+  });
+
+  it('takes R from the busiest span of 2 × (I + d), not the window average', () => {
+    expect(burstIn([0, 100, 1000, 1100, 1200, 1400, 5000], 400)).toBe(4);
+    expect(burstIn([], 400)).toBe(0);
   });
 
   it('counts a window only with the requests wholly inside it', () => {
@@ -132,8 +138,8 @@ describe('soak checker, what the instances saw', () => {
   it('applies the Redis-down bound where an instance took Redis as down with no fault injected', () => {
     const limit = { limit: 10, windowSeconds: 5 };
     const h = history({ redisDown: [{ instance: 0, start: T0 + 7000, end: T0 + 12_000 }] });
-    expect(rateLimitBound(h, limit, T0, 40).bound).toBe(20);
-    expect(rateLimitBound(h, limit, T0 + 60_000, 40).bound).toBe(14);
+    expect(rateLimitBound(h, limit, T0, 4).bound).toBe(20);
+    expect(rateLimitBound(h, limit, T0 + 60_000, 4).bound).toBe(14);
   });
 });
 
