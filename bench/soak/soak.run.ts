@@ -80,7 +80,9 @@ class Instance {
   child: ChildProcess | undefined;
   up = false;
   life = -1;
-  readonly agent = new Agent({ keepAlive: true, maxSockets: 64 });
+  // Idle sockets are closed after 4 s, before the server's 5 s keep-alive timeout closes them under a
+  // request that reuses one (Node's documented race; the 30-minute run met it once after a Redis kill).
+  readonly agent = new Agent({ keepAlive: true, maxSockets: 64, timeout: 4000 });
   private waiters = new Map<string, () => void>();
   dyingInFlush = false;
   /** When the instance said it was killing itself (a moment before the parent sees it exit). */
@@ -298,7 +300,7 @@ async function run(options: Options, command: string, random: () => number, clea
     };
     const send = (retry: boolean) => {
       const req = request(
-        { host: '127.0.0.1', port: instance.port, path: '/app/whoami', agent: instance.agent, headers: header ? { authorization: header } : {} },
+        { host: '127.0.0.1', port: instance.port, path: '/app/whoami', agent: retry ? false : instance.agent, headers: header ? { authorization: header } : {} },
         (res) => {
           res.resume();
           res.on('end', () => finish(res.statusCode ?? 0));
@@ -313,7 +315,7 @@ async function run(options: Options, command: string, random: () => number, clea
       req.on('error', (e: NodeJS.ErrnoException) => {
         // Node's documented keep-alive race: the server closed an idle connection as this request
         // reused it, so the request never reached the application; sent again once, on a new one
-        // (https://nodejs.org/api/http.html#requestreusedsocket).
+        // (https://nodejs.org/api/http.html#requestreusedsocket). The retry takes a new connection, never another idle one.
         if (!retry && !settled && req.reusedSocket && e.code === 'ECONNRESET') {
           record.sent = Date.now();
           return send(true);
