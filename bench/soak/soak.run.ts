@@ -478,7 +478,7 @@ async function rejudge(file: string, argv: string[]): Promise<void> {
   const results = checkInvariants(history);
   const violations = results.reduce((s, r) => s + r.violations, 0);
   const out = argv[argv.indexOf('--out') + 1] && argv.includes('--out') ? argv[argv.indexOf('--out') + 1] : file.replace(/\.json$/, '') + '.html';
-  writeFileSync(out, renderReport({ history, results, seed: seed ?? 0, command: command ?? '(not recorded)', samples, notes: [`Judged again from ${file}.`] }));
+  writeFileSync(out, renderReport({ history, results, seed: seed ?? 0, command: command ?? '(not recorded)', samples, notes: [`Judged again from the history this run recorded (SOAK_DUMP), with the checker of this commit.`, ...(process.env.SOAK_NOTE ? [process.env.SOAK_NOTE] : [])] }));
   for (const r of results) console.log(`soak: ${r.pass ? 'pass' : 'FAIL'} ${r.name}: ${r.checked} checked, ${r.violations} violations${r.first ? `; first: ${r.first}` : ''}${r.note ? ` (${r.note})` : ''}`);
   console.log(`soak: report ${out}`);
   console.log(`soak: ${history.requests.length} requests, ${history.faults.length} faults, ${violations} violations`);
