@@ -1,0 +1,127 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { FaultKind } from './soak.checker';
+
+/** A small seeded generator (mulberry32): the same seed gives the same schedule, traffic mix and choices. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export const between = (random: () => number, min: number, max: number) => min + Math.floor(random() * (max - min + 1));
+
+/** One fault to inject, `at` ms after the load starts, held `holdMs`. */
+export interface PlannedFault {
+  kind: FaultKind;
+  at: number;
+  holdMs: number;
+  instance?: number;
+}
+
+/**
+ * The fault schedule of a run: from `firstMs` until `lastMs`, one fault every 12–25 s, the kinds taken
+ * in seeded rounds (every kind once per round, in a seeded order), so that a short run meets each kind
+ * and a long one meets each many times. Faults never overlap: each is healed before the next starts,
+ * so each invariant's bound can name the one fault it is widened for.
+ */
+export function planFaults(random: () => number, kinds: FaultKind[], firstMs: number, lastMs: number, instances: number): PlannedFault[] {
+  const plan: PlannedFault[] = [];
+  let at = firstMs;
+  let round: FaultKind[] = [];
+  while (at < lastMs) {
+    if (!round.length) round = [...kinds].sort(() => random() - 0.5);
+    const kind = round.shift()!;
+    const holdMs = kind === 'redis-kill' || kind === 'redis-stop' ? between(random, 1000, 3000) : kind === 'pg-cut' ? between(random, 2000, 5000) : 0;
+    // Only the last instance is killed: the first lives the whole run, so that its memory can be judged over a long life.
+    plan.push({ kind, at, holdMs, instance: kind === 'instance-kill' ? instances - 1 : undefined });
+    at += holdMs + between(random, 12_000, 25_000);
+  }
+  return plan;
+}
+
+/** Sends one inline command and resolves with the first reply line, or rejects. */
+function ask(port: number, command: string, timeoutMs = 500): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.setTimeout(timeoutMs, () => socket.destroy(new Error('timeout')));
+    let reply = '';
+    socket.on('connect', () => socket.write(`${command}\r\n`));
+    socket.on('data', (chunk) => {
+      reply += chunk.toString('latin1');
+      if (reply.includes('\r\n')) {
+        socket.destroy();
+        resolve(reply.slice(0, reply.indexOf('\r\n')));
+      }
+    });
+    socket.on('error', reject);
+  });
+}
+
+/**
+ * The soak's own redis-server (test/support/redis-server.ts runs without persistence; this one
+ * keeps an append-only file, fsynced every second, as a production Redis would): killed, it comes
+ * back with what it had written, less up to about a second, so a kill loses writes the way a
+ * real one does, revocations' deletes included.
+ */
+export class SoakRedis {
+  private child: ChildProcess | undefined;
+  private readonly dir = mkdtempSync(join(tmpdir(), 'api-token-soak-redis-'));
+
+  constructor(readonly port: number) {}
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}/0`;
+  }
+
+  async start(deadlineMs = 15_000): Promise<void> {
+    const child = spawn(
+      'redis-server',
+      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec', '--dir', this.dir, '--daemonize', 'no'],
+      { stdio: 'ignore' },
+    );
+    this.child = child;
+    child.once('exit', () => {
+      if (this.child === child) this.child = undefined;
+    });
+    const deadline = Date.now() + deadlineMs;
+    for (;;) {
+      if (!this.child) throw new Error(`redis-server on port ${this.port} exited at start`);
+      if (await ask(this.port, 'PING').then((r) => r === '+PONG', () => false)) return;
+      if (Date.now() > deadline) throw new Error(`redis-server on port ${this.port} not answering within ${deadlineMs} ms`);
+      await sleep(20);
+    }
+  }
+
+  async kill(): Promise<void> {
+    const child = this.child;
+    if (!child) return;
+    if (child.signalCode === 'SIGSTOP') child.kill('SIGCONT');
+    const exited = once(child, 'exit');
+    child.kill('SIGKILL');
+    await exited;
+  }
+
+  pause(): void {
+    this.child?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.child?.kill('SIGCONT');
+  }
+
+  async stop(): Promise<void> {
+    await this.kill();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
