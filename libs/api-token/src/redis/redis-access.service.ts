@@ -57,6 +57,19 @@ export interface RedisWalkOptions {
   force?: boolean;
 }
 
+/** Settings of {@link ApiTokenRedisService.background}. */
+export interface RedisBackgroundOptions {
+  /** Bound of the whole walk: no command is sent after it. */
+  timeoutMs: number;
+  /** Bound of each command (default `redisCommandTimeoutMs`). */
+  commandTimeoutMs?: number;
+  /** How many times a command that failed or timed out is sent again (default 2); an error reply is not retried. */
+  retries?: number;
+}
+
+/** Retries of a background command (see {@link ApiTokenRedisService.background}). */
+const BACKGROUND_RETRIES = 2;
+
 /** Sends one command of a walk, bounded; rejects without sending once the walk is over its time. */
 export type RedisStep = <T>(send: () => Promise<T>) => Promise<T>;
 
@@ -139,6 +152,41 @@ export class ApiTokenRedisService {
     const step: RedisStep = (send) =>
       Date.now() >= deadline ? Promise.reject(new RedisCallTimeoutError(timeoutMs)) : bounded(send(), commandTimeoutMs);
     return this.run(operation, (redis) => walk(redis, step), 0, options.force, UNCONFIRMED);
+  }
+
+  /**
+   * A walk for work nobody waits on (the usage flush's pages, the every-scope sweep, SCAN): each command
+   * through `step` is bounded by `commandTimeoutMs` and, when it fails or times out, sent again up to
+   * `retries` times; no command is sent once `timeoutMs` has passed. Unlike {@link walk}, a failure here
+   * never opens the circuit nor closes it: a slow SCAN over a large shared keyspace says nothing about
+   * whether a request's GET gets an answer, so it must not send the request path to the database.
+   * Failures are counted (`redisFallback`), logged at debug, and answered {@link UNCONFIRMED}.
+   */
+  async background<T>(operation: string, walk: (redis: RedisClient, step: RedisStep) => Promise<T>, options: RedisBackgroundOptions): Promise<T | Unconfirmed> {
+    const { timeoutMs, commandTimeoutMs = this.options.redisCommandTimeoutMs, retries = BACKGROUND_RETRIES } = options;
+    const status = this.client.status;
+    if (this.everReady && UNUSABLE_AFTER_READY.has(status)) {
+      this.metrics.redisFallback(operation, 'skipped');
+      return UNCONFIRMED;
+    }
+    const deadline = Date.now() + timeoutMs;
+    const step: RedisStep = async (send) => {
+      for (let attempt = 0; ; attempt++) {
+        if (Date.now() >= deadline) throw new RedisCallTimeoutError(timeoutMs);
+        try {
+          return await bounded(send(), commandTimeoutMs);
+        } catch (error) {
+          if (error instanceof ReplyError || attempt >= retries) throw error;
+        }
+      }
+    };
+    try {
+      return await walk(this.client, step);
+    } catch (error) {
+      this.logger.debug(`Redis background ${operation} stopped (${describeError(error)}); the request path is not affected`);
+      this.metrics.redisFallback(operation, error instanceof ReplyError ? 'error_reply' : 'failed');
+      return UNCONFIRMED;
+    }
   }
 
   private async run<T, F>(
