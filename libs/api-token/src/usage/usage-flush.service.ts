@@ -319,7 +319,8 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       return walk.stats;
     } finally {
       // Not answered in time: the lock expires by itself.
-      await this.redis.call('unlock', () => held.lock.release(), { timeoutMs: BATCH_CALL_TIMEOUT_MS });
+      // On the background path: a run that outlasted a stalled Redis must not open the request path's circuit.
+      await this.redis.background('unlock', (_, step) => step(() => held.lock.release()), { timeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 });
     }
   }
 
