@@ -347,20 +347,25 @@ export class ApiTokenRepository {
    */
   async updateLastUsed(updates: readonly LastUsedUpdate[]): Promise<number> {
     if (updates.length === 0) return 0;
+    const batches = disjointBatches(updates);
+    const ids = new Set<string>();
     let updated = 0;
-    for (const batch of disjointBatches(updates)) {
+    for (const batch of batches) {
       // One join on the token index, no aggregate and no second lookup by id: the batch names each row
-      // at most once (disjointBatches), which is what kept the older form's GROUP BY.
-      const result = await this.run(
+      // at most once (disjointBatches), which is what kept the older form's GROUP BY. Two batches (rare)
+      // return ids, so a row both move counts once.
+      const result = await this.run<{ id: string }>(
         'update last_used_at',
         `UPDATE api_tokens t SET last_used_at = v.ts
            FROM unnest($1::text[], $2::text[], $3::timestamp[]) AS v(token, type, ts)
           WHERE t.token = v.token AND (v.type IS NULL OR t.type = v.type)
-            AND (t.last_used_at IS NULL OR t.last_used_at < v.ts)`,
+            AND (t.last_used_at IS NULL OR t.last_used_at < v.ts)${batches.length > 1 ? ' RETURNING t.id' : ''}`,
         [batch.map((u) => u.token), batch.map((u) => u.scope), batch.map((u) => u.lastUsedAt)],
       );
-      updated += result.rowCount ?? 0;
+      if (batches.length > 1) for (const row of result.rows) ids.add(row.id);
+      else updated = result.rowCount ?? 0;
     }
+    if (batches.length > 1) updated = ids.size;
     return updated;
   }
 

@@ -50,7 +50,7 @@ const SCAN_COUNT = 1000;
 
 /** What one flush did. */
 export interface UsageFlushStats {
-  /** `api_token_active:*` keys SCAN returned. */
+  /** `api_token_active:*` keys found: named by the library's index, or returned by SCAN (Dify's). */
   scanned: number;
   /** Keys read and deleted (GETDEL); a key that expired or was taken between SCAN and GETDEL is not counted. */
   taken: number;
@@ -271,6 +271,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
               for (;;) {
                 const keys = await step(() => node.spop(index, walk.pageSize)).catch(movedIsEmpty);
                 if (!keys.length) break;
+                walk.stats.scanned += keys.length;
                 await onPage(node, keys);
                 if (keys.length < walk.pageSize) break;
               }
