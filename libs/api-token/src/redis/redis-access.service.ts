@@ -1,4 +1,4 @@
-import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationShutdown, Optional } from '@nestjs/common';
 import { ExecutionError, type Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
 import { ReplyError } from 'ioredis';
 import { API_TOKEN_OPTIONS, API_TOKEN_REDIS } from '../api-token.constants';
@@ -93,7 +93,7 @@ const UNUSABLE_AFTER_READY = new Set(['connecting', 'connect', 'reconnecting', '
  * status, which those libraries' per-function wrappers do not.
  */
 @Injectable()
-export class ApiTokenRedisService {
+export class ApiTokenRedisService implements OnApplicationShutdown {
   private readonly logger = new Logger(ApiTokenRedisService.name);
   private down = false;
   private outages = 0;
@@ -101,6 +101,7 @@ export class ApiTokenRedisService {
   private probing = false;
   private everReady = false;
   private redlock: Redlock | undefined;
+  private background$: RedisClient | undefined;
 
   constructor(
     @Inject(API_TOKEN_REDIS) readonly client: RedisClient,
@@ -181,12 +182,29 @@ export class ApiTokenRedisService {
       }
     };
     try {
-      return await walk(this.client, step);
+      return await walk(this.backgroundClient(), step);
     } catch (error) {
       this.logger.debug(`Redis background ${operation} stopped (${describeError(error)}); the request path is not affected`);
       this.metrics.redisFallback(operation, error instanceof ReplyError ? 'error_reply' : 'failed');
       return UNCONFIRMED;
     }
+  }
+
+  /**
+   * The background path's own connection (a duplicate of the application's client, made on first use):
+   * a stalled SCAN or a large GETDEL page then holds up no request's GET behind it on one socket.
+   */
+  private backgroundClient(): RedisClient {
+    if (this.background$) return this.background$;
+    const duplicate = this.client.duplicate() as RedisClient;
+    duplicate.on('error', () => undefined);
+    return (this.background$ = duplicate);
+  }
+
+  /** Closes the background path's connection. */
+  onApplicationShutdown(): void {
+    this.background$?.disconnect();
+    this.background$ = undefined;
   }
 
   private async run<T, F>(
