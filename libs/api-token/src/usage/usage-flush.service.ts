@@ -43,8 +43,14 @@ const WALK_TIMEOUT_MS = 5 * 60_000;
  */
 export const FLUSH_CURSOR_KEY = 'api_token_flush_cursor';
 const FLUSH_CURSOR_TTL_SECONDS = 86_400;
-/** Time a run spends on that walk (its SCANs and what it takes from them); the rest waits for the next run. */
-export const SCAN_BUDGET_MS = 2000;
+/**
+ * What a run spends on that walk: at most {@link SCAN_IDLE_PAGES} SCAN pages that found no usage key
+ * (the walk over a shared Redis's unrelated keys, a fraction of a millisecond each), and at most
+ * {@link SCAN_BUDGET_MS} in all. Pages that found keys do not count against the first bound: a Redis
+ * full of Dify's uses is flushed in one run, one full page per statement.
+ */
+export const SCAN_IDLE_PAGES = 200;
+export const SCAN_BUDGET_MS = 60_000;
 /** COUNT of each of that walk's SCANs. */
 const SCAN_COUNT = 1000;
 
@@ -328,8 +334,9 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
   /**
    * One run's share of the walk for keys nobody indexed (Dify's): SCAN pages of `api_token_active:*`
    * from the cursor the last run left in {@link FLUSH_CURSOR_KEY} (one per node), for at most
-   * {@link SCAN_BUDGET_MS}; the cursor is saved after each page, so the walk resumes there next run.
-   * A keyspace of K keys is covered in about K / (keys SCAN visits per budget) runs.
+   * {@link SCAN_IDLE_PAGES} empty pages (and {@link SCAN_BUDGET_MS}); the cursor is saved after each
+   * page, so the walk resumes there next run. A keyspace of K keys is covered in about
+   * K / ({@link SCAN_IDLE_PAGES} × COUNT 1000) runs: 5 runs for 1M keys, 50 for 10M.
    */
   private async scanSlice(client: RedisClient, step: RedisStep, onPage: (node: Redis, keys: string[]) => Promise<void>): Promise<void> {
     const stopAt = Date.now() + SCAN_BUDGET_MS;
@@ -338,10 +345,12 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     const saved = await step(() => client.hgetall(FLUSH_CURSOR_KEY));
     let at = Math.max(0, names.indexOf(saved.node ?? ''));
     let cursor = saved.node && names[at] === saved.node ? (saved.cursor ?? '0') : '0';
-    for (let visited = 0; visited < nodes.length && Date.now() < stopAt; ) {
+    let idle = 0;
+    for (let visited = 0; visited < nodes.length && idle < SCAN_IDLE_PAGES && Date.now() < stopAt; ) {
       const node = nodes[at];
       const [next, keys] = await step(() => node.scan(cursor, 'MATCH', `${ACTIVE_KEY_PREFIX}:*`, 'COUNT', SCAN_COUNT));
       if (keys.length) await onPage(node, keys);
+      else idle++;
       cursor = next;
       if (cursor === '0') {
         at = (at + 1) % nodes.length;
