@@ -12,6 +12,7 @@ import { type Optional, writeResults, writeSection } from './results.report';
 import { runAdapterBench, renderAdapterResults } from './adapters.bench';
 import { runStampedeBench } from './stampede.bench';
 import { runThroughputBench } from './throughput.bench';
+import { renderScaleResults, runScaleBench } from './scale.bench';
 
 /**
  * `npm run bench`: starts a private redis-server, a private database and six server processes,
@@ -22,7 +23,7 @@ import { runThroughputBench } from './throughput.bench';
  */
 async function main(): Promise<void> {
   const only = process.argv[2];
-  if (only !== undefined && only !== 'adapters') throw new Error(`unknown scenario "${only}": run \`npm run bench\` or \`npm run bench -- adapters\``);
+  if (only !== undefined && only !== 'adapters' && only !== 'scale') throw new Error(`unknown scenario "${only}": run \`npm run bench\`, \`npm run bench -- adapters\` or \`npm run bench -- scale\``);
   const started = Date.now();
   const cleanup = new Cleanup();
   let interrupted = false;
@@ -43,6 +44,14 @@ async function main(): Promise<void> {
       floodSize: envInt('BENCH_FLOOD_SIZE', 10_000),
       stampede: 500,
     };
+    if (only === 'scale') {
+      console.log('Scale: a private redis-server filled with unrelated keys, a private database…');
+      const result = await runScaleBench(cleanup);
+      console.log(JSON.stringify(result, null, 2));
+      writeSection(join(__dirname, 'RESULTS.md'), 'scale', renderScaleResults(result));
+      console.log('Wrote the scale part of bench/RESULTS.md');
+      return;
+    }
     console.log('Starting a private redis-server and a private database…');
     const redis = await startRedis(cleanup);
     const { url: databaseUrl, dataSource, repository, hotToken } = await createBenchDatabase(cleanup);

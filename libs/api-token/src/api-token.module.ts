@@ -10,6 +10,7 @@ import { ApiTokenRepository } from './store/api-token.repository';
 import { ApiTokenUsageRecorder } from './usage/usage.recorder';
 import { ApiTokenUsageFlushService } from './usage/usage-flush.service';
 import { ApiTokenInvalidationService } from './cache/cache-invalidation.service';
+import { ApiTokenScopeSweep } from './cache/scope.sweep';
 import { ApiTokenService } from './tokens/api-token.service';
 import { ApiTokenExpirySweep } from './tokens/expiry.sweep';
 import { ApiTokenMetrics } from './metrics/api-token.metrics';
@@ -29,6 +30,7 @@ const services = [
   ApiTokenService,
   ApiTokenExpirySweep,
   ApiTokenInvalidationService,
+  ApiTokenScopeSweep,
   ApiTokenMetrics,
   ApiTokenHealthIndicator,
   ApiTokenRateLimiter,

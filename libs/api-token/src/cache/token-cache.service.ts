@@ -5,7 +5,7 @@ import { ANY_SCOPE, CACHE_KEY_PREFIX, activeKey, cacheKey, escapeGlob, generatio
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import type { ApiTokenRecord, AuthenticatedApiToken } from '../store/api-token.record';
 import { parseRecord, serializeRecord, toAuthenticated } from '../store/api-token.record';
-import { scanKeys, setIfGeneration, addToIndex } from '../redis/redis.commands';
+import { keyNodes, setIfGeneration, addToIndex } from '../redis/redis.commands';
 import { ApiTokenRedisService, UNCONFIRMED, type Unconfirmed } from '../redis/redis-access.service';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRevokedTokens } from './revoked-tokens';
@@ -49,8 +49,16 @@ const GENERATION_TTL_SECONDS = 3600;
  * the application and Redis (a refusal for lateness only costs the Redis write, never the answer).
  */
 const FILL_WRITE_DEADLINE_SECONDS = 600;
-/** Bound of the SCAN walk that deletes a token in every scope (each SCAN also has `redisCommandTimeoutMs`). */
-export const SWEEP_TIMEOUT_MS = 5000;
+/** Retries of each command of the every-scope sweep. */
+const SWEEP_RETRIES = 2;
+/** The scope segment Dify writes for a lookup without scope (Python's `None`). */
+const DIFY_NO_SCOPE = 'None';
+
+/** Where the every-scope sweep is: the index of the node (in `keyNodes`) and its SCAN cursor. */
+export interface SweepPosition {
+  node: number;
+  cursor: string;
+}
 
 /**
  * What a fill's conditional write did: `stored`; `changed` (refused: the generation moved since it
@@ -271,28 +279,70 @@ export class ApiTokenCacheService {
   }
 
   /**
-   * Drops the entries of a token in every scope. The token is a literal: its glob characters are
-   * escaped, and only keys whose token part equals it exactly are deleted. Returns the keys deleted,
-   * or {@link UNCONFIRMED} when the walk, a delete or the message did not get through (the keys it
-   * did delete are evicted and published all the same). Bounded: {@link SWEEP_TIMEOUT_MS} in all.
+   * Drops the keys a token's entries can be named by, and nothing else: in each of `scopes` (its rows'
+   * `type`, and null for `any`), Dify's scope-less `api_token:None:{token}`, and their membership of the
+   * tenant indexes of `tenantIds`. No SCAN, so it costs the same whatever else Redis holds. True only
+   * when Redis confirmed the deletes and every {@link onEviction} listener its part.
+   */
+  async deleteNamed(token: string, scopes: readonly (string | null)[], tenantIds: readonly string[] = []): Promise<boolean> {
+    const keys = [...new Set([...scopes.map((scope) => cacheKey(scope, token)), `${CACHE_KEY_PREFIX}:${DIFY_NO_SCOPE}:${token}`])];
+    this.evictLocal(keys);
+    const deleted = await this.redis.attempt(
+      'del',
+      (r) => Promise.all([...keys.map((key) => r.del(key)), ...tenantIds.map((tenant) => r.srem(tenantIndexKey(tenant), ...keys))]),
+      FORCE,
+    );
+    const told = await this.evicted(keys);
+    return deleted !== UNCONFIRMED && told;
+  }
+
+  /**
+   * One slice of the every-scope sweep (see `ApiTokenScopeSweep`): walks `api_token:*` from `position`
+   * on the background path (bounded, retried, never the request path's circuit) for at most `budgetMs`,
+   * deleting the entries whose token part is one of `tokens` exactly (tokens are literals, never
+   * patterns). Moves `position` on; answers whether the walk reached the end of the keyspace, or
+   * {@link UNCONFIRMED} when Redis did not answer (the position stays where the last page was done).
+   */
+  async sweepSlice(tokens: ReadonlySet<string>, position: SweepPosition, budgetMs: number, deleted: string[] = []): Promise<boolean | Unconfirmed> {
+    const found: string[] = [];
+    const pattern = tokens.size === 1 ? `${CACHE_KEY_PREFIX}:*:${escapeGlob([...tokens][0])}` : `${CACHE_KEY_PREFIX}:*`;
+    const done = await this.redis.background('scan', async (r, step) => {
+      const nodes = keyNodes(r);
+      const stopAt = Date.now() + budgetMs;
+      while (position.node < nodes.length) {
+        const node = nodes[position.node];
+        const [next, keys] = await step(() => node.scan(position.cursor, 'MATCH', pattern, 'COUNT', SCAN_COUNT));
+        const mine = keys.filter((key) => tokens.has(parseScopedKey(CACHE_KEY_PREFIX, key)?.token ?? ''));
+        if (mine.length) {
+          await step(() => Promise.all(mine.map((key) => node.del(key))));
+          found.push(...mine);
+        }
+        if (next === '0') {
+          position.node++;
+          position.cursor = '0';
+        } else position.cursor = next;
+        if (Date.now() >= stopAt) break;
+      }
+      return position.node >= nodes.length;
+    }, { timeoutMs: budgetMs + this.options.redisCommandTimeoutMs * (1 + SWEEP_RETRIES) * 2, retries: SWEEP_RETRIES });
+    this.evictLocal(found);
+    if (found.length) await this.evicted(found);
+    deleted.push(...found);
+    return done;
+  }
+
+  /**
+   * Walks the whole keyspace once for a token's entries in every scope, on the background path; the
+   * keys deleted, or {@link UNCONFIRMED}. For tools and tests: revocations do not wait on it.
    */
   async deleteAllScopes(token: string): Promise<string[] | Unconfirmed> {
     const deleted: string[] = [];
-    const walked = await this.redis.walk(
-      'scan',
-      (r, step) =>
-        scanKeys(r, `${CACHE_KEY_PREFIX}:*:${escapeGlob(token)}`, SCAN_COUNT, async (keys, node) => {
-          const mine = keys.filter((key) => parseScopedKey(CACHE_KEY_PREFIX, key)?.token === token);
-          for (const key of mine) {
-            await step(() => node.del(key));
-            deleted.push(key);
-          }
-        }, step),
-      { timeoutMs: SWEEP_TIMEOUT_MS, force: true },
-    );
-    this.evictLocal(deleted);
-    const told = await this.evicted(deleted);
-    return walked === UNCONFIRMED || !told ? UNCONFIRMED : deleted;
+    const position: SweepPosition = { node: 0, cursor: '0' };
+    for (;;) {
+      const done = await this.sweepSlice(new Set([token]), position, 1000, deleted);
+      if (done === UNCONFIRMED) return UNCONFIRMED;
+      if (done) return deleted;
+    }
   }
 
   /**

@@ -1,4 +1,4 @@
-import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
+import { Inject, Injectable, Logger, OnApplicationShutdown, Optional } from '@nestjs/common';
 import { ExecutionError, type Lock, Redlock, ResourceLockedError } from '@sesamecare-oss/redlock';
 import { ReplyError } from 'ioredis';
 import { API_TOKEN_OPTIONS, API_TOKEN_REDIS } from '../api-token.constants';
@@ -57,6 +57,19 @@ export interface RedisWalkOptions {
   force?: boolean;
 }
 
+/** Settings of {@link ApiTokenRedisService.background}. */
+export interface RedisBackgroundOptions {
+  /** Bound of the whole walk: no command is sent after it. */
+  timeoutMs: number;
+  /** Bound of each command (default `redisCommandTimeoutMs`). */
+  commandTimeoutMs?: number;
+  /** How many times a command that failed or timed out is sent again (default 2); an error reply is not retried. */
+  retries?: number;
+}
+
+/** Retries of a background command (see {@link ApiTokenRedisService.background}). */
+const BACKGROUND_RETRIES = 2;
+
 /** Sends one command of a walk, bounded; rejects without sending once the walk is over its time. */
 export type RedisStep = <T>(send: () => Promise<T>) => Promise<T>;
 
@@ -80,7 +93,7 @@ const UNUSABLE_AFTER_READY = new Set(['connecting', 'connect', 'reconnecting', '
  * status, which those libraries' per-function wrappers do not.
  */
 @Injectable()
-export class ApiTokenRedisService {
+export class ApiTokenRedisService implements OnApplicationShutdown {
   private readonly logger = new Logger(ApiTokenRedisService.name);
   private down = false;
   private outages = 0;
@@ -88,6 +101,7 @@ export class ApiTokenRedisService {
   private probing = false;
   private everReady = false;
   private redlock: Redlock | undefined;
+  private background$: RedisClient | undefined;
 
   constructor(
     @Inject(API_TOKEN_REDIS) readonly client: RedisClient,
@@ -139,6 +153,58 @@ export class ApiTokenRedisService {
     const step: RedisStep = (send) =>
       Date.now() >= deadline ? Promise.reject(new RedisCallTimeoutError(timeoutMs)) : bounded(send(), commandTimeoutMs);
     return this.run(operation, (redis) => walk(redis, step), 0, options.force, UNCONFIRMED);
+  }
+
+  /**
+   * A walk for work nobody waits on (the usage flush's pages, the every-scope sweep, SCAN): each command
+   * through `step` is bounded by `commandTimeoutMs` and, when it fails or times out, sent again up to
+   * `retries` times; no command is sent once `timeoutMs` has passed. Unlike {@link walk}, a failure here
+   * never opens the circuit nor closes it: a slow SCAN over a large shared keyspace says nothing about
+   * whether a request's GET gets an answer, so it must not send the request path to the database.
+   * Failures are counted (`redisFallback`), logged at debug, and answered {@link UNCONFIRMED}.
+   */
+  async background<T>(operation: string, walk: (redis: RedisClient, step: RedisStep) => Promise<T>, options: RedisBackgroundOptions): Promise<T | Unconfirmed> {
+    const { timeoutMs, commandTimeoutMs = this.options.redisCommandTimeoutMs, retries = BACKGROUND_RETRIES } = options;
+    const status = this.client.status;
+    if (this.everReady && UNUSABLE_AFTER_READY.has(status)) {
+      this.metrics.redisFallback(operation, 'skipped');
+      return UNCONFIRMED;
+    }
+    const deadline = Date.now() + timeoutMs;
+    const step: RedisStep = async (send) => {
+      for (let attempt = 0; ; attempt++) {
+        if (Date.now() >= deadline) throw new RedisCallTimeoutError(timeoutMs);
+        try {
+          return await bounded(send(), commandTimeoutMs);
+        } catch (error) {
+          if (error instanceof ReplyError || attempt >= retries) throw error;
+        }
+      }
+    };
+    try {
+      return await walk(this.backgroundClient(), step);
+    } catch (error) {
+      this.logger.debug(`Redis background ${operation} stopped (${describeError(error)}); the request path is not affected`);
+      this.metrics.redisFallback(operation, error instanceof ReplyError ? 'error_reply' : 'failed');
+      return UNCONFIRMED;
+    }
+  }
+
+  /**
+   * The background path's own connection (a duplicate of the application's client, made on first use):
+   * a stalled SCAN or a large GETDEL page then holds up no request's GET behind it on one socket.
+   */
+  private backgroundClient(): RedisClient {
+    if (this.background$) return this.background$;
+    const duplicate = this.client.duplicate() as RedisClient;
+    duplicate.on('error', () => undefined);
+    return (this.background$ = duplicate);
+  }
+
+  /** Closes the background path's connection. */
+  onApplicationShutdown(): void {
+    this.background$?.disconnect();
+    this.background$ = undefined;
   }
 
   private async run<T, F>(

@@ -41,18 +41,30 @@ const SET_IF_NEWER = `
 local current = redis.call('GET', KEYS[1])
 if current and current >= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if KEYS[2] then
+  redis.call('SADD', KEYS[2], KEYS[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
 return 1`;
 
-type WithSetIfNewer = { apiTokenSetIfNewer(key: string, value: string, ttlSeconds: number): Promise<number> };
+type WithSetIfNewer = {
+  apiTokenSetIfNewer(key: string, value: string, ttlSeconds: number): Promise<number>;
+  apiTokenSetIfNewerIndexed(key: string, index: string, value: string, ttlSeconds: number): Promise<number>;
+};
 
 /**
- * Sets a usage time unless the key holds a newer one (naive ISO-8601 times sort as text).
- * Returns 1 when written. Runs as one script, so it is atomic on a node and on a Cluster (one key).
+ * Sets a usage time unless the key holds a newer one (naive ISO-8601 times sort as text), and, given
+ * `index`, names the key in that set (the flush's index; same slot on a Cluster). Returns 1 when
+ * written. Runs as one script, so it is atomic on a node and on a Cluster.
  */
-export function setIfNewer(redis: RedisClient, key: string, value: string, ttlSeconds: number): Promise<number> {
+export function setIfNewer(redis: RedisClient, key: string, value: string, ttlSeconds: number, index?: string): Promise<number> {
   const client = redis as RedisClient & Partial<WithSetIfNewer>;
-  if (!client.apiTokenSetIfNewer) client.defineCommand('apiTokenSetIfNewer', { numberOfKeys: 1, lua: SET_IF_NEWER });
-  return (client as RedisClient & WithSetIfNewer).apiTokenSetIfNewer(key, value, ttlSeconds);
+  if (!client.apiTokenSetIfNewer) {
+    client.defineCommand('apiTokenSetIfNewer', { numberOfKeys: 1, lua: SET_IF_NEWER });
+    client.defineCommand('apiTokenSetIfNewerIndexed', { numberOfKeys: 2, lua: SET_IF_NEWER });
+  }
+  const defined = client as RedisClient & WithSetIfNewer;
+  return index === undefined ? defined.apiTokenSetIfNewer(key, value, ttlSeconds) : defined.apiTokenSetIfNewerIndexed(key, index, value, ttlSeconds);
 }
 
 const SET_IF_GENERATION = `

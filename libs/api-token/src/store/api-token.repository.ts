@@ -364,17 +364,26 @@ export class ApiTokenRepository {
    */
   async updateLastUsed(updates: readonly LastUsedUpdate[]): Promise<number> {
     if (updates.length === 0) return 0;
-    const result = await this.run(
-      'update last_used_at',
-      `UPDATE api_tokens t SET last_used_at = u.ts
-         FROM (SELECT a.id, max(v.ts) AS ts
-                 FROM unnest($1::text[], $2::text[], $3::timestamp[]) AS v(token, type, ts)
-                 JOIN api_tokens a ON a.token = v.token AND (v.type IS NULL OR a.type = v.type)
-                GROUP BY a.id) u
-        WHERE t.id = u.id AND (t.last_used_at IS NULL OR t.last_used_at < u.ts)`,
-      [updates.map((u) => u.token), updates.map((u) => u.scope), updates.map((u) => u.lastUsedAt)],
-    );
-    return result.rowCount ?? 0;
+    const batches = disjointBatches(updates);
+    const ids = new Set<string>();
+    let updated = 0;
+    for (const batch of batches) {
+      // One join on the token index, no aggregate and no second lookup by id: the batch names each row
+      // at most once (disjointBatches), which is what kept the older form's GROUP BY. Two batches (rare)
+      // return ids, so a row both move counts once.
+      const result = await this.run<{ id: string }>(
+        'update last_used_at',
+        `UPDATE api_tokens t SET last_used_at = v.ts
+           FROM unnest($1::text[], $2::text[], $3::timestamp[]) AS v(token, type, ts)
+          WHERE t.token = v.token AND (v.type IS NULL OR t.type = v.type)
+            AND (t.last_used_at IS NULL OR t.last_used_at < v.ts)${batches.length > 1 ? ' RETURNING t.id' : ''}`,
+        [batch.map((u) => u.token), batch.map((u) => u.scope), batch.map((u) => u.lastUsedAt)],
+      );
+      if (batches.length > 1) for (const row of result.rows) ids.add(row.id);
+      else updated = result.rowCount ?? 0;
+    }
+    if (batches.length > 1) updated = ids.size;
+    return updated;
   }
 
   private async query<T extends QueryResultRow = QueryResultRow>(operation: string, sql: string, params: unknown[]): Promise<T[]> {
@@ -390,4 +399,30 @@ export class ApiTokenRepository {
       throw new ApiTokenStoreError(operation, error);
     }
   }
+}
+
+/**
+ * Splits uses into batches in which no row can match two entries (UPDATE … FROM updates a row once,
+ * with whichever entry it met first): the newest time per (token, scope); a token's scoped entries
+ * beside its scope-less one (which matches all its rows) go to a later batch, and only when newer, since
+ * updates only move forward. Almost always one batch.
+ */
+export function disjointBatches(updates: readonly LastUsedUpdate[]): LastUsedUpdate[][] {
+  const byToken = new Map<string, Map<string | null, LastUsedUpdate>>();
+  for (const use of updates) {
+    let scopes = byToken.get(use.token);
+    if (!scopes) byToken.set(use.token, (scopes = new Map()));
+    const seen = scopes.get(use.scope);
+    if (!seen || seen.lastUsedAt < use.lastUsedAt) scopes.set(use.scope, use);
+  }
+  const first: LastUsedUpdate[] = [];
+  const later: LastUsedUpdate[] = [];
+  for (const scopes of byToken.values()) {
+    const any = scopes.get(null);
+    for (const use of scopes.values()) {
+      if (!any || use === any) first.push(use);
+      else if (use.lastUsedAt > any.lastUsedAt) later.push(use);
+    }
+  }
+  return later.length ? [first, later] : [first];
 }

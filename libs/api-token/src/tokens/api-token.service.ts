@@ -10,10 +10,11 @@ import { checkScope } from './token.scope';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
 import { type ApiTokenRecord, type RateLimitPolicy, formatNaiveUtc, isExpired } from '../store/api-token.record';
 import { checkRateLimitPolicy } from '../limits/rate-limit.policy';
-import { ApiTokenRedisService, UNCONFIRMED } from '../redis/redis-access.service';
+import { ApiTokenRedisService } from '../redis/redis-access.service';
 import { ApiTokenRepository, type NewApiToken, type RevocationTarget } from '../store/api-token.repository';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRevokedTokens, knownPolicy } from '../cache/revoked-tokens';
+import { ApiTokenScopeSweep } from '../cache/scope.sweep';
 import { revocationWindowMs } from './revocation-log.service';
 
 /** What {@link ApiTokenService.create} needs. */
@@ -162,7 +163,7 @@ const MAX_PENDING_INVALIDATIONS = 10_000;
 export class ApiTokenService implements OnApplicationShutdown {
   private readonly logger = new Logger(ApiTokenService.name);
   /** Stored tokens whose revocation could not reach Redis, with the scopes of their deleted rows. */
-  private readonly pendingInvalidations = new Map<string, (string | null)[]>();
+  private readonly pendingInvalidations = new Map<string, { scopes: (string | null)[]; tenants: string[] }>();
   private retryTimer: NodeJS.Timeout | undefined;
   private retrying = false;
 
@@ -173,6 +174,7 @@ export class ApiTokenService implements OnApplicationShutdown {
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
     @Optional() private readonly metrics?: ApiTokenMetrics,
     @Optional() private readonly revokedTokens?: ApiTokenRevokedTokens,
+    @Optional() private readonly scopeSweep?: ApiTokenScopeSweep,
   ) {}
 
   /**
@@ -378,10 +380,11 @@ export class ApiTokenService implements OnApplicationShutdown {
     // This instance distrusts older entries at once; the others learn of the change from the log.
     if (kind === 'policy') this.revokedTokens?.notePolicy(stored, knownPolicy(rows[0].expiresAt ?? null, rows[0].rateLimit ?? null), revocationWindowMs(this.options));
     const scopes = [...new Set<string | null>([null, ...rows.map((row) => row.type)])];
-    const cacheCleared = await this.clearCache(stored, scopes);
+    const tenants = [...new Set(rows.flatMap((row) => (row.tenantId ? [row.tenantId] : [])))];
+    const cacheCleared = await this.clearCache(stored, scopes, tenants);
     if (!cacheCleared) {
       this.metrics?.invalidationFailed(kind);
-      this.retryLater(stored, scopes);
+      this.retryLater(stored, scopes, tenants);
     }
     return { revoked: rows.map((row) => this.summarize(row)), cacheCleared };
   }
@@ -392,20 +395,23 @@ export class ApiTokenService implements OnApplicationShutdown {
    * messages empty every instance's L1. True only when Redis confirmed every step; every step is tried
    * even after one failed, since each that gets through narrows what a stale entry can do meanwhile.
    */
-  private async clearCache(stored: string, scopes: (string | null)[]): Promise<boolean> {
+  private async clearCache(stored: string, scopes: (string | null)[], tenants: string[]): Promise<boolean> {
     const bumped = await this.cache.bumpGeneration(scopes, stored, randomUUID());
-    const deleted = await this.cache.deleteKeys(scopes.map((scope) => cacheKey(scope, stored)));
-    const swept = await this.cache.deleteAllScopes(stored);
-    return bumped && deleted && swept !== UNCONFIRMED;
+    // The keys the token can be named by, directly: no SCAN, so a shared Redis of millions of keys
+    // costs a revocation nothing. Entries in scopes it never had go to the background sweep, which
+    // decides neither the answer nor the retry.
+    const deleted = await this.cache.deleteNamed(stored, scopes, tenants);
+    this.scopeSweep?.enqueue(stored);
+    return bumped && deleted;
   }
 
-  private retryLater(stored: string, scopes: (string | null)[]): void {
+  private retryLater(stored: string, scopes: (string | null)[], tenants: string[]): void {
     if (this.pendingInvalidations.size >= MAX_PENDING_INVALIDATIONS) {
       const [oldest] = this.pendingInvalidations.keys();
       this.pendingInvalidations.delete(oldest);
       this.logger.error('Too many revocations waiting for Redis; the oldest is given up (revoke it again)');
     }
-    this.pendingInvalidations.set(stored, scopes);
+    this.pendingInvalidations.set(stored, { scopes, tenants });
     this.retryTimer ??= setInterval(() => void this.retryPending(), RETRY_INTERVAL_MS).unref();
   }
 
@@ -414,8 +420,8 @@ export class ApiTokenService implements OnApplicationShutdown {
     if (this.retrying) return;
     this.retrying = true;
     try {
-      for (const [stored, scopes] of [...this.pendingInvalidations]) {
-        if (!(await this.clearCache(stored, scopes))) return;
+      for (const [stored, { scopes, tenants }] of [...this.pendingInvalidations]) {
+        if (!(await this.clearCache(stored, scopes, tenants))) return;
         this.pendingInvalidations.delete(stored);
       }
     } finally {

@@ -8,7 +8,8 @@ import { ApiTokenStoreError } from '../api-token.errors';
 import { ACTIVE_KEY_PREFIX, ACTIVE_KEY_TTL_SECONDS, parseScopedKey } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { toNaiveUtc } from '../store/api-token.record';
-import { scanKeys, setIfNewer } from '../redis/redis.commands';
+import { type RedisClient, keyNodes, setIfNewer } from '../redis/redis.commands';
+import { activeIndexKey, nodeIndexKeys } from './usage.index';
 import { describeError } from '../api-token.errors';
 import { ApiTokenRedisService, LOCKED, type RedisStep, UNCONFIRMED, boundedStep } from '../redis/redis-access.service';
 import { ApiTokenRepository, type LastUsedUpdate } from '../store/api-token.repository';
@@ -36,10 +37,26 @@ const FLUSH_LOCK_TTL_MS = 30_000;
 const BATCH_CALL_TIMEOUT_MS = 1000;
 /** Bound of one whole walk; what it has not reached waits for the next run. */
 const WALK_TIMEOUT_MS = 5 * 60_000;
+/**
+ * Where the walk for keys nobody indexed (Dify's) stopped: a hash of `node` (host:port) and `cursor`,
+ * so each run goes on from there. Lives a day: a cursor of a restarted Redis would only walk again.
+ */
+export const FLUSH_CURSOR_KEY = 'api_token_flush_cursor';
+const FLUSH_CURSOR_TTL_SECONDS = 86_400;
+/**
+ * What a run spends on that walk: at most {@link SCAN_IDLE_PAGES} SCAN pages that found no usage key
+ * (the walk over a shared Redis's unrelated keys, a fraction of a millisecond each), and at most
+ * {@link SCAN_BUDGET_MS} in all. Pages that found keys do not count against the first bound: a Redis
+ * full of Dify's uses is flushed in one run, one full page per statement.
+ */
+export const SCAN_IDLE_PAGES = 200;
+export const SCAN_BUDGET_MS = 60_000;
+/** COUNT of each of that walk's SCANs. */
+const SCAN_COUNT = 1000;
 
 /** What one flush did. */
 export interface UsageFlushStats {
-  /** `api_token_active:*` keys SCAN returned. */
+  /** `api_token_active:*` keys found: named by the library's index, or returned by SCAN (Dify's). */
   scanned: number;
   /** Keys read and deleted (GETDEL); a key that expired or was taken between SCAN and GETDEL is not counted. */
   taken: number;
@@ -71,14 +88,20 @@ class WalkStopped extends Error {
   }
 }
 
-/** The uses one flush has taken and not yet written, written a page (one statement) at a time. */
+/**
+ * The uses one flush has taken and not yet written, written a page (one statement) at a time, with at
+ * most one page's UPDATE in flight while the next page is taken from Redis: memory is bounded by two
+ * pages, and Redis's and PostgreSQL's round trips overlap instead of adding up.
+ */
 class Walk {
   readonly stats: UsageFlushStats = { scanned: 0, taken: 0, updated: 0, dropped: 0, expired: 0, elapsedMs: 0 };
-  /** Why the walk ended before the end of the keyspace (lock lost), if it did. */
+  /** Why the walk ended before the end of its work (lock lost, Redis did not answer), if it did. */
   stopped: unknown;
   /** The database error that ended the run, if one did. */
   failed: ApiTokenStoreError | undefined;
   private buffer: TakenUse[] = [];
+  private writing: TakenUse[] = [];
+  private inFlight: Promise<void> = Promise.resolve();
 
   constructor(
     readonly pageSize: number,
@@ -91,22 +114,40 @@ class Walk {
 
   /** What was taken and not written (after a database failure: everything not in the database). */
   get unwritten(): readonly TakenUse[] {
-    return this.buffer;
+    return this.writing.length ? [...this.writing, ...this.buffer] : this.buffer;
   }
 
-  /** Writes every full page, and the rest when `final`; a database failure stops the walk. */
+  get unwrittenCount(): number {
+    return this.writing.length + this.buffer.length;
+  }
+
+  /**
+   * Starts the UPDATE of every full page (the rest too when `final`), each after the one before has
+   * ended; returns with the last one in flight unless `final`. A database failure stops the walk.
+   */
   async write(final: boolean): Promise<void> {
     while (this.buffer.length >= this.pageSize || (final && this.buffer.length > 0)) {
-      const page = this.buffer.slice(0, this.pageSize);
-      try {
-        this.stats.updated += await this.update(page);
-      } catch (error) {
-        if (!(error instanceof ApiTokenStoreError)) throw error;
-        this.failed = error;
-        throw new WalkStopped(error);
-      }
-      this.buffer = this.buffer.slice(page.length);
+      await this.settle();
+      const page = this.buffer.splice(0, this.pageSize);
+      this.writing = page;
+      this.inFlight = this.update(page).then(
+        (updated) => {
+          this.stats.updated += updated;
+          this.writing = [];
+        },
+        (error: unknown) => {
+          if (!(error instanceof ApiTokenStoreError)) throw error;
+          this.failed = error;
+        },
+      );
     }
+    if (final) await this.settle();
+  }
+
+  /** Waits for the page in flight; a database failure stops the walk. */
+  async settle(): Promise<void> {
+    await this.inFlight;
+    if (this.failed) throw new WalkStopped(this.failed);
   }
 }
 
@@ -230,16 +271,33 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       }
       await this.countLeftOver();
       const walk = new Walk(this.options.flushPageSize, (page) => this.repository.updateLastUsed(page));
-      const walked = await this.redis.walk('scan', async (client, step) => {
+      const walked = await this.redis.background('flush', async (client, step) => {
         try {
-          await scanKeys(client, `${ACTIVE_KEY_PREFIX}:*`, walk.pageSize, async (keys, node) => {
-            walk.stats.scanned += keys.length;
+          const onPage = async (node: Redis, keys: string[]) => {
             walk.add(await this.take(node, keys, walk.stats, now, step));
-            await this.markUnwritten(walk.unwritten.length);
+            await this.markUnwritten(walk.unwrittenCount, step);
             await walk.write(false);
-            await this.markUnwritten(walk.unwritten.length);
             held.lock = await this.extend(held.lock, step);
-          }, step);
+          };
+          // The library's own uses: named by the index, no SCAN.
+          for (const node of keyNodes(client)) {
+            for (const index of nodeIndexKeys(client, node)) {
+              for (;;) {
+                const keys = await step(() => node.spop(index, walk.pageSize)).catch(movedIsEmpty);
+                if (!keys.length) break;
+                walk.stats.scanned += keys.length;
+                await onPage(node, keys);
+                if (keys.length < walk.pageSize) break;
+              }
+            }
+          }
+          // Dify's uses (not indexed): a paced SCAN, its cursor kept in Redis across runs.
+          await this.scanSlice(client, step, async (node, keys) => {
+            walk.stats.scanned += keys.length;
+            await onPage(node, keys);
+          });
+          await walk.write(true);
+          await this.markUnwritten(walk.unwrittenCount, step);
         } catch (error) {
           if (!(error instanceof WalkStopped)) throw error;
           walk.stopped = error.reason;
@@ -276,7 +334,37 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       return walk.stats;
     } finally {
       // Not answered in time: the lock expires by itself.
-      await this.redis.call('unlock', () => held.lock.release(), { timeoutMs: BATCH_CALL_TIMEOUT_MS });
+      // On the background path: a run that outlasted a stalled Redis must not open the request path's circuit.
+      await this.redis.background('unlock', (_, step) => step(() => held.lock.release()), { timeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 });
+    }
+  }
+
+  /**
+   * One run's share of the walk for keys nobody indexed (Dify's): SCAN pages of `api_token_active:*`
+   * from the cursor the last run left in {@link FLUSH_CURSOR_KEY} (one per node), for at most
+   * {@link SCAN_IDLE_PAGES} empty pages (and {@link SCAN_BUDGET_MS}); the cursor is saved after each
+   * page, so the walk resumes there next run. A keyspace of K keys is covered in about
+   * K / ({@link SCAN_IDLE_PAGES} × COUNT 1000) runs: 5 runs for 1M keys, 50 for 10M.
+   */
+  private async scanSlice(client: RedisClient, step: RedisStep, onPage: (node: Redis, keys: string[]) => Promise<void>): Promise<void> {
+    const stopAt = Date.now() + SCAN_BUDGET_MS;
+    const nodes = keyNodes(client);
+    const names = nodes.map((node) => `${node.options.host}:${node.options.port}`);
+    const saved = await step(() => client.hgetall(FLUSH_CURSOR_KEY));
+    let at = Math.max(0, names.indexOf(saved.node ?? ''));
+    let cursor = saved.node && names[at] === saved.node ? (saved.cursor ?? '0') : '0';
+    let idle = 0;
+    for (let visited = 0; visited < nodes.length && idle < SCAN_IDLE_PAGES && Date.now() < stopAt; ) {
+      const node = nodes[at];
+      const [next, keys] = await step(() => node.scan(cursor, 'MATCH', `${ACTIVE_KEY_PREFIX}:*`, 'COUNT', SCAN_COUNT));
+      if (keys.length) await onPage(node, keys);
+      else idle++;
+      cursor = next;
+      if (cursor === '0') {
+        at = (at + 1) % nodes.length;
+        visited++;
+      }
+      await step(() => client.hset(FLUSH_CURSOR_KEY, 'node', names[at], 'cursor', cursor).then(() => client.expire(FLUSH_CURSOR_KEY, FLUSH_CURSOR_TTL_SECONDS)));
     }
   }
 
@@ -328,9 +416,17 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     }
   }
 
-  /** Records how many taken uses are not in the database yet (0 deletes the marker); false when Redis did not answer. */
-  private async markUnwritten(count: number): Promise<boolean> {
-    return undefined !== await this.redis.call('set', (r): Promise<unknown> => (count > 0 ? r.set(FLUSH_UNWRITTEN_KEY, String(count), 'EX', ACTIVE_KEY_TTL_SECONDS) : r.del(FLUSH_UNWRITTEN_KEY)));
+  /**
+   * Records how many taken uses are not in the database yet (0 deletes the marker); false when Redis did
+   * not answer. On the background path: a slow answer must not send requests to the database.
+   */
+  private async markUnwritten(count: number, step?: RedisStep): Promise<boolean> {
+    const send = (r: RedisClient): Promise<unknown> => (count > 0 ? r.set(FLUSH_UNWRITTEN_KEY, String(count), 'EX', ACTIVE_KEY_TTL_SECONDS) : r.del(FLUSH_UNWRITTEN_KEY));
+    if (step) {
+      await step(() => send(this.redis.client));
+      return true;
+    }
+    return UNCONFIRMED !== (await this.redis.background('flush', (r, s) => s(() => send(r)), { timeoutMs: BATCH_CALL_TIMEOUT_MS * 3 }));
   }
 
   private async extend(lock: Lock, step: RedisStep): Promise<Lock> {
@@ -364,10 +460,11 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
 
   /** Puts taken uses back in Redis, never over a newer time; says how it went. */
   private async putBack(uses: readonly TakenUse[], force = false): Promise<string> {
-    const done = await this.redis.call('set', (r) =>
-      Promise.all(uses.map((u) => setIfNewer(r, u.key, u.lastUsedAt, ACTIVE_KEY_TTL_SECONDS))),
-      { timeoutMs: BATCH_CALL_TIMEOUT_MS, force },
-    );
+    void force;
+    const done = await this.redis.background('flush', (r, step) =>
+      step(() => Promise.all(uses.map((u) => setIfNewer(r, u.key, u.lastUsedAt, ACTIVE_KEY_TTL_SECONDS, activeIndexKey(r, u.key))))),
+      { timeoutMs: BATCH_CALL_TIMEOUT_MS * 3, retries: 0 },
+    ) !== UNCONFIRMED;
     if (!done) this.metrics?.flushUsesLost(uses.length);
     return done ? `${uses.length} uses put back in Redis` : `${uses.length} uses lost (Redis did not answer)`;
   }
@@ -404,4 +501,10 @@ export function parseActiveEntry(key: string, value: string, now = Date.now()): 
 
 function ignoreStopped(error: unknown): void {
   if (!(error instanceof WalkStopped)) throw error;
+}
+
+/** A slot that moved answers MOVED to a SPOP sent to its old master: nothing to drain there now. */
+function movedIsEmpty(error: unknown): string[] {
+  if (error instanceof Error && /^MOVED|^ASK/.test(error.message)) return [];
+  throw error;
 }

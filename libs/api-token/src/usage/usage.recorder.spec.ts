@@ -6,7 +6,11 @@ import type { ApiTokenRedisService } from '../redis/redis-access.service';
 function recordingAt(now: number) {
   jest.useFakeTimers({ now });
   const written: string[][] = [];
-  const client = { apiTokenSetIfNewer: async (...args: unknown[]) => (written.push(args.map(String)), 1) };
+  // The recorder names each key in the flush's index too (the second key); the stub keeps key, time, TTL.
+  const client = {
+    apiTokenSetIfNewer: async (...args: unknown[]) => (written.push(args.map(String)), 1),
+    apiTokenSetIfNewerIndexed: async (key: unknown, _index: unknown, ...rest: unknown[]) => (written.push([key, ...rest].map(String)), 1),
+  };
   const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => send(client) };
   const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
   return { recorder, written, key: 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa' };

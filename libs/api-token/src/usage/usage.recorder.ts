@@ -6,6 +6,7 @@ import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { formatNaiveUtc } from '../store/api-token.record';
 import { setIfNewer } from '../redis/redis.commands';
 import { ApiTokenRedisService } from '../redis/redis-access.service';
+import { activeIndexKey } from './usage.index';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 const MAX_TRACKED = 100_000;
@@ -31,7 +32,8 @@ const wallClockLead = (): number => Date.now() - performance.now();
  * Writes are coalesced per token: the first use is written at once, later uses within
  * `usageWriteIntervalMs` wait for one timer that writes the newest time of each. Uses Redis refused
  * stay pending and are tried again, and pending uses are written when the application shuts down.
- * A write never replaces a newer time another instance wrote.
+ * A write never replaces a newer time another instance wrote, and names its key in the flush's index
+ * (`usage.index.ts`), so the flush finds the library's uses without walking the keyspace.
  */
 @Injectable()
 export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
@@ -109,7 +111,7 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
   /** Writes uses dated by the wall clock (milliseconds); what Redis refused waits for the timer again. */
   private async write(entries: [key: string, ms: number][]): Promise<void> {
     const done = await this.redis.call('set', (r) =>
-      Promise.all(entries.map(([key, ms]) => setIfNewer(r, key, formatNaiveUtc(new Date(ms)), ACTIVE_KEY_TTL_SECONDS))),
+      Promise.all(entries.map(([key, ms]) => setIfNewer(r, key, formatNaiveUtc(new Date(ms)), ACTIVE_KEY_TTL_SECONDS, activeIndexKey(r, key)))),
     );
     if (done !== undefined) return;
     const lead = wallClockLead();

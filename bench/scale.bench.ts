@@ -1,0 +1,126 @@
+import 'reflect-metadata';
+import { NestFactory } from '@nestjs/core';
+import { randomUUID } from 'node:crypto';
+import { ApiTokenService, ApiTokenUsageFlushService } from '../libs/api-token/src';
+import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
+import { ApiTokenUsageRecorder } from '../libs/api-token/src/usage/usage.recorder';
+import { TestAppModule } from '../test/app/app.module';
+import { type Cleanup, commandStats, createBenchDatabase, startRedis } from './bench.infra';
+import { runFlushBench } from './flush.bench';
+
+/** What `npm run bench -- scale` measured (bench/RESULTS.md, section "scale"). */
+export interface ScaleBenchResult {
+  unrelatedKeys: number;
+  revokes: number;
+  revokeP50Ms: number;
+  revokeP99Ms: number;
+  revokesConfirmed: number;
+  revokeScans: number;
+  tenantP99Ms: number;
+  flush1kMs: number;
+  flush1kScans: number;
+  redisDownAtEnd: boolean;
+  flush1m: Awaited<ReturnType<typeof runFlushBench>> | null;
+}
+
+const p = (values: number[], q: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor(values.length * q))];
+const ms = (n: number) => Math.round(n * 100) / 100;
+
+/**
+ * A shared Redis of `BENCH_SCALE_KEYS` unrelated keys (default 1,000,000; `DEBUG POPULATE`, or a script
+ * where DEBUG is refused) in a private redis-server: revoke() and invalidateTenant() latency and
+ * confirmation, the SCANs they send, a flush of 1,000 library-written uses, whether the request path
+ * ever left Redis; then the 1M Dify-key flush against its floor (`BENCH_SCALE_FLUSH_KEYS`, 0 to skip).
+ */
+export async function runScaleBench(cleanup: Cleanup): Promise<ScaleBenchResult> {
+  const unrelatedKeys = Number(process.env.BENCH_SCALE_KEYS ?? 1_000_000);
+  const flushKeys = Number(process.env.BENCH_SCALE_FLUSH_KEYS ?? 1_000_000);
+  const redis = await startRedis(cleanup);
+  try {
+    await redis.admin.call('DEBUG', 'POPULATE', String(unrelatedKeys), 'unrelated');
+  } catch {
+    const script = "for i = ARGV[2], ARGV[3] do redis.call('SET', ARGV[1] .. ':' .. i, 'value:' .. i) end";
+    for (let from = 0; from < unrelatedKeys; from += 100_000) await redis.admin.eval(script, 0, 'unrelated', from, Math.min(from + 100_000, unrelatedKeys) - 1);
+  }
+  const { url } = await createBenchDatabase(cleanup);
+  const app = await NestFactory.createApplicationContext(
+    TestAppModule.forRoot({ stores: { databaseUrl: url, redisUrl: redis.url }, apiToken: { flushCron: false } }),
+    { logger: ['error', 'warn'] },
+  );
+  cleanup.add(() => app.close());
+  const tokens = app.get(ApiTokenService);
+  const tenantId = randomUUID();
+  const created = [];
+  for (let i = 0; i < 200; i++) created.push(await tokens.create({ scope: 'app', tenantId }));
+  const scans = async () => (await commandStats(redis.admin)).get('scan') ?? 0;
+
+  const revokeTimes: number[] = [];
+  let confirmed = 0;
+  const scansBefore = await scans();
+  for (const { token } of created) {
+    const started = performance.now();
+    const outcome = await tokens.revoke(token);
+    revokeTimes.push(performance.now() - started);
+    if (outcome.cacheCleared) confirmed++;
+  }
+  // Read before the background sweep has had a turn on most of them: what the revocations sent.
+  const revokeScans = (await scans()) - scansBefore;
+
+  const tenantTimes: number[] = [];
+  for (let i = 0; i < 50; i++) {
+    const started = performance.now();
+    await tokens.invalidateTenant(tenantId);
+    tenantTimes.push(performance.now() - started);
+  }
+
+  const recorder = app.get(ApiTokenUsageRecorder);
+  for (let i = 0; i < 1000; i++) recorder.record('app', `app-scale${String(i).padStart(20, '0')}`);
+  await recorder.flushPending();
+  const flush = app.get(ApiTokenUsageFlushService);
+  await flush.flushNow(); // the first run also walks the unrelated keys for Dify's (up to its budget)
+  for (let i = 0; i < 1000; i++) recorder.record('app', `app-scale${String(i).padStart(20, '1')}`);
+  await recorder.flushPending();
+  const flushScansBefore = await scans();
+  const flushStarted = performance.now();
+  await flush.flushNow();
+  const flush1kMs = performance.now() - flushStarted;
+  const flush1kScans = (await scans()) - flushScansBefore;
+  const redisDownAtEnd = app.get(ApiTokenRedisService).isDown;
+
+  const port = Number(new URL(redis.url).port);
+  const flush1m = flushKeys > 0 ? await runFlushBench({ keys: flushKeys, redisPort: port, redisDb: 8 }) : null;
+  return {
+    unrelatedKeys,
+    revokes: created.length,
+    revokeP50Ms: ms(p(revokeTimes, 0.5)),
+    revokeP99Ms: ms(p(revokeTimes, 0.99)),
+    revokesConfirmed: confirmed,
+    revokeScans,
+    tenantP99Ms: ms(p(tenantTimes, 0.99)),
+    flush1kMs: ms(flush1kMs),
+    flush1kScans,
+    redisDownAtEnd,
+    flush1m,
+  };
+}
+
+/** The "scale" section of RESULTS.md. */
+export function renderScaleResults(r: ScaleBenchResult): string {
+  const f = r.flush1m;
+  return [
+    `### Production scale (issue 23): ${r.unrelatedKeys.toLocaleString('en')} unrelated keys`,
+    '',
+    '| measure | result | target |',
+    '|---|---:|---|',
+    `| revoke() p50 / p99 (${r.revokes} revokes) | ${r.revokeP50Ms} / ${r.revokeP99Ms} ms | p99 ≤ 20 ms |`,
+    `| revocations confirmed (cacheCleared) | ${r.revokesConfirmed} / ${r.revokes} | all |`,
+    `| SCANs sent while revoking (background sweep included if it ran) | ${r.revokeScans} | 0 from the revocations |`,
+    `| invalidateTenant p99 | ${r.tenantP99Ms} ms | ≤ 20 ms |`,
+    `| flush of 1,000 library uses | ${r.flush1kMs} ms, ${r.flush1kScans} SCANs | ≤ 200 ms |`,
+    `| request path taken off Redis at the end | ${r.redisDownAtEnd ? 'yes' : 'no'} | no |`,
+    f
+      ? `| flush of ${f.keys.toLocaleString('en')} Dify keys / one UPDATE of the same rows | ${f.seconds} s / ${f.floorSeconds} s = **${f.ratio}×**, ${f.runs} runs, ${f.statements} statements, RSS +${f.rssGrowthMb} MB | ≤ 1.5×, ≤ 1,000 statements, ≤ 150 MB |`
+      : '| 1M flush | not run | |',
+    '',
+  ].join('\n');
+}

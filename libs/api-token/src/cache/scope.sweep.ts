@@ -1,0 +1,92 @@
+import { Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
+import { UNCONFIRMED } from '../redis/redis-access.service';
+import { ApiTokenCacheService, type SweepPosition } from './token-cache.service';
+
+/** Tokens waiting for the sweep; past this, new ones are not swept (their named keys were deleted all the same). */
+const MAX_QUEUED = 10_000;
+/** Time one slice may walk, then the sweep yields for {@link PAUSE_MS}: a shared Redis serves others meanwhile. */
+const SLICE_MS = 100;
+const PAUSE_MS = 50;
+/** Wait after a slice Redis did not answer; the walk then resumes where it was. */
+const RETRY_MS = 1000;
+
+/**
+ * The every-scope sweep, in the background: after a revocation has deleted the keys its token can be
+ * named by (`ApiTokenCacheService.deleteNamed`), it walks `api_token:*` once for entries nobody can
+ * name (another scope's entry, cached by Dify or before a row's scope changed) and deletes those of the
+ * revoked tokens. Paced (slices of {@link SLICE_MS}, pauses between), resumable (a slice Redis did not
+ * answer is tried again from the same cursor), on the background Redis path: it never decides a
+ * revocation's `cacheCleared`, its retry, nor whether the request path uses Redis. Tokens revoked
+ * while a walk is under way wait for the next walk, which covers the whole keyspace for them.
+ */
+@Injectable()
+export class ApiTokenScopeSweep implements OnApplicationShutdown {
+  private readonly logger = new Logger(ApiTokenScopeSweep.name);
+  private queued = new Set<string>();
+  private walking: Set<string> | null = null;
+  private position: SweepPosition = { node: 0, cursor: '0' };
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private closing = false;
+  private walks = 0;
+
+  constructor(private readonly cache: ApiTokenCacheService) {}
+
+  /** Walks completed since start. */
+  get completedWalks(): number {
+    return this.walks;
+  }
+
+  /** Whether tokens wait for a walk or one is under way. */
+  get busy(): boolean {
+    return this.walking !== null || this.queued.size > 0;
+  }
+
+  /** Adds a (stored) token to the next walk. */
+  enqueue(token: string): void {
+    if (this.closing) return;
+    if (this.queued.size >= MAX_QUEUED) {
+      this.logger.warn('Every-scope sweep queue full; a revoked token\'s entries in scopes it never had live until their TTL');
+      return;
+    }
+    this.queued.add(token);
+    this.schedule(0);
+  }
+
+  /** Runs slices until nothing waits (for tests and tools; the sweep runs by itself otherwise). */
+  async drain(): Promise<void> {
+    while (this.busy && !this.closing) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      await (this.running ??= this.slice().finally(() => (this.running = undefined)));
+    }
+  }
+
+  onApplicationShutdown(): void {
+    this.closing = true;
+    clearTimeout(this.timer);
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.timer || this.closing) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.running ??= this.slice().finally(() => (this.running = undefined));
+    }, delayMs).unref();
+  }
+
+  private async slice(): Promise<void> {
+    if (!this.walking) {
+      if (this.queued.size === 0) return;
+      this.walking = this.queued;
+      this.queued = new Set();
+      this.position = { node: 0, cursor: '0' };
+    }
+    const done = await this.cache.sweepSlice(this.walking, this.position, SLICE_MS);
+    if (done === true) {
+      this.walking = null;
+      this.walks++;
+    }
+    if (this.busy) this.schedule(done === UNCONFIRMED ? RETRY_MS : PAUSE_MS);
+  }
+}
