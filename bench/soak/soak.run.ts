@@ -517,10 +517,14 @@ async function inject(fault: ReturnType<typeof planFaults>[number], t: Targets):
       return { kind: fault.kind, start, end: Date.now(), detail: `SIGSTOP for ${fault.holdMs} ms` };
     case 'redis-failover': {
       const sentinel = new Redis({ ...t.sentinelNodes![0], maxRetriesPerRequest: 1 });
-      await sentinel.call('SENTINEL', 'FAILOVER', t.sentinelName).catch(() => undefined);
-      sentinel.disconnect();
+      const master = () => sentinel.call('SENTINEL', 'GET-MASTER-ADDR-BY-NAME', t.sentinelName).then((a) => (a as string[])[1], () => '?');
+      const before = await master();
+      const reply = await sentinel.call('SENTINEL', 'FAILOVER', t.sentinelName).then(String, (e: Error) => e.message.split(' ')[0]);
       await sleep(5000);
-      return { kind: fault.kind, start, end: Date.now(), detail: 'SENTINEL FAILOVER' };
+      const after = await master();
+      sentinel.disconnect();
+      // The report says whether the master moved, so a failover that did not happen is not mistaken for one survived.
+      return { kind: fault.kind, start, end: Date.now(), detail: `SENTINEL FAILOVER (${reply}): master port ${before} → ${after}` };
     }
     case 'pg-cut':
       t.pgProxy.cut('refuse');
