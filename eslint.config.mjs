@@ -3,7 +3,7 @@ import eslint from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['**/dist/', 'node_modules/', 'coverage/', '.tmp/', 'docs/api/', 'jest.config.js', 'eslint.config.mjs'] },
+  { ignores: ['**/dist/', 'node_modules/', 'coverage/', '.tmp/', 'docs/api/', 'jest.config.js', 'jest.mutation.config.js', 'eslint.config.mjs'] },
   eslint.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -7,6 +7,9 @@ const common = {
     '^nestjs-api-token$': '<rootDir>/libs/api-token/src',
   },
   transform: { '^.+\\.ts$': 'ts-jest' },
+  // Stryker's sandboxes and its report (npm run mutate) hold copies of the sources and specs.
+  modulePathIgnorePatterns: ['<rootDir>/.tmp/'],
+  testPathIgnorePatterns: ['/node_modules/', '<rootDir>/.tmp/'],
 };
 
 /** The suites that run a second time against a three-master Redis Cluster. */

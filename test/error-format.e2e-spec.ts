@@ -1,4 +1,5 @@
-import { type ApiTokenErrorFormat } from '../libs/api-token/src';
+import { type ApiTokenErrorFormat, ApiTokenService } from '../libs/api-token/src';
+import { RATE_LIMIT_ERRORS } from '../libs/api-token/src/limits/rate-limit.errors';
 import { API_TOKEN_ERRORS, RETRY_AFTER_SECONDS } from '../libs/api-token/src/auth/api-token.guard';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
@@ -78,5 +79,33 @@ describe.each([
       proxy.restore();
     }
     expect((await whoami(`Bearer ${token}`)).status).toBe(200);
+  });
+
+  it('over its rate limit: 429 in its shape, with Retry-After and the rate-limit fields, no challenge', async () => {
+    const { token } = await app.get(ApiTokenService).create({ scope: 'app', rateLimit: { limit: 1, windowSeconds: 3600 } });
+    await whoami(`Bearer ${token}`).expect(200);
+    const res = await whoami(`Bearer ${token}`);
+    expect(res.status).toBe(429);
+    expect(res.headers['content-type']).toMatch(/^application\/json/);
+    expect(res.body).toEqual(
+      errorFormat === 'dify'
+        ? { code: 'too_many_requests', message: RATE_LIMIT_ERRORS.exceeded, status: 429 }
+        : { statusCode: 429, message: RATE_LIMIT_ERRORS.exceeded, error: 'Too Many Requests' },
+    );
+    expect(Number(res.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+    expect(Number(res.headers['retry-after'])).toBeLessThanOrEqual(3600);
+    expect(res.headers['ratelimit-policy']).toBe('"token";q=1;w=3600');
+    expect(res.headers['ratelimit']).toMatch(/^"token";r=0;t=\d+$/);
+    expect(res.headers['www-authenticate']).toBeUndefined();
+  });
+
+  it('a stored token of exactly 255 characters (the column\'s size) is accepted; one of 256 is refused', async () => {
+    const longest = `app-${'A'.repeat(251)}`;
+    expect(longest).toHaveLength(255);
+    await app.get(ApiTokenRepository).insert({ token: longest, type: 'app' });
+    const res = await whoami(`Bearer ${longest}`);
+    expect(res.status).toBe(200);
+    const tooLong = await whoami(`Bearer ${longest}A`);
+    expect([tooLong.status, tooLong.body]).toEqual([401, shape.body(401, API_TOKEN_ERRORS.invalidToken)]);
   });
 });

@@ -194,6 +194,19 @@ describe.each(['express', 'fastify'] as const)('token expiry and rotation (%s)',
     expect(listed.map((t) => t.id).sort()).toEqual([old.id, successor.id].sort());
   });
 
+  it("a rotation's grace never extends the old token past the expiry it already had", async () => {
+    const tokens = a.get(ApiTokenService);
+    const old = await tokens.create({ scope: 'app', expiresInSeconds: 60 });
+    const ownExpiry = ms((await a.get(ApiTokenRepository).findByToken(old.token, 'app'))!.expiresAt!);
+    const rotation = (await tokens.rotate(old.token, { graceSeconds: 3600 }))!;
+    expect(ms(rotation.previous.expiresAt)).toBe(ownExpiry);
+    expect(ms((await a.get(ApiTokenRepository).findByToken(old.token, 'app'))!.expiresAt!)).toBe(ownExpiry);
+    // A grace shorter than the time left does shorten it.
+    const other = await tokens.create({ scope: 'app', expiresInSeconds: 3600 });
+    const shortened = (await tokens.rotate(other.token, { graceSeconds: 60 }))!;
+    expect(ms(shortened.previous.expiresAt)).toBeLessThanOrEqual(Date.now() + 60_000);
+  });
+
   it('rotation with 0 grace revokes the old token at once on every instance; an unknown or expired token is not rotated', async () => {
     const tokens = a.get(ApiTokenService);
     const old = await tokens.create({ scope: 'app', expiresInSeconds: 3600 });

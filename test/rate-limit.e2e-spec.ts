@@ -82,6 +82,43 @@ describe('per-token rate limits', () => {
     });
   });
 
+  describe.each(['exact', 'approximate'] as const)('window boundaries, %s mode (the clock driven, no sleeps)', (rateLimitMode) => {
+    let app: INestApplication;
+    let offset = 0;
+    beforeAll(async () => {
+      app = await start({ rateLimitMode, rateLimitSyncIntervalMs: 20 });
+    });
+    afterEach(() => jest.restoreAllMocks());
+
+    it('the next window starts from zero, and the count resets nowhere else', async () => {
+      const realNow = Date.now.bind(Date);
+      jest.spyOn(Date, 'now').mockImplementation(() => realNow() + offset);
+      const at = (ms: number) => (offset = ms - realNow());
+      const windowMs = 60_000;
+      // A window well ahead of the real clock, so no real window ends during the test.
+      const start0 = (Math.floor(realNow() / windowMs) + 10) * windowMs;
+      const { token } = await create(app, 2, 60);
+      const limiter = app.get(ApiTokenRateLimiter);
+
+      at(start0 + 1000);
+      expect(remaining(await whoami(app, token).expect(200))).toBe(1);
+      expect(remaining(await whoami(app, token).expect(200))).toBe(0);
+      await limiter.flush();
+      await whoami(app, token).expect(429);
+      // Later in the same window, to its last second: still refused.
+      at(start0 + windowMs - 1000);
+      await whoami(app, token).expect(429);
+      await limiter.flush();
+      // The next window: a fresh quota, in Redis too.
+      at(start0 + windowMs + 1000);
+      expect(remaining(await whoami(app, token).expect(200))).toBe(1);
+      await limiter.flush();
+      expect(remaining(await whoami(app, token).expect(200))).toBe(0);
+      await limiter.flush();
+      await whoami(app, token).expect(429);
+    });
+  });
+
   describe('two instances, exact mode', () => {
     let a: INestApplication;
     let b: INestApplication;
@@ -318,7 +355,8 @@ describe('per-token rate limits', () => {
       // Closed, exact mode: 503 at once.
       const closed = await whoami(exactClosed, limited.token).expect(503);
       expect(closed.body).toMatchObject({ statusCode: 503, message: RATE_LIMIT_ERRORS.unavailable });
-      expect(Number(closed.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+      // In seconds: the cool-down (redisCooldownMs, 1000 ms by default) rounded up, never its milliseconds.
+      expect(closed.headers['retry-after']).toBe('1');
       await whoami(exactClosed, free.token).expect(200);
 
       // Closed, approximate mode: from the first failed reconciliation on.

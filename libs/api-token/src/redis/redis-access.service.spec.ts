@@ -58,6 +58,47 @@ describe('ApiTokenRedisService', () => {
     expect([service.isDown, warn.mock.calls.length, log.mock.calls.length]).toEqual([false, 1, 1]);
   });
 
+  it('skips Redis for redisCooldownMs after a failure, not for redisCommandTimeoutMs, then probes', async () => {
+    const client = { status: 'ready' } as unknown as RedisClient;
+    const service = new ApiTokenRedisService(client, resolveApiTokenOptions({ redisCommandTimeoutMs: 50, redisCooldownMs: 5000 }));
+    jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
+    jest.spyOn(Logger.prototype, 'log').mockImplementation(() => undefined);
+    const failedAt = 1_900_000_000_000;
+    const now = jest.spyOn(Date, 'now').mockReturnValue(failedAt);
+    expect(await service.call('get', () => Promise.reject(new Error('down')))).toBeUndefined();
+    expect(service.isDown).toBe(true);
+    const probe = jest.fn(async () => 'up');
+    // Past the command timeout, and to the last millisecond of the cool-down: no call reaches Redis.
+    for (const later of [51, 1000, 4999]) {
+      now.mockReturnValue(failedAt + later);
+      expect(await service.call('get', probe)).toBeUndefined();
+    }
+    expect(probe).not.toHaveBeenCalled();
+    expect(service.isDown).toBe(true);
+    // The cool-down is over: one probe goes through, and Redis is up again.
+    now.mockReturnValue(failedAt + 5000);
+    expect(await service.call('get', probe)).toBe('up');
+    expect(probe).toHaveBeenCalledTimes(1);
+    expect(service.isDown).toBe(false);
+  });
+
+  it('a failed probe holds Redis off for another full cool-down, counted from the probe', async () => {
+    const client = { status: 'ready' } as unknown as RedisClient;
+    const service = new ApiTokenRedisService(client, resolveApiTokenOptions({ redisCommandTimeoutMs: 50, redisCooldownMs: 5000 }));
+    jest.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
+    const t0 = 1_900_000_000_000;
+    const now = jest.spyOn(Date, 'now').mockReturnValue(t0);
+    await service.call('get', () => Promise.reject(new Error('down')));
+    now.mockReturnValue(t0 + 5000);
+    expect(await service.call('get', () => Promise.reject(new Error('still down')))).toBeUndefined();
+    const probe = jest.fn(async () => 'up');
+    now.mockReturnValue(t0 + 5000 + 4999);
+    expect(await service.call('get', probe)).toBeUndefined();
+    expect(probe).not.toHaveBeenCalled();
+    now.mockReturnValue(t0 + 10_000);
+    expect(await service.call('get', probe)).toBe('up');
+  });
+
   it('lets one probe through at a time', async () => {
     const { service } = setup();
     await service.call('get', () => Promise.reject(new Error('down')));

@@ -1,4 +1,4 @@
-import { type ApiTokenRecord, formatNaiveUtc, isExpired, parseRecord, serializeRecord, toNaiveUtc } from './api-token.record';
+import { type ApiTokenRecord, formatNaiveUtc, isExpired, naiveUtcToMs, parseRecord, serializeRecord, toNaiveUtc } from './api-token.record';
 
 const record: ApiTokenRecord = {
   id: '11111111-2222-4333-8444-555555555555',
@@ -124,5 +124,32 @@ describe('cached JSON with a policy', () => {
     ['a zero rate limit', { rate_limit: { limit: 0, window_seconds: 60 } }],
   ])('takes an entry with %s for a miss', (_, extra) => {
     expect(parseRecord(JSON.stringify({ ...JSON.parse(serializeRecord(record)), ...extra }))).toBeUndefined();
+  });
+});
+
+/**
+ * The stored expiry is naive UTC whatever the process's time zone: read in local time, an expired token
+ * would stay valid for hours west of Greenwich. In UTC (CI's zone) that bug is invisible: `npm run test:tz`
+ * (in .ci/run) runs the unit project again under TZ=America/Los_Angeles, where these fail on it.
+ */
+describe('expiry whatever the time zone', () => {
+  it('runs in the zone test:tz asks for (jest cannot switch a running process\'s zone)', () => {
+    const offset = new Date(Date.UTC(2026, 1, 3, 10)).getTimezoneOffset();
+    expect(offset).toBe(process.env.TZ === 'America/Los_Angeles' ? 480 : offset);
+  });
+
+  it('reads a stored naive-UTC expiry as UTC, not as local time', () => {
+    expect(naiveUtcToMs('2026-02-03T10:00:00')).toBe(Date.UTC(2026, 1, 3, 10));
+    expect(naiveUtcToMs('2026-07-03T10:00:00.250000')).toBe(Date.UTC(2026, 6, 3, 10, 0, 0, 250));
+    expect(toNaiveUtc('2026-02-03T10:00:00')).toBe('2026-02-03T10:00:00');
+    expect(formatNaiveUtc(new Date(Date.UTC(2026, 1, 3, 10)))).toBe('2026-02-03T10:00:00');
+  });
+
+  it('refuses a cached token from the moment of its expiry, not eight hours later', () => {
+    const parsed = parseRecord(serializeRecord({ ...record, expiresAt: '2026-02-03T10:00:00', expiresAtMs: null }))!;
+    expect(parsed.expiresAtMs).toBe(Date.UTC(2026, 1, 3, 10));
+    expect(isExpired(parsed, Date.UTC(2026, 1, 3, 9, 59, 59, 999))).toBe(false);
+    expect(isExpired(parsed, Date.UTC(2026, 1, 3, 10))).toBe(true);
+    expect(isExpired(parsed, Date.UTC(2026, 1, 3, 11))).toBe(true);
   });
 });

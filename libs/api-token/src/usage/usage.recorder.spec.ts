@@ -53,4 +53,46 @@ describe('ApiTokenUsageRecorder', () => {
     await recorder.flushPending();
     expect(written.at(-1)?.join(' ')).toContain('2026-02-03T10:00:00.200000');
   });
+
+  it('after a failed write, a newer use that came in meanwhile wins over the older time it retries', async () => {
+    jest.useFakeTimers({ now: Date.UTC(2026, 1, 3, 10, 0, 0) });
+    const written: string[] = [];
+    let fail: (() => void) | undefined;
+    const client = { apiTokenSetIfNewer: async (_key: string, value: string) => (written.push(value), 1) };
+    const redis = {
+      // The first write (the first use, written at once) waits until the test lets it fail; later ones answer.
+      call: (_op: string, send: (r: unknown) => Promise<unknown>) =>
+        fail === undefined && written.length === 0
+          ? new Promise((resolve) => (fail = () => resolve(undefined)))
+          : send(client),
+    };
+    const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
+    const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
+    recorder.recordKey(key, performance.now()); // 10:00:00.000, its write under way
+    jest.advanceTimersByTime(300);
+    recorder.recordKey(key, performance.now()); // 10:00:00.300, pending for the timer
+    fail!(); // the write of 10:00:00.000 fails: it goes back to pending, where the newer use already is
+    await Promise.resolve();
+    await Promise.resolve();
+    await recorder.flushPending();
+    expect(written).toEqual(['2026-02-03T10:00:00.300000']);
+  });
+
+  it('after a failed write, the retried time wins over an older pending one', async () => {
+    jest.useFakeTimers({ now: Date.UTC(2026, 1, 3, 10, 0, 0) });
+    const written: string[] = [];
+    const client = { apiTokenSetIfNewer: async (_key: string, value: string) => (written.push(value), 1) };
+    let down = true;
+    const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => (down ? undefined : send(client)) };
+    const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
+    const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
+    recorder.recordKey(key, performance.now()); // written at once, refused: pending at 10:00:00.000
+    await Promise.resolve();
+    jest.advanceTimersByTime(250);
+    recorder.recordKey(key, performance.now()); // moves the pending use to 10:00:00.250
+    await recorder.flushPending(); // refused again: 10:00:00.250 stays pending
+    down = false;
+    await recorder.flushPending();
+    expect(written).toEqual(['2026-02-03T10:00:00.250000']);
+  });
 });
