@@ -192,10 +192,14 @@ export class ApiTokenRedisService implements OnApplicationShutdown {
 
   /**
    * The background path's own connection (a duplicate of the application's client, made on first use):
-   * a stalled SCAN or a large GETDEL page then holds up no request's GET behind it on one socket.
+   * a stalled SCAN or a large GETDEL page then holds up no request's GET behind it on one socket
+   * (single node and Sentinel; see below for a Cluster).
    */
   private backgroundClient(): RedisClient {
     if (this.background$) return this.background$;
+    // A duplicated Cluster starts with no slot map and no nodes, so a walk would find nothing to walk:
+    // on a Cluster the background path shares the application's client (one connection per node).
+    if (this.client.isCluster) return this.client;
     const duplicate = this.client.duplicate() as RedisClient;
     duplicate.on('error', () => undefined);
     return (this.background$ = duplicate);

@@ -51,8 +51,6 @@ const FLUSH_CURSOR_TTL_SECONDS = 86_400;
  */
 export const SCAN_IDLE_PAGES = 200;
 export const SCAN_BUDGET_MS = 60_000;
-/** COUNT of each of that walk's SCANs. */
-const SCAN_COUNT = 1000;
 
 /** What one flush did. */
 export interface UsageFlushStats {
@@ -281,7 +279,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
           };
           // The library's own uses: named by the index, no SCAN.
           for (const node of keyNodes(client)) {
-            for (const index of nodeIndexKeys(client, node)) {
+            for (const index of await nonEmpty(node, nodeIndexKeys(client, node), step)) {
               for (;;) {
                 const keys = await step(() => node.spop(index, walk.pageSize)).catch(movedIsEmpty);
                 if (!keys.length) break;
@@ -292,7 +290,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
             }
           }
           // Dify's uses (not indexed): a paced SCAN, its cursor kept in Redis across runs.
-          await this.scanSlice(client, step, async (node, keys) => {
+          await this.scanSlice(client, step, walk.pageSize, async (node, keys) => {
             walk.stats.scanned += keys.length;
             await onPage(node, keys);
           });
@@ -344,9 +342,10 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
    * from the cursor the last run left in {@link FLUSH_CURSOR_KEY} (one per node), for at most
    * {@link SCAN_IDLE_PAGES} empty pages (and {@link SCAN_BUDGET_MS}); the cursor is saved after each
    * page, so the walk resumes there next run. A keyspace of K keys is covered in about
-   * K / ({@link SCAN_IDLE_PAGES} × COUNT 1000) runs: 5 runs for 1M keys, 50 for 10M.
+   * K / ({@link SCAN_IDLE_PAGES} × `flushPageSize`, the SCAN COUNT) runs: 5 for 1M keys, 50 for 10M
+   * at the default 1,000.
    */
-  private async scanSlice(client: RedisClient, step: RedisStep, onPage: (node: Redis, keys: string[]) => Promise<void>): Promise<void> {
+  private async scanSlice(client: RedisClient, step: RedisStep, count: number, onPage: (node: Redis, keys: string[]) => Promise<void>): Promise<void> {
     const stopAt = Date.now() + SCAN_BUDGET_MS;
     const nodes = keyNodes(client);
     const names = nodes.map((node) => `${node.options.host}:${node.options.port}`);
@@ -356,7 +355,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     let idle = 0;
     for (let visited = 0; visited < nodes.length && idle < SCAN_IDLE_PAGES && Date.now() < stopAt; ) {
       const node = nodes[at];
-      const [next, keys] = await step(() => node.scan(cursor, 'MATCH', `${ACTIVE_KEY_PREFIX}:*`, 'COUNT', SCAN_COUNT));
+      const [next, keys] = await step(() => node.scan(cursor, 'MATCH', `${ACTIVE_KEY_PREFIX}:*`, 'COUNT', count));
       if (keys.length) await onPage(node, keys);
       else idle++;
       cursor = next;
@@ -507,4 +506,16 @@ function ignoreStopped(error: unknown): void {
 function movedIsEmpty(error: unknown): string[] {
   if (error instanceof Error && /^MOVED|^ASK/.test(error.message)) return [];
   throw error;
+}
+
+/**
+ * The index keys that hold members, asked in one pipeline of SCARD (on a Cluster a master has some
+ * 5,000 slots, and one SPOP round trip per empty slot would cost seconds per run).
+ */
+async function nonEmpty(node: Redis, keys: string[], step: RedisStep): Promise<string[]> {
+  if (keys.length <= 1) return keys;
+  const pipeline = node.pipeline();
+  for (const key of keys) pipeline.scard(key);
+  const replies = (await step(() => pipeline.exec())) ?? [];
+  return keys.filter((_, i) => !replies[i]?.[0] && Number(replies[i]?.[1]) > 0);
 }
