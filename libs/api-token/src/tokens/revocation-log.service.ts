@@ -217,10 +217,13 @@ export class ApiTokenRevocationLogService implements OnModuleInit, OnModuleDestr
         this.reads++;
         // Two statements, so a missing or broken policy-change log (a rollback's migration down())
         // never stops revocations from being read.
-        const [revocations, policyChanges] = await Promise.all([
+        const [revocations, policyRead] = await Promise.all([
           this.repository.readRevocationLog(this.revocations.cursor(), PAGE_SIZE),
-          this.repository.readPolicyLog(this.policyChanges.cursor(), PAGE_SIZE).catch((error: unknown) => this.policyLogFailed(error)),
+          this.repository.readPolicyLog(this.policyChanges.cursor(), PAGE_SIZE).catch((error: unknown) => ({ error })),
         ]);
+        // Only a policy log that fails while the revocation log answers is its own problem (a cut
+        // connection fails both, and is logged as the poll's failure).
+        const policyChanges = 'error' in policyRead ? this.policyLogFailed(policyRead.error) : policyRead;
         nextExpiryInMs = revocations.nextExpiryInMs;
         if (this.sawReset(revocations, policyChanges)) continue;
         await this.apply(revocations, policyChanges, initial);
@@ -247,8 +250,8 @@ export class ApiTokenRevocationLogService implements OnModuleInit, OnModuleDestr
     if (!this.policyLogFailing && !this.stopped) {
       this.policyLogFailing = true;
       this.logger.error(
-        `Policy-change log not read (${describeError(error)}); revocations still apply, but ends of rotation grace and ` +
-          'changed rate limits reach this instance only through Redis until it is (run the migrations)',
+        `Policy-change log not read while the revocation log was (${describeError(error)}: is api_token_policy_changes missing? ` +
+          'run the migrations); revocations still apply, but ends of rotation grace and changed rate limits reach this instance only through Redis until it is read',
       );
     }
     return undefined;
