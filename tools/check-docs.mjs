@@ -64,7 +64,9 @@ const options = {
   baseUrl: root,
   paths: { 'nestjs-api-token': ['libs/api-token/src/index.ts'] },
 };
-const program = ts.createProgram(snippets.map((s) => s.path), options);
+// The library's ambient declarations (types of dependencies that ship none) are roots too, as in its tsconfig.
+const ambient = ts.sys.readDirectory(join(root, 'libs/api-token/src'), ['.d.ts']);
+const program = ts.createProgram([...snippets.map((s) => s.path), ...ambient], options);
 for (const diagnostic of ts.getPreEmitDiagnostics(program)) {
   const message = ts.flattenDiagnosticMessageText(diagnostic.messageText, ' ');
   const snippet = diagnostic.file && snippets.find((s) => resolve(s.path) === resolve(diagnostic.file.fileName));
