@@ -14,6 +14,7 @@ import { ApiTokenRepository } from '../store/api-token.repository';
 import { ApiTokenUsageRecorder } from '../usage/usage.recorder';
 import { ApiTokenStoreError } from '../api-token.errors';
 import { ApiTokenMetrics, type LookupCounts } from '../metrics/api-token.metrics';
+import { ApiTokenLookupShedError, LookupBudget } from './lookup-budget';
 
 /** The longest usual `Authorization` value: `Bearer ` and a token of the longest length accepted. */
 const MAX_HEADER_LENGTH = BEARER_PREFIX.length + MAX_TOKEN_LENGTH;
@@ -31,6 +32,7 @@ export class ApiTokenAuthenticator {
   private readonly inflight = new Map<string, Promise<ApiTokenRecord | null>>();
   private countsScope: string | null = null;
   private counts: LookupCounts | undefined;
+  private readonly budget: LookupBudget;
 
   constructor(
     private readonly cache: ApiTokenCacheService,
@@ -40,6 +42,7 @@ export class ApiTokenAuthenticator {
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
     @Optional() private readonly metrics: ApiTokenMetrics = new ApiTokenMetrics(),
   ) {
+    this.budget = new LookupBudget(options.maxConcurrentLookups, options.maxQueuedLookups);
   }
 
   /** Whether a token is worth a lookup (at most 255 characters, then the `tokenPattern` option); anything else is refused with no I/O. */
@@ -127,7 +130,8 @@ export class ApiTokenAuthenticator {
   async authenticateRemote(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     token = storedToken(token, this.options);
     const record = await this.shared(token, scope).catch((error: unknown) => {
-      if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
+      if (error instanceof ApiTokenLookupShedError) this.metrics.scope(scope).lookupsShed++;
+      else if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
       throw error;
     });
     // A record from Redis (read here, or by a lock holder this lookup waited for) may be of an expired token.
@@ -195,8 +199,18 @@ export class ApiTokenAuthenticator {
     }
   }
 
-  /** The database lookup, counted and timed. */
-  private async lookUp(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+  /**
+   * The database lookup, within the lookup budget (`maxConcurrentLookups`, then `maxQueuedLookups`
+   * waiting, then {@link ApiTokenLookupShedError}), counted and timed from when it has its place.
+   */
+  private lookUp(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    return this.budget.run(
+      () => this.query(token, scope),
+      () => this.metrics.scope(scope).lookupsQueued++,
+    );
+  }
+
+  private async query(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     const started = performance.now();
     try {
       const record = await this.repository.findByToken(token, scope);
