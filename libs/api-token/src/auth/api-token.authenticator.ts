@@ -163,10 +163,12 @@ export class ApiTokenAuthenticator {
    * instances) waits: it watches the cache for the holder's answer.
    */
   private async resolve(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
-    const epoch = this.cache.localEpoch;
-    const started = this.cache.localClock();
     const owner = randomUUID();
     let read = await this.cache.lookupRedis(scope, token, { owner, ttlMs: this.options.lockTtlMs });
+    // The fill's guards count from here, before the database read (what they protect), as they did when
+    // the generation had a read of its own: an eviction the first read overlapped says nothing of the row.
+    const epoch = this.cache.localEpoch;
+    const started = this.cache.localClock();
     const lookups = this.metrics.scope(scope).lookups;
     if (read.status === 'hit') {
       lookups[isExpired(read.record) ? 'expired' : 'redis_hit']++;

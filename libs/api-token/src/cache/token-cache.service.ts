@@ -158,15 +158,16 @@ export class ApiTokenCacheService {
       return raw == null ? MISS : this.answer(key, raw, scope, token, epoch, started);
     }
     const send = (skipEntry: boolean) =>
-      this.redis.attempt('get', (r) => readOrLock(r, key, generationKey(scope, token), lookupLockKey(scope, token), lock.owner, lock.ttlMs, skipEntry));
+      this.redis.call('get', (r) => readOrLock(r, key, generationKey(scope, token), lookupLockKey(scope, token), lock.owner, lock.ttlMs, skipEntry));
     let read = await send(false);
-    if (read !== UNCONFIRMED && read[0] === 1) {
+    if (read !== undefined && read[0] === 1) {
       const found = this.answer(key, read[1], scope, token, epoch, started);
       if (found.status !== 'miss') return found;
       // An unusable entry (Dify's, a stale one) is a miss, but this read took neither generation nor lock.
       read = await send(true);
     }
-    if (read === UNCONFIRMED || read[0] === 1) return { status: 'miss', generation: UNCONFIRMED };
+    // No answer: a miss, and a generation a fill must not take for "none".
+    if (read === undefined || read[0] === 1) return { status: 'miss', generation: UNCONFIRMED };
     return { status: 'miss', generation: read[1], locked: read[2] === 1 };
   }
 
