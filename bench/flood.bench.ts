@@ -2,6 +2,7 @@ import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { randomBytes } from 'node:crypto';
 import { type BenchContext, measure } from './bench.infra';
 import { load } from './bench.load';
+import type { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 
 export interface FloodRow {
   kind: 'unknown' | 'malformed';
@@ -20,6 +21,14 @@ export interface FloodRow {
   hotRpsDuring: number;
   /** Hot-token req/s alone, measured just before. */
   hotRpsAlone: number;
+  /** Requests answered neither 200 nor 401 (the lookup budget's 503s). */
+  shed: number;
+  /** PostgreSQL lookups per second while the flood ran alone. */
+  lookupsPerSecond: number;
+  /** This flood's server CPU per request over the malformed flood's, in the same run. */
+  cpuRatio?: number;
+  /** A valid token created while the flood ran beside the hot token: the first request's status, and ms until one was accepted. */
+  createdDuring?: { firstStatus: number; msUntilAccepted: number; refused: number };
 }
 
 /** Well-formed tokens no row holds (Dify's format). */
@@ -42,7 +51,7 @@ export function malformedTokens(n: number): string[] {
  * as many malformed ones: first alone (I/O per request), then beside hot-token traffic (what the
  * hot token keeps of its throughput).
  */
-export async function runFloodBench(context: BenchContext, hotToken: string): Promise<FloodRow[]> {
+export async function runFloodBench(context: BenchContext, hotToken: string, repository?: ApiTokenRepository): Promise<FloodRow[]> {
   const server = context.servers.default;
   const { floodSize, connections, seconds } = context.settings;
   const url = `${server.url}/app/whoami`;
@@ -56,8 +65,11 @@ export async function runFloodBench(context: BenchContext, hotToken: string): Pr
     const alone = await measure(context, [server], () => flood(make(floodSize)));
     const hotAlone = await load({ url, connections, duration: seconds, authorization: `Bearer ${hotToken}` });
     const during = flood(make(floodSize));
-    const hotDuring = await load({ url, connections, until: during, authorization: `Bearer ${hotToken}` });
+    const hotDuringLoad = load({ url, connections, until: during, authorization: `Bearer ${hotToken}` });
+    const created = kind === 'unknown' && repository ? createdDuringFlood(url, repository) : undefined;
+    const hotDuring = await hotDuringLoad;
     await during;
+    const createdDuring = await created;
     const r = alone.result;
     rows.push({
       kind,
@@ -73,11 +85,33 @@ export async function runFloodBench(context: BenchContext, hotToken: string): Pr
       redisByCommand: Object.fromEntries([...alone.redisByCommand].map(([c, n]) => [c, n / r.requests])),
       hotRpsDuring: hotDuring.rps,
       hotRpsAlone: hotAlone.rps,
+      shed: r.other,
+      lookupsPerSecond: alone.lookups / r.seconds,
+      createdDuring,
     });
     console.log(
       `  ${kind}: ${r.requests} requests (${r.unauthorized} × 401) at ${r.rps.toFixed(0)} req/s, ${(alone.lookups / r.requests).toFixed(3)} lookups/req, ` +
         `${(alone.redisCommands / r.requests).toFixed(3)} Redis commands/req; hot token ${hotDuring.rps.toFixed(0)} req/s during vs ${hotAlone.rps.toFixed(0)} alone`,
     );
   }
+  const malformed = rows.find((row) => row.kind === 'malformed');
+  for (const row of rows) if (malformed) row.cpuRatio = row.cpuMicrosPerRequest / malformed.cpuMicrosPerRequest;
   return rows;
+}
+
+/**
+ * Inserts a valid token while the flood runs beside the hot token, and asks for it until it is accepted.
+ */
+async function createdDuringFlood(url: string, repository: ApiTokenRepository): Promise<FloodRow['createdDuring']> {
+  const { token } = await repository.insert({ token: generateApiToken('app'), type: 'app' });
+  const started = performance.now();
+  let firstStatus = 0;
+  let refused = 0;
+  for (;;) {
+    const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+    if (!firstStatus) firstStatus = res.status;
+    if (res.status === 200) return { firstStatus, msUntilAccepted: performance.now() - started, refused };
+    refused++;
+    if (performance.now() - started > 30_000) return { firstStatus, msUntilAccepted: Infinity, refused };
+  }
 }

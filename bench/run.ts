@@ -23,7 +23,9 @@ import { renderScaleResults, runScaleBench } from './scale.bench';
  */
 async function main(): Promise<void> {
   const only = process.argv[2];
-  if (only !== undefined && only !== 'adapters' && only !== 'scale') throw new Error(`unknown scenario "${only}": run \`npm run bench\`, \`npm run bench -- adapters\` or \`npm run bench -- scale\``);
+  if (only !== undefined && !['adapters', 'scale', 'flood'].includes(only)) {
+    throw new Error(`unknown scenario "${only}": run \`npm run bench\` or \`npm run bench -- <adapters|scale|flood>\``);
+  }
   const started = Date.now();
   const cleanup = new Cleanup();
   let interrupted = false;
@@ -72,6 +74,21 @@ async function main(): Promise<void> {
       return;
     }
 
+    if (only === 'flood') {
+      const def = await start('default', 'default');
+      const servers = { unguarded: def, noop: def, default: def, dify: def, naive: def, second: def };
+      console.log(`Floods: ${settings.floodSize} distinct unknown tokens, then ${settings.floodSize} malformed ones`);
+      const rows = await runFloodBench({ redis: redis.admin, servers, settings }, hotToken, repository);
+      const [unknown, malformed] = rows;
+      console.log(JSON.stringify(rows, null, 1));
+      console.log(
+        `flood: unknown/malformed CPU per request ${unknown.cpuRatio?.toFixed(2)}× (${unknown.cpuMicrosPerRequest.toFixed(0)} vs ${malformed.cpuMicrosPerRequest.toFixed(0)} µs); ` +
+          `hot token during unknown / during malformed ${(unknown.hotRpsDuring / malformed.hotRpsDuring).toFixed(2)}×; ` +
+          `PostgreSQL ${unknown.lookupsPerSecond.toFixed(0)} lookups/s (budget: 8 at once); shed ${unknown.shed}; ` +
+          `created mid-flood: first ${unknown.createdDuring?.firstStatus}, accepted after ${unknown.createdDuring?.msUntilAccepted.toFixed(1)} ms, ${unknown.createdDuring?.refused} refused`,
+      );
+      return;
+    }
     console.log('Starting six server processes…');
     const [unguarded, noop, def, dify, naive, second] = await Promise.all([
       start('unguarded', 'default'),
@@ -102,7 +119,7 @@ async function main(): Promise<void> {
     const stampede = await runStampedeBench(context, repository);
 
     console.log(`Floods: ${settings.floodSize} distinct unknown tokens, then ${settings.floodSize} malformed ones`);
-    const floods = await runFloodBench(context, hotToken);
+    const floods = await runFloodBench(context, hotToken, repository);
 
     // Both run on the private redis-server too, each in an empty database index of its own.
     const redisPort = Number(new URL(redis.url).port);

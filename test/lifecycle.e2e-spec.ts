@@ -164,7 +164,8 @@ describe('token lifecycle and revocation across two instances', () => {
     const release = gate();
     jest.spyOn(redisService, 'call').mockImplementation((async (...args: unknown[]) => {
       const result = await call(...args);
-      if (args[0] === 'get' && typeof result === 'string' && result.includes(created.id)) {
+      // The read is a string (GET) or the read-and-lock script's [1, entry].
+      if (args[0] === 'get' && JSON.stringify(result ?? null).includes(created.id)) {
         read.open();
         await release.promise;
       }

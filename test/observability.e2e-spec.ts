@@ -163,7 +163,7 @@ describe('observability', () => {
 
   it('counts a wait for a lookup lock held elsewhere, and its timeout', async () => {
     const token = await newToken();
-    const lock = `api_token_query_lock:app:${token}`;
+    const lock = `api_token_query_lock:{api_token:app:${token}}`;
     await suite.redis.set(lock, 'held-by-another-instance', 'PX', 10_000);
     try {
       const before = appScope();

@@ -82,7 +82,7 @@ describe('secrets never reach logs, errors or answers', () => {
     expect(collect(await get(port, '/app/whoami', valid[2])).status).toBe(200);
 
     // Lock held by someone else: waits lockWaitMs, then queries anyway (logs a warning).
-    await redis.set(`api_token_query_lock:app:${valid[3]}`, 'someone-else', 'PX', 10_000);
+    await redis.set(`api_token_query_lock:{api_token:app:${valid[3]}}`, 'someone-else', 'PX', 10_000);
     expect(collect(await get(port, '/app/whoami', valid[3])).status).toBe(200);
 
     // Redis killed, requests, Redis back.

@@ -9,7 +9,7 @@ import { whoami } from './support/requests';
 import { suiteFixture } from './support/suite-fixture';
 import { holdNextFind } from './support/gate';
 import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
-import { lockKey } from '../libs/api-token/src/api-token.keys';
+import { lookupLockKey } from '../libs/api-token/src/api-token.keys';
 
 describe('single flight across instances', () => {
   const suite = suiteFixture();
@@ -48,10 +48,10 @@ describe('single flight across instances', () => {
 
   it('a lock left by a dead holder delays the lookup by at most lockWaitMs, then the database answers', async () => {
     const { token } = await apps[0].get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
-    await suite.redis.set(`api_token_query_lock:app:${token}`, 'dead-holder', 'PX', 10_000);
+    await suite.redis.set(lookupLockKey('app', token), 'dead-holder', 'PX', 10_000);
     expect((await whoami(apps[1], token)).status).toBe(200);
     expect(counter.count()).toBe(1);
-    expect(await suite.redis.get(`api_token_query_lock:app:${token}`)).toBe('dead-holder');
+    expect(await suite.redis.get(lookupLockKey('app', token))).toBe('dead-holder');
   });
 
   it('a fill that outlives its lookup lock does not take Redis for down when the late unlock finds the lock gone', async () => {
@@ -68,7 +68,7 @@ describe('single flight across instances', () => {
     const answer = whoami(apps[0], token).then((res) => res.status);
     await held.read;
     // The lock's TTL runs out while the database lookup is held: the release script then finds no lock.
-    expect(await suite.redis.del(lockKey('app', token))).toBe(1);
+    expect(await suite.redis.del(lookupLockKey('app', token))).toBe(1);
     held.release();
     expect(await answer).toBe(200);
     expect(unlocked).toBeDefined();

@@ -23,6 +23,14 @@ export const activeKey = (scope: string | null | undefined, token: string): stri
 export const lockKey = (scope: string | null | undefined, token: string): string =>
   `${LOCK_KEY_PREFIX}:${scopeOf(scope)}:${token}`;
 
+/**
+ * The lookup lock the library takes: `api_token_query_lock:{api_token:{scope}:{token}}`, in the cache
+ * key's Cluster slot (like {@link generationKey}), so that the first read takes it in the same script
+ * as it reads the entry and its generation, and a miss costs no round trip of its own for the lock.
+ */
+export const lookupLockKey = (scope: string | null | undefined, token: string): string =>
+  `${LOCK_KEY_PREFIX}:{${cacheKey(scope, token)}}`;
+
 export const tenantIndexKey = (tenantId: string): string => `${TENANT_INDEX_PREFIX}:${tenantId}`;
 
 /**

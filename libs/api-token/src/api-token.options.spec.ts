@@ -38,6 +38,9 @@ describe('resolveApiTokenOptions', () => {
     [{ rateLimitWhenRedisDown: 'maybe' as never }, /rateLimitWhenRedisDown.*"open" or "closed"/],
     [{ rateLimitSyncIntervalMs: 0 }, /rateLimitSyncIntervalMs.*>= 1/],
     [{ revocationPollIntervalMs: -1 }, /revocationPollIntervalMs.*>= 0/],
+    [{ maxConcurrentLookups: 0 }, /maxConcurrentLookups.*>= 1/],
+    [{ maxQueuedLookups: -1 }, /maxQueuedLookups.*>= 0/],
+    [{ maxConcurrentLookups: 1.5 }, /maxConcurrentLookups.*integer/],
     [{ cacheTtlSeconds: 3600, tenantIndexTtlSeconds: 3599 }, /tenantIndexTtlSeconds.*not be shorter than "cacheTtlSeconds"/],
   ])('refuses %p with an ApiTokenInputError naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);

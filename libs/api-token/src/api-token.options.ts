@@ -83,6 +83,17 @@ export interface ApiTokenModuleOptions {
    * as long as PostgreSQL answers. 0: never read (a short-lived process such as a CLI). Default 1000.
    */
   revocationPollIntervalMs?: number;
+  /**
+   * PostgreSQL lookups of the request path this instance runs at once, at most (tokens neither cache
+   * could answer). Keep it at or below the connection pool's size, so a flood of unknown tokens cannot
+   * take every connection. In-process and Redis hits never wait for it. Default 8.
+   */
+  maxConcurrentLookups?: number;
+  /**
+   * Lookups that may wait for a place under `maxConcurrentLookups`; past that, a request that needs a
+   * lookup is answered 503 with `Retry-After` at once (nothing cached). 0: no waiting. Default 256.
+   */
+  maxQueuedLookups?: number;
 }
 
 /** The shapes the module's refusals can take (see {@link ApiTokenModuleOptions.errorFormat}). */
@@ -119,6 +130,8 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   rateLimitSyncIntervalMs: 100,
   rateLimitWhenRedisDown: 'open',
   revocationPollIntervalMs: 1_000,
+  maxConcurrentLookups: 8,
+  maxQueuedLookups: 256,
 };
 
 const DAY_SECONDS = 86_400;
@@ -144,6 +157,8 @@ const INTEGER_RANGES: Partial<Record<keyof ApiTokenModuleOptions, [min: number, 
   flushPageSize: [1, 50_000],
   rateLimitSyncIntervalMs: [1, MINUTE_MS],
   revocationPollIntervalMs: [0, MINUTE_MS],
+  maxConcurrentLookups: [1, 10_000],
+  maxQueuedLookups: [0, 1_000_000],
 };
 
 /** Applies defaults and refuses values that cannot work, naming the option. */

@@ -1,19 +1,20 @@
 import { Inject, Injectable, Logger, Optional } from '@nestjs/common';
-import type { Lock } from '@sesamecare-oss/redlock';
+import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ApiTokenCacheService, CacheLookup, type LocalHit } from '../cache/token-cache.service';
+import { ApiTokenCacheService, type CacheRead, type LocalHit } from '../cache/token-cache.service';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { storedToken } from '../tokens/token.hash';
-import { cacheKey, lockKey } from '../api-token.keys';
+import { cacheKey } from '../api-token.keys';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
 import { checkScope } from '../tokens/token.scope';
 import { BEARER_PREFIX } from './authorization.header';
 import { type ApiTokenRecord, type AuthenticatedApiToken, isExpired, toAuthenticated } from '../store/api-token.record';
-import { ApiTokenRedisService, LOCKED } from '../redis/redis-access.service';
+import { ApiTokenRedisService, UNCONFIRMED } from '../redis/redis-access.service';
 import { ApiTokenRepository } from '../store/api-token.repository';
 import { ApiTokenUsageRecorder } from '../usage/usage.recorder';
 import { ApiTokenStoreError } from '../api-token.errors';
 import { ApiTokenMetrics, type LookupCounts } from '../metrics/api-token.metrics';
+import { ApiTokenLookupShedError, LookupBudget } from './lookup-budget';
 
 /** The longest usual `Authorization` value: `Bearer ` and a token of the longest length accepted. */
 const MAX_HEADER_LENGTH = BEARER_PREFIX.length + MAX_TOKEN_LENGTH;
@@ -31,6 +32,7 @@ export class ApiTokenAuthenticator {
   private readonly inflight = new Map<string, Promise<ApiTokenRecord | null>>();
   private countsScope: string | null = null;
   private counts: LookupCounts | undefined;
+  private readonly budget: LookupBudget;
 
   constructor(
     private readonly cache: ApiTokenCacheService,
@@ -40,6 +42,7 @@ export class ApiTokenAuthenticator {
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
     @Optional() private readonly metrics: ApiTokenMetrics = new ApiTokenMetrics(),
   ) {
+    this.budget = new LookupBudget(options.maxConcurrentLookups, options.maxQueuedLookups);
   }
 
   /** Whether a token is worth a lookup (at most 255 characters, then the `tokenPattern` option); anything else is refused with no I/O. */
@@ -127,7 +130,8 @@ export class ApiTokenAuthenticator {
   async authenticateRemote(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     token = storedToken(token, this.options);
     const record = await this.shared(token, scope).catch((error: unknown) => {
-      if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
+      if (error instanceof ApiTokenLookupShedError) this.metrics.scope(scope).lookupsShed++;
+      else if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
       throw error;
     });
     // A record from Redis (read here, or by a lock holder this lookup waited for) may be of an expired token.
@@ -151,52 +155,84 @@ export class ApiTokenAuthenticator {
     return pending;
   }
 
+  /**
+   * A miss costs two round trips to Redis and one query: the first read, one script, also reads the
+   * entry's generation and tries the lookup lock (`api_token_query_lock:{api_token:…}`, in the entry's
+   * slot); the fill, one script, writes only if the generation is unchanged; the lock's release is
+   * sent without waiting. Only a lookup that finds the lock taken by another (a stampede across
+   * instances) waits: it watches the cache for the holder's answer.
+   */
   private async resolve(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
-    const cached = await this.cache.lookupRedis(scope, token);
+    const owner = randomUUID();
+    let read = await this.cache.lookupRedis(scope, token, { owner, ttlMs: this.options.lockTtlMs });
+    // The fill's guards count from here, before the database read (what they protect), as they did when
+    // the generation had a read of its own: an eviction the first read overlapped says nothing of the row.
+    const epoch = this.cache.localEpoch;
+    const started = this.cache.localClock();
     const lookups = this.metrics.scope(scope).lookups;
-    if (cached.status === 'hit') {
-      lookups[isExpired(cached.record) ? 'expired' : 'redis_hit']++;
-      return cached.record;
+    if (read.status === 'hit') {
+      lookups[isExpired(read.record) ? 'expired' : 'redis_hit']++;
+      return read.record;
     }
-    if (cached.status === 'negative') {
+    if (read.status === 'negative') {
       lookups.redis_negative++;
       return null;
     }
     lookups.miss++;
-    return this.fill(token, scope);
-  }
-
-  /**
-   * One database lookup, written back to the cache only if the entry's generation, read before the
-   * lookup, is unchanged when the write reaches Redis (one script): a fill that overlapped a revoke or
-   * a create writes nothing and answers null. When the generation could not be read, nothing is
-   * written to Redis; the row read still answers this request.
-   */
-  private async fill(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
-    const epoch = this.cache.localEpoch;
-    const started = this.cache.localClock();
-    const waited = await this.acquire(token, scope);
-    if (waited.answer) return waited.answer.status === 'hit' ? waited.answer.record : null;
+    if (read.locked === false) {
+      read = await this.waitForHolder(token, scope, owner);
+      if (read.status !== 'miss') return read.status === 'hit' ? read.record : null;
+    }
     try {
-      if (waited.lock) {
-        const again = await this.cache.lookupRedis(scope, token);
-        if (again.status !== 'miss') return again.status === 'hit' ? again.record : null;
-      }
-      const generation = await this.cache.generation(scope, token);
       const found = await this.lookUp(token, scope);
       // An expired row is cached as "no such token", never as a record: Dify, reading the same Redis, ignores
       // `expires_at`. Nor is a row read before its revocation committed, once the revocation log lists the token.
       const record = found && (isExpired(found) || this.cache.isRevoked(token)) ? null : found;
-      const outcome = await this.cache.fill(scope, token, record, generation, epoch, started);
+      const outcome = await this.cache.fill(scope, token, record, read.generation ?? UNCONFIRMED, epoch, started);
       return outcome === 'changed' ? null : record;
     } finally {
-      const lock = waited.lock;
-      if (lock) this.redis.unlock(lock);
+      if (read.locked) this.cache.releaseLookupLock(scope, token, owner);
     }
   }
 
-  /** The database lookup, counted and timed. */
-  private async lookUp(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+  /**
+   * Another process holds the lookup lock: watches the cache every `lockRetryDelayMs` (each look also
+   * tries the lock, in the same script) until the holder's answer shows, the lock is this lookup's, or
+   * `lockWaitMs` runs out; then the lookup queries the database itself, so a dead holder delays a
+   * lookup but never fails it.
+   */
+  private async waitForHolder(token: string, scope: string | null, owner: string): Promise<CacheRead> {
+    const { lockTtlMs, lockWaitMs, lockRetryDelayMs } = this.options;
+    const deadline = Date.now() + lockWaitMs;
+    const since = performance.now();
+    for (;;) {
+      if (Date.now() >= deadline) {
+        this.metrics.lockWaited(scope, (performance.now() - since) / 1000, true);
+        this.logger.warn(`Lookup lock not had within ${lockWaitMs} ms; querying the database without it`);
+        // A fresh generation, read before the query; the lock is not taken (`owner` empty).
+        return this.cache.lookupRedis(scope, token, { owner: '', ttlMs: lockTtlMs });
+      }
+      await sleep(lockRetryDelayMs / 2 + Math.random() * lockRetryDelayMs);
+      const seen = await this.cache.lookupRedis(scope, token, { owner, ttlMs: lockTtlMs });
+      if (seen.status !== 'miss' || seen.locked !== false) {
+        this.metrics.lockWaited(scope, (performance.now() - since) / 1000, false);
+        return seen;
+      }
+    }
+  }
+
+  /**
+   * The database lookup, within the lookup budget (`maxConcurrentLookups`, then `maxQueuedLookups`
+   * waiting, then {@link ApiTokenLookupShedError}), counted and timed from when it has its place.
+   */
+  private lookUp(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+    return this.budget.run(
+      () => this.query(token, scope),
+      () => this.metrics.scope(scope).lookupsQueued++,
+    );
+  }
+
+  private async query(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
     const started = performance.now();
     try {
       const record = await this.repository.findByToken(token, scope);
@@ -205,40 +241,6 @@ export class ApiTokenAuthenticator {
     } catch (error) {
       this.metrics.databaseLookup(scope, 'error', (performance.now() - started) / 1000);
       throw error;
-    }
-  }
-
-  /**
-   * Takes the lookup lock, or waits for whoever holds it: until the lock is free, the holder's
-   * answer shows in Redis, or `lockWaitMs` runs out. When Redis fails or the wait runs out, the
-   * caller goes to the database without the lock; while Redis is down that costs no wait at all.
-   */
-  private async acquire(token: string, scope: string | null): Promise<{ lock?: Lock; answer?: CacheLookup }> {
-    const resource = lockKey(scope, token);
-    const { lockTtlMs, lockWaitMs, lockRetryDelayMs } = this.options;
-    const deadline = Date.now() + lockWaitMs;
-    let waitedSince: number | undefined;
-    const waited = (timedOut = false) => {
-      if (waitedSince !== undefined) this.metrics.lockWaited(scope, (performance.now() - waitedSince) / 1000, timedOut);
-    };
-    for (;;) {
-      const attempt = await this.redis.tryLock(resource, lockTtlMs);
-      if (attempt !== LOCKED) {
-        waited();
-        return attempt === undefined ? {} : { lock: attempt };
-      }
-      waitedSince ??= performance.now();
-      if (Date.now() >= deadline) {
-        waited(true);
-        this.logger.warn(`Lookup lock not had within ${lockWaitMs} ms; querying the database without it`);
-        return {};
-      }
-      await sleep(lockRetryDelayMs / 2 + Math.random() * lockRetryDelayMs);
-      const seen = await this.cache.lookupRedis(scope, token);
-      if (seen.status !== 'miss') {
-        waited();
-        return { answer: seen };
-      }
     }
   }
 }

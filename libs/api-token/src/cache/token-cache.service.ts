@@ -1,11 +1,11 @@
 import { Inject, Injectable, Optional } from '@nestjs/common';
 import { LRUCache } from 'lru-cache';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
-import { ANY_SCOPE, CACHE_KEY_PREFIX, activeKey, cacheKey, escapeGlob, generationKey, parseScopedKey, tenantIndexKey } from '../api-token.keys';
+import { ANY_SCOPE, CACHE_KEY_PREFIX, activeKey, cacheKey, escapeGlob, generationKey, lookupLockKey, parseScopedKey, tenantIndexKey } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import type { ApiTokenRecord, AuthenticatedApiToken } from '../store/api-token.record';
 import { parseRecord, serializeRecord, toAuthenticated } from '../store/api-token.record';
-import { keyNodes, setIfGeneration, addToIndex } from '../redis/redis.commands';
+import { addToIndex, keyNodes, readOrLock, releaseLock, setIfGeneration } from '../redis/redis.commands';
 import { ApiTokenRedisService, UNCONFIRMED, type Unconfirmed } from '../redis/redis-access.service';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRevokedTokens } from './revoked-tokens';
@@ -16,6 +16,13 @@ export type CacheLookup =
   | { status: 'hit'; record: ApiTokenRecord }
   | { status: 'negative' }
   | { status: 'miss' };
+
+/**
+ * A Redis read that, on a miss, also read the entry's generation and tried the lookup lock:
+ * `generation` ({@link UNCONFIRMED} when Redis did not answer) and `locked` (true: this reader holds
+ * the lock; false: another does; undefined: not tried, or Redis did not answer).
+ */
+export type CacheRead = CacheLookup & { generation?: string | Unconfirmed; locked?: boolean };
 
 /**
  * An L1 entry: a token's record, and the identity the guard hands handlers, built once when the entry
@@ -145,13 +152,39 @@ export class ApiTokenCacheService {
     return scope && record.type !== scope ? undefined : (entry as LocalHit);
   }
 
-  /** Redis only; what it finds goes to L1. An unreadable entry, or one of another token or scope, is a miss. */
-  async lookupRedis(scope: string | null, token: string): Promise<CacheLookup> {
+  /**
+   * Redis only; what it finds goes to L1. An unreadable entry, or one of another token or scope, is a miss.
+   * With `lock` (the lookup's owner id and the lock's TTL), a miss also reads the entry's generation and
+   * tries the lookup lock, in the same script: one round trip for all three.
+   */
+  async lookupRedis(scope: string | null, token: string, lock?: { owner: string; ttlMs: number }): Promise<CacheRead> {
     const key = cacheKey(scope, token);
     const epoch = this.epoch;
     const started = this.localClock();
-    const raw = await this.redis.call('get', (r) => r.get(key));
-    if (raw == null) return MISS;
+    if (!lock) {
+      const raw = await this.redis.call('get', (r) => r.get(key));
+      return raw == null ? MISS : this.answer(key, raw, scope, token, epoch, started);
+    }
+    const send = (skipEntry: boolean) =>
+      this.redis.call('get', (r) => readOrLock(r, key, generationKey(scope, token), lookupLockKey(scope, token), lock.owner, lock.ttlMs, skipEntry));
+    let read = await send(false);
+    if (read !== undefined && read[0] === 1) {
+      const found = this.answer(key, read[1], scope, token, epoch, started);
+      if (found.status !== 'miss') return found;
+      // An unusable entry (Dify's, a stale one) is a miss, but this read took neither generation nor lock.
+      read = await send(true);
+    }
+    // No answer: a miss, and a generation a fill must not take for "none".
+    if (read === undefined || read[0] === 1) return { status: 'miss', generation: UNCONFIRMED };
+    return { status: 'miss', generation: read[1], locked: read[2] === 1 };
+  }
+
+  /** Releases the lookup lock if `owner` still holds it, without waiting; if Redis does not answer, it expires. */
+  releaseLookupLock(scope: string | null, token: string, owner: string): void {
+    void this.redis.call('unlock', (r) => releaseLock(r, lookupLockKey(scope, token), owner));
+  }
+
+  private answer(key: string, raw: string, scope: string | null, token: string, epoch: number, started: number): CacheLookup {
     const record = parseRecord(raw);
     if (record === undefined || (record && (record.token !== token || (scope && record.type !== scope)))) return MISS;
     if (record && this.revoked.has(token)) {

@@ -85,6 +85,10 @@ export class ScopeCounters {
   lockTimeouts = 0;
   /** Authentications that failed because the database did not answer (the guard answers 503). */
   unavailable = 0;
+  /** Database lookups that waited for a place under `maxConcurrentLookups`. */
+  lookupsQueued = 0;
+  /** Requests refused with 503 because the lookup budget and its queue were full (no lookup made). */
+  lookupsShed = 0;
   /** Requests refused with 429: over their token's rate limit. */
   rateLimited = 0;
   /** Requests of rate-limited tokens refused with 503: Redis did not answer and `rateLimitWhenRedisDown` is `closed`. */
@@ -99,6 +103,8 @@ export interface ScopeMetricsSnapshot {
   lockWaits: number;
   lockTimeouts: number;
   unavailable: number;
+  lookupsQueued: number;
+  lookupsShed: number;
   rateLimited: number;
   rateLimitUnavailable: number;
 }

@@ -68,6 +68,18 @@ export const API_TOKEN_COUNTERS: readonly Family[] = [
     samples: byScope((c) => c.unavailable),
   },
   {
+    name: 'api_token_lookups_queued_total',
+    help: 'Database lookups that waited for a place under maxConcurrentLookups.',
+    labelNames: ['scope'],
+    samples: byScope((c) => c.lookupsQueued),
+  },
+  {
+    name: 'api_token_lookups_shed_total',
+    help: 'Requests refused with 503 because maxConcurrentLookups lookups ran and maxQueuedLookups waited (no lookup made).',
+    labelNames: ['scope'],
+    samples: byScope((c) => c.lookupsShed),
+  },
+  {
     name: 'api_token_rate_limited_total',
     help: "Requests refused with 429 because their token's rate limit was reached.",
     labelNames: ['scope'],

@@ -118,3 +118,38 @@ export function addToIndex(redis: RedisClient, index: string, member: string, tt
   if (!client.apiTokenAddToIndex) client.defineCommand('apiTokenAddToIndex', { numberOfKeys: 1, lua: ADD_TO_INDEX });
   return (client as RedisClient & WithAddToIndex).apiTokenAddToIndex(index, member, ttlSeconds);
 }
+
+const READ_OR_LOCK = `
+local v = ARGV[3] ~= '1' and redis.call('GET', KEYS[1])
+if v then return {1, v} end
+if ARGV[1] == '' then return {0, redis.call('GET', KEYS[2]) or '', 0} end
+local locked = redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2])
+return {0, redis.call('GET', KEYS[2]) or '', locked and 1 or 0}`;
+
+const RELEASE_LOCK = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`;
+
+type WithReadOrLock = {
+  apiTokenReadOrLock(key: string, generationKey: string, lockKey: string, owner: string, ttlMs: number, skipEntry: string): Promise<[1, string] | [0, string, 0 | 1]>;
+  apiTokenReleaseLock(lockKey: string, owner: string): Promise<number>;
+};
+
+/**
+ * One script, one round trip: the cache entry; on a miss also its generation and, when `owner` is not
+ * empty, an attempt at the lookup lock (SET NX PX). Answers `[1, value]` or `[0, generation, locked]`.
+ * `skipEntry`: take the entry for missing (it was read and found unusable).
+ * The three keys share the cache key's Cluster slot (`generationKey`, `lookupLockKey`).
+ */
+export function readOrLock(redis: RedisClient, key: string, generationKey: string, lockKey: string, owner: string, ttlMs: number, skipEntry = false) {
+  const client = redis as RedisClient & Partial<WithReadOrLock>;
+  if (!client.apiTokenReadOrLock) client.defineCommand('apiTokenReadOrLock', { numberOfKeys: 3, lua: READ_OR_LOCK });
+  return (client as RedisClient & WithReadOrLock).apiTokenReadOrLock(key, generationKey, lockKey, owner, ttlMs, skipEntry ? '1' : '0');
+}
+
+/** Deletes the lookup lock if `owner` still holds it (a lock that expired and was taken by another stays). */
+export function releaseLock(redis: RedisClient, lockKey: string, owner: string): Promise<number> {
+  const client = redis as RedisClient & Partial<WithReadOrLock>;
+  if (!client.apiTokenReleaseLock) client.defineCommand('apiTokenReleaseLock', { numberOfKeys: 1, lua: RELEASE_LOCK });
+  return (client as RedisClient & WithReadOrLock).apiTokenReleaseLock(lockKey, owner);
+}
