@@ -4,10 +4,26 @@
 // The module and its options
 export { ApiTokenModule } from './api-token.module';
 export type { ApiTokenModuleExtras } from './api-token.module-definition';
-export type { ApiTokenErrorFormat, ApiTokenModuleOptions } from './api-token.options';
+export type {
+  ApiTokenErrorFormat,
+  ApiTokenModuleOptions,
+  ApiTokenValidateHook,
+  ApiTokenValidation,
+  ApiTokenValidationRefusal,
+} from './api-token.options';
 
 // The request path: guard, decorator, and the authenticator for non-HTTP use
-export { ApiTokenGuard } from './auth/api-token.guard';
+export {
+  ApiTokenContextError,
+  ApiTokenGuard,
+  type ApiTokenGuardClass,
+  type ApiTokenGuardInstance,
+  type ApiTokenGuardRequest,
+  type ApiTokenRequest,
+  apiTokenRequestOf,
+  apiTokenResponseOf,
+} from './auth/api-token.guard';
+export { ApiTokenRateLimitException, ApiTokenUnauthorizedException } from './auth/refusal';
 export { CurrentApiToken } from './auth/current-api-token.decorator';
 export { ApiTokenAuthenticator } from './auth/api-token.authenticator';
 export type { AuthenticatedApiToken, RateLimitPolicy } from './store/api-token.record';
