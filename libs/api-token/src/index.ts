@@ -42,6 +42,10 @@ export {
   type TenantInvalidation,
 } from './tokens/api-token.service';
 
+// The cache and the table, injectable by these names
+export { ApiTokenCacheService } from './cache/api-token-cache.facade';
+export { ApiTokenRepository } from './store/api-token-repository.facade';
+
 // Usage flush
 export { ApiTokenUsageFlushService, type UsageFlushStats } from './usage/usage-flush.service';
 

@@ -62,6 +62,10 @@ export interface ListApiTokensInput {
   tenantId?: string;
   /** Only tokens of this scope. */
   scope?: string;
+  /** At most this many tokens (a page), from `offset` on. Default: all. */
+  limit?: number;
+  /** Tokens skipped first, in the list's order (newest first). Default 0. */
+  offset?: number;
 }
 
 /** A token as the service shows it: everything but the secret. */
@@ -221,8 +225,25 @@ export class ApiTokenService implements OnApplicationShutdown {
     const appId = checkUuid(filter.appId, 'appId') ?? undefined;
     const tenantId = checkUuid(filter.tenantId, 'tenantId') ?? undefined;
     const type = filter.scope === undefined ? undefined : checkScope(filter.scope, 'ApiTokenService: "scope"');
-    const records = await this.repository.list({ appId, tenantId, type });
+    const limit = checkPageNumber(filter.limit, 'limit', 1);
+    const offset = checkPageNumber(filter.offset, 'offset', 0);
+    const records = await this.repository.list({ appId, tenantId, type, limit, offset });
     return records.map((record) => this.summarize(record));
+  }
+
+  /** The token with this id (UUID), masked, or null. */
+  async findById(id: string): Promise<ApiTokenSummary | null> {
+    const uuid = checkUuid(id, 'id');
+    if (!uuid) throw new ApiTokenInputError('ApiTokenService.findById: "id" must be a UUID');
+    const [record] = await this.repository.list({ id: uuid });
+    return record ? this.summarize(record) : null;
+  }
+
+  /** The stored row of `token` in `scope` (expired tokens included), masked, or null; straight from the database. */
+  async findByToken(token: string, scope: string): Promise<ApiTokenSummary | null> {
+    checkToken(token, 'findByToken');
+    const record = await this.repository.findByToken(storedToken(token, this.options), checkScope(scope, 'ApiTokenService.findByToken: "scope"'));
+    return record ? this.summarize(record) : null;
   }
 
   /** Revokes a token in every scope it has. Its cache entries are dropped even when no row held it. */
@@ -447,6 +468,15 @@ export class ApiTokenService implements OnApplicationShutdown {
       expiresAt: record.expiresAt ?? null,
     };
   }
+}
+
+/** A page bound: undefined, or a safe integer of at least `min`. */
+function checkPageNumber(value: unknown, name: string, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new ApiTokenInputError(`ApiTokenService.list: "${name}" must be an integer of at least ${min}`);
+  }
+  return value;
 }
 
 /** `{prefix}-` and asterisks for a token of the generated shape, asterisks only for any other. */
