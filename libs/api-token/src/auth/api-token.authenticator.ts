@@ -32,6 +32,7 @@ export class ApiTokenAuthenticator {
   private countsScope: string | null = null;
   private counts: LookupCounts | undefined;
 
+  /** @internal Nest's injection: inject the class, never construct it. */
   constructor(
     private readonly cache: ApiTokenCacheService,
     private readonly repository: ApiTokenRepository,

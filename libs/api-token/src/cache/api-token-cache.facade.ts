@@ -15,6 +15,7 @@ import { ApiTokenCacheService as TokenCache } from './token-cache.service';
  */
 @Injectable()
 export class ApiTokenCacheService {
+  /** @internal Nest's injection: applications inject the class, never construct it. */
   constructor(
     private readonly authenticator: ApiTokenAuthenticator,
     private readonly tokens: ApiTokenService,

@@ -192,6 +192,7 @@ class Timing {
   private sum = 0;
   private readonly counts: number[];
 
+  /** @internal Nest's injection: inject the class, never construct it. */
   constructor(private readonly bounds: readonly number[]) {
     this.counts = bounds.map(() => 0);
   }

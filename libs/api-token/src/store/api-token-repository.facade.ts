@@ -8,6 +8,7 @@ import { ApiTokenService, type ApiTokenSummary, type ListApiTokensInput } from '
  */
 @Injectable()
 export class ApiTokenRepository {
+  /** @internal Nest's injection: inject the class, never construct it. */
   constructor(private readonly tokens: ApiTokenService) {}
 
   /** The row of `token` in `scope`, straight from the database (no cache), or null. */

@@ -171,6 +171,7 @@ export class ApiTokenService implements OnApplicationShutdown {
   private retryTimer: NodeJS.Timeout | undefined;
   private retrying = false;
 
+  /** @internal Nest's injection: inject the class, never construct it. */
   constructor(
     private readonly repository: ApiTokenRepository,
     private readonly cache: ApiTokenCacheService,
