@@ -3,7 +3,12 @@
 
 // The module and its options
 export { ApiTokenModule } from './api-token.module';
-export type { ApiTokenModuleExtras } from './api-token.module-definition';
+export { ConfigurableModuleClass as ApiTokenConfigurableModule } from './api-token.module-definition';
+export type {
+  ApiTokenModuleAsyncOptions,
+  ApiTokenModuleExtras,
+  ApiTokenModuleForRootOptions,
+} from './api-token.module-definition';
 export type {
   ApiTokenErrorFormat,
   ApiTokenModuleOptions,
@@ -50,13 +55,29 @@ export { ApiTokenRepository } from './store/api-token-repository.facade';
 export { ApiTokenUsageFlushService, type UsageFlushStats } from './usage/usage-flush.service';
 
 // Observability
-export { ApiTokenMetrics, type ApiTokenMetricsSnapshot } from './metrics/api-token.metrics';
+export {
+  ApiTokenMetrics,
+  type ApiTokenMetricsSnapshot,
+  type DatabaseResult,
+  type FlushOutcome,
+  type InvalidationKind,
+  type LookupOutcome,
+  type RedisFallbackReason,
+  type ScopeMetricsSnapshot,
+  type TimingSnapshot,
+} from './metrics/api-token.metrics';
 export { registerApiTokenMetrics } from './metrics/prometheus.registration';
 export { type ApiTokenHealthCheckOptions, ApiTokenHealthIndicator, type ApiTokenHealthResult } from './metrics/api-token.health';
 
 // Storage
 export { ApiTokenEntity } from './store/api-token.entity';
-export { API_TOKEN_MIGRATIONS, ApiTokenMigration } from './store/api-token.migration';
+export {
+  API_TOKEN_MIGRATIONS,
+  ApiTokenMigration,
+  ApiTokenMigration1764000000000,
+  ApiTokenOwnTablesMigration1764100000000,
+  ApiTokenPolicyChangesMigration1764200000000,
+} from './store/api-token.migration';
 
 // Errors
 export { ApiTokenError, ApiTokenInputError, ApiTokenStoreError } from './api-token.errors';
