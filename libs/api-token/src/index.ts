@@ -81,7 +81,3 @@ export {
 
 // Errors
 export { ApiTokenError, ApiTokenInputError, ApiTokenStoreError } from './api-token.errors';
-
-// Stores from the environment, as the package's `bin` reads them, and one-line start-up diagnostics
-export { type ApiTokenStoresOptions, apiTokenStoresFromEnv } from './env/stores.modules';
-export { ApiTokenStartupLogger, describeDatabaseFailure, describeRedisDown } from './env/stores.startup';

@@ -311,6 +311,7 @@ export class ApiTokenService implements OnApplicationShutdown {
    * Deletes up to `limit` expired tokens (expired by PostgreSQL's clock), each through the revocation
    * path: row deleted, cache entries dropped on every instance. Returns how many. The scheduled job
    * (the usage flush) calls it under its lock.
+   * @internal the module's own jobs and CLI.
    */
   async removeExpired(limit: number): Promise<number> {
     const ids = await this.repository.findExpired(limit);
@@ -379,7 +380,10 @@ export class ApiTokenService implements OnApplicationShutdown {
     return { dropped: keys.length, cacheCleared };
   }
 
-  /** What `list` shows of a stored token: its prefix when it has the generated shape (never in hashed mode), then asterisks. */
+  /**
+   * What `list` shows of a stored token: its prefix when it has the generated shape (never in hashed mode), then asterisks.
+   * @internal the module's own jobs and CLI.
+   */
   maskToken(token: string): string {
     return this.options.hashTokens ? MASK : mask(token);
   }
