@@ -45,4 +45,14 @@ describe('the injectables the module promised: ApiTokenCacheService and ApiToken
     const all = JSON.stringify([byToken, ...first, ...second]);
     for (const { token } of made) expect(all).not.toContain(token.slice(8));
   });
+
+  it('list() reports the effective last use: the newer of the column and the pending api_token_active value', async () => {
+    const appId = randomUUID();
+    const created = await app.get(ApiTokenService).create({ scope: 'app', appId });
+    expect((await app.get(ApiTokenService).list({ appId }))[0].lastUsedAt).toBeNull();
+    await suite.redis.set(`api_token_active:app:${created.token}`, '2026-02-03T10:00:00.123000', 'EX', 60);
+    expect((await app.get(ApiTokenService).list({ appId }))[0].lastUsedAt).toBe('2026-02-03T10:00:00.123');
+    await suite.redis.set(`api_token_active:None:${created.token}`, '2026-02-04T10:00:00', 'EX', 60);
+    expect((await app.get(ApiTokenRepository).list({ appId }))[0].lastUsedAt).toBe('2026-02-04T10:00:00.000');
+  });
 });

@@ -5,10 +5,10 @@ import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { ApiTokenInputError, describeError } from '../api-token.errors';
 import { TOKEN_RANDOM_LENGTH, generateApiToken } from './token.generator';
 import { storedToken } from './token.hash';
-import { cacheKey } from '../api-token.keys';
+import { ACTIVE_KEY_PREFIX, activeKey, cacheKey } from '../api-token.keys';
 import { checkScope } from './token.scope';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
-import { type ApiTokenRecord, type RateLimitPolicy, formatNaiveUtc, isExpired } from '../store/api-token.record';
+import { type ApiTokenRecord, type RateLimitPolicy, formatNaiveUtc, isExpired, naiveUtcToMs } from '../store/api-token.record';
 import { checkRateLimitPolicy } from '../limits/rate-limit.policy';
 import { ApiTokenRedisService } from '../redis/redis-access.service';
 import { ApiTokenRepository, type NewApiToken, type RevocationTarget } from '../store/api-token.repository';
@@ -229,7 +229,23 @@ export class ApiTokenService implements OnApplicationShutdown {
     const limit = checkPageNumber(filter.limit, 'limit', 1);
     const offset = checkPageNumber(filter.offset, 'offset', 0);
     const records = await this.repository.list({ appId, tenantId, type, limit, offset });
-    return records.map((record) => this.summarize(record));
+    const pending = await this.pendingUses(records);
+    return records.map((record, i) => ({ ...this.summarize(record), lastUsedAt: newerUse(record.lastUsedAt, pending[i]) }));
+  }
+
+  /**
+   * The uses not flushed yet (`api_token_active:*` of each record's scope, and of no scope as this
+   * library and Dify write it): Dify's `get_effective_token_last_used_at`. Without Redis, none.
+   */
+  private async pendingUses(records: readonly ApiTokenRecord[]): Promise<(string | null)[]> {
+    if (records.length === 0) return [];
+    const keys = records.flatMap((r) => [activeKey(r.type, r.token), activeKey(null, r.token), `${ACTIVE_KEY_PREFIX}:None:${r.token}`]);
+    const values = await this.redis.call('list pending uses', (redis) => Promise.all(keys.map((key) => redis.get(key))));
+    return records.map((_, i) => {
+      let newest: string | null = null;
+      for (const value of values?.slice(i * 3, i * 3 + 3) ?? []) newest = newerUse(newest, value);
+      return newest;
+    });
   }
 
   /** The token with this id (UUID), masked, or null. */
@@ -473,6 +489,15 @@ export class ApiTokenService implements OnApplicationShutdown {
       expiresAt: record.expiresAt ?? null,
     };
   }
+}
+
+/** The newer of two naive UTC ISO-8601 times (either may be null, or unreadable: then the other), cut to milliseconds. */
+function newerUse(a: string | null | undefined, b: string | null | undefined): string | null {
+  const ms = (v: string | null | undefined) => (v ? naiveUtcToMs(v) : NaN);
+  const [ta, tb] = [ms(a), ms(b)];
+  if (Number.isNaN(tb)) return a ?? null;
+  if (Number.isNaN(ta) || tb > ta) return new Date(tb).toISOString().slice(0, 23);
+  return a ?? null;
 }
 
 /** A page bound: undefined, or a safe integer of at least `min`. */
