@@ -62,7 +62,7 @@ const options = {
   skipLibCheck: true,
   noEmit: true,
   baseUrl: root,
-  paths: { 'nestjs-api-token': ['libs/api-token/src/index.ts'] },
+  paths: { 'nestjs-api-token': ['libs/api-token/src/index.ts'], 'nestjs-api-token/env': ['libs/api-token/src/env.ts'] },
 };
 const program = ts.createProgram(snippets.map((s) => s.path), options);
 for (const diagnostic of ts.getPreEmitDiagnostics(program)) {
