@@ -7,6 +7,7 @@ import { TerminusModule } from '@nestjs/terminus';
 import { HealthController } from '../../apps/demo/src/health.controller';
 import { MetricsController } from '../../apps/demo/src/metrics.controller';
 import { WhoamiController } from '../../apps/demo/src/whoami.controller';
+import { GuardExtrasController } from './guard-extras.controller';
 
 /** What a suite or a benchmark chooses: where the stores are, the library's options, extra TypeORM options. */
 export interface TestAppConfig {
@@ -33,7 +34,7 @@ export class TestAppModule {
         ApiTokenModule.forRoot(config.apiToken ?? {}),
         TerminusModule,
       ],
-      controllers: [HealthController, MetricsController, WhoamiController],
+      controllers: [HealthController, MetricsController, WhoamiController, GuardExtrasController],
     };
   }
 }

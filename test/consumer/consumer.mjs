@@ -96,18 +96,56 @@ const range = (name) => {
   return version;
 };
 
-const APP_MODULE = `import { Controller, Get, Module, UseGuards } from '@nestjs/common';
+const APP_MODULE = `import { Controller, Get, Module, Param, UseGuards } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
 import { RedisModule } from '@nestjs-modules/ioredis';
 import { TypeOrmModule } from '@nestjs/typeorm';
-import { ApiTokenGuard, ApiTokenMigration, ApiTokenModule, type AuthenticatedApiToken, CurrentApiToken } from 'nestjs-api-token';
+import {
+  ApiTokenCacheService,
+  ApiTokenGuard,
+  ApiTokenMigration,
+  ApiTokenModule,
+  type ApiTokenModuleForRootOptions,
+  ApiTokenRepository,
+  type AuthenticatedApiToken,
+  CurrentApiToken,
+} from 'nestjs-api-token';
+import type { ApiTokenStoresOptions } from 'nestjs-api-token/env';
+
+// The env entry resolves through the exports map (a type is enough to prove it compiles).
+export type StoresOptions = ApiTokenStoresOptions;
+
+const options: ApiTokenModuleForRootOptions = {
+  // Dify's validate_app_token in spirit: the application's own data says the app is disabled.
+  validate: async (identity) =>
+    identity.appId !== process.env.DISABLED_APP_ID || { status: 403, message: "The app's API service has been disabled." },
+};
 
 @Controller()
 export class WhoamiController {
+  constructor(
+    private readonly cache: ApiTokenCacheService,
+    private readonly repository: ApiTokenRepository,
+  ) {}
+
   @Get('whoami')
   @UseGuards(ApiTokenGuard('app'))
   whoami(@CurrentApiToken() token: AuthenticatedApiToken): AuthenticatedApiToken {
     return token;
+  }
+
+  @Get('any/tenant')
+  @UseGuards(ApiTokenGuard(['app', 'dataset']))
+  tenant(@CurrentApiToken('scope') scope: string): { scope: string } {
+    return { scope };
+  }
+
+  @Get('injected/:id')
+  @UseGuards(ApiTokenGuard('app'))
+  async injected(@Param('id') id: string, @CurrentApiToken() token: AuthenticatedApiToken): Promise<object> {
+    const row = await this.repository.findById(id);
+    const page = await this.repository.list({ limit: 1 });
+    return { found: row?.id === token.id, page: page.length, peeked: this.cache.peek !== undefined };
   }
 }
 
@@ -115,8 +153,8 @@ export class WhoamiController {
   imports: [
     ScheduleModule.forRoot(),
     RedisModule.forRoot({ type: 'single', url: process.env.REDIS_URL }),
-    TypeOrmModule.forRoot({ type: 'postgres', url: process.env.DATABASE_URL, migrations: [ApiTokenMigration], migrationsRun: true }),
-    ApiTokenModule.forRoot({}),
+    TypeOrmModule.forRoot({ type: 'postgres', url: process.env.DATABASE_URL, migrations: [ApiTokenMigration], migrationsRun: true, logging: 'all' }),
+    ApiTokenModule.forRoot(options),
   ],
   controllers: [WhoamiController],
 })
@@ -238,14 +276,16 @@ async function main() {
   await admin(`CREATE DATABASE ${dbName}`);
   cleanups.push(() => admin(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`));
   databaseUrl = Object.assign(new URL(PG_ADMIN_URL), { pathname: `/${dbName}` }).toString();
-  const env = { ...process.env, DATABASE_URL: databaseUrl, REDIS_URL, REDIS_CLUSTER_NODES: '' };
+  const DISABLED_APP_ID = '9c1f2a4e-0d3b-4c5a-8e6f-7a8b9c0d1e2f';
+  const env = { ...process.env, DATABASE_URL: databaseUrl, REDIS_URL, REDIS_CLUSTER_NODES: '', DISABLED_APP_ID };
+  let output = '';
+  const appOutput = () => output;
   const bin = (args, input) => runProcess('npx', ['--no-install', 'nestjs-api-token', ...args], { cwd: appDir, env, input });
   const whoami = (value) => fetch(`http://127.0.0.1:${port}/whoami`, { headers: { authorization: `Bearer ${value}` }, signal: AbortSignal.timeout(5000) });
 
   await check('the application boots against PostgreSQL and Redis', async () => {
     port = await sparePort();
     const app = spawn(process.execPath, [join(appDir, 'dist', 'main.js')], { cwd: appDir, env: { ...env, PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
     app.stdout.on('data', (chunk) => (output += chunk));
     app.stderr.on('data', (chunk) => (output += chunk));
     cleanups.push(async () => {
@@ -272,6 +312,27 @@ async function main() {
     assert(response.status === 200, `GET /whoami answered ${response.status}`);
     const body = await response.json();
     assert(body.type === 'app' || body.scope === 'app', 'the route did not hand the token identity to the handler');
+  });
+
+  await check('the injected ApiTokenRepository and ApiTokenCacheService answer, several scopes pass', async () => {
+    const created = JSON.parse((await bin(['list', '--json'])).stdout)[0];
+    const injected = await fetch(`http://127.0.0.1:${port}/injected/${created.id}`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) });
+    assert(injected.status === 200, `GET /injected answered ${injected.status}`);
+    const body = await injected.json();
+    assert(body.found === true && body.page === 1 && body.peeked === true, `unexpected ${JSON.stringify(body)}`);
+    const any = await fetch(`http://127.0.0.1:${port}/any/tenant`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) });
+    assert(any.status === 200 && (await any.json()).scope === 'app', `GET /any/tenant answered ${any.status}`);
+  });
+
+  await check('the validate hook refuses a token of a disabled app with 403', async () => {
+    const created = await bin(['create', '--scope', 'app', '--app-id', DISABLED_APP_ID]);
+    assert(created.code === 0, `create exited ${created.code}: ${created.stderr}`);
+    const response = await whoami(created.stdout.trim());
+    assert(response.status === 403, `GET /whoami answered ${response.status}`);
+  });
+
+  await check('TypeORM logging on: the output of the application never holds a token', async () => {
+    assert(!appOutput().includes(token.slice(4)), 'a token appeared in the output');
   });
 
   await check('the packed bin revokes it (from stdin), and the route answers 401', async () => {

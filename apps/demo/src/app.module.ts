@@ -1,4 +1,5 @@
-import { ApiTokenModule, apiTokenStoresFromEnv } from 'nestjs-api-token';
+import { ApiTokenModule } from 'nestjs-api-token';
+import { apiTokenStoresFromEnv } from 'nestjs-api-token/env';
 import { DynamicModule, Module } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
 import { TerminusModule } from '@nestjs/terminus';

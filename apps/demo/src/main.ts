@@ -1,4 +1,5 @@
-import { ApiTokenHealthIndicator, ApiTokenService, ApiTokenStartupLogger, describeDatabaseFailure, describeRedisDown } from 'nestjs-api-token';
+import { ApiTokenHealthIndicator, ApiTokenService } from 'nestjs-api-token';
+import { ApiTokenStartupLogger, describeDatabaseFailure, describeRedisDown } from 'nestjs-api-token/env';
 import { NestFactory } from '@nestjs/core';
 import { AppModule } from './app.module';
 import { type DemoConfig, loadDemoConfig } from './demo.settings';

@@ -1,4 +1,4 @@
-import { ConfigurableModuleBuilder } from '@nestjs/common';
+import { type ConfigurableModuleAsyncOptions, ConfigurableModuleBuilder } from '@nestjs/common';
 import { getRedisConnectionToken } from '@nestjs-modules/ioredis';
 import { getDataSourceToken } from '@nestjs/typeorm';
 import { API_TOKEN_DATA_SOURCE, API_TOKEN_REDIS } from './api-token.constants';
@@ -14,7 +14,9 @@ export interface ApiTokenModuleExtras {
   dataSource?: string;
 }
 
+/** The base class of `ApiTokenModule` (`forRoot`, `forRootAsync`), as Nest's `ConfigurableModuleBuilder` makes it. */
 export const {
+  /** The base class of `ApiTokenModule` (`forRoot`, `forRootAsync`); exported so the module's type can be named. */
   ConfigurableModuleClass,
   MODULE_OPTIONS_TOKEN,
   OPTIONS_TYPE,
@@ -31,3 +33,8 @@ export const {
     ],
   }))
   .build();
+
+/** What `ApiTokenModule.forRoot(options)` takes: the module's options and {@link ApiTokenModuleExtras}. */
+export type ApiTokenModuleForRootOptions = ApiTokenModuleOptions & ApiTokenModuleExtras;
+/** What `ApiTokenModule.forRootAsync(options)` takes: `useFactory`/`useClass`/`useExisting`, `imports`, `inject`, and the extras. */
+export interface ApiTokenModuleAsyncOptions extends ConfigurableModuleAsyncOptions<ApiTokenModuleOptions, 'create'>, ApiTokenModuleExtras {}

@@ -18,8 +18,12 @@ import { ApiTokenHealthIndicator } from './metrics/api-token.health';
 import { ApiTokenRateLimiter } from './limits/rate-limiter.service';
 import { ApiTokenRevokedTokens } from './cache/revoked-tokens';
 import { ApiTokenRevocationLogService } from './tokens/revocation-log.service';
+import { ApiTokenCacheService as PublicApiTokenCache } from './cache/api-token-cache.facade';
+import { ApiTokenRepository as PublicApiTokenRepository } from './store/api-token-repository.facade';
 
 const services = [
+  PublicApiTokenCache,
+  PublicApiTokenRepository,
   ApiTokenAuthenticator,
   ApiTokenRefusals,
   ApiTokenCacheService,

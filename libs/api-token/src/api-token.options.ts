@@ -2,7 +2,8 @@ import { ApiTokenInputError } from './api-token.errors';
 import { assertFlushCron, DEFAULT_FLUSH_CRON } from './usage/flush.schedule';
 import { HASHED_TOKEN_PREFIX } from './api-token.keys';
 import { checkRateLimitPolicy } from './limits/rate-limit.policy';
-import type { RateLimitPolicy } from './store/api-token.record';
+import type { ExecutionContext } from '@nestjs/common';
+import type { AuthenticatedApiToken, RateLimitPolicy } from './store/api-token.record';
 
 /** Options of {@link ApiTokenModule}; every field has a default. */
 export interface ApiTokenModuleOptions {
@@ -94,7 +95,34 @@ export interface ApiTokenModuleOptions {
    * lookup is answered 503 with `Retry-After` at once (nothing cached). 0: no waiting. Default 256.
    */
   maxQueuedLookups?: number;
+  /**
+   * Runs after a token is found (and its rate limit passed) and before the request is let in, for the
+   * checks only the application can make: Dify's `validate_app_token` refuses a token whose app is
+   * missing, not normal or has its API disabled, or whose tenant is not normal. Return true (or
+   * nothing) to let the request in; false to refuse it like an unknown token (401, `Access token is
+   * invalid`); an {@link ApiTokenValidationRefusal} to refuse with your status (401 or 403) and message.
+   * Refusals take the `errorFormat` shape. An exception it throws goes to Nest's filters as it is.
+   * Called for every request, including in-process cache hits: cache what it reads. Default null.
+   */
+  validate?: ApiTokenValidateHook | null;
 }
+
+/** What a `validate` hook answers: let in (true, nothing), refuse as an unknown token (false), or refuse as said. */
+export type ApiTokenValidation = boolean | void | ApiTokenValidationRefusal;
+
+/** A `validate` hook's refusal: the status (401 or 403) and the message the client reads (never quote the token). */
+export interface ApiTokenValidationRefusal {
+  /** 401 (not authenticated) or 403 (authenticated, not allowed). */
+  status: 401 | 403;
+  /** What the client reads; never quote the token. */
+  message: string;
+}
+
+/** The `validate` option: the identity the guard found and Nest's execution context of the request. */
+export type ApiTokenValidateHook = (
+  identity: AuthenticatedApiToken,
+  context: ExecutionContext,
+) => ApiTokenValidation | Promise<ApiTokenValidation>;
 
 /** The shapes the module's refusals can take (see {@link ApiTokenModuleOptions.errorFormat}). */
 export type ApiTokenErrorFormat = 'nest' | 'dify';
@@ -132,6 +160,7 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   revocationPollIntervalMs: 1_000,
   maxConcurrentLookups: 8,
   maxQueuedLookups: 256,
+  validate: null,
 };
 
 const DAY_SECONDS = 86_400;
@@ -183,6 +212,9 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
   resolved.defaultRateLimit = checkRateLimitPolicy(resolved.defaultRateLimit, 'ApiTokenModule: option "defaultRateLimit"');
   assertOneOf('rateLimitMode', resolved.rateLimitMode, ['approximate', 'exact']);
   assertOneOf('rateLimitWhenRedisDown', resolved.rateLimitWhenRedisDown, ['open', 'closed']);
+  if (resolved.validate !== null && typeof resolved.validate !== 'function') {
+    throw new ApiTokenInputError('ApiTokenModule: option "validate" must be a function or null');
+  }
   return resolved;
 }
 

@@ -34,6 +34,7 @@ export class ApiTokenAuthenticator {
   private counts: LookupCounts | undefined;
   private readonly budget: LookupBudget;
 
+  /** @internal Nest's injection: inject the class, never construct it. */
   constructor(
     private readonly cache: ApiTokenCacheService,
     private readonly repository: ApiTokenRepository,

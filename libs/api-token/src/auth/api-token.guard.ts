@@ -2,6 +2,7 @@ import {
   CanActivate,
   ExecutionContext,
   HttpException,
+  Inject,
   Injectable,
   Optional,
   Type,
@@ -9,7 +10,9 @@ import {
 } from '@nestjs/common';
 import { ApiTokenAuthenticator } from './api-token.authenticator';
 import { ApiTokenRefusals } from './refusal';
-import { ApiTokenStoreError } from '../api-token.errors';
+import { ApiTokenError, ApiTokenInputError, ApiTokenStoreError } from '../api-token.errors';
+import { API_TOKEN_OPTIONS } from '../api-token.constants';
+import type { ApiTokenValidation, ResolvedApiTokenOptions } from '../api-token.options';
 import { checkScope } from '../tokens/token.scope';
 import { BEARER_PREFIX, hasRepeatedAuthorization, startsUsualToken } from './authorization.header';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
@@ -29,10 +32,88 @@ export const API_TOKEN_ERRORS = {
 /** Seconds a client is told to wait (`Retry-After`) when the token store is down. */
 export const RETRY_AFTER_SECONDS = 5;
 
-/** A request the guard has let through. */
+/**
+ * A request the guard has let through: `request.apiToken` is the token's identity. Type a handler's
+ * request with it (`@Req() req: Request & ApiTokenRequest`) or use {@link CurrentApiToken}.
+ */
 export interface ApiTokenRequest {
+  /** The accepted token's identity (never the token itself). */
   apiToken: AuthenticatedApiToken;
 }
+
+/**
+ * What the guard reads of a request: its headers (Express's is Node's request, Fastify's holds the raw
+ * one in `raw`). `apiToken` is set on it when the token is accepted, where {@link CurrentApiToken} reads it.
+ */
+export interface ApiTokenGuardRequest extends Partial<ApiTokenRequest> {
+  /** The request's headers, names in lower case. */
+  headers: Record<string, string | string[] | undefined>;
+  /** Node's raw header list (Express), read to tell a repeated `Authorization` header. */
+  rawHeaders?: string[];
+  /** Fastify's raw Node request. */
+  raw?: {
+    /** Node's raw header list. */
+    rawHeaders?: string[];
+  };
+}
+
+/** A context {@link ApiTokenGuard} cannot read a request with headers from: override `getRequest(context)`. */
+export class ApiTokenContextError extends ApiTokenError {}
+
+/**
+ * The request (an object with `headers`) of an HTTP, GraphQL (`GqlExecutionContext`'s `req`, read
+ * without depending on `@nestjs/graphql`), WebSocket (socket.io's handshake request) or RPC context
+ * (a context object with `headers`); throws {@link ApiTokenContextError} for any other.
+ */
+export function apiTokenRequestOf(context: ExecutionContext): ApiTokenGuardRequest {
+  const type = context.getType<string>();
+  // getArgByIndex, not switchToHttp(): that one assigns three new closures to the context on every call.
+  let request: unknown;
+  if (type === 'http') request = context.getArgByIndex(0);
+  else if (type === 'graphql') {
+    const gql = context.getArgByIndex<{ req?: unknown; request?: unknown } | undefined>(2);
+    request = gql?.req ?? gql?.request;
+  } else if (type === 'ws') {
+    const client = context.getArgByIndex<{ request?: unknown; handshake?: unknown; upgradeReq?: unknown } | undefined>(0);
+    request = client?.request ?? client?.handshake ?? client?.upgradeReq;
+  } else if (type === 'rpc') request = context.getArgByIndex(1);
+  if (typeof request !== 'object' || request === null || typeof (request as { headers?: unknown }).headers !== 'object' || (request as { headers?: unknown }).headers === null) {
+    throw new ApiTokenContextError(
+      `ApiTokenGuard: cannot find a request with headers in a "${type}" context; extend the guard and override getRequest(context)`,
+    );
+  }
+  return request as ApiTokenGuardRequest;
+}
+
+/** Where refusal headers go when the context has no HTTP response (WebSocket, RPC): nowhere, on either platform. */
+const NO_RESPONSE = Object.freeze({ set: () => undefined, header: () => undefined, setHeader: () => undefined });
+
+/** The HTTP response of a context (GraphQL's `res` or `reply`), or a sink for headers when there is none. */
+export function apiTokenResponseOf(context: ExecutionContext): unknown {
+  const type = context.getType<string>();
+  if (type === 'http') return context.getArgByIndex(1);
+  if (type === 'graphql') {
+    const gql = context.getArgByIndex<{ res?: unknown; reply?: unknown } | undefined>(2);
+    return gql?.res ?? gql?.reply ?? NO_RESPONSE;
+  }
+  return NO_RESPONSE;
+}
+
+/**
+ * The guard class `ApiTokenGuard(scope)` returns, to extend: override {@link getRequest} for a context
+ * the module cannot read, {@link validate} for a check of your own (it runs after the `validate` option).
+ */
+export interface ApiTokenGuardInstance extends CanActivate {
+  /** The object with the headers, where `apiToken` is set. Default: {@link apiTokenRequestOf}. */
+  getRequest(context: ExecutionContext): ApiTokenGuardRequest;
+  /** The response refusal headers are set on. Default: {@link apiTokenResponseOf}. */
+  getResponse(context: ExecutionContext): unknown;
+  /** A check after the token is found; same answers as the `validate` option. Default: the option's hook, or true. */
+  validate(identity: AuthenticatedApiToken, context: ExecutionContext): ApiTokenValidation | Promise<ApiTokenValidation>;
+}
+
+/** The class of {@link ApiTokenGuard}: a Nest guard to put in `@UseGuards()` or to extend. */
+export type ApiTokenGuardClass = Type<ApiTokenGuardInstance>;
 
 /** Parses `Authorization` like Dify: the token, or the 401 message to answer with. */
 export function parseAuthorization(header: string | undefined): { token: string } | { error: string } {
@@ -55,85 +136,137 @@ function usualBearerToken(header: unknown): string | undefined {
   return startsUsualToken(header, BEARER_PREFIX.length) ? header.slice(BEARER_PREFIX.length) : undefined;
 }
 
-/** What the guard reads of a request: Express's is Node's request, Fastify's holds it in `raw`. */
-interface RawRequest {
-  headers: Record<string, string | string[] | undefined>;
-  rawHeaders?: string[];
-  raw?: { rawHeaders?: string[] };
-}
-
-const guards = new Map<string, Type<CanActivate>>();
+const guards = new Map<string, ApiTokenGuardClass>();
 
 /**
- * A guard that lets a request through only with a valid API token of `scope`:
- * `@UseGuards(ApiTokenGuard('app'))`. The token's identity is then on `request.apiToken`
- * (see {@link CurrentApiToken}). Refusals are 401 with `WWW-Authenticate: Bearer`; when the token
- * store cannot answer for an uncached token, 503 with `Retry-After`; a token over its rate limit
- * gets 429 (its rate limit). Bodies in the shape of the `errorFormat` option.
+ * A guard that lets a request through only with a valid API token of `scope` (or of one of `scopes`,
+ * tried in their order, one lookup each): `@UseGuards(ApiTokenGuard('app'))`. The token's identity is
+ * then on `request.apiToken` (see {@link CurrentApiToken}). Refusals are 401 with `WWW-Authenticate:
+ * Bearer`; when the token store cannot answer for an uncached token, 503 with `Retry-After`; a token
+ * over its rate limit gets 429 (its rate limit). Bodies in the shape of the `errorFormat` option.
+ * Works in HTTP, GraphQL, WebSocket and RPC contexts (see {@link apiTokenRequestOf}); extend it to read another.
  */
-export function ApiTokenGuard(scope: string): Type<CanActivate> {
-  let guard = guards.get(scope);
+export function ApiTokenGuard(scope: string | readonly string[]): ApiTokenGuardClass {
+  const scopes: unknown[] = Array.isArray(scope) ? [...(scope as readonly unknown[])] : [scope];
+  if (scopes.length === 0) throw new ApiTokenInputError('ApiTokenGuard: at least one scope is needed');
+  const name = JSON.stringify(scopes);
+  let guard = guards.get(name);
   if (!guard) {
-    guard = createApiTokenGuard(checkScope(scope, 'ApiTokenGuard: the scope'));
-    guards.set(scope, guard);
+    guard = createApiTokenGuard(scopes.map((s) => checkScope(s, 'ApiTokenGuard: the scope')));
+    guards.set(name, guard);
   }
   return guard;
 }
 
-function createApiTokenGuard(scope: string): Type<CanActivate> {
+function createApiTokenGuard(scopes: readonly string[]): ApiTokenGuardClass {
+  const [scope] = scopes;
   @Injectable()
-  class MixinApiTokenGuard implements CanActivate {
+  class MixinApiTokenGuard implements ApiTokenGuardInstance {
+    private readonly hook: ResolvedApiTokenOptions['validate'];
+
     constructor(
       private readonly authenticator: ApiTokenAuthenticator,
       private readonly refusals: ApiTokenRefusals,
       private readonly limiter: ApiTokenRateLimiter,
+      @Inject(API_TOKEN_OPTIONS) options: ResolvedApiTokenOptions,
       @Optional() private readonly metrics?: ApiTokenMetrics,
     ) {
-      // The guard's scope takes its metrics label first, and shows at 0 before any request.
-      metrics?.scope(scope);
+      this.hook = options.validate;
+      // The guard's scopes take their metrics labels first, and show at 0 before any request.
+      for (const s of scopes) metrics?.scope(s);
+    }
+
+    getRequest(context: ExecutionContext): ApiTokenGuardRequest {
+      return apiTokenRequestOf(context);
+    }
+
+    getResponse(context: ExecutionContext): unknown {
+      return apiTokenResponseOf(context);
+    }
+
+    validate(identity: AuthenticatedApiToken, context: ExecutionContext): ApiTokenValidation | Promise<ApiTokenValidation> {
+      return this.hook ? this.hook(identity, context) : true;
     }
 
     canActivate(context: ExecutionContext): boolean | Promise<boolean> {
-      // getArgByIndex, not switchToHttp(): that one assigns three new closures to the context on every call.
-      const request = context.getArgByIndex<RawRequest & Partial<ApiTokenRequest>>(0);
+      const request = this.getRequest(context);
       const header = request.headers.authorization;
       if (header !== undefined && hasRepeatedAuthorization(request.rawHeaders ?? request.raw?.rawHeaders)) {
         throw this.badHeader(context, API_TOKEN_ERRORS.repeatedHeader);
       }
-      // A token the process holds is found by the header as it came: no parse, no slice.
-      const known = typeof header === 'string' ? this.authenticator.authenticateLocalHeader(header, scope) : undefined;
-      if (known !== undefined) return this.admit(request, context, known && known.record, known?.identity);
+      if (scopes.length === 1) {
+        // A token the process holds is found by the header as it came: no parse, no slice.
+        const known = typeof header === 'string' ? this.authenticator.authenticateLocalHeader(header, scope) : undefined;
+        if (known !== undefined) return this.admit(request, context, known && known.record, known?.identity);
+      }
       let token = usualBearerToken(header);
       if (token === undefined) {
         const parsed = parseAuthorization(Array.isArray(header) ? header[0] : header);
         if ('error' in parsed) throw this.badHeader(context, parsed.error);
         token = parsed.token;
       }
+      if (scopes.length > 1) return this.findInScopes(request, context, token);
       // For a usual header in plain mode this reads L1 again, and finds only an entry whose name the key map
       // dropped at its bound (by its cache key); one more map read, on a path that otherwise goes to Redis.
       const local = this.authenticator.authenticateLocal(token, scope);
       if (local !== undefined) return this.admit(request, context, local && local.record, local?.identity);
       return this.authenticator.authenticateRemote(token, scope).then(
         (record) => this.admit(request, context, record),
-        (error: unknown) => {
-          if (error instanceof ApiTokenStoreError) throw this.unavailable(context.getArgByIndex(1));
-          throw error;
-        },
+        (error: unknown) => this.storeFailure(context, error),
       );
+    }
+
+    /** Several scopes: each is one lookup (the cache keys are per scope), first found wins. */
+    private async findInScopes(request: ApiTokenGuardRequest, context: ExecutionContext, token: string): Promise<boolean> {
+      for (const s of scopes) {
+        const local = this.authenticator.authenticateLocal(token, s);
+        if (local) return this.admit(request, context, local.record, local.identity);
+        if (local === null) continue;
+        let record: ApiTokenRecord | null;
+        try {
+          record = await this.authenticator.authenticateRemote(token, s);
+        } catch (error) {
+          return this.storeFailure(context, error);
+        }
+        if (record) return this.admit(request, context, record);
+      }
+      return this.admit(request, context, null);
+    }
+
+    private storeFailure(context: ExecutionContext, error: unknown): never {
+      if (error instanceof ApiTokenStoreError) throw this.unavailable(this.getResponse(context));
+      throw error;
     }
 
     private badHeader(context: ExecutionContext, message: string): HttpException {
       this.metrics?.lookup(scope, 'bad_header');
-      return this.unauthorized(context.getArgByIndex(1), message);
+      return this.unauthorized(this.getResponse(context), message);
     }
 
-    private admit(request: Partial<ApiTokenRequest>, context: ExecutionContext, record: ApiTokenRecord | null, identity?: AuthenticatedApiToken): true | Promise<true> {
-      if (!record) throw this.unauthorized(context.getArgByIndex(1), API_TOKEN_ERRORS.invalidToken);
-      // An in-process hit hands over the identity cached beside the record: nothing is built per request.
-      request.apiToken = identity ?? toAuthenticated(record);
+    private admit(request: ApiTokenGuardRequest, context: ExecutionContext, record: ApiTokenRecord | null, identity?: AuthenticatedApiToken): boolean | Promise<boolean> {
+      if (!record) throw this.unauthorized(this.getResponse(context), API_TOKEN_ERRORS.invalidToken);
+      const accepted = identity ?? toAuthenticated(record);
       // A token without a limit (and no default) pays this one check and nothing else.
-      if (record.rateLimit || this.limiter.defaultRateLimit) return this.limiter.enforce(scope, record, context.getArgByIndex(1));
-      return true;
+      const limited = record.rateLimit || this.limiter.defaultRateLimit ? this.limiter.enforce(record.type, record, this.getResponse(context)) : true;
+      // Without a validate hook (the option or an override), the identity is set and the request let in at once.
+      if (!this.hook && this.validate === MixinApiTokenGuard.prototype.validate) {
+        // An in-process hit hands over the identity cached beside the record: nothing is built per request.
+        request.apiToken = accepted;
+        return limited;
+      }
+      return Promise.resolve(limited)
+        .then(() => this.validate(accepted, context))
+        .then((answer) => {
+          if (answer === false) throw this.unauthorized(this.getResponse(context), API_TOKEN_ERRORS.invalidToken);
+          if (answer && typeof answer === 'object') {
+            const response = this.getResponse(context);
+            throw answer.status === 403
+              ? this.refusals.refuse(response, 403, answer.message)
+              : this.unauthorized(response, answer.message);
+          }
+          request.apiToken = accepted;
+          return true;
+        });
     }
 
     private unauthorized(response: unknown, message: string): HttpException {

@@ -1,4 +1,5 @@
 import {
+  ForbiddenException,
   HttpException,
   Inject,
   Injectable,
@@ -9,8 +10,22 @@ import { HttpAdapterHost } from '@nestjs/core';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import type { ApiTokenErrorFormat, ResolvedApiTokenOptions } from '../api-token.options';
 
-/** The statuses the module refuses a request with. */
-export type RefusalStatus = 401 | 429 | 503;
+/** The statuses the module refuses a request with (403 only when a `validate` hook asks for it). */
+export type RefusalStatus = 401 | 403 | 429 | 503;
+
+/**
+ * The 401 the module answers with (missing or bad header, unknown, revoked or expired token, a
+ * `validate` hook's refusal): an `UnauthorizedException`, so a filter catching that still sees it,
+ * and a class of its own for a filter that wants only the module's refusals.
+ */
+export class ApiTokenUnauthorizedException extends UnauthorizedException {}
+
+/** The 429 of a token over its rate limit; its body in the `errorFormat` shape, `Retry-After` already set on the response. */
+export class ApiTokenRateLimitException extends HttpException {
+  constructor(response: string | object) {
+    super(response, 429);
+  }
+}
 
 /**
  * Dify's `code` for each status. Its error handler (`libs/external_api.py`) derives the code from the
@@ -19,6 +34,7 @@ export type RefusalStatus = 401 | 429 | 503;
  */
 export const DIFY_ERROR_CODES: Record<RefusalStatus, string> = {
   401: 'unauthorized',
+  403: 'forbidden',
   429: 'too_many_requests',
   503: 'service_unavailable',
 };
@@ -35,11 +51,13 @@ export function refusalException(format: ApiTokenErrorFormat, status: RefusalSta
   const body = format === 'dify' ? { code: DIFY_ERROR_CODES[status], message, status } : undefined;
   switch (status) {
     case 401:
-      return new UnauthorizedException(body ?? message);
+      return new ApiTokenUnauthorizedException(body ?? message);
+    case 403:
+      return new ForbiddenException(body ?? message);
     case 503:
       return new ServiceUnavailableException(body ?? message);
     default:
-      return new HttpException(body ?? HttpException.createBody(message, 'Too Many Requests', status), status);
+      return new ApiTokenRateLimitException(body ?? HttpException.createBody(message, 'Too Many Requests', status));
   }
 }
 

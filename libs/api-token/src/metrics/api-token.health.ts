@@ -35,6 +35,7 @@ const DEFAULT_TIMEOUT_MS = 1000;
  */
 @Injectable()
 export class ApiTokenHealthIndicator {
+  /** @internal Nest's injection: inject the class, never construct it. */
   constructor(
     private readonly redis: ApiTokenRedisService,
     private readonly repository: ApiTokenRepository,

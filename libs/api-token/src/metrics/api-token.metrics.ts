@@ -7,24 +7,29 @@ import { ANY_SCOPE } from '../api-token.keys';
  * cached "no such token"), both caches missed and the token was looked up, or a cached record (in
  * process or in Redis) was refused because its token has expired (no I/O beyond that cache read).
  */
-export const LOOKUP_OUTCOMES = ['bad_header', 'malformed', 'local_hit', 'local_negative', 'redis_hit', 'redis_negative', 'miss', 'expired'] as const;
-export type LookupOutcome = (typeof LOOKUP_OUTCOMES)[number];
+export type LookupOutcome = 'bad_header' | 'malformed' | 'local_hit' | 'local_negative' | 'redis_hit' | 'redis_negative' | 'miss' | 'expired';
+/** @internal */
+export const LOOKUP_OUTCOMES: readonly LookupOutcome[] = ['bad_header', 'malformed', 'local_hit', 'local_negative', 'redis_hit', 'redis_negative', 'miss', 'expired'];
 
 /** The result of one database lookup on the request path. */
-export const DATABASE_RESULTS = ['found', 'not_found', 'error'] as const;
-export type DatabaseResult = (typeof DATABASE_RESULTS)[number];
+export type DatabaseResult = 'found' | 'not_found' | 'error';
+/** @internal */
+export const DATABASE_RESULTS: readonly DatabaseResult[] = ['found', 'not_found', 'error'];
 
 /** Why a Redis call yielded nothing: not sent (circuit open, connection down), failed or timed out, or an error reply. */
-export const REDIS_FALLBACK_REASONS = ['skipped', 'failed', 'error_reply'] as const;
-export type RedisFallbackReason = (typeof REDIS_FALLBACK_REASONS)[number];
+export type RedisFallbackReason = 'skipped' | 'failed' | 'error_reply';
+/** @internal */
+export const REDIS_FALLBACK_REASONS: readonly RedisFallbackReason[] = ['skipped', 'failed', 'error_reply'];
 
 /** How a usage flush ended: every key walked, stopped early (lock lost, Redis gone), the database refused a page, or not run. */
-export const FLUSH_OUTCOMES = ['completed', 'stopped', 'failed', 'skipped'] as const;
-export type FlushOutcome = (typeof FLUSH_OUTCOMES)[number];
+export type FlushOutcome = 'completed' | 'stopped' | 'failed' | 'skipped';
+/** @internal */
+export const FLUSH_OUTCOMES: readonly FlushOutcome[] = ['completed', 'stopped', 'failed', 'skipped'];
 
 /** What dropped cache entries in Redis: a token's creation, its revocation, a change of its policy (rate limit), or a tenant invalidation. */
-export const INVALIDATION_KINDS = ['create', 'revoke', 'policy', 'tenant'] as const;
-export type InvalidationKind = (typeof INVALIDATION_KINDS)[number];
+export type InvalidationKind = 'create' | 'revoke' | 'policy' | 'tenant';
+/** @internal */
+export const INVALIDATION_KINDS: readonly InvalidationKind[] = ['create', 'revoke', 'policy', 'tenant'];
 
 /** Values read from the services when a snapshot is taken, rather than counted. */
 export type ApiTokenMetricsSource =
@@ -97,23 +102,41 @@ export class ScopeCounters {
 
 /** One scope's counters in a snapshot. */
 export interface ScopeMetricsSnapshot {
+  /** Lookups by where they were answered (`api_token_lookups_total`). */
   lookups: Record<LookupOutcome, number>;
+  /** PostgreSQL lookups by result (`api_token_database_lookups_total`). */
   databaseLookups: Record<DatabaseResult, number>;
+  /** Lookups that joined one already under way in this process (`api_token_single_flight_joins_total`). */
   singleFlightJoins: number;
+  /** Lookups that waited for another process's lookup lock (`api_token_lock_waits_total`). */
   lockWaits: number;
+  /** Lock waits that gave up and looked up on their own (`api_token_lock_timeouts_total`). */
   lockTimeouts: number;
+  /** Requests answered 503 because neither store could answer (`api_token_unavailable_total`). */
   unavailable: number;
+  /** Lookups that waited for a place under `maxConcurrentLookups` (`api_token_lookups_queued_total`). */
   lookupsQueued: number;
+  /** Requests answered 503 because the lookup queue was full (`api_token_lookups_shed_total`). */
   lookupsShed: number;
+  /** Requests refused with 429 by the rate limit (`api_token_rate_limited_total`). */
   rateLimited: number;
+  /** Requests refused with 503 by a rate limit failing closed without Redis (`api_token_rate_limit_unavailable_total`). */
   rateLimitUnavailable: number;
 }
 
 /** A duration histogram in a snapshot: cumulative counts per upper bound, as Prometheus has them. */
 export interface TimingSnapshot {
+  /** Observations. */
   count: number;
+  /** Their sum, in seconds. */
   sumSeconds: number;
-  buckets: { le: number; count: number }[];
+  /** Cumulative counts: observations at or under `le` seconds. */
+  buckets: {
+    /** The bucket's upper bound, in seconds. */
+    le: number;
+    /** Observations at or under it. */
+    count: number;
+  }[];
 }
 
 /** Everything {@link ApiTokenMetrics} knows, as plain data. Scope labels: the scope, `any` (no scope), or `other`. */
@@ -198,6 +221,7 @@ class Timing {
   private sum = 0;
   private readonly counts: number[];
 
+  /** @internal Nest's injection: inject the class, never construct it. */
   constructor(private readonly bounds: readonly number[]) {
     this.counts = bounds.map(() => 0);
   }
@@ -253,23 +277,33 @@ export class ApiTokenMetrics {
    * The counters of a scope (null: `any`); count on the returned object. Allocates only the first time a scope is seen.
    *
    * @hidden
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
    */
   scope(scope: string | null): ScopeCounters {
     return this.scopes.get(scope ?? ANY_SCOPE) ?? this.addScope(scope ?? ANY_SCOPE);
   }
 
-  /** Counts one authentication that ended at `outcome`. */
+  /**
+   * Counts one authentication that ended at `outcome`.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   lookup(scope: string | null, outcome: LookupOutcome): void {
     this.scope(scope).lookups[outcome]++;
   }
 
-  /** Counts one database lookup of the request path and its duration. */
+  /**
+   * Counts one database lookup of the request path and its duration.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   databaseLookup(scope: string | null, result: DatabaseResult, seconds: number): void {
     this.scope(scope).databaseLookups[result]++;
     this.databaseLookupTiming.observe(seconds);
   }
 
-  /** Counts a wait for the lookup lock held by another, and how long it lasted. */
+  /**
+   * Counts a wait for the lookup lock held by another, and how long it lasted.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   lockWaited(scope: string | null, seconds: number, timedOut: boolean): void {
     const counters = this.scope(scope);
     counters.lockWaits++;
@@ -277,7 +311,10 @@ export class ApiTokenMetrics {
     this.lockWaitTiming.observe(seconds);
   }
 
-  /** Counts a Redis call that yielded nothing. */
+  /**
+   * Counts a Redis call that yielded nothing.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   redisFallback(operation: string, reason: RedisFallbackReason): void {
     let counts = this.fallbacks.get(operation);
     if (!counts) {
@@ -287,17 +324,26 @@ export class ApiTokenMetrics {
     counts[reason]++;
   }
 
-  /** Counts the start of a Redis outage. */
+  /**
+   * Counts the start of a Redis outage.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   redisOutage(): void {
     this.redisOutages++;
   }
 
-  /** Counts uses the recorder gave up on. */
+  /**
+   * Counts uses the recorder gave up on.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   usesDropped(count: number): void {
     this.usageDropped += count;
   }
 
-  /** Counts a usage flush that ran, with what it did. */
+  /**
+   * Counts a usage flush that ran, with what it did.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   flushRan(outcome: Exclude<FlushOutcome, 'skipped'>, stats: { scanned: number; taken: number; updated: number; dropped: number; elapsedMs: number }): void {
     this.flushRuns[outcome]++;
     this.flushTotals.scanned += stats.scanned;
@@ -308,37 +354,58 @@ export class ApiTokenMetrics {
     if (outcome === 'completed') this.lastFlushSuccess = Date.now() / 1000;
   }
 
-  /** Counts a usage flush that did not run (another instance had the lock or the tick, or Redis did not answer). */
+  /**
+   * Counts a usage flush that did not run (another instance had the lock or the tick, or Redis did not answer).
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   flushSkipped(): void {
     this.flushRuns.skipped++;
   }
 
-  /** Counts uses a failed flush could put neither in the database nor back in Redis. */
+  /**
+   * Counts uses a failed flush could put neither in the database nor back in Redis.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   flushUsesLost(count: number): void {
     this.flushTotals.usesLost += count;
   }
 
-  /** Counts expired tokens the scheduled job deleted. */
+  /**
+   * Counts expired tokens the scheduled job deleted.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   expiredRemoved(count: number): void {
     this.flushTotals.expiredRemoved += count;
   }
 
-  /** Counts a revocation call: whether it deleted a row. */
+  /**
+   * Counts a revocation call: whether it deleted a row.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   revocation(found: boolean): void {
     this.revocations[found ? 'revoked' : 'not_found']++;
   }
 
-  /** Counts a tenant invalidation call. */
+  /**
+   * Counts a tenant invalidation call.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   tenantInvalidation(): void {
     this.tenantInvalidations++;
   }
 
-  /** Counts a reset of the revocation log seen by this instance. */
+  /**
+   * Counts a reset of the revocation log seen by this instance.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   revocationLogReset(): void {
     this.revocationLogResets++;
   }
 
-  /** Counts an invalidation whose Redis part did not go through. */
+  /**
+   * Counts an invalidation whose Redis part did not go through.
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
+   */
   invalidationFailed(kind: InvalidationKind): void {
     this.invalidationFailures[kind]++;
   }
@@ -347,6 +414,7 @@ export class ApiTokenMetrics {
    * Registers where a live value is read when a snapshot is taken (the last registration wins).
    *
    * @hidden
+   * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
    */
   source(name: ApiTokenMetricsSource, read: () => number): void {
     this.sources.set(name, read);

@@ -7,9 +7,9 @@ import { Column, Entity, Index, PrimaryColumn } from 'typeorm';
  * mind that node-postgres reads `timestamp without time zone` in the process's local time.
  */
 @Entity({ name: 'api_tokens' })
-@Index('api_token_app_id_type_idx', ['appId', 'type'])
-@Index('api_token_token_idx', ['token', 'type'])
-@Index('api_token_tenant_idx', ['tenantId', 'type'])
+@Index('api_token_app_id_type_idx', ['appId', 'scope'])
+@Index('api_token_token_idx', ['token', 'scope'])
+@Index('api_token_tenant_idx', ['tenantId', 'scope'])
 export class ApiTokenEntity {
   /** uuid, primary key `api_token_pkey`. */
   @PrimaryColumn({ type: 'uuid', primaryKeyConstraintName: 'api_token_pkey', default: () => 'gen_random_uuid()' })
@@ -23,9 +23,9 @@ export class ApiTokenEntity {
   @Column({ name: 'tenant_id', type: 'uuid', nullable: true })
   tenantId!: string | null;
 
-  /** The scope: `app`, `dataset`, or another (at most 16 characters). */
-  @Column({ type: 'varchar', length: 16 })
-  type!: string;
+  /** The scope (the `type` column): `app`, `dataset`, or another (at most 16 characters). */
+  @Column({ name: 'type', type: 'varchar', length: 16 })
+  scope!: string;
 
   /** The token, or `sha256:` and its hash in hashed mode. */
   @Column({ type: 'varchar', length: 255 })

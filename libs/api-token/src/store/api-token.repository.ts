@@ -88,9 +88,13 @@ export interface ApiTokenPolicyUpdate {
 
 /** Filters of {@link ApiTokenRepository.list}; all optional. */
 export interface ApiTokenFilter {
+  id?: string;
   appId?: string;
   tenantId?: string;
   type?: string;
+  /** Rows at most, and rows skipped first (pagination, in the list's order). */
+  limit?: number;
+  offset?: number;
 }
 
 /** What a revocation deletes: every row of one stored token (any scope), or the rows with these ids. */
@@ -349,11 +353,15 @@ export class ApiTokenRepository {
       params.push(value);
       where.push(`${sql} $${params.length}`);
     };
+    if (filter.id !== undefined) add('t.id =', filter.id);
     if (filter.appId !== undefined) add('t.app_id =', filter.appId);
     if (filter.tenantId !== undefined) add('t.tenant_id =', filter.tenantId);
     if (filter.type !== undefined) add('t.type =', filter.type);
     const clause = where.length ? ` WHERE ${where.join(' AND ')}` : '';
-    const sql = `SELECT ${JOINED_COLUMNS} FROM ${JOINED}${clause} ORDER BY t.created_at DESC, t.id`;
+    let page = '';
+    if (filter.limit !== undefined) page += ` LIMIT ${Math.trunc(filter.limit)}`;
+    if (filter.offset) page += ` OFFSET ${Math.trunc(filter.offset)}`;
+    const sql = `SELECT ${JOINED_COLUMNS} FROM ${JOINED}${clause} ORDER BY t.created_at DESC, t.id${page}`;
     return (await this.query<Row>('list', sql, params)).map(toRecord);
   }
 

@@ -5,10 +5,10 @@ import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { ApiTokenInputError, describeError } from '../api-token.errors';
 import { TOKEN_RANDOM_LENGTH, generateApiToken } from './token.generator';
 import { storedToken } from './token.hash';
-import { cacheKey } from '../api-token.keys';
+import { ACTIVE_KEY_PREFIX, activeKey, cacheKey } from '../api-token.keys';
 import { checkScope } from './token.scope';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
-import { type ApiTokenRecord, type RateLimitPolicy, formatNaiveUtc, isExpired } from '../store/api-token.record';
+import { type ApiTokenRecord, type RateLimitPolicy, formatNaiveUtc, isExpired, naiveUtcToMs } from '../store/api-token.record';
 import { checkRateLimitPolicy } from '../limits/rate-limit.policy';
 import { ApiTokenRedisService } from '../redis/redis-access.service';
 import { ApiTokenRepository, type NewApiToken, type RevocationTarget } from '../store/api-token.repository';
@@ -62,6 +62,10 @@ export interface ListApiTokensInput {
   tenantId?: string;
   /** Only tokens of this scope. */
   scope?: string;
+  /** At most this many tokens (a page), from `offset` on. Default: all. */
+  limit?: number;
+  /** Tokens skipped first, in the list's order (newest first). Default 0. */
+  offset?: number;
 }
 
 /** A token as the service shows it: everything but the secret. */
@@ -167,6 +171,7 @@ export class ApiTokenService implements OnApplicationShutdown {
   private retryTimer: NodeJS.Timeout | undefined;
   private retrying = false;
 
+  /** @internal Nest's injection: inject the class, never construct it. */
   constructor(
     private readonly repository: ApiTokenRepository,
     private readonly cache: ApiTokenCacheService,
@@ -221,8 +226,41 @@ export class ApiTokenService implements OnApplicationShutdown {
     const appId = checkUuid(filter.appId, 'appId') ?? undefined;
     const tenantId = checkUuid(filter.tenantId, 'tenantId') ?? undefined;
     const type = filter.scope === undefined ? undefined : checkScope(filter.scope, 'ApiTokenService: "scope"');
-    const records = await this.repository.list({ appId, tenantId, type });
-    return records.map((record) => this.summarize(record));
+    const limit = checkPageNumber(filter.limit, 'limit', 1);
+    const offset = checkPageNumber(filter.offset, 'offset', 0);
+    const records = await this.repository.list({ appId, tenantId, type, limit, offset });
+    const pending = await this.pendingUses(records);
+    return records.map((record, i) => ({ ...this.summarize(record), lastUsedAt: newerUse(record.lastUsedAt, pending[i]) }));
+  }
+
+  /**
+   * The uses not flushed yet (`api_token_active:*` of each record's scope, and of no scope as this
+   * library and Dify write it): Dify's `get_effective_token_last_used_at`. Without Redis, none.
+   */
+  private async pendingUses(records: readonly ApiTokenRecord[]): Promise<(string | null)[]> {
+    if (records.length === 0) return [];
+    const keys = records.flatMap((r) => [activeKey(r.type, r.token), activeKey(null, r.token), `${ACTIVE_KEY_PREFIX}:None:${r.token}`]);
+    const values = await this.redis.call('list pending uses', (redis) => Promise.all(keys.map((key) => redis.get(key))));
+    return records.map((_, i) => {
+      let newest: string | null = null;
+      for (const value of values?.slice(i * 3, i * 3 + 3) ?? []) newest = newerUse(newest, value);
+      return newest;
+    });
+  }
+
+  /** The token with this id (UUID), masked, or null. */
+  async findById(id: string): Promise<ApiTokenSummary | null> {
+    const uuid = checkUuid(id, 'id');
+    if (!uuid) throw new ApiTokenInputError('ApiTokenService.findById: "id" must be a UUID');
+    const [record] = await this.repository.list({ id: uuid });
+    return record ? this.summarize(record) : null;
+  }
+
+  /** The stored row of `token` in `scope` (expired tokens included), masked, or null; straight from the database. */
+  async findByToken(token: string, scope: string): Promise<ApiTokenSummary | null> {
+    checkToken(token, 'findByToken');
+    const record = await this.repository.findByToken(storedToken(token, this.options), checkScope(scope, 'ApiTokenService.findByToken: "scope"'));
+    return record ? this.summarize(record) : null;
   }
 
   /** Revokes a token in every scope it has. Its cache entries are dropped even when no row held it. */
@@ -289,6 +327,7 @@ export class ApiTokenService implements OnApplicationShutdown {
    * Deletes up to `limit` expired tokens (expired by PostgreSQL's clock), each through the revocation
    * path: row deleted, cache entries dropped on every instance. Returns how many. The scheduled job
    * (the usage flush) calls it under its lock.
+   * @internal the module's own jobs and CLI.
    */
   async removeExpired(limit: number): Promise<number> {
     const ids = await this.repository.findExpired(limit);
@@ -357,7 +396,10 @@ export class ApiTokenService implements OnApplicationShutdown {
     return { dropped: keys.length, cacheCleared };
   }
 
-  /** What `list` shows of a stored token: its prefix when it has the generated shape (never in hashed mode), then asterisks. */
+  /**
+   * What `list` shows of a stored token: its prefix when it has the generated shape (never in hashed mode), then asterisks.
+   * @internal the module's own jobs and CLI.
+   */
   maskToken(token: string): string {
     return this.options.hashTokens ? MASK : mask(token);
   }
@@ -447,6 +489,24 @@ export class ApiTokenService implements OnApplicationShutdown {
       expiresAt: record.expiresAt ?? null,
     };
   }
+}
+
+/** The newer of two naive UTC ISO-8601 times (either may be null, or unreadable: then the other), cut to milliseconds. */
+function newerUse(a: string | null | undefined, b: string | null | undefined): string | null {
+  const ms = (v: string | null | undefined) => (v ? naiveUtcToMs(v) : NaN);
+  const [ta, tb] = [ms(a), ms(b)];
+  if (Number.isNaN(tb)) return a ?? null;
+  if (Number.isNaN(ta) || tb > ta) return new Date(tb).toISOString().slice(0, 23);
+  return a ?? null;
+}
+
+/** A page bound: undefined, or a safe integer of at least `min`. */
+function checkPageNumber(value: unknown, name: string, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min) {
+    throw new ApiTokenInputError(`ApiTokenService.list: "${name}" must be an integer of at least ${min}`);
+  }
+  return value;
 }
 
 /** `{prefix}-` and asterisks for a token of the generated shape, asterisks only for any other. */

@@ -173,6 +173,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
   private readonly tickTtlSeconds: number;
   private followUp: FlushFollowUp | undefined;
 
+  /** @internal Built by the module's injector. */
   constructor(
     private readonly redis: ApiTokenRedisService,
     private readonly repository: ApiTokenRepository,
@@ -196,7 +197,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     await this.queue;
   }
 
-  /** The scheduled run: skipped while this process runs one, or when another instance has this tick. */
+  /** @internal The scheduled run: skipped while this process runs one, or when another instance has this tick. */
   @Cron(DEFAULT_FLUSH_CRON, { name: FLUSH_JOB_NAME })
   async onSchedule(): Promise<void> {
     if (!this.scheduled && !this.applySchedule(true)) return;
@@ -225,7 +226,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
    * Sets the work each run does after its walk, under its lock (one; the last set wins). Wiring
    * inside the module, not for applications.
    *
-   * @hidden
+   * @internal
    */
   setFollowUp(work: FlushFollowUp): void {
     this.followUp = work;
