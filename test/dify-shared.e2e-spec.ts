@@ -61,8 +61,9 @@ describe('sharing the cache with Dify', () => {
     expect(counter.count()).toBe(1);
     // Rewritten in the library's form: an expired row is "no such token".
     expect(await suite.redis.get(`api_token:app:${created.token}`)).toBe('null');
+    // A refuses it too; whether from its own L1 or after one more read depends on whether the expiry
+    // timer's sweep (which deletes the row and so the entry) ran first: not what this test is about.
     await whoami(a, created.token).expect(401);
-    expect(counter.count()).toBe(1);
   });
 
   it("a rate-limited token whose entry Dify wrote keeps its limit, and the entry is rewritten in the library's form", async () => {
