@@ -4,7 +4,7 @@ import { ApiTokenRevokedTokens } from '../libs/api-token/src/cache/revoked-token
 import { ApiTokenRevocationLogService } from '../libs/api-token/src/tokens/revocation-log.service';
 import type { INestApplication } from '@nestjs/common';
 import Redis from 'ioredis';
-import { Client } from 'pg';
+import { revokeInOpenTransaction } from './support/database';
 import { PrivateRedisServer } from './support/redis-server';
 import { createTestApp } from './support/test-app';
 import { until } from './support/until';
@@ -107,23 +107,16 @@ describe('revocation log', () => {
     expect((await whoami(b, late.token)).status).toBe(200);
     const log = b.get(ApiTokenRevocationLogService);
 
-    const client = new Client({ connectionString: suite.db.url });
-    await client.connect();
+    const held = await revokeInOpenTransaction(suite.db.url, late.token);
     try {
-      await client.query('BEGIN');
-      await client.query(
-        `WITH d AS (DELETE FROM api_tokens WHERE token = $1 RETURNING *)
-         INSERT INTO api_token_revocations (token, scopes) SELECT token, array_agg(type) FROM d GROUP BY token`,
-        [late.token],
-      );
       await a.get(ApiTokenService).revoke(early.token);
       await until('B reads the later revocation', () => listed(b, early.token), 5_000);
       const reads = log.readCount;
       await until('B polls again', () => log.readCount > reads + 1, 5_000);
       expect(listed(b, late.token)).toBe(false);
-      await client.query('COMMIT');
+      await held.commit();
     } finally {
-      await client.end();
+      await held.end();
     }
     await until('B reads the revocation that committed late', () => listed(b, late.token), 5_000);
     expect((await whoami(b, late.token)).status).toBe(401);
@@ -209,28 +202,21 @@ describe('revocation log', () => {
     const early = await a.get(ApiTokenService).create({ scope: 'app' });
     expect((await whoami(a, late.token)).status).toBe(200);
     const stale = await suite.redis.get(`api_token:app:${late.token}`);
-    const client = new Client({ connectionString: suite.db.url });
-    await client.connect();
+    const held = await revokeInOpenTransaction(suite.db.url, late.token);
     let c: INestApplication | undefined;
     try {
-      await client.query('BEGIN');
-      await client.query(
-        `WITH d AS (DELETE FROM api_tokens WHERE token = $1 RETURNING *)
-         INSERT INTO api_token_revocations (token, scopes) SELECT token, array_agg(type) FROM d GROUP BY token`,
-        [late.token],
-      );
       await a.get(ApiTokenService).revoke(early.token);
       // C starts while the first revocation is open and the second committed: its first read sees only the second.
       c = await createTestApp({ databaseUrl: suite.db.url, apiToken });
       expect(listed(c, early.token)).toBe(true);
       expect(listed(c, late.token)).toBe(false);
-      await client.query('COMMIT');
+      await held.commit();
       // A Redis entry of the revoked token that no message deletes (a lost write): only the log refuses it.
       await suite.redis.set(`api_token:app:${late.token}`, stale!, 'EX', 600);
       await until('C reads the revocation that committed late', () => listed(c!, late.token), 5_000);
       expect((await whoami(c, late.token)).status).toBe(401);
     } finally {
-      await client.end();
+      await held.end();
       await c?.close();
     }
   });

@@ -6,7 +6,7 @@ import { API_TOKEN_OPTIONS } from '../libs/api-token/src/api-token.constants';
 import type { ResolvedApiTokenOptions } from '../libs/api-token/src/api-token.options';
 import type { INestApplication } from '@nestjs/common';
 import { randomUUID } from 'node:crypto';
-import { Client } from 'pg';
+import { revokeInOpenTransaction } from './support/database';
 import { whoami } from './support/requests';
 import { suiteFixture } from './support/suite-fixture';
 import { until } from './support/until';
@@ -91,22 +91,15 @@ describe('shared deployment: logs, tenant index, expiry timer', () => {
     const late = await a.get(ApiTokenService).create({ scope: 'app' });
     const early = await a.get(ApiTokenService).create({ scope: 'app' });
     expect((await whoami(b, late.token)).status).toBe(200);
-    const client = new Client({ connectionString: suite.db.url });
-    await client.connect();
+    const held = await revokeInOpenTransaction(suite.db.url, late.token);
     try {
-      await client.query('BEGIN');
-      await client.query(
-        `WITH d AS (DELETE FROM api_tokens WHERE token = $1 RETURNING *)
-         INSERT INTO api_token_revocations (token, scopes) SELECT token, array_agg(type) FROM d GROUP BY token`,
-        [late.token],
-      );
       await a.get(ApiTokenService).revoke(early.token);
       await until('B reads the later revocation', () => listed(b, early.token), 5_000);
       reads = log.readCount;
       await until('B polls again', () => log.readCount > reads + 1, 5_000);
-      await client.query('COMMIT');
+      await held.commit();
     } finally {
-      await client.end();
+      await held.end();
     }
     const ok = await until('B reads the revocation that committed late', () => listed(b, late.token), 3_000).then(
       () => true,

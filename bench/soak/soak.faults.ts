@@ -1,10 +1,10 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { ask } from '../../test/support/redis-server';
 import type { FaultKind } from './soak.checker';
 
 /** A small seeded generator (mulberry32): the same seed gives the same schedule, traffic mix and choices. */
@@ -48,24 +48,6 @@ export function planFaults(random: () => number, kinds: FaultKind[], firstMs: nu
     at += holdMs + between(random, 12_000, 25_000);
   }
   return plan;
-}
-
-/** Sends one inline command and resolves with the first reply line, or rejects. */
-function ask(port: number, command: string, timeoutMs = 500): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1');
-    socket.setTimeout(timeoutMs, () => socket.destroy(new Error('timeout')));
-    let reply = '';
-    socket.on('connect', () => socket.write(`${command}\r\n`));
-    socket.on('data', (chunk) => {
-      reply += chunk.toString('latin1');
-      if (reply.includes('\r\n')) {
-        socket.destroy();
-        resolve(reply.slice(0, reply.indexOf('\r\n')));
-      }
-    });
-    socket.on('error', reject);
-  });
 }
 
 /**

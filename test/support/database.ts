@@ -34,3 +34,19 @@ export async function createTestDatabase(adminUrl = PG_ADMIN_URL, prefix = 'api_
     drop: () => admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`), adminUrl).then(() => undefined),
   };
 }
+
+/**
+ * Revokes `token` the way the library's statement does (rows deleted, the revocation logged) in a
+ * transaction left open: its log id is taken now and committed when the test says, after later ones.
+ */
+export async function revokeInOpenTransaction(databaseUrl: string, token: string): Promise<{ commit(): Promise<void>; end(): Promise<void> }> {
+  const client = new Client({ connectionString: databaseUrl });
+  await client.connect();
+  await client.query('BEGIN');
+  await client.query(
+    `WITH d AS (DELETE FROM api_tokens WHERE token = $1 RETURNING *)
+     INSERT INTO api_token_revocations (token, scopes) SELECT token, array_agg(type) FROM d GROUP BY token`,
+    [token],
+  );
+  return { commit: async () => void (await client.query('COMMIT')), end: () => client.end() };
+}

@@ -4,8 +4,8 @@ import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { sparePort } from './ports';
 
-/** Sends one inline command and resolves with the first reply line, or rejects. */
-function ask(port: number, command: string, timeoutMs = 500): Promise<string> {
+/** Sends one inline command and resolves with the first reply line, or rejects (no client library: a server just started or frozen). */
+export function ask(port: number, command: string, timeoutMs = 500): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1');
     socket.setTimeout(timeoutMs, () => socket.destroy(new Error('timeout')));
