@@ -58,7 +58,11 @@ describe('ApiTokenUsageRecorder', () => {
     jest.useFakeTimers({ now: Date.UTC(2026, 1, 3, 10, 0, 0) });
     const written: string[] = [];
     let fail: (() => void) | undefined;
-    const client = { apiTokenSetIfNewer: async (_key: string, value: string) => (written.push(value), 1) };
+    // The recorder names each key in the flush's index (issue 23): the indexed form of the script.
+    const client = {
+      apiTokenSetIfNewer: async (_key: string, value: string) => (written.push(value), 1),
+      apiTokenSetIfNewerIndexed: async (_key: string, _index: string, value: string) => (written.push(value), 1),
+    };
     const redis = {
       // The first write (the first use, written at once) waits until the test lets it fail; later ones answer.
       call: (_op: string, send: (r: unknown) => Promise<unknown>) =>
@@ -81,7 +85,11 @@ describe('ApiTokenUsageRecorder', () => {
   it('after a failed write, the retried time wins over an older pending one', async () => {
     jest.useFakeTimers({ now: Date.UTC(2026, 1, 3, 10, 0, 0) });
     const written: string[] = [];
-    const client = { apiTokenSetIfNewer: async (_key: string, value: string) => (written.push(value), 1) };
+    // The recorder names each key in the flush's index (issue 23): the indexed form of the script.
+    const client = {
+      apiTokenSetIfNewer: async (_key: string, value: string) => (written.push(value), 1),
+      apiTokenSetIfNewerIndexed: async (_key: string, _index: string, value: string) => (written.push(value), 1),
+    };
     let down = true;
     const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => (down ? undefined : send(client)) };
     const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
