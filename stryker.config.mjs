@@ -32,7 +32,7 @@ const config = {
   htmlReporter: { fileName: '.tmp/mutation/index.html' },
   tempDirName: '.tmp/stryker',
   concurrency: 2,
-  // Today's score (ignoring static mutants): 71.58 %. Raise it as survivors are killed; the goal is 85 %.
-  thresholds: { high: 90, low: 85, break: 71 },
+  // Today's score (ignoring static mutants): 89.54 % (issue 29). Raise `break` with the score, never lower it.
+  thresholds: { high: 90, low: 85, break: 89 },
 };
 export default config;

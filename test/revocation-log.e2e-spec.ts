@@ -1,4 +1,4 @@
-import { ApiTokenMetrics, ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenAuthenticator, ApiTokenMetrics, ApiTokenService } from '../libs/api-token/src';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { ApiTokenRevokedTokens } from '../libs/api-token/src/cache/revoked-tokens';
 import { ApiTokenRevocationLogService } from '../libs/api-token/src/tokens/revocation-log.service';
@@ -65,6 +65,20 @@ describe('revocation log', () => {
     expect(localCacheState(b, created.token)).toBe('miss');
     expect(await bRedis.exists(`api_token:app:${created.token}`)).toBe(0);
     expect((await whoami(b, created.token)).status).toBe(401);
+  });
+
+  // Issue 29: the scope-less lookup (`authenticate(token, null)`) has entries of its own, under `any`.
+  it("an instance that missed the message drops the token's scope-less entries too: authenticate(token, null) refuses", async () => {
+    const created = await a.get(ApiTokenService).create({ scope: 'app' });
+    const authenticator = b.get(ApiTokenAuthenticator);
+    await untilCachedLocally(b, created.token, null, () => authenticator.authenticate(created.token, null));
+    expect(await bRedis.exists(`api_token:any:${created.token}`)).toBe(1);
+
+    await a.get(ApiTokenService).revoke(created.token);
+    await until('B reads the revocation from the log', () => listed(b, created.token), 5_000);
+    expect(localCacheState(b, created.token, null)).toBe('miss');
+    expect(await bRedis.exists(`api_token:any:${created.token}`)).toBe(0);
+    expect(await authenticator.authenticate(created.token, null)).toBeNull();
   });
 
   it('a stale entry written back into Redis after the revocation is refused, and deleted again', async () => {

@@ -19,6 +19,7 @@ import { redisModuleOptions } from '../libs/api-token/src/env/stores.modules';
 import { createTestApp } from './support/test-app';
 import { FLUSH_UNWRITTEN_KEY } from '../libs/api-token/src/usage/usage-flush.service';
 import { until } from './support/until';
+import { ACTIVE_INDEX_KEY } from '../libs/api-token/src/usage/usage.index';
 import { suiteFixture } from './support/suite-fixture';
 
 jest.setTimeout(60_000);
@@ -358,6 +359,40 @@ describe('usage flush', () => {
       } finally {
         await app.close();
       }
+    });
+  });
+
+  // Issue 29: a page of GETDEL whose replies come after the flush gave up on it has taken the uses from
+  // Redis all the same; they are put back, not lost. A proxy picks the command: a single node only.
+  (REDIS_CLUSTER_NODES ? describe.skip : describe)('a page of GETDEL that answers after its timeout', () => {
+    // Skipped: FAILS TODAY (issue 29, 2026-12-05). Every step up to the release holds (the GETDEL ran in
+    // Redis, the flush stopped with taken=0, the use is neither in Redis nor in PostgreSQL), but 4 s after
+    // the late reply the use is still not back, and `usesLost` is 0: dropped without a count. Not the step's
+    // retries (it fails with BACKGROUND_RETRIES = 0 too). Likely cause, unconfirmed: the client's own
+    // `commandTimeout` (1000 ms in env/stores.modules.ts) rejects the pipeline before the reply comes, so
+    // `sent` in take() rejects, its .catch drops the page, and ioredis discards the late reply. Unskip with the fix.
+    it.skip('puts the uses it took back in Redis, and the next run writes them', async () => {
+      const proxy = await suite.proxy(REDIS_TEST_URL, { resp: true });
+      const app = await suite.app({ redisUrl: proxy.proxied(REDIS_TEST_URL), logger, apiToken: { flushCron: false, usageWriteIntervalMs: 60_000 } });
+      const flush = app.get(ApiTokenUsageFlushService);
+      const { token } = await app.get(ApiTokenRepository).insert({ token: generateApiToken('app'), type: 'app' });
+      const key = `api_token_active:app:${token}`;
+      const time = '2026-11-01T00:00:00.001000';
+      await suite.redis.set(key, time, 'EX', 3600);
+      await suite.redis.sadd(ACTIVE_INDEX_KEY, key);
+
+      const held = proxy.fault({ match: /^GETDEL /, action: 'hold-reply', times: 10 });
+      const stats = await flush.flushNow();
+      await held.hit;
+      expect(stats).toMatchObject({ taken: 0, updated: 0 });
+      expect(await suite.redis.exists(key)).toBe(0); // Redis ran the GETDEL: the use is out of Redis, unwritten
+      expect(await lastUsed(token)).toBeNull();
+
+      held.release(); // the late replies reach the flush
+      await until('the taken use is put back', async () => (await suite.redis.get(key)) === time, 5_000);
+      proxy.clearFaults();
+      expect(await flush.flushNow()).toMatchObject({ taken: 1, updated: 1 });
+      expect(await lastUsed(token)).toBe(time);
     });
   });
 });
