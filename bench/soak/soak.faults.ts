@@ -1,10 +1,3 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { ask } from '../../test/support/redis-server';
 import type { FaultKind } from './soak.checker';
 
 /** A small seeded generator (mulberry32): the same seed gives the same schedule, traffic mix and choices. */
@@ -48,62 +41,4 @@ export function planFaults(random: () => number, kinds: FaultKind[], firstMs: nu
     at += holdMs + between(random, 12_000, 25_000);
   }
   return plan;
-}
-
-/**
- * The soak's own redis-server (test/support/redis-server.ts runs without persistence; this one
- * keeps an append-only file, fsynced every second, as a production Redis would): killed, it comes
- * back with what it had written, less up to about a second, so a kill loses writes the way a
- * real one does, revocations' deletes included.
- */
-export class SoakRedis {
-  private child: ChildProcess | undefined;
-  private readonly dir = mkdtempSync(join(tmpdir(), 'api-token-soak-redis-'));
-
-  constructor(readonly port: number) {}
-
-  get url(): string {
-    return `redis://127.0.0.1:${this.port}/0`;
-  }
-
-  async start(deadlineMs = 15_000): Promise<void> {
-    const child = spawn(
-      'redis-server',
-      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'yes', '--appendfsync', 'everysec', '--dir', this.dir, '--daemonize', 'no'],
-      { stdio: 'ignore' },
-    );
-    this.child = child;
-    child.once('exit', () => {
-      if (this.child === child) this.child = undefined;
-    });
-    const deadline = Date.now() + deadlineMs;
-    for (;;) {
-      if (!this.child) throw new Error(`redis-server on port ${this.port} exited at start`);
-      if (await ask(this.port, 'PING').then((r) => r === '+PONG', () => false)) return;
-      if (Date.now() > deadline) throw new Error(`redis-server on port ${this.port} not answering within ${deadlineMs} ms`);
-      await sleep(20);
-    }
-  }
-
-  async kill(): Promise<void> {
-    const child = this.child;
-    if (!child) return;
-    if (child.signalCode === 'SIGSTOP') child.kill('SIGCONT');
-    const exited = once(child, 'exit');
-    child.kill('SIGKILL');
-    await exited;
-  }
-
-  pause(): void {
-    this.child?.kill('SIGSTOP');
-  }
-
-  resume(): void {
-    this.child?.kill('SIGCONT');
-  }
-
-  async stop(): Promise<void> {
-    await this.kill();
-    rmSync(this.dir, { recursive: true, force: true });
-  }
 }

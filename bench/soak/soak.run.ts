@@ -19,7 +19,8 @@ import { TcpProxy } from '../../test/support/tcp-proxy';
 import { Cleanup, PG_ADMIN_URL } from '../bench.infra';
 import { SOAK_BOUNDS } from './soak.bounds';
 import { CONNECTION_ERROR, type FaultEvent, type FaultKind, type MemorySample, NO_ANSWER, type RequestKind, type RequestRecord, type SoakHistory, type TokenLife, checkInvariants } from './soak.checker';
-import { SoakRedis, between, planFaults, seededRandom } from './soak.faults';
+import { between, planFaults, seededRandom } from './soak.faults';
+import { PrivateRedisServer } from '../../test/support/redis-server';
 import { type ReportInput, renderReport } from './soak.report';
 import type { InstanceCommand, InstanceSample } from './soak.server';
 
@@ -178,13 +179,13 @@ async function run(options: Options, command: string, random: () => number, clea
   const pgTarget = new URL(PG_ADMIN_URL);
   const pgProxy = await TcpProxy.start(pgTarget.hostname, Number(pgTarget.port || 5432));
   cleanup.add(() => pgProxy.close());
-  let redis: SoakRedis | undefined;
+  let redis: PrivateRedisServer | undefined;
   let redisUrl = '';
   if (!sentinels) {
-    redis = new SoakRedis(options.redisPort || (await sparePort()));
-    await redis.start();
+    // Persistent, as a production Redis is: killed, it comes back with what it wrote, less about a second.
+    redis = await PrivateRedisServer.start({ port: options.redisPort, appendOnly: true });
     cleanup.add(() => redis!.stop());
-    redisUrl = redis.url;
+    redisUrl = redis.url();
   }
   const sentinelNodes = sentinels?.split(',').map((n) => ({ host: n.split(':')[0], port: Number(n.split(':')[1]) }));
 
@@ -493,7 +494,7 @@ function randomToken(random: () => number): string {
 }
 
 interface Targets {
-  redis?: SoakRedis;
+  redis?: PrivateRedisServer;
   pgProxy: TcpProxy;
   instances: Instance[];
   db: { name: string; query: (sql: string, params?: unknown[]) => Promise<Record<string, unknown>[]> };

@@ -1,11 +1,14 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { sparePort } from './ports';
 
-/** Sends one inline command and resolves with the first reply line, or rejects (no client library: a server just started or frozen). */
-export function ask(port: number, command: string, timeoutMs = 500): Promise<string> {
+/** Sends one inline command and resolves with the first reply line, or rejects. */
+function ask(port: number, command: string, timeoutMs = 500): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = connect(port, '127.0.0.1');
     socket.setTimeout(timeoutMs, () => socket.destroy(new Error('timeout')));
@@ -23,16 +26,25 @@ export function ask(port: number, command: string, timeoutMs = 500): Promise<str
 }
 
 /**
- * A `redis-server` of the test's own on a spare loopback port, without persistence: the test may
- * kill it (SIGKILL), freeze it (SIGSTOP) and start it again on the same port.
+ * A `redis-server` of the test's own on a spare loopback port: the test may kill it (SIGKILL), freeze
+ * it (SIGSTOP) and start it again on the same port. Without persistence by default; with
+ * `appendOnly`, it keeps an append-only file fsynced every second, as a production Redis does, so a
+ * kill loses about the last second of writes (the soak's faults).
  */
 export class PrivateRedisServer {
   private child: ChildProcess | undefined;
+  /** The append-only file's folder, when the server persists. */
+  private readonly dir: string | undefined;
 
-  private constructor(readonly port: number) {}
+  private constructor(
+    readonly port: number,
+    appendOnly: boolean,
+  ) {
+    this.dir = appendOnly ? mkdtempSync(join(tmpdir(), 'api-token-redis-')) : undefined;
+  }
 
-  static async start(): Promise<PrivateRedisServer> {
-    const server = new PrivateRedisServer(await sparePort());
+  static async start(options: { port?: number; appendOnly?: boolean } = {}): Promise<PrivateRedisServer> {
+    const server = new PrivateRedisServer(options.port || (await sparePort()), options.appendOnly ?? false);
     await server.start();
     return server;
   }
@@ -46,7 +58,10 @@ export class PrivateRedisServer {
     if (this.child) throw new Error('redis-server already running');
     const child = spawn(
       'redis-server',
-      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no'],
+      [
+        ...['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--daemonize', 'no'],
+        ...(this.dir ? ['--appendonly', 'yes', '--appendfsync', 'everysec', '--dir', this.dir] : ['--appendonly', 'no']),
+      ],
       { stdio: 'ignore' },
     );
     this.child = child;
@@ -55,7 +70,7 @@ export class PrivateRedisServer {
     });
     const deadline = Date.now() + deadlineMs;
     for (;;) {
-      if (!this.child) throw new Error('redis-server exited at start');
+      if (!this.child) throw new Error(`redis-server on port ${this.port} exited at start`);
       if (await ask(this.port, 'PING').then((r) => r === '+PONG', () => false)) return;
       if (Date.now() > deadline) throw new Error(`redis-server on port ${this.port} not answering within ${deadlineMs} ms`);
       await sleep(20);
@@ -80,6 +95,12 @@ export class PrivateRedisServer {
 
   resume(): void {
     this.child?.kill('SIGCONT');
+  }
+
+  /** Kills the server for good and removes its append-only file. */
+  async stop(): Promise<void> {
+    await this.kill();
+    if (this.dir) rmSync(this.dir, { recursive: true, force: true });
   }
 
   /** The count of each command the server has run (`INFO commandstats`). */
