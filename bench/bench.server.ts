@@ -13,6 +13,7 @@ import Redis from 'ioredis';
 import { Client } from 'pg';
 import { type TestAppConfig, TestAppModule } from '../test/app/app.module';
 import { NaiveTokenGuard } from './naive.guard';
+import { requiredEnv, stopServer } from './server.process';
 
 /**
  * One benchmark server (a child process of bench/run.ts): the test application (the demo's routes) plus
@@ -149,7 +150,7 @@ class BenchController {
 /** The bench application (not yet listening), configured from the environment as bench/run.ts sets it; also used by bench/instructions.ts. */
 export async function createBenchApp(variant: Variant, adapter: Adapter, overrides: ApiTokenModuleOptions = {}): Promise<INestApplication> {
   const config: TestAppConfig = {
-    stores: { databaseUrl: required('DATABASE_URL'), redisUrl: required('REDIS_URL') },
+    stores: { databaseUrl: requiredEnv('DATABASE_URL', 'bench server'), redisUrl: requiredEnv('REDIS_URL', 'bench server') },
     // No scheduled usage flush: no flush tick lands in a measurement.
     apiToken: { flushCron: false, ...VARIANTS[variant], ...overrides },
     typeorm: { extra: { Client: CountingClient, max: 10 } },
@@ -173,7 +174,7 @@ async function main(): Promise<void> {
       (error: Error) => process.send?.({ id: message.id, error: error.message }),
     );
   });
-  process.on('disconnect', () => void stop(app));
+  process.on('disconnect', () => void stopServer(app));
   process.send?.({ ready: true });
 }
 
@@ -201,7 +202,7 @@ async function handle(app: INestApplication, session: Session, message: ServerCo
       return true;
     }
     case 'stop':
-      setImmediate(() => void stop(app));
+      setImmediate(() => void stopServer(app));
       return true;
   }
 }
@@ -253,19 +254,7 @@ export function injector(app: INestApplication, authorization: string): (path: s
   };
 }
 
-let stopping = false;
-async function stop(app: INestApplication): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  await app.close().catch(() => undefined);
-  process.exit(0);
-}
 
-function required(name: string): string {
-  const value = process.env[name];
-  if (!value) throw new Error(`bench server: env ${name} is required`);
-  return value;
-}
 
 if (require.main === module) {
   main().catch((error: unknown) => {

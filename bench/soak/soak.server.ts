@@ -8,6 +8,7 @@ import { ApiTokenMetrics, type ApiTokenModuleOptions } from '../../libs/api-toke
 import { ApiTokenRepository } from '../../libs/api-token/src/store/api-token.repository';
 import { ApiTokenUsageRecorder } from '../../libs/api-token/src/usage/usage.recorder';
 import { TestAppModule } from '../../test/app/app.module';
+import { requiredEnv, stopServer } from '../server.process';
 
 /**
  * One soak instance (a child process of bench/soak/soak.run.ts): the test application (the demo's
@@ -76,7 +77,7 @@ async function main(): Promise<void> {
     imports: [
       TestAppModule.forRoot({
         stores: {
-          databaseUrl: required('DATABASE_URL'),
+          databaseUrl: requiredEnv('DATABASE_URL', 'soak instance'),
           redisUrl: process.env.REDIS_URL ?? '',
           redisSentinels: sentinels ? sentinels.split(',').map((n) => ({ host: n.split(':')[0], port: Number(n.split(':')[1]) })) : undefined,
           redisSentinelName: process.env.REDIS_SENTINEL_NAME,
@@ -91,7 +92,7 @@ async function main(): Promise<void> {
   await app.listen(Number(process.env.PORT), '127.0.0.1');
   startSampling(Number(process.env.SOAK_SAMPLE_MS ?? 5000), app.get(ApiTokenMetrics));
   process.on('message', (message: InstanceCommand) => void handle(app, message));
-  process.on('disconnect', () => void stop(app));
+  process.on('disconnect', () => void stopServer(app));
   process.send?.({ type: 'ready' });
 }
 
@@ -130,24 +131,11 @@ async function handle(app: INestApplication, message: InstanceCommand): Promise<
       process.send?.({ type: 'flushed' });
       return;
     case 'stop':
-      await stop(app);
+      await stopServer(app);
   }
 }
 
-let stopping = false;
-async function stop(app: INestApplication): Promise<void> {
-  if (stopping) return;
-  stopping = true;
-  // Shutdown writes the pending uses to Redis (README "Failure behaviour": shutdown).
-  await app.close().catch(() => undefined);
-  process.exit(0);
-}
 
-function required(name: string): string {
-  const value = process.env[name];
-  if (!value) throw new Error(`soak instance: env ${name} is required`);
-  return value;
-}
 
 main().catch((error: unknown) => {
   console.error('soak instance failed to start:', (error as Error).message);
