@@ -14,10 +14,10 @@ const seenBySubscribers: string[] = [];
 
 @EventSubscriber()
 class QuerySpy implements EntitySubscriberInterface {
-  beforeQuery(event: BeforeQueryEvent<unknown>): void {
+  beforeQuery(event: BeforeQueryEvent): void {
     seenBySubscribers.push(`before ${event.query} ${inspect(event.parameters)}`);
   }
-  afterQuery(event: AfterQueryEvent<unknown>): void {
+  afterQuery(event: AfterQueryEvent): void {
     seenBySubscribers.push(`after ${event.query} ${inspect(event.parameters)} ${inspect(event.error, { depth: 10, showHidden: true })}`);
   }
 }
