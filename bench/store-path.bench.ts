@@ -16,7 +16,7 @@ import { QueryCounter } from '../test/support/query-counter';
 export interface StorePathBenchOptions {
   /** Rows, and active keys per flush. `BENCH_FLUSH_KEYS`, default 100,000. */
   keys?: number;
-  /** Alternating rounds (each: one flush and the lookups, on each path). `BENCH_ROUNDS`, default 3. */
+  /** Alternating flush rounds (one flush on each path), then twice as many lookup rounds. `BENCH_ROUNDS`, default 3. */
   rounds?: number;
   /** Lookups per path per round. `BENCH_LOOKUPS`, default 20,000. */
   lookups?: number;
@@ -51,7 +51,7 @@ export interface StorePathBenchResult {
   queryRunner: StorePathFigures;
   /** 0.2: `pool.query` on the pool read from TypeORM's private `driver.master`. */
   pool: StorePathFigures;
-  /** Per-round ratios queryRunner / pool, median: flush seconds, lookups/s, CPU per lookup. */
+  /** Ratios queryRunner / pool, medians of the per-round ratios: flush seconds, lookups/s, CPU per lookup. */
   ratios: { flushSeconds: number; lookupsPerSecond: number; cpuMicrosPerLookup: number };
 }
 
@@ -147,23 +147,40 @@ export async function runStorePathBench(options: StorePathBenchOptions = {}): Pr
         return { perSecond: lookups / seconds, cpuMicros: (used.user + used.system) / lookups, statements: counter.count() / lookups };
       };
 
-      const samples = { queryRunner: [] as StorePathFigures[], pool: [] as StorePathFigures[] };
-      await lookupMany(); // warm-up: the pool's connections and the JIT, on the path of record
+      const flushes = { queryRunner: [] as { seconds: number; statements: number }[], pool: [] as { seconds: number; statements: number }[] };
+      const looks = { queryRunner: [] as { perSecond: number; cpuMicros: number; statements: number }[], pool: [] as { perSecond: number; cpuMicros: number; statements: number }[] };
+      // Alternate which path goes first, so neither always meets a warmer cache or the other's garbage.
+      const orderOf = (round: number) => (round % 2 === 0 ? (['queryRunner', 'pool'] as const) : (['pool', 'queryRunner'] as const));
       for (let round = 0; round < rounds; round++) {
-        // Alternate which path goes first, so neither always meets a warmer cache.
-        const order = round % 2 === 0 ? (['queryRunner', 'pool'] as const) : (['pool', 'queryRunner'] as const);
-        for (const path of order) {
+        for (const path of orderOf(round)) {
           paths.run = path === 'pool' ? pool : queryRunner;
           const flushed = await flushOnce();
+          flushes[path].push(flushed);
+          console.log(`flush round ${round + 1} ${path}: ${flushed.seconds.toFixed(2)} s (${flushed.statements} statements)`);
+        }
+      }
+      // Lookups after the flushes, in rounds of their own (a flush's garbage is collected during what follows it).
+      paths.run = queryRunner;
+      await lookupMany(); // warm-up: the pool's connections and the JIT
+      for (let round = 0; round < 2 * rounds; round++) {
+        for (const path of orderOf(round)) {
+          paths.run = path === 'pool' ? pool : queryRunner;
           const looked = await lookupMany();
+          looks[path].push(looked);
+          console.log(`lookup round ${round + 1} ${path}: ${looked.perSecond.toFixed(0)} lookups/s, ${looked.cpuMicros.toFixed(0)} µs CPU / lookup`);
+        }
+      }
+      const samples = { queryRunner: [] as StorePathFigures[], pool: [] as StorePathFigures[] };
+      for (const path of ['queryRunner', 'pool'] as const) {
+        for (let i = 0; i < 2 * rounds; i++) {
+          const flushed = flushes[path][Math.floor(i / 2)];
           samples[path].push({
             flushSeconds: flushed.seconds,
             flushStatements: flushed.statements,
-            lookupsPerSecond: looked.perSecond,
-            cpuMicrosPerLookup: looked.cpuMicros,
-            statementsPerLookup: looked.statements,
+            lookupsPerSecond: looks[path][i].perSecond,
+            cpuMicrosPerLookup: looks[path][i].cpuMicros,
+            statementsPerLookup: looks[path][i].statements,
           });
-          console.log(`round ${round + 1} ${path}: flush ${flushed.seconds.toFixed(2)} s (${flushed.statements} statements), ${looked.perSecond.toFixed(0)} lookups/s, ${looked.cpuMicros.toFixed(0)} µs CPU / lookup`);
         }
       }
       paths.run = queryRunner;
@@ -210,8 +227,8 @@ export function renderStorePathResults(r: StorePathBenchResult, command: string)
   return [
     `### The store's path to PostgreSQL: 0.3's QueryRunner connection beside 0.2's \`driver.master\` pool (one run)`,
     '',
-    `- Date: ${new Date().toISOString()}; command: \`${command}\`; ${r.rounds} alternating rounds (the first path alternates), medians.`,
-    `- Each round, on each path: one flush of ${r.keys.toLocaleString('en')} active keys (every row moves), then ${r.lookups.toLocaleString('en')} \`findByToken\` lookups of random rows, ${r.concurrency} in flight; one process, one database, a private redis-server.`,
+    `- Date: ${new Date().toISOString()}; command: \`${command}\`; the path that goes first alternates; medians.`,
+    `- ${r.rounds} rounds of one flush of ${r.keys.toLocaleString('en')} active keys (every row moves) on each path, then ${2 * r.rounds} rounds of ${r.lookups.toLocaleString('en')} \`findByToken\` lookups of random rows, ${r.concurrency} in flight, on each; one process, one database, a private redis-server.`,
     '- CPU is this process\'s (the client side: pg, TypeORM, the library); PostgreSQL\'s own is not in it.',
     '',
     '| path | flush s | UPDATE statements / flush | lookups / s | CPU µs / lookup | statements / lookup |',
