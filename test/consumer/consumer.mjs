@@ -106,6 +106,9 @@ import {
   ApiTokenCacheService,
   ApiTokenGuard,
   type ApiTokenGuardClass,
+  ApiTokenMetrics,
+  ApiTokenService,
+  ApiTokenUsageFlushService,
   type ApiTokenGuardRequest,
   ApiTokenMigration,
   ApiTokenModule,
@@ -120,6 +123,27 @@ import type { ApiTokenStoresOptions } from 'nestjs-api-token/env';
 
 // The env entry resolves through the exports map (a type is enough to prove it compiles).
 export type StoresOptions = ApiTokenStoresOptions;
+
+// The module's internals are not in the published types (each line compiles only while that holds).
+export function internalsAreHidden(flush: ApiTokenUsageFlushService, tokens: ApiTokenService, metrics: ApiTokenMetrics): unknown[] {
+  return [
+    // @ts-expect-error onSchedule is the schedule's; applications call flushNow()
+    flush.onSchedule,
+    // @ts-expect-error setFollowUp is the expiry sweep's
+    flush.setFollowUp,
+    // @ts-expect-error removeExpired is the expiry sweep's
+    tokens.removeExpired,
+    // @ts-expect-error maskToken is internal: summaries carry maskedToken
+    tokens.maskToken,
+    // @ts-expect-error the metrics' counting methods are the module's; applications read snapshot()
+    metrics.lookup,
+    // @ts-expect-error likewise
+    metrics.flushRan,
+    // @ts-expect-error likewise
+    metrics.databaseLookup,
+    metrics.snapshot,
+  ];
+}
 
 // forRootAsync's options can be named and typed too.
 export const asyncOptions: ApiTokenModuleAsyncOptions = { useFactory: () => ({}) };
@@ -317,6 +341,11 @@ async function main() {
         const target = relative(join(unpacked, 'package'), resolve(join(unpacked, 'package', dirname(map)), source));
         assert(files.includes(target), `${map} points at ${source}, not in the tarball`);
       }
+    }
+    // Internal members are stripped from the declarations (stripInternal), not merely unlisted.
+    const declarations = files.filter((f) => f.endsWith('.d.ts')).map((f) => readFileSync(join(unpacked, 'package', f), 'utf8')).join('\n');
+    for (const name of ['onSchedule', 'setFollowUp', 'removeExpired', 'maskToken', 'flushRan', 'databaseLookup', 'lockWaited']) {
+      assert(!new RegExp(`\\b${name}\\b`).test(declarations), `${name} is in the published .d.ts`);
     }
     console.log(`       ${files.length} files, ${maps.length} source maps checked`);
   });
