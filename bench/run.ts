@@ -11,6 +11,7 @@ import { type ProfileSummary, summarizeProfile } from './hot-path.profile';
 import { type Optional, writeResults, writeSection } from './results.report';
 import { runAdapterBench, renderAdapterResults } from './adapters.bench';
 import { runStampedeBench } from './stampede.bench';
+import { renderStorePathResults, runStorePathBench } from './store-path.bench';
 import { runThroughputBench } from './throughput.bench';
 import { renderScaleResults, runScaleBench } from './scale.bench';
 
@@ -19,12 +20,13 @@ import { renderScaleResults, runScaleBench } from './scale.bench';
  * runs every scenario, writes bench/RESULTS.md, and stops and drops everything it started.
  * Tunable with BENCH_ROUNDS, BENCH_SECONDS, BENCH_CONNECTIONS, BENCH_FLOOD_SIZE (see `settings`).
  * `npm run bench -- adapters` runs only the Express / Fastify hot-path comparison (bench/adapters.bench.ts)
- * and rewrites only its part of RESULTS.md.
+ * and rewrites only its part of RESULTS.md; `npm run bench -- flush` runs the flush and lookups through
+ * 0.3's and 0.2's paths to PostgreSQL side by side (bench/store-path.bench.ts), likewise.
  */
 async function main(): Promise<void> {
   const only = process.argv[2];
-  if (only !== undefined && !['adapters', 'scale', 'flood'].includes(only)) {
-    throw new Error(`unknown scenario "${only}": run \`npm run bench\` or \`npm run bench -- <adapters|scale|flood>\``);
+  if (only !== undefined && !['adapters', 'scale', 'flood', 'flush'].includes(only)) {
+    throw new Error(`unknown scenario "${only}": run \`npm run bench\` or \`npm run bench -- <adapters|scale|flood|flush>\``);
   }
   const started = Date.now();
   const cleanup = new Cleanup();
@@ -56,6 +58,16 @@ async function main(): Promise<void> {
     }
     console.log('Starting a private redis-server and a private database…');
     const redis = await startRedis(cleanup);
+    if (only === 'flush') {
+      const redisPort = Number(new URL(redis.url).port);
+      console.log('Flush and lookups through 0.3\'s QueryRunner connection and 0.2\'s driver.master pool, alternating rounds…');
+      const result = await runStorePathBench({ redisPort, redisDb: 8 });
+      console.log(JSON.stringify(result, null, 2));
+      const vars = ['BENCH_FLUSH_KEYS', 'BENCH_ROUNDS', 'BENCH_LOOKUPS', 'BENCH_CONNECTIONS'].filter((v) => process.env[v]).map((v) => `${v}=${process.env[v]} `);
+      writeSection(join(__dirname, 'RESULTS.md'), 'flush', renderStorePathResults(result, `${vars.join('')}npm run bench -- flush`));
+      console.log('Wrote the flush part of bench/RESULTS.md');
+      return;
+    }
     const { url: databaseUrl, dataSource, repository, hotToken } = await createBenchDatabase(cleanup);
 
     const start = async (name: string, variant: 'default' | 'dify', adapter: Adapter = 'express') =>

@@ -1,7 +1,9 @@
 import { API_TOKEN_ERRORS, RETRY_AFTER_SECONDS } from '../libs/api-token/src/auth/api-token.guard';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
+import { ApiTokenStoreError } from '../libs/api-token/src/api-token.errors';
 import type { INestApplication } from '@nestjs/common';
+import { Client } from 'pg';
 import { get, listen } from './support/http-client';
 import { QueryCounter } from './support/query-counter';
 import { TcpProxy } from './support/tcp-proxy';
@@ -68,5 +70,33 @@ describe('PostgreSQL outage', () => {
       expect(await cacheKeys()).toEqual([1, 1]);
       await suite.redis.del(`api_token:app:${uncached}`, `api_token:app:${unknown}`);
     });
+  });
+});
+
+/**
+ * A statement that timed out on the client (`query_timeout`) may still run on its connection: the
+ * library drops that connection rather than hand it to the next statement, which would queue behind.
+ * One pooled connection, the table locked by another session for the whole test: the lookup times
+ * out, and a statement on another table then runs on a fresh connection.
+ */
+describe('a statement that timed out: its connection is dropped, not pooled again', () => {
+  const suite = suiteFixture();
+
+  it('the next statement runs on a new connection while the first still waits on the lock', async () => {
+    const app = await suite.app({ typeorm: { extra: { max: 1, query_timeout: 300 } }, apiToken: { revocationPollIntervalMs: 0 } });
+    const repository = app.get(ApiTokenRepository);
+    const { token } = await repository.insert({ token: generateApiToken('app'), type: 'app' });
+    const locker = new Client({ connectionString: suite.db.url });
+    await locker.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE api_tokens IN ACCESS EXCLUSIVE MODE');
+      const error = await repository.findByToken(token, 'app').catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ApiTokenStoreError);
+      await expect(repository.readRevocationLog({ after: '0', gaps: [] }, 10)).resolves.toMatchObject({ entries: [] });
+    } finally {
+      await locker.query('ROLLBACK');
+      await locker.end();
+    }
   });
 });

@@ -72,8 +72,8 @@ async function sparePort() {
   return port;
 }
 
-async function admin(sql) {
-  const client = new Client({ connectionString: PG_ADMIN_URL });
+async function admin(sql, url = PG_ADMIN_URL) {
+  const client = new Client({ connectionString: url });
   await client.connect();
   try {
     await client.query(sql);
@@ -96,17 +96,26 @@ const range = (name) => {
   return version;
 };
 
-const APP_MODULE = `import { Controller, Get, Module, Param, UseGuards } from '@nestjs/common';
+const APP_MODULE = `import { Controller, type ExecutionContext, Get, Headers, Module, Param, UseGuards } from '@nestjs/common';
+import { ModuleRef } from '@nestjs/core';
 import { ScheduleModule } from '@nestjs/schedule';
 import { RedisModule } from '@nestjs-modules/ioredis';
 import { TypeOrmModule } from '@nestjs/typeorm';
+import type { Logger as TypeOrmLogger } from 'typeorm';
 import {
   ApiTokenCacheService,
   ApiTokenGuard,
+  type ApiTokenGuardClass,
+  ApiTokenMetrics,
+  ApiTokenService,
+  ApiTokenUsageFlushService,
+  type ApiTokenGuardRequest,
   ApiTokenMigration,
   ApiTokenModule,
+  type ApiTokenModuleAsyncOptions,
   type ApiTokenModuleForRootOptions,
   ApiTokenRepository,
+  ApiTokenUnauthorizedException,
   type AuthenticatedApiToken,
   CurrentApiToken,
 } from 'nestjs-api-token';
@@ -114,6 +123,67 @@ import type { ApiTokenStoresOptions } from 'nestjs-api-token/env';
 
 // The env entry resolves through the exports map (a type is enough to prove it compiles).
 export type StoresOptions = ApiTokenStoresOptions;
+
+// The module's internals are not in the published types (each line compiles only while that holds).
+export function internalsAreHidden(flush: ApiTokenUsageFlushService, tokens: ApiTokenService, metrics: ApiTokenMetrics): unknown[] {
+  return [
+    // @ts-expect-error onSchedule is the schedule's; applications call flushNow()
+    flush.onSchedule,
+    // @ts-expect-error setFollowUp is the expiry sweep's
+    flush.setFollowUp,
+    // @ts-expect-error removeExpired is the expiry sweep's
+    tokens.removeExpired,
+    // @ts-expect-error maskToken is internal: summaries carry maskedToken
+    tokens.maskToken,
+    // @ts-expect-error the metrics' counting methods are the module's; applications read snapshot()
+    metrics.lookup,
+    // @ts-expect-error likewise
+    metrics.flushRan,
+    // @ts-expect-error likewise
+    metrics.databaseLookup,
+    metrics.snapshot,
+  ];
+}
+
+// forRootAsync's options can be named and typed too.
+export const asyncOptions: ApiTokenModuleAsyncOptions = { useFactory: () => ({}) };
+
+/** A guard for a context the library does not know: the request is the first argument's \`carrier\`. */
+export class CarrierGuard extends ApiTokenGuard('app') {
+  override getRequest(context: ExecutionContext): ApiTokenGuardRequest {
+    return context.getArgByIndex<{ carrier: ApiTokenGuardRequest }>(0).carrier;
+  }
+}
+
+/** A hand-made context of this type whose arguments are \`args\` (GraphQL's: root, args, context, info). */
+function contextOf(type: string, args: unknown[]): ExecutionContext {
+  const refuse = () => {
+    throw new Error(\`not an HTTP context\`);
+  };
+  return {
+    getType: () => type,
+    getArgs: () => args,
+    getArgByIndex: (i: number) => args[i],
+    getClass: () => WhoamiController,
+    getHandler: () => WhoamiController.prototype.graphqlStyle,
+    switchToHttp: refuse,
+    switchToRpc: refuse,
+    switchToWs: refuse,
+  } as unknown as ExecutionContext;
+}
+
+/** Everything TypeORM logs (logging: 'all'), parameters included, written out for the test to read. */
+class PrintingTypeOrmLogger implements TypeOrmLogger {
+  private print(...parts: unknown[]): void {
+    process.stdout.write(\`typeorm \${parts.map((p) => (typeof p === 'string' ? p : JSON.stringify(p) ?? String(p))).join(' ')}\\n\`);
+  }
+  logQuery(query: string, parameters?: unknown[]): void { this.print('query', query, parameters); }
+  logQueryError(error: string | Error, query: string, parameters?: unknown[]): void { this.print('query-error', String(error), query, parameters); }
+  logQuerySlow(time: number, query: string, parameters?: unknown[]): void { this.print('query-slow', time, query, parameters); }
+  logSchemaBuild(message: string): void { this.print('schema', message); }
+  logMigration(message: string): void { this.print('migration', message); }
+  log(level: string, message: unknown): void { this.print(level, message); }
+}
 
 const options: ApiTokenModuleForRootOptions = {
   // Dify's validate_app_token in spirit: the application's own data says the app is disabled.
@@ -126,6 +196,7 @@ export class WhoamiController {
   constructor(
     private readonly cache: ApiTokenCacheService,
     private readonly repository: ApiTokenRepository,
+    private readonly moduleRef: ModuleRef,
   ) {}
 
   @Get('whoami')
@@ -142,10 +213,47 @@ export class WhoamiController {
 
   @Get('injected/:id')
   @UseGuards(ApiTokenGuard('app'))
-  async injected(@Param('id') id: string, @CurrentApiToken() token: AuthenticatedApiToken): Promise<object> {
+  async injected(
+    @Param('id') id: string,
+    @CurrentApiToken() token: AuthenticatedApiToken,
+    @Headers('authorization') authorization: string,
+  ): Promise<object> {
+    const secret = authorization.slice('Bearer '.length);
     const row = await this.repository.findById(id);
+    const byToken = await this.repository.findByToken(secret, 'app');
     const page = await this.repository.list({ limit: 1 });
-    return { found: row?.id === token.id, page: page.length, peeked: this.cache.peek !== undefined };
+    const looked = await this.cache.lookup(secret, 'app');
+    const peeked = this.cache.peek(secret, 'app');
+    const evicted = await this.cache.evict(secret, 'app');
+    return {
+      found: row?.id === token.id,
+      byToken: byToken?.id === token.id,
+      masked: !JSON.stringify([row, byToken, page]).includes(secret.slice(4)),
+      page: page.length,
+      looked: looked?.id === token.id,
+      peeked: peeked?.id === token.id,
+      evicted,
+      gone: this.cache.peek(secret, 'app') === undefined,
+    };
+  }
+
+  /** The guard in a GraphQL-style context (the request in the third argument), and the guard extended for another. */
+  @Get('graphql-style')
+  async graphqlStyle(@Headers('authorization') authorization: string | undefined): Promise<object> {
+    const answer = async (guardClass: ApiTokenGuardClass, type: string, args: (req: ApiTokenGuardRequest) => unknown[]) => {
+      const req: ApiTokenGuardRequest = { headers: { authorization } };
+      const guard = await this.moduleRef.create(guardClass);
+      try {
+        await guard.canActivate(contextOf(type, args(req)));
+        return { admitted: true, id: req.apiToken?.id ?? null };
+      } catch (error) {
+        return { admitted: false, unauthorized: error instanceof ApiTokenUnauthorizedException };
+      }
+    };
+    return {
+      graphql: await answer(ApiTokenGuard('app'), 'graphql', (req) => [{}, {}, { req }, {}]),
+      carrier: await answer(CarrierGuard, 'kafka', (req) => [{ carrier: req }]),
+    };
   }
 }
 
@@ -153,7 +261,7 @@ export class WhoamiController {
   imports: [
     ScheduleModule.forRoot(),
     RedisModule.forRoot({ type: 'single', url: process.env.REDIS_URL }),
-    TypeOrmModule.forRoot({ type: 'postgres', url: process.env.DATABASE_URL, migrations: [ApiTokenMigration], migrationsRun: true, logging: 'all' }),
+    TypeOrmModule.forRoot({ type: 'postgres', url: process.env.DATABASE_URL, migrations: [ApiTokenMigration], migrationsRun: true, logging: 'all', logger: new PrintingTypeOrmLogger() }),
     ApiTokenModule.forRoot(options),
   ],
   controllers: [WhoamiController],
@@ -234,6 +342,11 @@ async function main() {
         assert(files.includes(target), `${map} points at ${source}, not in the tarball`);
       }
     }
+    // Internal members are stripped from the declarations (stripInternal), not merely unlisted.
+    const declarations = files.filter((f) => f.endsWith('.d.ts')).map((f) => readFileSync(join(unpacked, 'package', f), 'utf8')).join('\n');
+    for (const name of ['onSchedule', 'setFollowUp', 'removeExpired', 'maskToken', 'flushRan', 'databaseLookup', 'lockWaited']) {
+      assert(!new RegExp(`\\b${name}\\b`).test(declarations), `${name} is in the published .d.ts`);
+    }
     console.log(`       ${files.length} files, ${maps.length} source maps checked`);
   });
 
@@ -279,6 +392,8 @@ async function main() {
   const DISABLED_APP_ID = '9c1f2a4e-0d3b-4c5a-8e6f-7a8b9c0d1e2f';
   const env = { ...process.env, DATABASE_URL: databaseUrl, REDIS_URL, REDIS_CLUSTER_NODES: '', DISABLED_APP_ID };
   let output = '';
+  /** Every token the run made, for the output scan. */
+  const made = [];
   const appOutput = () => output;
   const bin = (args, input) => runProcess('npx', ['--no-install', 'nestjs-api-token', ...args], { cwd: appDir, env, input });
   const whoami = (value) => fetch(`http://127.0.0.1:${port}/whoami`, { headers: { authorization: `Bearer ${value}` }, signal: AbortSignal.timeout(5000) });
@@ -307,6 +422,7 @@ async function main() {
     const created = await bin(['create', '--scope', 'app']);
     assert(created.code === 0, `create exited ${created.code}: ${created.stderr}`);
     token = created.stdout.trim();
+    made.push(token);
     assert(/^app-[A-Za-z0-9]{24}$/.test(token), 'create printed something other than one token');
     const response = await whoami(token);
     assert(response.status === 200, `GET /whoami answered ${response.status}`);
@@ -319,7 +435,8 @@ async function main() {
     const injected = await fetch(`http://127.0.0.1:${port}/injected/${created.id}`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) });
     assert(injected.status === 200, `GET /injected answered ${injected.status}`);
     const body = await injected.json();
-    assert(body.found === true && body.page === 1 && body.peeked === true, `unexpected ${JSON.stringify(body)}`);
+    const expected = { found: true, byToken: true, masked: true, page: 1, looked: true, peeked: true, evicted: true, gone: true };
+    assert(JSON.stringify(body) === JSON.stringify(expected), `unexpected ${JSON.stringify(body)}`);
     const any = await fetch(`http://127.0.0.1:${port}/any/tenant`, { headers: { authorization: `Bearer ${token}` }, signal: AbortSignal.timeout(5000) });
     assert(any.status === 200 && (await any.json()).scope === 'app', `GET /any/tenant answered ${any.status}`);
   });
@@ -327,12 +444,44 @@ async function main() {
   await check('the validate hook refuses a token of a disabled app with 403', async () => {
     const created = await bin(['create', '--scope', 'app', '--app-id', DISABLED_APP_ID]);
     assert(created.code === 0, `create exited ${created.code}: ${created.stderr}`);
+    made.push(created.stdout.trim());
     const response = await whoami(created.stdout.trim());
     assert(response.status === 403, `GET /whoami answered ${response.status}`);
   });
 
-  await check('TypeORM logging on: the output of the application never holds a token', async () => {
-    assert(!appOutput().includes(token.slice(4)), 'a token appeared in the output');
+  await check('the guard in a GraphQL-style context, and extended with getRequest for another, admits and refuses', async () => {
+    const ask = async (value) =>
+      (await fetch(`http://127.0.0.1:${port}/graphql-style`, { headers: { authorization: `Bearer ${value}` }, signal: AbortSignal.timeout(5000) })).json();
+    const { id } = JSON.parse((await bin(['list', '--json'])).stdout).find((row) => row.appId !== DISABLED_APP_ID);
+    const admitted = await ask(token);
+    const want = { graphql: { admitted: true, id }, carrier: { admitted: true, id } };
+    assert(JSON.stringify(admitted) === JSON.stringify(want), `unexpected ${JSON.stringify(admitted)}`);
+    const refused = await ask(`app-${'x'.repeat(24)}`);
+    const no = { admitted: false, unauthorized: true };
+    assert(JSON.stringify(refused) === JSON.stringify({ graphql: no, carrier: no }), `unexpected ${JSON.stringify(refused)}`);
+  });
+
+  await check('TypeORM logging on, a statement failing: no piece of a token in what the application wrote', async () => {
+    // A token the application has not cached, looked up while its column is renamed away: 503, then 200.
+    const created = await bin(['create', '--scope', 'app']);
+    const fresh = created.stdout.trim();
+    made.push(fresh);
+    await admin('ALTER TABLE api_tokens RENAME COLUMN token TO token_renamed', databaseUrl);
+    let status;
+    try {
+      status = (await whoami(fresh)).status;
+    } finally {
+      await admin('ALTER TABLE api_tokens RENAME COLUMN token_renamed TO token', databaseUrl);
+    }
+    assert(status === 503, `GET /whoami answered ${status} with the column gone`);
+    assert((await whoami(fresh)).status === 200, 'the token is not accepted once the column is back');
+    const out = appOutput();
+    assert(/^typeorm query /m.test(out), "TypeORM's logger wrote no query: logging is not on");
+    for (const t of made) {
+      for (let i = t.indexOf('-') - 6; i + 8 <= t.length; i++) {
+        if (i >= 0) assert(!out.includes(t.slice(i, i + 8)), 'a piece of a token appeared in the output');
+      }
+    }
   });
 
   await check('the packed bin revokes it (from stdin), and the route answers 401', async () => {

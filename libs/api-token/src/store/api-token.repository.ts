@@ -1,5 +1,5 @@
 import { Inject, Injectable } from '@nestjs/common';
-import type { Pool, QueryResultRow } from 'pg';
+import type { PoolClient, QueryResult, QueryResultRow } from 'pg';
 import type { DataSource } from 'typeorm';
 import { ApiTokenError, ApiTokenStoreError } from '../api-token.errors';
 import type { ApiTokenRecord, RateLimitPolicy } from './api-token.record';
@@ -142,11 +142,9 @@ export interface RevocationLogRead extends LogPage {
 }
 
 /**
- * `api_tokens` in PostgreSQL, through the TypeORM DataSource's pool.
- *
- * Statements go to the pool directly, not through `DataSource.query`: TypeORM's query logger and
- * `QueryFailedError` carry the parameters, and the parameters are tokens. Timestamps travel as
- * naive UTC text, so the process's `TZ` never shifts them.
+ * `api_tokens` in PostgreSQL, on connections of the TypeORM DataSource's pool (see `run` for why a
+ * statement goes to its connection, not through `QueryRunner.query`). Timestamps travel as naive UTC
+ * text, so the process's `TZ` never shifts them.
  */
 @Injectable()
 export class ApiTokenRepository {
@@ -398,13 +396,29 @@ export class ApiTokenRepository {
     return (await this.run<T>(operation, sql, params)).rows;
   }
 
-  private async run<T extends QueryResultRow>(operation: string, sql: string, params: unknown[]) {
-    const pool = (this.dataSource.driver as unknown as { master?: Pool }).master;
-    if (!pool) throw new ApiTokenStoreError(operation, { code: 'NOT_CONNECTED' });
+  /**
+   * Runs one statement on a connection of the DataSource's pool, borrowed through TypeORM's public
+   * API (`createQueryRunner('master')`, `QueryRunner.connect()`, `release()`): the cost of one
+   * `pool.query`, with no private field of TypeORM's driver. The statement goes to that connection
+   * directly, never through `QueryRunner.query`, which hands its parameters (tokens) to the
+   * DataSource's logger (`logging`), to subscribers' `beforeQuery`/`afterQuery`, and to the
+   * `QueryFailedError` it throws. A failure becomes an {@link ApiTokenStoreError} that keeps the
+   * SQLSTATE only (pg's message and `detail` may quote a value); the connection is then dropped
+   * rather than pooled again, as `pool.query` does (a timed-out one may still be running the statement).
+   */
+  private async run<T extends QueryResultRow>(operation: string, sql: string, params: unknown[]): Promise<QueryResult<T>> {
+    if (!this.dataSource.isInitialized) throw new ApiTokenStoreError(operation, { code: 'NOT_CONNECTED' });
+    const runner = this.dataSource.createQueryRunner('master');
+    let client: PoolClient | undefined;
     try {
-      return await pool.query<T>(sql, params);
+      client = (await runner.connect()) as PoolClient;
+      return await client.query<T>(sql, params);
     } catch (error) {
+      // end() before release(): the pool then removes the connection instead of handing it out again.
+      client?.end().catch(() => undefined);
       throw new ApiTokenStoreError(operation, error);
+    } finally {
+      await runner.release();
     }
   }
 }
