@@ -121,17 +121,27 @@ class CountingClient extends Client {
     const first = args[0] as string | { text?: string } | undefined;
     const text = typeof first === 'string' ? first : (first?.text ?? '');
     counts.statements++;
-    const answer = (Client.prototype.query as (...a: unknown[]) => never).apply(this, args) as unknown;
     if (LOOKUP_SQL.test(text)) {
       counts.lookups++;
-      // TypeORM awaits the promise form; a callback-form query is not a lookup of the request path.
-      if (answer instanceof Promise) {
-        inFlight.max = Math.max(inFlight.max, ++inFlight.now);
-        const done = () => void inFlight.now--;
-        answer.then(done, done);
+      // In flight from here until pg answers: pg.Pool (the library's lookups) passes a callback, TypeORM awaits the promise.
+      inFlight.max = Math.max(inFlight.max, ++inFlight.now);
+      let answered = false;
+      const done = () => {
+        if (!answered) inFlight.now--;
+        answered = true;
+      };
+      const callback = args[args.length - 1];
+      if (typeof callback === 'function') {
+        args[args.length - 1] = (...results: unknown[]) => {
+          done();
+          return (callback as (...r: unknown[]) => unknown)(...results);
+        };
       }
+      const answer = (Client.prototype.query as (...a: unknown[]) => unknown).apply(this, args);
+      (answer as PromiseLike<unknown> | undefined)?.then?.(done, done);
+      return answer as never;
     }
-    return answer as never;
+    return (Client.prototype.query as (...a: unknown[]) => never).apply(this, args);
   }
 }
 
