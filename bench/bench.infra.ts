@@ -287,6 +287,8 @@ export interface Measured<T> {
   /** Commands Redis executed (`INFO commandstats` of the private server), counting those run inside scripts. */
   redisExecuted: number;
   lookups: number;
+  /** Most lookups one measured server had in flight at once. */
+  lookupsMaxConcurrent: number;
   statements: number;
   /** CPU time the measured servers spent, microseconds. */
   cpuMicros: number;
@@ -321,6 +323,7 @@ export async function measure<T>(context: Pick<BenchContext, 'redis'>, servers: 
     redisByCommand,
     redisExecuted,
     lookups: sum((s) => s.lookups),
+    lookupsMaxConcurrent: Math.max(...after.map((s) => s.lookupsMaxConcurrent)),
     statements: sum((s) => s.statements),
     cpuMicros: sum((s) => s.cpuMicros),
     allocatedBytes: sum((s) => s.allocatedBytes),

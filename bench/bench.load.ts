@@ -27,13 +27,15 @@ export interface LoadOptions {
   authorization?: string;
   /** An Authorization header per request (overrides `authorization`). */
   nextAuthorization?: () => string;
+  /** Other headers of every request. */
+  headers?: Record<string, string>;
 }
 
 /** Runs autocannon against one URL. */
 export async function load(options: LoadOptions): Promise<LoadResult> {
   const latencies: number[] = [];
   const status = { ok: 0, unauthorized: 0, other: 0 };
-  const headers = options.authorization ? { authorization: options.authorization } : undefined;
+  const headers = options.authorization || options.headers ? { ...options.headers, ...(options.authorization ? { authorization: options.authorization } : {}) } : undefined;
   const next = options.nextAuthorization;
   let instance!: autocannon.Instance;
   const started = performance.now();

@@ -13,7 +13,7 @@ import Redis from 'ioredis';
 import { Client } from 'pg';
 import { type TestAppConfig, TestAppModule } from '../test/app/app.module';
 import { NaiveTokenGuard } from './naive.guard';
-import { requiredEnv, stopServer } from './server.process';
+import { BENCH_CLIENT_HEADER, requiredEnv, stopServer } from './server.process';
 
 /**
  * One benchmark server (a child process of bench/run.ts): the test application (the demo's routes) plus
@@ -28,6 +28,20 @@ export const VARIANTS = {
   default: {},
   /** Dify's design: no in-process cache, a usage write on every request. */
   dify: { localCacheMax: 0, usageWriteIntervalMs: 0 },
+  /**
+   * The default configuration with the recommended failed-attempt limit; the client is the
+   * `x-bench-client` header when sent (the flood's), else the address (the hot token's).
+   */
+  limited: {
+    failedAttemptLimit: {
+      limit: 100,
+      windowSeconds: 60,
+      clientKey: (request) => {
+        const named = request.headers[BENCH_CLIENT_HEADER];
+        return typeof named === 'string' ? named : request.ip;
+      },
+    },
+  },
 } satisfies Record<string, ApiTokenModuleOptions>;
 export type Variant = keyof typeof VARIANTS;
 
@@ -46,6 +60,8 @@ export interface ServerStats {
   statements: number;
   /** Reads of `api_tokens` by token (the library's lookup and the naive guard's). */
   lookups: number;
+  /** Most lookups in flight at once since the previous stats (the lookup budget's bound). */
+  lookupsMaxConcurrent: number;
   /** Commands this process sent to Redis (round trips; not the commands a script runs inside Redis), by name. */
   redis: Record<string, number>;
   /** CPU time of the process (user + system), microseconds. */
@@ -72,6 +88,8 @@ export type Adapter = 'express' | 'fastify';
 // The library's lookup (`FROM api_tokens t LEFT JOIN api_token_policies … WHERE t.token = $1`) and the naive guard's.
 const LOOKUP_SQL = /\bFROM api_tokens\b(?: t\b[^;]*?)? WHERE (?:t\.)?token = \$1/;
 const counts = { statements: 0, lookups: 0 };
+/** Lookups sent and not yet answered, and the most at once since the last stats. */
+const inFlight = { now: 0, max: 0 };
 const redisSent: Record<string, number> = {};
 const loopDelay = monitorEventLoopDelay({ resolution: 10 });
 loopDelay.enable();
@@ -103,7 +121,26 @@ class CountingClient extends Client {
     const first = args[0] as string | { text?: string } | undefined;
     const text = typeof first === 'string' ? first : (first?.text ?? '');
     counts.statements++;
-    if (LOOKUP_SQL.test(text)) counts.lookups++;
+    if (LOOKUP_SQL.test(text)) {
+      counts.lookups++;
+      // In flight from here until pg answers: pg.Pool (the library's lookups) passes a callback, TypeORM awaits the promise.
+      inFlight.max = Math.max(inFlight.max, ++inFlight.now);
+      let answered = false;
+      const done = () => {
+        if (!answered) inFlight.now--;
+        answered = true;
+      };
+      const callback = args[args.length - 1];
+      if (typeof callback === 'function') {
+        args[args.length - 1] = (...results: unknown[]) => {
+          done();
+          return (callback as (...r: unknown[]) => unknown)(...results);
+        };
+      }
+      const answer = (Client.prototype.query as (...a: unknown[]) => unknown).apply(this, args);
+      (answer as PromiseLike<unknown> | undefined)?.then?.(done, done);
+      return answer as never;
+    }
     return (Client.prototype.query as (...a: unknown[]) => never).apply(this, args);
   }
 }
@@ -186,7 +223,9 @@ async function handle(app: INestApplication, session: Session, message: ServerCo
       const cpu = process.cpuUsage();
       const eventLoopDelayMaxMs = loopDelay.max / 1e6;
       loopDelay.reset();
-      return { ...counts, redis: { ...redisSent }, cpuMicros: cpu.user + cpu.system, eventLoopDelayMaxMs, rssBytes: process.memoryUsage().rss, allocatedBytes: allocatedBytes() } satisfies ServerStats;
+      const lookupsMaxConcurrent = inFlight.max;
+      inFlight.max = inFlight.now;
+      return { ...counts, lookupsMaxConcurrent, redis: { ...redisSent }, cpuMicros: cpu.user + cpu.system, eventLoopDelayMaxMs, rssBytes: process.memoryUsage().rss, allocatedBytes: allocatedBytes() } satisfies ServerStats;
     }
     case 'inject':
       return injectMany(app, message);

@@ -121,6 +121,13 @@ function render(r: BenchResults): string {
     ),
     '',
     ...r.floods.map((x) => `- ${x.kind}: Redis commands sent per request: ${perCommand(x.redisByCommand)}`),
+    ...r.floods.map(
+      (x) =>
+        `- ${x.kind}: CPU per request ${f(x.cpuRatio ?? NaN)}× the malformed flood's; PostgreSQL ${f(x.lookupsPerSecond, 0)} lookups/s, at most ${x.lookupsMaxConcurrent} at once (budget 8); ` +
+        `shed (the limited row: 429) ${x.shed}; hot-token requests refused during the flood ${x.hotRefusedDuring}` +
+        (x.createdDuring ? `; a token created mid-flood: first request ${x.createdDuring.firstStatus}, accepted after ${f(x.createdDuring.msUntilAccepted, 0)} ms` : ''),
+    ),
+    '- limited: unknown tokens from one client on a server with `failedAttemptLimit: { limit: 100, windowSeconds: 60 }`; the hot token is another client.',
     '',
     '## 4. Flush (100,000 active keys; `runFlushBench()` from bench/flush.bench.ts)',
     '',

@@ -3,10 +3,10 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { sparePort } from '../test/support/ports';
-import type { Adapter } from './bench.server';
+import type { Adapter, Variant } from './bench.server';
 import { BenchServer, type BenchContext, Cleanup, createBenchDatabase, runIsolated, startRedis } from './bench.infra';
 import { load } from './bench.load';
-import { runFloodBench } from './flood.bench';
+import { type FloodRow, runFloodBench } from './flood.bench';
 import { type ProfileSummary, summarizeProfile } from './hot-path.profile';
 import { type Optional, writeResults, writeSection } from './results.report';
 import { runAdapterBench, renderAdapterResults } from './adapters.bench';
@@ -70,7 +70,7 @@ async function main(): Promise<void> {
     }
     const { url: databaseUrl, dataSource, repository, hotToken } = await createBenchDatabase(cleanup);
 
-    const start = async (name: string, variant: 'default' | 'dify', adapter: Adapter = 'express') =>
+    const start = async (name: string, variant: Variant, adapter: Adapter = 'express') =>
       BenchServer.start(cleanup, { name, variant, adapter, port: await sparePort(), databaseUrl, redisUrl: redis.url });
     const profileDir = join('.tmp', 'bench');
     mkdirSync(profileDir, { recursive: true });
@@ -87,18 +87,12 @@ async function main(): Promise<void> {
     }
 
     if (only === 'flood') {
-      const def = await start('default', 'default');
+      const [def, limited] = await Promise.all([start('default', 'default'), start('limited', 'limited')]);
       const servers = { unguarded: def, noop: def, default: def, dify: def, naive: def, second: def };
-      console.log(`Floods: ${settings.floodSize} distinct unknown tokens, then ${settings.floodSize} malformed ones`);
-      const rows = await runFloodBench({ redis: redis.admin, servers, settings }, hotToken, repository);
-      const [unknown, malformed] = rows;
+      console.log(`Floods: ${settings.floodSize} distinct unknown tokens, then ${settings.floodSize} malformed ones, then unknown ones from one client over failedAttemptLimit`);
+      const rows = await runFloodBench({ redis: redis.admin, servers, settings }, hotToken, repository, limited);
       console.log(JSON.stringify(rows, null, 1));
-      console.log(
-        `flood: unknown/malformed CPU per request ${unknown.cpuRatio?.toFixed(2)}× (${unknown.cpuMicrosPerRequest.toFixed(0)} vs ${malformed.cpuMicrosPerRequest.toFixed(0)} µs); ` +
-          `hot token during unknown / during malformed ${(unknown.hotRpsDuring / malformed.hotRpsDuring).toFixed(2)}×; ` +
-          `PostgreSQL ${unknown.lookupsPerSecond.toFixed(0)} lookups/s (budget: 8 at once); shed ${unknown.shed}; ` +
-          `created mid-flood: first ${unknown.createdDuring?.firstStatus}, accepted after ${unknown.createdDuring?.msUntilAccepted.toFixed(1)} ms, ${unknown.createdDuring?.refused} refused`,
-      );
+      console.log(floodSummary(rows));
       return;
     }
     console.log('Starting six server processes…');
@@ -131,7 +125,8 @@ async function main(): Promise<void> {
     const stampede = await runStampedeBench(context, repository);
 
     console.log(`Floods: ${settings.floodSize} distinct unknown tokens, then ${settings.floodSize} malformed ones`);
-    const floods = await runFloodBench(context, hotToken, repository);
+    const floods = await runFloodBench(context, hotToken, repository, await start('limited', 'limited'));
+    console.log(floodSummary(floods));
 
     // Both run on the private redis-server too, each in an empty database index of its own.
     const redisPort = Number(new URL(redis.url).port);
@@ -202,3 +197,20 @@ main().then(
     process.exit(1);
   },
 );
+
+/** The flood section's figures against the targets of issue 24, on one line per flood. */
+function floodSummary(rows: FloodRow[]): string {
+  const malformed = rows.find((row) => row.kind === 'malformed');
+  return rows
+    .map((row) => {
+      const hot = malformed ? ` hot token during / during malformed ${(row.hotRpsDuring / malformed.hotRpsDuring).toFixed(2)}× (${row.hotRefusedDuring} refused);` : '';
+      const created = row.createdDuring
+        ? ` created mid-flood: first ${row.createdDuring.firstStatus}, accepted after ${row.createdDuring.msUntilAccepted.toFixed(1)} ms, ${row.createdDuring.refused} refused;`
+        : '';
+      return (
+        `flood ${row.kind}: CPU per request ${row.cpuMicrosPerRequest.toFixed(0)} µs = ${row.cpuRatio?.toFixed(2)}× malformed;${hot} ` +
+        `PostgreSQL ${row.lookupsPerSecond.toFixed(0)} lookups/s, at most ${row.lookupsMaxConcurrent} at once (budget 8); shed/limited ${row.shed};${created}`
+      );
+    })
+    .join('\n');
+}

@@ -19,3 +19,6 @@ export function requiredEnv(name: string, who: string): string {
   if (!value) throw new Error(`${who}: env ${name} is required`);
   return value;
 }
+
+/** The header a load names its client with, for the bench server's `limited` variant (read there, sent by the flood). */
+export const BENCH_CLIENT_HEADER = 'x-bench-client';

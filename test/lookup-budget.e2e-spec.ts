@@ -1,5 +1,5 @@
 import type { INestApplication } from '@nestjs/common';
-import { ApiTokenMetrics } from '../libs/api-token/src';
+import { ApiTokenMetrics, ApiTokenService } from '../libs/api-token/src';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { gate } from './support/gate';
@@ -88,5 +88,32 @@ describe('the PostgreSQL lookup budget (maxConcurrentLookups, maxQueuedLookups)'
     held.open();
     expect(await first).toBe(401);
     expect(await waiting).toBe(200);
+  });
+
+  it('a valid token created on another instance mid-flood is accepted on its first request', async () => {
+    // Room to queue the flood: 2 lookups at once, 64 waiting.
+    const roomy = await suite.app({ apiToken: { maxConcurrentLookups: 2, maxQueuedLookups: 64 } });
+    const repository = roomy.get(ApiTokenRepository);
+    const find = repository.findByToken.bind(repository);
+    const held = gate();
+    release = () => held.open();
+    let started = 0;
+    jest.spyOn(repository, 'findByToken').mockImplementation(async (...args) => {
+      started++;
+      await held.promise;
+      return find(...args);
+    });
+    const queued = () => roomy.get(ApiTokenMetrics).snapshot().scopes.app?.lookupsQueued ?? 0;
+    // A flood of 20 unknown tokens: 2 lookups held at the gate, 18 waiting.
+    const flood = Array.from({ length: 20 }, () => whoami(roomy, generateApiToken('app')).then((res) => res.status));
+    await until('the flood fills the lookups and waits in the queue', () => started === 2 && queued() === 18);
+
+    const { token } = await other.get(ApiTokenService).create({ scope: 'app' });
+    const first = whoami(roomy, token).then((res) => res.status);
+    await until('the new token waits behind the flood', () => queued() === 19);
+    held.open();
+    expect(await first).toBe(200);
+    expect(await Promise.all(flood)).toEqual(Array(20).fill(401));
+    expect(roomy.get(ApiTokenMetrics).snapshot().scopes.app?.lookupsShed ?? 0).toBe(0);
   });
 });

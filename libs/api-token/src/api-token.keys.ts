@@ -7,6 +7,8 @@ export const TENANT_INDEX_PREFIX = 'tenant_tokens';
 export const GENERATION_KEY_PREFIX = 'api_token_generation';
 /** Not in Dify: the request count of a rate-limited token in one fixed window. */
 export const RATE_KEY_PREFIX = 'api_token_rate';
+/** Not in Dify: the failed authentications of one client (by the hash of its key) in one fixed window. */
+export const FAILED_ATTEMPT_KEY_PREFIX = 'api_token_failed';
 /** Seconds an `api_token_active:*` key lives (Dify). */
 export const ACTIVE_KEY_TTL_SECONDS = 3600;
 /** The scope segment used when a lookup has no scope. */
@@ -48,6 +50,13 @@ export const generationKey = (scope: string | null | undefined, token: string): 
  */
 export const rateKey = (scope: string | null | undefined, tokenId: string, windowSeconds: number, window: number): string =>
   `${RATE_KEY_PREFIX}:${scopeOf(scope)}:${tokenId}:${windowSeconds}:${window}`;
+
+/**
+ * `api_token_failed:{clientHash}:{windowSeconds}:{window}`: a hash of the client key (never the key
+ * itself, whatever an application's `clientKey` returns), of a fixed length.
+ */
+export const failedAttemptKey = (clientHash: string, windowSeconds: number, window: number): string =>
+  `${FAILED_ATTEMPT_KEY_PREFIX}:${clientHash}:${windowSeconds}:${window}`;
 
 /** Escapes a literal for a Redis glob pattern (`*`, `?`, `[`, `]`, `\`), so a token never widens a MATCH. */
 export const escapeGlob = (literal: string): string => literal.replace(/[*?[\]\\]/g, '\\$&');

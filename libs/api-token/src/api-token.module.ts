@@ -16,6 +16,7 @@ import { ApiTokenExpirySweep } from './tokens/expiry.sweep';
 import { ApiTokenMetrics } from './metrics/api-token.metrics';
 import { ApiTokenHealthIndicator } from './metrics/api-token.health';
 import { ApiTokenRateLimiter } from './limits/rate-limiter.service';
+import { ApiTokenFailedAttemptLimiter } from './limits/failed-attempt-limiter.service';
 import { ApiTokenRevokedTokens } from './cache/revoked-tokens';
 import { ApiTokenRevocationLogService } from './tokens/revocation-log.service';
 import { ApiTokenCacheService as PublicApiTokenCache } from './cache/api-token-cache.facade';
@@ -38,6 +39,7 @@ const services = [
   ApiTokenMetrics,
   ApiTokenHealthIndicator,
   ApiTokenRateLimiter,
+  ApiTokenFailedAttemptLimiter,
   ApiTokenRevokedTokens,
   ApiTokenRevocationLogService,
 ];

@@ -42,6 +42,15 @@ describe('resolveApiTokenOptions', () => {
     [{ maxQueuedLookups: -1 }, /maxQueuedLookups.*>= 0/],
     [{ maxConcurrentLookups: 1.5 }, /maxConcurrentLookups.*integer/],
     [{ cacheTtlSeconds: 3600, tenantIndexTtlSeconds: 3599 }, /tenantIndexTtlSeconds.*not be shorter than "cacheTtlSeconds"/],
+    [{ failedAttemptLimit: 100 as never }, /failedAttemptLimit" must be null or \{ limit, windowSeconds, clientKey\? \}/],
+    [{ failedAttemptLimit: { windowSeconds: 60 } as never }, /failedAttemptLimit": "limit" must be an integer >= 1 and <= 1000000/],
+    [{ failedAttemptLimit: { limit: 0, windowSeconds: 60 } }, /failedAttemptLimit": "limit" must be an integer >= 1/],
+    [{ failedAttemptLimit: { limit: 1_000_001, windowSeconds: 60 } }, /failedAttemptLimit": "limit".*<= 1000000/],
+    [{ failedAttemptLimit: { limit: 2.5, windowSeconds: 60 } }, /failedAttemptLimit": "limit" must be an integer/],
+    [{ failedAttemptLimit: { limit: 100 } as never }, /failedAttemptLimit": "windowSeconds" must be an integer >= 1 and <= 86400/],
+    [{ failedAttemptLimit: { limit: 100, windowSeconds: 0 } }, /failedAttemptLimit": "windowSeconds"/],
+    [{ failedAttemptLimit: { limit: 100, windowSeconds: 86_401 } }, /failedAttemptLimit": "windowSeconds".*<= 86400/],
+    [{ failedAttemptLimit: { limit: 100, windowSeconds: 60, clientKey: 'x-forwarded-for' as never } }, /failedAttemptLimit": "clientKey" must be a function/],
   ])('refuses %p with an ApiTokenInputError naming the option', (options, message) => {
     expect(() => resolveApiTokenOptions(options)).toThrow(message);
     expect(() => resolveApiTokenOptions(options)).toThrow(ApiTokenInputError);
@@ -58,6 +67,23 @@ describe('resolveApiTokenOptions', () => {
     expect(resolveApiTokenOptions({ cacheTtlSeconds: 3600 }).tenantIndexTtlSeconds).toBe(3660);
     expect(resolveApiTokenOptions({ cacheTtlSeconds: 86_400 }).tenantIndexTtlSeconds).toBe(86_400);
     expect(resolveApiTokenOptions({ cacheTtlSeconds: 3600, tenantIndexTtlSeconds: 3600 }).tenantIndexTtlSeconds).toBe(3600);
+  });
+
+  it('leaves the failed-attempt limit off by default, and takes one as a copy with its client key', () => {
+    expect(resolveApiTokenOptions().failedAttemptLimit).toBeNull();
+    expect(resolveApiTokenOptions({ failedAttemptLimit: null }).failedAttemptLimit).toBeNull();
+    const given = { limit: 100, windowSeconds: 60 };
+    const resolved = resolveApiTokenOptions({ failedAttemptLimit: given }).failedAttemptLimit;
+    expect(resolved).toEqual({ limit: 100, windowSeconds: 60, clientKey: null });
+    expect(resolved).not.toBe(given);
+    const clientKey = () => 'client';
+    expect(resolveApiTokenOptions({ failedAttemptLimit: { limit: 1, windowSeconds: 86_400, clientKey } }).failedAttemptLimit?.clientKey).toBe(clientKey);
+  });
+
+  it('never echoes a failed-attempt limit it refuses', () => {
+    expect(() => resolveApiTokenOptions({ failedAttemptLimit: { limit: 'app-secret123' as never, windowSeconds: 60 } })).toThrow(
+      expect.objectContaining({ message: expect.not.stringContaining('app-secret123') }),
+    );
   });
 
   it('takes a default rate limit as a copy', () => {

@@ -4,6 +4,7 @@ import { HASHED_TOKEN_PREFIX } from './api-token.keys';
 import { checkRateLimitPolicy } from './limits/rate-limit.policy';
 import type { ExecutionContext } from '@nestjs/common';
 import type { AuthenticatedApiToken, RateLimitPolicy } from './store/api-token.record';
+import type { ApiTokenGuardRequest } from './auth/guard.request';
 
 /** Options of {@link ApiTokenModule}; every field has a default. */
 export interface ApiTokenModuleOptions {
@@ -96,6 +97,17 @@ export interface ApiTokenModuleOptions {
    */
   maxQueuedLookups?: number;
   /**
+   * A limit of failed authentications per client, across every instance: after `limit` refused tokens
+   * (unknown, revoked, expired or malformed) from one client within a window of `windowSeconds`, that
+   * client's requests get 429 with `Retry-After` (seconds until the window ends) before any lookup,
+   * until the window ends. Accepted tokens are never counted; a request without a token (no header, not
+   * `Bearer`) is not an attempt. The client is `clientKey(request, context)`, by default the request's
+   * `ip` (Express's and Fastify's `trustProxy` settings decide whether a proxy's header is believed).
+   * Counted like approximate rate limits (in the process, added to Redis every
+   * `rateLimitSyncIntervalMs`). Recommended: `{ limit: 100, windowSeconds: 60 }`. Default null (off).
+   */
+  failedAttemptLimit?: FailedAttemptLimit | null;
+  /**
    * Runs after a token is found (and its rate limit passed) and before the request is let in, for the
    * checks only the application can make: Dify's `validate_app_token` refuses a token whose app is
    * missing, not normal or has its API disabled, or whose tenant is not normal. Return true (or
@@ -106,6 +118,24 @@ export interface ApiTokenModuleOptions {
    */
   validate?: ApiTokenValidateHook | null;
 }
+
+/** The `failedAttemptLimit` option: at most `limit` failed authentications per client per window. */
+export interface FailedAttemptLimit {
+  /** Failed authentications a client may make in a window, 1 to 1,000,000; the next attempt gets 429. */
+  limit: number;
+  /** The window's length in seconds, 1 to 86,400 (fixed windows aligned to their length on the Unix epoch). */
+  windowSeconds: number;
+  /**
+   * The client a request comes from, e.g. a header your proxy sets; undefined (or an empty string)
+   * leaves the request uncounted. Default: the request's `ip`. Called only for requests the instance
+   * must look up or refuse, never for a token it holds in memory. Never return the token: the key is
+   * hashed before it goes to Redis, but it is kept in memory as given (up to 64 characters).
+   */
+  clientKey?: ApiTokenClientKey | null;
+}
+
+/** The `clientKey` of the `failedAttemptLimit` option: the request's client, or undefined for none. */
+export type ApiTokenClientKey = (request: ApiTokenGuardRequest, context: ExecutionContext) => string | undefined;
 
 /** What a `validate` hook answers: let in (true, nothing), refuse as an unknown token (false), or refuse as said. */
 export type ApiTokenValidation = boolean | void | ApiTokenValidationRefusal;
@@ -160,6 +190,7 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   revocationPollIntervalMs: 1_000,
   maxConcurrentLookups: 8,
   maxQueuedLookups: 256,
+  failedAttemptLimit: null,
   validate: null,
 };
 
@@ -212,10 +243,32 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
   resolved.defaultRateLimit = checkRateLimitPolicy(resolved.defaultRateLimit, 'ApiTokenModule: option "defaultRateLimit"');
   assertOneOf('rateLimitMode', resolved.rateLimitMode, ['approximate', 'exact']);
   assertOneOf('rateLimitWhenRedisDown', resolved.rateLimitWhenRedisDown, ['open', 'closed']);
+  resolved.failedAttemptLimit = checkFailedAttemptLimit(resolved.failedAttemptLimit);
   if (resolved.validate !== null && typeof resolved.validate !== 'function') {
     throw new ApiTokenInputError('ApiTokenModule: option "validate" must be a function or null');
   }
   return resolved;
+}
+
+/** Most failed attempts a limit may allow per window. */
+const MAX_FAILED_ATTEMPTS = 1_000_000;
+
+/** The `failedAttemptLimit` option as a fresh object, or null; a clear error (never echoing a value) otherwise. */
+function checkFailedAttemptLimit(value: unknown): FailedAttemptLimit | null {
+  if (value === null) return null;
+  const name = 'ApiTokenModule: option "failedAttemptLimit"';
+  if (typeof value !== 'object') throw new ApiTokenInputError(`${name} must be null or { limit, windowSeconds, clientKey? }`);
+  const { limit, windowSeconds, clientKey } = value as Partial<FailedAttemptLimit>;
+  if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > MAX_FAILED_ATTEMPTS) {
+    throw new ApiTokenInputError(`${name}: "limit" must be an integer >= 1 and <= ${MAX_FAILED_ATTEMPTS}`);
+  }
+  if (typeof windowSeconds !== 'number' || !Number.isInteger(windowSeconds) || windowSeconds < 1 || windowSeconds > DAY_SECONDS) {
+    throw new ApiTokenInputError(`${name}: "windowSeconds" must be an integer >= 1 and <= ${DAY_SECONDS}`);
+  }
+  if (clientKey !== undefined && clientKey !== null && typeof clientKey !== 'function') {
+    throw new ApiTokenInputError(`${name}: "clientKey" must be a function (request, context) => string | undefined, or left out`);
+  }
+  return { limit, windowSeconds, clientKey: clientKey ?? null };
 }
 
 function assertOneOf(name: string, value: unknown, allowed: readonly string[]): void {

@@ -10,8 +10,10 @@ export type {
   ApiTokenModuleForRootOptions,
 } from './api-token.module-definition';
 export type {
+  ApiTokenClientKey,
   ApiTokenErrorFormat,
   ApiTokenModuleOptions,
+  FailedAttemptLimit,
   ApiTokenValidateHook,
   ApiTokenValidation,
   ApiTokenValidationRefusal,

@@ -17,7 +17,12 @@ import { checkScope } from '../tokens/token.scope';
 import { BEARER_PREFIX, hasRepeatedAuthorization, startsUsualToken } from './authorization.header';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRateLimiter } from '../limits/rate-limiter.service';
+import { ApiTokenFailedAttemptLimiter } from '../limits/failed-attempt-limiter.service';
+import { FAILED_ATTEMPT_ERRORS } from '../limits/rate-limit.errors';
 import { type ApiTokenRecord, type AuthenticatedApiToken, toAuthenticated } from '../store/api-token.record';
+import type { ApiTokenGuardRequest } from './guard.request';
+
+export type { ApiTokenGuardRequest, ApiTokenRequest } from './guard.request';
 
 /** Messages of the 401 answers, word for word Dify's. */
 export const API_TOKEN_ERRORS = {
@@ -31,31 +36,6 @@ export const API_TOKEN_ERRORS = {
 
 /** Seconds a client is told to wait (`Retry-After`) when the token store is down. */
 export const RETRY_AFTER_SECONDS = 5;
-
-/**
- * A request the guard has let through: `request.apiToken` is the token's identity. Type a handler's
- * request with it (`@Req() req: Request & ApiTokenRequest`) or use {@link CurrentApiToken}.
- */
-export interface ApiTokenRequest {
-  /** The accepted token's identity (never the token itself). */
-  apiToken: AuthenticatedApiToken;
-}
-
-/**
- * What the guard reads of a request: its headers (Express's is Node's request, Fastify's holds the raw
- * one in `raw`). `apiToken` is set on it when the token is accepted, where {@link CurrentApiToken} reads it.
- */
-export interface ApiTokenGuardRequest extends Partial<ApiTokenRequest> {
-  /** The request's headers, names in lower case. */
-  headers: Record<string, string | string[] | undefined>;
-  /** Node's raw header list (Express), read to tell a repeated `Authorization` header. */
-  rawHeaders?: string[];
-  /** Fastify's raw Node request. */
-  raw?: {
-    /** Node's raw header list. */
-    rawHeaders?: string[];
-  };
-}
 
 /** A context {@link ApiTokenGuard} cannot read a request with headers from: override `getRequest(context)`. */
 export class ApiTokenContextError extends ApiTokenError {}
@@ -163,6 +143,8 @@ function createApiTokenGuard(scopes: readonly string[]): ApiTokenGuardClass {
   @Injectable()
   class MixinApiTokenGuard implements ApiTokenGuardInstance {
     private readonly hook: ResolvedApiTokenOptions['validate'];
+    /** The failed-attempt limiter when the option is set; undefined keeps the path as it is without it. */
+    private readonly attempts: ApiTokenFailedAttemptLimiter | undefined;
 
     constructor(
       private readonly authenticator: ApiTokenAuthenticator,
@@ -170,8 +152,10 @@ function createApiTokenGuard(scopes: readonly string[]): ApiTokenGuardClass {
       private readonly limiter: ApiTokenRateLimiter,
       @Inject(API_TOKEN_OPTIONS) options: ResolvedApiTokenOptions,
       @Optional() private readonly metrics?: ApiTokenMetrics,
+      @Optional() attempts?: ApiTokenFailedAttemptLimiter,
     ) {
       this.hook = options.validate;
+      this.attempts = attempts?.enabled ? attempts : undefined;
       // The guard's scopes take their metrics labels first, and show at 0 before any request.
       for (const s of scopes) metrics?.scope(s);
     }
@@ -197,7 +181,8 @@ function createApiTokenGuard(scopes: readonly string[]): ApiTokenGuardClass {
       if (scopes.length === 1) {
         // A token the process holds is found by the header as it came: no parse, no slice.
         const known = typeof header === 'string' ? this.authenticator.authenticateLocalHeader(header, scope) : undefined;
-        if (known !== undefined) return this.admit(request, context, known && known.record, known?.identity);
+        if (known) return this.admit(request, context, known.record, known.identity);
+        if (known === null) throw this.invalid(context, this.attempts && this.clientWithin(this.attempts, request, context));
       }
       let token = usualBearerToken(header);
       if (token === undefined) {
@@ -205,19 +190,25 @@ function createApiTokenGuard(scopes: readonly string[]): ApiTokenGuardClass {
         if ('error' in parsed) throw this.badHeader(context, parsed.error);
         token = parsed.token;
       }
-      if (scopes.length > 1) return this.findInScopes(request, context, token);
+      // A client over its failed-attempt limit is refused here, before any lookup (and any hash).
+      const client = this.attempts && this.clientWithin(this.attempts, request, context);
+      if (scopes.length > 1) return this.findInScopes(request, context, token, client);
       // For a usual header in plain mode this reads L1 again, and finds only an entry whose name the key map
       // dropped at its bound (by its cache key); one more map read, on a path that otherwise goes to Redis.
       const local = this.authenticator.authenticateLocal(token, scope);
-      if (local !== undefined) return this.admit(request, context, local && local.record, local?.identity);
+      if (local) return this.admit(request, context, local.record, local.identity);
+      if (local === null) throw this.invalid(context, client);
       return this.authenticator.authenticateRemote(token, scope).then(
-        (record) => this.admit(request, context, record),
+        (record) => {
+          if (!record) throw this.invalid(context, client);
+          return this.admit(request, context, record);
+        },
         (error: unknown) => this.storeFailure(context, error),
       );
     }
 
     /** Several scopes: each is one lookup (the cache keys are per scope), first found wins. */
-    private async findInScopes(request: ApiTokenGuardRequest, context: ExecutionContext, token: string): Promise<boolean> {
+    private async findInScopes(request: ApiTokenGuardRequest, context: ExecutionContext, token: string, client: string | undefined): Promise<boolean> {
       for (const s of scopes) {
         const local = this.authenticator.authenticateLocal(token, s);
         if (local) return this.admit(request, context, local.record, local.identity);
@@ -230,7 +221,25 @@ function createApiTokenGuard(scopes: readonly string[]): ApiTokenGuardClass {
         }
         if (record) return this.admit(request, context, record);
       }
-      return this.admit(request, context, null);
+      throw this.invalid(context, client);
+    }
+
+    /**
+     * The request's client for the failed-attempt limit (undefined: not counted); throws 429 with
+     * `Retry-After` when that client is over the limit.
+     */
+    private clientWithin(attempts: ApiTokenFailedAttemptLimiter, request: ApiTokenGuardRequest, context: ExecutionContext): string | undefined {
+      const client = attempts.clientOf(request, context);
+      if (client === undefined) return undefined;
+      const wait = attempts.retryAfter(client, scope);
+      if (wait > 0) throw this.refusals.refuse(this.getResponse(context), 429, FAILED_ATTEMPT_ERRORS.exceeded, { 'Retry-After': String(wait) });
+      return client;
+    }
+
+    /** The 401 of a token that is not valid here (unknown, revoked, expired, malformed); a failed attempt of `client`. */
+    private invalid(context: ExecutionContext, client: string | undefined): HttpException {
+      if (client !== undefined) this.attempts?.fail(client);
+      return this.unauthorized(this.getResponse(context), API_TOKEN_ERRORS.invalidToken);
     }
 
     private storeFailure(context: ExecutionContext, error: unknown): never {
@@ -243,8 +252,7 @@ function createApiTokenGuard(scopes: readonly string[]): ApiTokenGuardClass {
       return this.unauthorized(this.getResponse(context), message);
     }
 
-    private admit(request: ApiTokenGuardRequest, context: ExecutionContext, record: ApiTokenRecord | null, identity?: AuthenticatedApiToken): boolean | Promise<boolean> {
-      if (!record) throw this.unauthorized(this.getResponse(context), API_TOKEN_ERRORS.invalidToken);
+    private admit(request: ApiTokenGuardRequest, context: ExecutionContext, record: ApiTokenRecord, identity?: AuthenticatedApiToken): boolean | Promise<boolean> {
       const accepted = identity ?? toAuthenticated(record);
       // A token without a limit (and no default) pays this one check and nothing else.
       const limited = record.rateLimit || this.limiter.defaultRateLimit ? this.limiter.enforce(record.type, record, this.getResponse(context)) : true;

@@ -20,7 +20,7 @@ export type RefusalStatus = 401 | 403 | 429 | 503;
  */
 export class ApiTokenUnauthorizedException extends UnauthorizedException {}
 
-/** The 429 of a token over its rate limit; its body in the `errorFormat` shape, `Retry-After` already set on the response. */
+/** Every 429 of the module (a token over its rate limit, a client over `failedAttemptLimit`); its body in the `errorFormat` shape, `Retry-After` already set on the response. */
 export class ApiTokenRateLimitException extends HttpException {
   constructor(response: string | object) {
     super(response, 429);

@@ -98,6 +98,8 @@ export class ScopeCounters {
   rateLimited = 0;
   /** Requests of rate-limited tokens refused with 503: Redis did not answer and `rateLimitWhenRedisDown` is `closed`. */
   rateLimitUnavailable = 0;
+  /** Requests refused with 429 before any lookup: their client was over the `failedAttemptLimit`. */
+  failedAttemptsLimited = 0;
 }
 
 /** One scope's counters in a snapshot. */
@@ -122,6 +124,8 @@ export interface ScopeMetricsSnapshot {
   rateLimited: number;
   /** Requests refused with 503 by a rate limit failing closed without Redis (`api_token_rate_limit_unavailable_total`). */
   rateLimitUnavailable: number;
+  /** Requests refused with 429 because their client was over the `failedAttemptLimit` (`api_token_failed_attempts_limited_total`). */
+  failedAttemptsLimited: number;
 }
 
 /** A duration histogram in a snapshot: cumulative counts per upper bound, as Prometheus has them. */

@@ -92,6 +92,12 @@ export const API_TOKEN_COUNTERS: readonly Family[] = [
     samples: byScope((c) => c.rateLimitUnavailable),
   },
   {
+    name: 'api_token_failed_attempts_limited_total',
+    help: 'Requests refused with 429 before any lookup because their client made failedAttemptLimit failed authentications in the window.',
+    labelNames: ['scope'],
+    samples: byScope((c) => c.failedAttemptsLimited),
+  },
+  {
     name: 'api_token_redis_fallbacks_total',
     help: 'Redis calls that yielded nothing and were carried on without, by operation and reason (skipped, failed, error_reply).',
     labelNames: ['operation', 'reason'],
