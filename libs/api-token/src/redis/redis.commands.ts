@@ -67,6 +67,27 @@ export function setIfNewer(redis: RedisClient, key: string, value: string, ttlSe
   return index === undefined ? defined.apiTokenSetIfNewer(key, value, ttlSeconds) : defined.apiTokenSetIfNewerIndexed(key, index, value, ttlSeconds);
 }
 
+const DELETE_IF_UNCHANGED = `
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
+if current then redis.call('DEL', KEYS[1]) end
+redis.call('SREM', KEYS[2], KEYS[1])
+return 1`;
+
+type WithDeleteIfUnchanged = { apiTokenDeleteIfUnchanged(key: string, index: string, value: string): Promise<number> };
+
+/**
+ * Deletes a usage key only while it still holds `value` (what the flush read and wrote; '' for a key
+ * read as missing), and then drops its name from `index` (the flush's index; same slot on a Cluster).
+ * Returns 0, touching nothing, when a newer use replaced the value since: that use stays, indexed,
+ * for the next run. One script, so no use recorded in between is deleted.
+ */
+export function deleteIfUnchanged(redis: RedisClient, key: string, index: string, value: string): Promise<number> {
+  const client = redis as RedisClient & Partial<WithDeleteIfUnchanged>;
+  if (!client.apiTokenDeleteIfUnchanged) client.defineCommand('apiTokenDeleteIfUnchanged', { numberOfKeys: 2, lua: DELETE_IF_UNCHANGED });
+  return (client as RedisClient & WithDeleteIfUnchanged).apiTokenDeleteIfUnchanged(key, index, value);
+}
+
 const SET_IF_GENERATION = `
 if tonumber(redis.call('TIME')[1]) > tonumber(ARGV[4]) then return -1 end
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end
