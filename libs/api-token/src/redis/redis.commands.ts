@@ -68,24 +68,32 @@ export function setIfNewer(redis: RedisClient, key: string, value: string, ttlSe
 }
 
 const DELETE_IF_UNCHANGED = `
-local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[1] then return 0 end
-if current then redis.call('DEL', KEYS[1]) end
-redis.call('SREM', KEYS[2], KEYS[1])
-return 1`;
+local deleted = 0
+for i = 2, #KEYS do
+  local current = redis.call('GET', KEYS[i])
+  if not current or current == ARGV[i - 1] then
+    if current then redis.call('DEL', KEYS[i]) end
+    redis.call('SREM', KEYS[1], KEYS[i])
+    deleted = deleted + 1
+  end
+end
+return deleted`;
 
-type WithDeleteIfUnchanged = { apiTokenDeleteIfUnchanged(key: string, index: string, value: string): Promise<number> };
+type WithDeleteIfUnchanged = { apiTokenDeleteIfUnchanged(numberOfKeys: number, ...keysThenValues: string[]): Promise<number> };
 
 /**
- * Deletes a usage key only while it still holds `value` (what the flush read and wrote; '' for a key
- * read as missing), and then drops its name from `index` (the flush's index; same slot on a Cluster).
- * Returns 0, touching nothing, when a newer use replaced the value since: that use stays, indexed,
- * for the next run. One script, so no use recorded in between is deleted.
+ * Deletes each usage key only while it still holds its `value` (what the flush read and wrote; '' for
+ * a key read as missing), and then drops its name from `index` (the flush's index). A key a newer use
+ * replaced since is left alone, indexed, for the next run. One script for the lot, so no use recorded
+ * in between is deleted; on a Cluster the keys and `index` must share a slot (`activeIndexKey`).
+ * Returns how many keys were deleted or found missing.
  */
-export function deleteIfUnchanged(redis: RedisClient, key: string, index: string, value: string): Promise<number> {
+export function deleteIfUnchanged(redis: RedisClient, index: string, entries: readonly { key: string; value: string }[]): Promise<number> {
   const client = redis as RedisClient & Partial<WithDeleteIfUnchanged>;
-  if (!client.apiTokenDeleteIfUnchanged) client.defineCommand('apiTokenDeleteIfUnchanged', { numberOfKeys: 2, lua: DELETE_IF_UNCHANGED });
-  return (client as RedisClient & WithDeleteIfUnchanged).apiTokenDeleteIfUnchanged(key, index, value);
+  if (!client.apiTokenDeleteIfUnchanged) client.defineCommand('apiTokenDeleteIfUnchanged', { lua: DELETE_IF_UNCHANGED });
+  const keys = entries.map((e) => e.key);
+  const values = entries.map((e) => e.value);
+  return (client as RedisClient & WithDeleteIfUnchanged).apiTokenDeleteIfUnchanged(entries.length + 1, index, ...keys, ...values);
 }
 
 const SET_IF_GENERATION = `

@@ -444,8 +444,8 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
  * left a GETDEL that Redis had run, the use out of Redis and in no reply: lost, and not even counted.
  * Catching late replies cannot close that (ioredis drops a reply once its command timed out, and a
  * connection can drop after Redis ran the command), and holding keys per run would need one per
- * Cluster slot. Read, write, then delete-if-unchanged needs neither: every key is its own script call
- * (one key and its slot's index, so any Cluster layout), a delete that fails or answers late only
+ * Cluster slot. Read, write, then delete-if-unchanged needs neither: one script per page (per slot
+ * on a Cluster: the keys and their slot's index, so any Cluster layout), a delete that fails or answers late only
  * leaves a use that is already written, and the next run writes it again (forward-only: no change)
  * and deletes it.
  */
@@ -464,7 +464,7 @@ class Release {
     if (this.failed || !entries.length) return;
     const done = await this.redis.background(
       'flush',
-      (r, step) => step(() => Promise.all(entries.map((e) => deleteIfUnchanged(r, e.key, activeIndexKey(r, e.key), e.value)))),
+      (r, step) => step(() => Promise.all([...bySlot(r, entries)].map(([index, group]) => deleteIfUnchanged(r, index, group)))),
       { timeoutMs: BATCH_CALL_TIMEOUT_MS, commandTimeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 },
     );
     if (done === UNCONFIRMED) this.failed = true;
@@ -510,6 +510,22 @@ export function parseActiveEntry(key: string, value: string, now = Date.now()): 
   if (!parsed || !lastUsedAt || key.includes('\u0000')) return null;
   if (Date.parse(`${lastUsedAt}Z`) > now + MAX_FUTURE_SKEW_MS) return null;
   return { key, value, token: parsed.token, scope: parsed.scope, lastUsedAt };
+}
+
+/**
+ * Entries grouped by their index key: one group on a single node; on a Cluster one per slot (the
+ * index's hash tag names the slot), so each group's script has its keys in one slot. An index page
+ * is one slot, one group; a SCAN page of a master spreads over its slots.
+ */
+function bySlot<T extends { key: string }>(redis: RedisClient, entries: readonly T[]): Map<string, T[]> {
+  const groups = new Map<string, T[]>();
+  for (const entry of entries) {
+    const index = activeIndexKey(redis, entry.key);
+    const group = groups.get(index);
+    if (group) group.push(entry);
+    else groups.set(index, [entry]);
+  }
+  return groups;
 }
 
 function ignoreStopped(error: unknown): void {
