@@ -316,7 +316,7 @@ describe("a fill's conditional write", () => {
     console.log(`shutdown with Redis frozen took ${(performance.now() - closing).toFixed(0)} ms`);
 
     server.resume();
-    // Every use is in PostgreSQL or still in Redis (put back or never taken), none lost.
+    // Every use is in PostgreSQL or still in Redis (a key is deleted only after its use is written), none lost.
     const rows = (await suite.db.query('SELECT token, last_used_at FROM api_tokens')) as { token: string; last_used_at: Date | null }[];
     for (const token of tokens) {
       const written = rows.find((row) => row.token === token)?.last_used_at != null;

@@ -31,7 +31,7 @@ export interface InstanceSample {
   /** The library's own count of Redis outages (times it took Redis as down) and whether Redis is up now. */
   redisOutages: number;
   redisUp: boolean;
-  /** Uses the usage flush took from Redis and could neither write nor put back (README "Usage flush"). */
+  /** Uses the usage flush took from Redis and could not write (0 from 0.3.0, issue 29: docs/usage-flush.md). */
   flushUsesLost: number;
 }
 

@@ -178,13 +178,16 @@ export interface ApiTokenMetricsSnapshot {
     runs: Record<FlushOutcome, number>;
     /** `api_token_active:*` keys the walks returned. */
     scanned: number;
-    /** Keys read and deleted (GETDEL). */
+    /** Uses read from Redis (each key deleted once its use is written). */
     taken: number;
     /** Rows whose `last_used_at` moved forward. */
     updated: number;
     /** Unusable keys dropped (bad shape, unreadable time, time too far ahead). */
     dropped: number;
-    /** Uses taken from Redis that neither reached the database nor went back to Redis. */
+    /**
+     * Uses the flush took from Redis and could not write. Stays 0 from 0.3.0: a key leaves Redis only
+     * after its use is written. Kept so dashboards and alerts keep their series.
+     */
     usesLost: number;
     /** Expired tokens the job deleted (rows and cache entries, through the revocation path). */
     expiredRemoved: number;
@@ -367,7 +370,7 @@ export class ApiTokenMetrics {
   }
 
   /**
-   * Counts uses a failed flush could put neither in the database nor back in Redis.
+   * Counts uses the flush took from Redis and could not write (none since 0.3.0; kept for the series).
    * @internal the module's own counting; applications read {@link ApiTokenMetrics.snapshot}.
    */
   flushUsesLost(count: number): void {

@@ -130,7 +130,7 @@ export const API_TOKEN_COUNTERS: readonly Family[] = [
   },
   {
     name: 'api_token_flush_uses_lost_total',
-    help: 'Uses a failed flush could put neither in the database nor back in Redis.',
+    help: 'Uses the usage flush took from Redis and could not write (0 from 0.3.0: a key is deleted only after its use is written).',
     labelNames: [],
     samples: one((s) => s.flush.usesLost),
   },

@@ -192,7 +192,7 @@ export class ApiTokenRedisService implements OnApplicationShutdown {
 
   /**
    * The background path's own connection (a duplicate of the application's client, made on first use):
-   * a stalled SCAN or a large GETDEL page then holds up no request's GET behind it on one socket
+   * a stalled SCAN or a large page of the flush's reads then holds up no request's GET behind it on one socket
    * (single node and Sentinel; see below for a Cluster).
    */
   private backgroundClient(): RedisClient {

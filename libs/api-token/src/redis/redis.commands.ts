@@ -67,6 +67,35 @@ export function setIfNewer(redis: RedisClient, key: string, value: string, ttlSe
   return index === undefined ? defined.apiTokenSetIfNewer(key, value, ttlSeconds) : defined.apiTokenSetIfNewerIndexed(key, index, value, ttlSeconds);
 }
 
+const DELETE_IF_UNCHANGED = `
+local deleted = 0
+for i = 2, #KEYS do
+  local current = redis.call('GET', KEYS[i])
+  if not current or current == ARGV[i - 1] then
+    if current then redis.call('DEL', KEYS[i]) end
+    redis.call('SREM', KEYS[1], KEYS[i])
+    deleted = deleted + 1
+  end
+end
+return deleted`;
+
+type WithDeleteIfUnchanged = { apiTokenDeleteIfUnchanged(numberOfKeys: number, ...keysThenValues: string[]): Promise<number> };
+
+/**
+ * Deletes each usage key only while it still holds its `value` (what the flush read and wrote; '' for
+ * a key read as missing), and then drops its name from `index` (the flush's index). A key a newer use
+ * replaced since is left alone, indexed, for the next run. One script for the lot, so no use recorded
+ * in between is deleted; on a Cluster the keys and `index` must share a slot (`activeIndexKey`).
+ * Returns how many keys were deleted or found missing.
+ */
+export function deleteIfUnchanged(redis: RedisClient, index: string, entries: readonly { key: string; value: string }[]): Promise<number> {
+  const client = redis as RedisClient & Partial<WithDeleteIfUnchanged>;
+  if (!client.apiTokenDeleteIfUnchanged) client.defineCommand('apiTokenDeleteIfUnchanged', { lua: DELETE_IF_UNCHANGED });
+  const keys = entries.map((e) => e.key);
+  const values = entries.map((e) => e.value);
+  return (client as RedisClient & WithDeleteIfUnchanged).apiTokenDeleteIfUnchanged(entries.length + 1, index, ...keys, ...values);
+}
+
 const SET_IF_GENERATION = `
 if tonumber(redis.call('TIME')[1]) > tonumber(ARGV[4]) then return -1 end
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[1] then return 0 end

@@ -58,7 +58,7 @@ describe('parseActiveEntry', () => {
   const T = '2026-02-03T10:00:00.123000';
 
   it('reads scope, token and time like Dify', () => {
-    expect(parseActiveEntry('api_token_active:app:app-abc', T)).toEqual({ key: 'api_token_active:app:app-abc', scope: 'app', token: 'app-abc', lastUsedAt: T });
+    expect(parseActiveEntry('api_token_active:app:app-abc', T)).toEqual({ key: 'api_token_active:app:app-abc', value: T, scope: 'app', token: 'app-abc', lastUsedAt: T });
     expect(parseActiveEntry('api_token_active:None:app-abc', T)?.scope).toBeNull();
     expect(parseActiveEntry('api_token_active:any:app-abc', T)?.scope).toBeNull();
     expect(parseActiveEntry('api_token_active:app:a:b', T)?.token).toBe('a:b');

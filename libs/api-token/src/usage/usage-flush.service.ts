@@ -5,10 +5,10 @@ import { CronTime } from 'cron';
 import type { Redis } from 'ioredis';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { ApiTokenStoreError } from '../api-token.errors';
-import { ACTIVE_KEY_PREFIX, ACTIVE_KEY_TTL_SECONDS, parseScopedKey } from '../api-token.keys';
+import { ACTIVE_KEY_PREFIX, parseScopedKey } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { toNaiveUtc } from '../store/api-token.record';
-import { type RedisClient, keyNodes, setIfNewer } from '../redis/redis.commands';
+import { type RedisClient, deleteIfUnchanged, keyNodes } from '../redis/redis.commands';
 import { activeIndexKey, nodeIndexKeys } from './usage.index';
 import { describeError } from '../api-token.errors';
 import { ApiTokenRedisService, LOCKED, type RedisStep, UNCONFIRMED, boundedStep } from '../redis/redis-access.service';
@@ -23,15 +23,10 @@ export const FLUSH_JOB_NAME = 'api-token-usage-flush';
 export const FLUSH_LOCK_KEY = 'api_token_flush_lock';
 /** The last scheduled tick (Unix seconds) an instance ran, so an instance that gets the lock late skips that tick. */
 export const FLUSH_TICK_KEY = 'api_token_flush_tick';
-/**
- * How many uses the running flush has taken from Redis and not yet written to the database. A run
- * that finds it left over (its writer was killed mid-run) counts those uses as lost.
- */
-export const FLUSH_UNWRITTEN_KEY = 'api_token_flush_unwritten';
 const FLUSH_LOCK_TTL_MS = 30_000;
 /**
- * Bound of each of the flush's calls to Redis (lock, each SCAN and page of GETDEL, lock extension,
- * put-back), whatever the client's settings: with a frozen Redis, a run (and so shutdown) waits
+ * Bound of each of the flush's calls to Redis (lock, each SCAN, SSCAN and page of reads or deletes,
+ * lock extension), whatever the client's settings: with a frozen Redis, a run (and so shutdown) waits
  * about this long, then stops.
  */
 const BATCH_CALL_TIMEOUT_MS = 1000;
@@ -56,11 +51,14 @@ export const SCAN_BUDGET_MS = 60_000;
 export interface UsageFlushStats {
   /** `api_token_active:*` keys found: named by the library's index, or returned by SCAN (Dify's). */
   scanned: number;
-  /** Keys read and deleted (GETDEL); a key that expired or was taken between SCAN and GETDEL is not counted. */
+  /**
+   * Uses read from Redis (a key that expired or was flushed between SCAN and the read is not counted).
+   * A key is deleted only once its use is in the database, and only if no newer use replaced it.
+   */
   taken: number;
   /** Rows whose `last_used_at` moved forward. */
   updated: number;
-  /** Taken keys that could not be used (bad key shape or time), deleted and counted. */
+  /** Keys read that could not be used (bad key shape or time), deleted and counted. */
   dropped: number;
   /** Expired tokens deleted after the walk, under the same lock (when the expiry sweep is set up). */
   expired: number;
@@ -77,6 +75,8 @@ export type FlushFollowUp = (keepLock: () => Promise<boolean>) => Promise<number
 
 interface TakenUse extends LastUsedUpdate {
   key: string;
+  /** The value read, exactly: the key is deleted only while it still holds it. */
+  value: string;
 }
 
 /** Ends a walk early without it passing for a Redis failure. */
@@ -87,9 +87,10 @@ class WalkStopped extends Error {
 }
 
 /**
- * The uses one flush has taken and not yet written, written a page (one statement) at a time, with at
- * most one page's UPDATE in flight while the next page is taken from Redis: memory is bounded by two
- * pages, and Redis's and PostgreSQL's round trips overlap instead of adding up.
+ * The uses one flush has read and not yet written, written a page (one statement) at a time, with at
+ * most one page's UPDATE (and then its keys' deletion) in flight while the next page is read from
+ * Redis: memory is bounded by two pages, and Redis's and PostgreSQL's round trips overlap instead of
+ * adding up.
  */
 class Walk {
   readonly stats: UsageFlushStats = { scanned: 0, taken: 0, updated: 0, dropped: 0, expired: 0, elapsedMs: 0 };
@@ -99,6 +100,8 @@ class Walk {
   failed: ApiTokenStoreError | undefined;
   private buffer: TakenUse[] = [];
   private writing: TakenUse[] = [];
+  /** The keys of `buffer` and `writing`: still in Redis until written, so a SCAN or SSCAN may name them again. */
+  private readonly pending = new Set<string>();
   private inFlight: Promise<void> = Promise.resolve();
 
   constructor(
@@ -107,14 +110,18 @@ class Walk {
   ) {}
 
   add(uses: TakenUse[]): void {
-    for (const use of uses) this.buffer.push(use);
+    for (const use of uses) {
+      this.buffer.push(use);
+      this.pending.add(use.key);
+    }
   }
 
-  /** What was taken and not written (after a database failure: everything not in the database). */
-  get unwritten(): readonly TakenUse[] {
-    return this.writing.length ? [...this.writing, ...this.buffer] : this.buffer;
+  /** The keys of a page found in Redis that this walk has not read yet (a SCAN can name a key twice). */
+  unread(keys: string[]): string[] {
+    return [...new Set(keys)].filter((key) => !this.pending.has(key));
   }
 
+  /** Uses read and not written (after a database failure: everything not in the database; still in Redis). */
   get unwrittenCount(): number {
     return this.writing.length + this.buffer.length;
   }
@@ -131,6 +138,7 @@ class Walk {
       this.inFlight = this.update(page).then(
         (updated) => {
           this.stats.updated += updated;
+          for (const use of page) this.pending.delete(use.key);
           this.writing = [];
         },
         (error: unknown) => {
@@ -150,14 +158,15 @@ class Walk {
 }
 
 /**
- * Moves usage from `api_token_active:{scope}:{token}` into `api_tokens.last_used_at`, on the `flushCron`
+ Moves usage from `api_token_active:{scope}:{token}` into `api_tokens.last_used_at`, on the `flushCron`
  * schedule (needs `ScheduleModule.forRoot()` in the application) or on demand with {@link flushNow}.
  *
  * One instance runs at a time (a Redlock lock, extended while the run works; an instance that does not
- * get it skips the tick), and one run per scheduled tick across instances. Each key is read and deleted
- * in one step (GETDEL), so a use recorded during the run stays for the next one; each page of
- * `flushPageSize` uses is one forward-only UPDATE. When the database refuses a page, the taken times
- * go back to Redis unless a newer one is there.
+ * get it skips the tick), and one run per scheduled tick across instances. Each page of
+ * `flushPageSize` uses is read (GET), written in one forward-only UPDATE, and only then deleted from
+ * Redis, each key only while it still holds the time written (a script): a use recorded during the
+ * run stays for the next one, and a run that stops anywhere (Redis or the database not answering, a
+ * reply that comes late, the process killed) leaves every use it did not write in Redis.
  *
  * @hideconstructor
  */
@@ -168,8 +177,6 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
   private queued = 0;
   private scheduled = false;
   private closing = false;
-  /** This process's last run accounted for its uses (written, put back or counted lost) and could not delete its marker. */
-  private markerCounted = false;
   private readonly tickTtlSeconds: number;
   private followUp: FlushFollowUp | undefined;
 
@@ -268,35 +275,41 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
         this.metrics?.flushSkipped();
         return null;
       }
-      await this.countLeftOver();
-      const walk = new Walk(this.options.flushPageSize, (page) => this.repository.updateLastUsed(page));
+      const release = new Release(this.redis);
+      const walk = new Walk(this.options.flushPageSize, async (page) => {
+        const updated = await this.repository.updateLastUsed(page);
+        await release.delete(page);
+        return updated;
+      });
       const walked = await this.redis.background('flush', async (client, step) => {
         try {
-          const onPage = async (node: Redis, keys: string[]) => {
-            walk.add(await this.take(node, keys, walk.stats, now, step));
-            await this.markUnwritten(walk.unwrittenCount, step);
+          const onPage = async (node: Redis, found: string[]) => {
+            const keys = walk.unread(found);
+            walk.stats.scanned += keys.length;
+            if (!keys.length) return;
+            walk.add(await this.read(node, keys, walk.stats, now, step, release));
             await walk.write(false);
+            release.check();
             held.lock = await this.extend(held.lock, step);
           };
-          // The library's own uses: named by the index, no SCAN.
+          // The library's own uses: named by the index, no SCAN. SSCAN, not SPOP: a name leaves the
+          // index with its key (see Release), so a run that stops leaves the rest indexed.
           for (const node of keyNodes(client)) {
             for (const index of await nonEmpty(node, nodeIndexKeys(client, node), step)) {
-              for (;;) {
-                const keys = await step(() => node.spop(index, walk.pageSize)).catch(movedIsEmpty);
-                if (!keys.length) break;
-                walk.stats.scanned += keys.length;
-                await onPage(node, keys);
-                if (keys.length < walk.pageSize) break;
-              }
+              let cursor = '0';
+              do {
+                const [next, keys] = await step(() => node.sscan(index, cursor, 'COUNT', walk.pageSize)).catch(movedIsEmpty);
+                cursor = next;
+                if (keys.length) await onPage(node, keys);
+              } while (cursor !== '0');
             }
           }
-          // Dify's uses (not indexed): a paced SCAN, its cursor kept in Redis across runs.
-          await this.scanSlice(client, step, walk.pageSize, async (node, keys) => {
-            walk.stats.scanned += keys.length;
-            await onPage(node, keys);
-          });
+          // Written and deleted before the SCAN starts, so it does not find them again.
           await walk.write(true);
-          await this.markUnwritten(walk.unwrittenCount, step);
+          release.check();
+          // Dify's uses (not indexed): a paced SCAN, its cursor kept in Redis across runs.
+          await this.scanSlice(client, step, walk.pageSize, onPage);
+          await walk.write(true);
         } catch (error) {
           if (!(error instanceof WalkStopped)) throw error;
           walk.stopped = error.reason;
@@ -320,13 +333,9 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
       const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} elapsed=${elapsedMs}ms expired=${expired}`;
       this.metrics?.flushRan(walk.failed ? 'failed' : walk.stopped === undefined ? 'completed' : 'stopped', walk.stats);
       if (walk.failed) {
-        const kept = await this.putBack(walk.unwritten);
-        // Lost uses are counted by putBack; a marker left behind must not count them twice.
-        this.markerCounted = !(await this.markUnwritten(0));
-        this.logger.error(`Usage flush failed: ${line}; ${walk.failed.message}; ${kept}`);
+        this.logger.error(`Usage flush failed: ${line}; ${walk.failed.message}; ${walk.unwrittenCount} uses left in Redis for the next run`);
         throw walk.failed;
       }
-      this.markerCounted = !(await this.markUnwritten(0));
       const reason = typeof walk.stopped === 'string' ? walk.stopped : describeError(walk.stopped);
       const note = walk.stopped === undefined ? '' : `; stopped early (${reason})`;
       this.logger.log(`Usage flush${tick === null ? '' : ` tick=${tick}`}: ${line}${note}`);
@@ -401,34 +410,6 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     return time && Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000);
   }
 
-  /**
-   * Counts as lost the uses a killed run had taken and not written (its marker is left over). Not
-   * when this process's last run left the marker after accounting for its uses; another instance
-   * would count those (a run whose Redis went down at its end, then a run elsewhere).
-   */
-  private async countLeftOver(): Promise<void> {
-    const left = Number(await this.redis.call('get', (r) => r.get(FLUSH_UNWRITTEN_KEY)));
-    const counted = this.markerCounted;
-    this.markerCounted = false;
-    if (left > 0 && !counted) {
-      this.metrics?.flushUsesLost(left);
-      this.logger.warn(`An earlier usage flush ended mid-run: ${left} uses it had taken were not written (lost)`);
-    }
-  }
-
-  /**
-   * Records how many taken uses are not in the database yet (0 deletes the marker); false when Redis did
-   * not answer. On the background path: a slow answer must not send requests to the database.
-   */
-  private async markUnwritten(count: number, step?: RedisStep): Promise<boolean> {
-    const send = (r: RedisClient): Promise<unknown> => (count > 0 ? r.set(FLUSH_UNWRITTEN_KEY, String(count), 'EX', ACTIVE_KEY_TTL_SECONDS) : r.del(FLUSH_UNWRITTEN_KEY));
-    if (step) {
-      await step(() => send(this.redis.client));
-      return true;
-    }
-    return UNCONFIRMED !== (await this.redis.background('flush', (r, s) => s(() => send(r)), { timeoutMs: BATCH_CALL_TIMEOUT_MS * 3 }));
-  }
-
   private async extend(lock: Lock, step: RedisStep): Promise<Lock> {
     if (lock.expiration - Date.now() > FLUSH_LOCK_TTL_MS / 2) return lock;
     try {
@@ -439,48 +420,80 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
   }
 
   /**
-   * Reads and deletes a page of keys on the node that holds them; returns the usable uses. When Redis
-   * does not answer in time, the GETDELs may still run (a frozen Redis runs them when it resumes):
-   * what they take then is put back, so giving up on a page loses none of its uses.
+   * Reads a page of keys on the node that holds them (GET, nothing deleted): the usable uses. Keys read
+   * as missing (a stale name in the index) or unusable (counted as dropped) are deleted at once.
    */
-  private async take(node: Redis, keys: string[], stats: UsageFlushStats, now: number, step: RedisStep): Promise<TakenUse[]> {
-    const pipeline = node.pipeline();
-    for (const key of keys) pipeline.getdel(key);
-    let sent: ReturnType<typeof pipeline.exec> | undefined;
-    let replies: Awaited<ReturnType<typeof pipeline.exec>>;
-    try {
-      replies = await step(() => (sent = pipeline.exec()));
-    } catch (error) {
-      const late = { scanned: 0, taken: 0, updated: 0, dropped: 0, expired: 0, elapsedMs: 0 };
-      void sent?.then((r) => this.putBack(usesOf(keys, r ?? [], late, now), true)).catch(() => undefined);
-      throw error;
-    }
-    return usesOf(keys, replies ?? [], stats, now);
-  }
-
-  /** Puts taken uses back in Redis, never over a newer time; says how it went. */
-  private async putBack(uses: readonly TakenUse[], force = false): Promise<string> {
-    void force;
-    const done = await this.redis.background('flush', (r, step) =>
-      step(() => Promise.all(uses.map((u) => setIfNewer(r, u.key, u.lastUsedAt, ACTIVE_KEY_TTL_SECONDS, activeIndexKey(r, u.key))))),
-      { timeoutMs: BATCH_CALL_TIMEOUT_MS * 3, retries: 0 },
-    ) !== UNCONFIRMED;
-    if (!done) this.metrics?.flushUsesLost(uses.length);
-    return done ? `${uses.length} uses put back in Redis` : `${uses.length} uses lost (Redis did not answer)`;
+  private async read(node: Redis, keys: string[], stats: UsageFlushStats, now: number, step: RedisStep, release: Release): Promise<TakenUse[]> {
+    const replies = await step(() => {
+      const pipeline = node.pipeline();
+      for (const key of keys) pipeline.get(key);
+      return pipeline.exec();
+    });
+    const { uses, discard } = usesOf(keys, replies ?? [], stats, now);
+    if (discard.length) await release.delete(discard);
+    return uses;
   }
 }
 
-/** The usable uses of a page of GETDEL replies, counted in `stats`. */
-function usesOf(keys: string[], replies: [Error | null, unknown][], stats: UsageFlushStats, now: number): TakenUse[] {
+/**
+ * Deletes the keys of uses the database has, each only while it still holds the value read: the one
+ * step of the flush that removes a use from Redis, so nothing is taken before it is written.
+ *
+ * Issue 29: the flush used to take each key with GETDEL and write what the reply held. A reply that
+ * came after the flush's bound on it (or the client's `commandTimeout`, or never: a dropped connection)
+ * left a GETDEL that Redis had run, the use out of Redis and in no reply: lost, and not even counted.
+ * Catching late replies cannot close that (ioredis drops a reply once its command timed out, and a
+ * connection can drop after Redis ran the command), and holding keys per run would need one per
+ * Cluster slot. Read, write, then delete-if-unchanged needs neither: one script per page (per slot
+ * on a Cluster: the keys and their slot's index, so any Cluster layout), a delete that fails or answers late only
+ * leaves a use that is already written, and the next run writes it again (forward-only: no change)
+ * and deletes it.
+ */
+class Release {
+  /** Set once a delete went unanswered: the rest of the run's keys stay (written again next run) rather than wait on Redis. */
+  private failed = false;
+
+  constructor(private readonly redis: ApiTokenRedisService) {}
+
+  /** Stops the walk once a delete went unanswered: Redis is failing, and the SCAN would find those keys again. */
+  check(): void {
+    if (this.failed) throw new WalkStopped('Redis did not answer a delete');
+  }
+
+  async delete(entries: readonly { key: string; value: string }[]): Promise<void> {
+    if (this.failed || !entries.length) return;
+    const done = await this.redis.background(
+      'flush',
+      (r, step) => step(() => Promise.all([...bySlot(r, entries)].map(([index, group]) => deleteIfUnchanged(r, index, group)))),
+      { timeoutMs: BATCH_CALL_TIMEOUT_MS, commandTimeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 },
+    );
+    if (done === UNCONFIRMED) this.failed = true;
+  }
+}
+
+/**
+ * The usable uses of a page of GET replies, counted in `stats`, and the keys to delete now: missing
+ * ('' : only the index names them) or unusable (counted as dropped). A key answered with an error
+ * (a slot that moved, a key of another type) is left alone.
+ */
+function usesOf(keys: string[], replies: [Error | null, unknown][], stats: UsageFlushStats, now: number) {
   const uses: TakenUse[] = [];
+  const discard: { key: string; value: string }[] = [];
   replies.forEach(([error, value], i) => {
-    if (error || value == null) return;
+    if (error) return;
+    if (value == null) {
+      discard.push({ key: keys[i], value: '' });
+      return;
+    }
     stats.taken++;
     const use = parseActiveEntry(keys[i], String(value), now);
     if (use) uses.push(use);
-    else stats.dropped++;
+    else {
+      stats.dropped++;
+      discard.push({ key: keys[i], value: String(value) });
+    }
   });
-  return uses;
+  return { uses, discard };
 }
 
 /** How far ahead of Redis's clock a use time may be (clock skew between hosts); later ones are dropped. */
@@ -496,22 +509,38 @@ export function parseActiveEntry(key: string, value: string, now = Date.now()): 
   const lastUsedAt = toNaiveUtc(value);
   if (!parsed || !lastUsedAt || key.includes('\u0000')) return null;
   if (Date.parse(`${lastUsedAt}Z`) > now + MAX_FUTURE_SKEW_MS) return null;
-  return { key, token: parsed.token, scope: parsed.scope, lastUsedAt };
+  return { key, value, token: parsed.token, scope: parsed.scope, lastUsedAt };
+}
+
+/**
+ * Entries grouped by their index key: one group on a single node; on a Cluster one per slot (the
+ * index's hash tag names the slot), so each group's script has its keys in one slot. An index page
+ * is one slot, one group; a SCAN page of a master spreads over its slots.
+ */
+function bySlot<T extends { key: string }>(redis: RedisClient, entries: readonly T[]): Map<string, T[]> {
+  const groups = new Map<string, T[]>();
+  for (const entry of entries) {
+    const index = activeIndexKey(redis, entry.key);
+    const group = groups.get(index);
+    if (group) group.push(entry);
+    else groups.set(index, [entry]);
+  }
+  return groups;
 }
 
 function ignoreStopped(error: unknown): void {
   if (!(error instanceof WalkStopped)) throw error;
 }
 
-/** A slot that moved answers MOVED to a SPOP sent to its old master: nothing to drain there now. */
-function movedIsEmpty(error: unknown): string[] {
-  if (error instanceof Error && /^MOVED|^ASK/.test(error.message)) return [];
+/** A slot that moved answers MOVED to an SSCAN sent to its old master: nothing to drain there now. */
+function movedIsEmpty(error: unknown): [string, string[]] {
+  if (error instanceof Error && /^MOVED|^ASK/.test(error.message)) return ['0', []];
   throw error;
 }
 
 /**
  * The index keys that hold members, asked in one pipeline of SCARD (on a Cluster a master has some
- * 5,000 slots, and one SPOP round trip per empty slot would cost seconds per run).
+ * 5,000 slots, and one SSCAN round trip per empty slot would cost seconds per run).
  */
 async function nonEmpty(node: Redis, keys: string[], step: RedisStep): Promise<string[]> {
   if (keys.length <= 1) return keys;

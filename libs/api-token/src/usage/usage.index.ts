@@ -4,11 +4,11 @@ import { ACTIVE_KEY_TTL_SECONDS } from '../api-token.keys';
 import type { RedisClient } from '../redis/redis.commands';
 
 /**
- * The set of the `api_token_active:*` keys this library wrote, which the flush drains (SPOP) instead of
+ * The set of the `api_token_active:*` keys this library wrote, which the flush reads (SSCAN) instead of
  * walking the keyspace. Keys Dify writes are not in it; the flush's paced SCAN finds those.
  * On a single node one set; on a Cluster one per slot, `api_token_active_index:{tag}` with a hash tag
- * of that slot, so a use's key and its index entry are written by one script, and each master drains
- * the sets of its own slots.
+ * of that slot, so a use's key and its index entry are written (and deleted) by one
+ * script, and each master reads the sets of its own slots.
  */
 export const ACTIVE_INDEX_KEY = 'api_token_active_index';
 /** An index lives as long as the keys it names (refreshed by every write). */
