@@ -25,8 +25,8 @@ import { renderScaleResults, runScaleBench } from './scale.bench';
  */
 async function main(): Promise<void> {
   const only = process.argv[2];
-  if (only !== undefined && !['adapters', 'scale', 'flood', 'flush'].includes(only)) {
-    throw new Error(`unknown scenario "${only}": run \`npm run bench\` or \`npm run bench -- <adapters|scale|flood|flush>\``);
+  if (only !== undefined && !['adapters', 'scale', 'scale-cluster', 'flood', 'flush'].includes(only)) {
+    throw new Error(`unknown scenario "${only}": run \`npm run bench\` or \`npm run bench -- <adapters|scale|scale-cluster|flood|flush>\``);
   }
   const started = Date.now();
   const cleanup = new Cleanup();
@@ -48,12 +48,13 @@ async function main(): Promise<void> {
       floodSize: envInt('BENCH_FLOOD_SIZE', 10_000),
       stampede: 500,
     };
-    if (only === 'scale') {
-      console.log('Scale: a private redis-server filled with unrelated keys, a private database…');
-      const result = await runScaleBench(cleanup);
+    if (only === 'scale' || only === 'scale-cluster') {
+      const kind = only === 'scale' ? 'single' : 'cluster';
+      console.log(`Scale: a private ${kind === 'single' ? 'redis-server' : 'three-master Redis Cluster'} filled with unrelated keys, a private database…`);
+      const result = await runScaleBench(cleanup, kind);
       console.log(JSON.stringify(result, null, 2));
-      writeSection(join(__dirname, 'RESULTS.md'), 'scale', renderScaleResults(result));
-      console.log('Wrote the scale part of bench/RESULTS.md');
+      writeSection(join(__dirname, 'RESULTS.md'), only, renderScaleResults(result));
+      console.log(`Wrote the ${only} part of bench/RESULTS.md`);
       return;
     }
     console.log('Starting a private redis-server and a private database…');

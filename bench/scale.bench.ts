@@ -1,15 +1,21 @@
 import 'reflect-metadata';
 import { NestFactory } from '@nestjs/core';
+import calculateSlot from 'cluster-key-slot';
+import Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
 import { ApiTokenService, ApiTokenUsageFlushService } from '../libs/api-token/src';
 import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
 import { ApiTokenUsageRecorder } from '../libs/api-token/src/usage/usage.recorder';
+import type { ApiTokenStoresEnv } from '../libs/api-token/src/env/stores.env';
 import { TestAppModule } from '../test/app/app.module';
+import { clusterPorts, startRedisCluster } from '../test/support/redis-cluster';
 import { type Cleanup, commandStats, createBenchDatabase, startRedis } from './bench.infra';
 import { runFlushBench } from './flush.bench';
 
 /** What `npm run bench -- scale` measured (bench/RESULTS.md, section "scale"). */
 export interface ScaleBenchResult {
+  /** `redis-server`, or a three-master Redis Cluster. */
+  redis: 'single' | 'cluster';
   unrelatedKeys: number;
   revokes: number;
   revokeP50Ms: number;
@@ -26,25 +32,69 @@ export interface ScaleBenchResult {
 const p = (values: number[], q: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor(values.length * q))];
 const ms = (n: number) => Math.round(n * 100) / 100;
 
-/**
- * A shared Redis of `BENCH_SCALE_KEYS` unrelated keys (default 1,000,000; `DEBUG POPULATE`, or a script
- * where DEBUG is refused) in a private redis-server: revoke() and invalidateTenant() latency and
- * confirmation, the SCANs they send, a flush of 1,000 library-written uses, whether the request path
- * ever left Redis; then the 1M Dify-key flush against its floor (`BENCH_SCALE_FLUSH_KEYS`, 0 to skip).
- */
-export async function runScaleBench(cleanup: Cleanup): Promise<ScaleBenchResult> {
-  const unrelatedKeys = Number(process.env.BENCH_SCALE_KEYS ?? 1_000_000);
-  const flushKeys = Number(process.env.BENCH_SCALE_FLUSH_KEYS ?? 1_000_000);
+/** Where the bench's Redis is: the stores option that reaches it, a connection to each master, and one port for the 1M flush. */
+interface ScaleRedis {
+  stores: Pick<ApiTokenStoresEnv, 'redisUrl' | 'redisClusterNodes'>;
+  masters: Redis[];
+  /** Port of a plain redis-server for the 1M Dify-key flush; undefined on a Cluster (not run there). */
+  flushPort?: number;
+}
+
+/** A private redis-server holding `keys` unrelated keys (`DEBUG POPULATE`, or a script where DEBUG is refused). */
+async function singleRedis(cleanup: Cleanup, keys: number): Promise<ScaleRedis> {
   const redis = await startRedis(cleanup);
   try {
-    await redis.admin.call('DEBUG', 'POPULATE', String(unrelatedKeys), 'unrelated');
+    await redis.admin.call('DEBUG', 'POPULATE', String(keys), 'unrelated');
   } catch {
     const script = "for i = ARGV[2], ARGV[3] do redis.call('SET', ARGV[1] .. ':' .. i, 'value:' .. i) end";
-    for (let from = 0; from < unrelatedKeys; from += 100_000) await redis.admin.eval(script, 0, 'unrelated', from, Math.min(from + 100_000, unrelatedKeys) - 1);
+    for (let from = 0; from < keys; from += 100_000) await redis.admin.eval(script, 0, 'unrelated', from, Math.min(from + 100_000, keys) - 1);
   }
+  return { stores: { redisUrl: redis.url }, masters: [redis.admin], flushPort: Number(new URL(redis.url).port) };
+}
+
+/**
+ * A private three-master Redis Cluster holding `keys` unrelated keys, a third on each master, spread
+ * over 64 hash tags per master (slots it owns), written by pipelined MSETs of 1,000 keys.
+ */
+async function clusterRedis(cleanup: Cleanup, keys: number): Promise<ScaleRedis> {
+  const cluster = await startRedisCluster(await clusterPorts(7301));
+  cleanup.add(() => cluster.stop());
+  const masters = cluster.nodes.map((node) => new Redis(`redis://${node}`, { maxRetriesPerRequest: 1 }));
+  cleanup.add(() => masters.forEach((m) => m.disconnect()));
+  const slots = await masters[0].cluster('SLOTS');
+  const owner = (slot: number) => slots.find(([from, to]) => slot >= from && slot <= to)![2][1];
+  for (const master of masters) {
+    const tags: string[] = [];
+    for (let i = 0; tags.length < 64; i++) if (owner(calculateSlot(`u${i}`)) === master.options.port) tags.push(`u${i}`);
+    const share = Math.ceil(keys / masters.length);
+    for (let from = 0; from < share; from += 100_000) {
+      const pipeline = master.pipeline();
+      for (let batch = from; batch < Math.min(from + 100_000, share); batch += 1000) {
+        const tag = tags[(batch / 1000) % tags.length];
+        const pairs: string[] = [];
+        for (let i = batch; i < Math.min(batch + 1000, share); i++) pairs.push(`unrelated:{${tag}}:${i}`, `value:${i}`);
+        pipeline.mset(pairs);
+      }
+      await pipeline.exec();
+    }
+  }
+  return { stores: { redisUrl: '', redisClusterNodes: cluster.nodes.map((node) => ({ host: '127.0.0.1', port: Number(node.split(':')[1]) })) }, masters };
+}
+
+/**
+ * A shared Redis of `BENCH_SCALE_KEYS` unrelated keys (default 1,000,000) in a private redis-server,
+ * or with `redis: 'cluster'` (`npm run bench -- scale-cluster`) a private three-master Cluster:
+ * revoke() and invalidateTenant() latency and confirmation, the SCANs they send, a flush of 1,000
+ * library-written uses, whether the request path ever left Redis; then (single server only) the 1M
+ * Dify-key flush against its floor (`BENCH_SCALE_FLUSH_KEYS`, 0 to skip).
+ */
+export async function runScaleBench(cleanup: Cleanup, redisKind: 'single' | 'cluster' = 'single'): Promise<ScaleBenchResult> {
+  const unrelatedKeys = Number(process.env.BENCH_SCALE_KEYS ?? 1_000_000);
+  const flushKeys = Number(process.env.BENCH_SCALE_FLUSH_KEYS ?? 1_000_000);
+  const redis = redisKind === 'cluster' ? await clusterRedis(cleanup, unrelatedKeys) : await singleRedis(cleanup, unrelatedKeys);
   const { url } = await createBenchDatabase(cleanup);
   const app = await NestFactory.createApplicationContext(
-    TestAppModule.forRoot({ stores: { databaseUrl: url, redisUrl: redis.url }, apiToken: { flushCron: false } }),
+    TestAppModule.forRoot({ stores: { databaseUrl: url, ...redis.stores }, apiToken: { flushCron: false } }),
     { logger: ['error', 'warn'] },
   );
   cleanup.add(() => app.close());
@@ -52,7 +102,11 @@ export async function runScaleBench(cleanup: Cleanup): Promise<ScaleBenchResult>
   const tenantId = randomUUID();
   const created = [];
   for (let i = 0; i < 200; i++) created.push(await tokens.create({ scope: 'app', tenantId }));
-  const scans = async () => (await commandStats(redis.admin)).get('scan') ?? 0;
+  const scans = async () => {
+    let total = 0;
+    for (const master of redis.masters) total += (await commandStats(master)).get('scan') ?? 0;
+    return total;
+  };
 
   const revokeTimes: number[] = [];
   let confirmed = 0;
@@ -87,9 +141,9 @@ export async function runScaleBench(cleanup: Cleanup): Promise<ScaleBenchResult>
   const flush1kScans = (await scans()) - flushScansBefore;
   const redisDownAtEnd = app.get(ApiTokenRedisService).isDown;
 
-  const port = Number(new URL(redis.url).port);
-  const flush1m = flushKeys > 0 ? await runFlushBench({ keys: flushKeys, redisPort: port, redisDb: 8 }) : null;
+  const flush1m = flushKeys > 0 && redis.flushPort !== undefined ? await runFlushBench({ keys: flushKeys, redisPort: redis.flushPort, redisDb: 8 }) : null;
   return {
+    redis: redisKind,
     unrelatedKeys,
     revokes: created.length,
     revokeP50Ms: ms(p(revokeTimes, 0.5)),
@@ -108,7 +162,7 @@ export async function runScaleBench(cleanup: Cleanup): Promise<ScaleBenchResult>
 export function renderScaleResults(r: ScaleBenchResult): string {
   const f = r.flush1m;
   return [
-    `### Production scale (issue 23): ${r.unrelatedKeys.toLocaleString('en')} unrelated keys`,
+    `### Production scale (issue 23): ${r.unrelatedKeys.toLocaleString('en')} unrelated keys${r.redis === 'cluster' ? ' on a three-master Redis Cluster' : ''}`,
     '',
     '| measure | result | target |',
     '|---|---:|---|',
@@ -120,7 +174,7 @@ export function renderScaleResults(r: ScaleBenchResult): string {
     `| request path taken off Redis at the end | ${r.redisDownAtEnd ? 'yes' : 'no'} | no |`,
     f
       ? `| flush of ${f.keys.toLocaleString('en')} Dify keys / one UPDATE of the same rows | ${f.seconds} s / ${f.floorSeconds} s = **${f.ratio}×**, ${f.runs} runs, ${f.statements} statements, RSS +${f.rssGrowthMb} MB | ≤ 1.5×, ≤ 1,000 statements, ≤ 150 MB |`
-      : '| 1M flush | not run | |',
+      : `| 1M flush | not run${r.redis === 'cluster' ? ' on the Cluster (the single-server section has it)' : ''} | |`,
     '',
   ].join('\n');
 }

@@ -3,6 +3,7 @@ import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.reposi
 import { FLUSH_JOB_NAME, FLUSH_LOCK_KEY } from '../libs/api-token/src/usage/usage-flush.service';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { RedisModule } from '@nestjs-modules/ioredis';
+import { Pipeline } from 'ioredis';
 import type { INestApplication } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { Test } from '@nestjs/testing';
@@ -18,7 +19,8 @@ import { REDIS_CLUSTER_NODES, REDIS_TEST_DB, REDIS_TEST_URL } from './support/se
 import { redisModuleOptions } from '../libs/api-token/src/env/stores.modules';
 import { createTestApp } from './support/test-app';
 import { until } from './support/until';
-import { ACTIVE_INDEX_KEY } from '../libs/api-token/src/usage/usage.index';
+import { ACTIVE_INDEX_KEY, activeIndexKey } from '../libs/api-token/src/usage/usage.index';
+import { setIfNewer } from '../libs/api-token/src/redis/redis.commands';
 import { suiteFixture } from './support/suite-fixture';
 
 jest.setTimeout(60_000);
@@ -101,6 +103,40 @@ describe('usage flush', () => {
       expect(rows).toHaveLength(n);
       const wrong = rows.filter((r) => r.last_used_at !== NAIVE_MS(base + Number((r.token as string).slice(8))));
       expect(wrong).toEqual([]);
+      expect(await activeKeys()).toEqual([]);
+    });
+
+    it('takes its own uses a page at a time, however many Cluster slots (and so index sets) they sit in', async () => {
+      const n = 2_500;
+      await suite.db.query(
+        `INSERT INTO api_tokens (type, token) SELECT 'app', 'app-slots' || lpad(i::text, 20, '0') FROM generate_series(1, ${n}) AS i`,
+      );
+      // A first (empty) run readies the app's connections: on a cold Cluster client under load the lock's
+      // first call can outlast its bound, and that run answers null (skipped) instead of flushing.
+      await until('a flush runs', async () => (await flush.flushNow()) !== null);
+      // Written as the recorder writes them (the key and its index entry in one script), from the test's
+      // client: the app's 100 ms request-path bound would make a cold Cluster write flaky on a loaded machine.
+      for (let from = 1; from <= n; from += 500) {
+        const writes: Promise<number>[] = [];
+        for (let i = from; i < from + 500; i++) {
+          const key = `api_token_active:app:app-slots${String(i).padStart(20, '0')}`;
+          writes.push(setIfNewer(suite.redis, key, NAIVE_MS(Date.parse('2026-03-01T00:00:00Z') + i), 3600, activeIndexKey(suite.redis, key)));
+        }
+        await Promise.all(writes);
+      }
+      // Each page the run reads is one pipeline of GETs (and its index reads one more): the pipelines
+      // count the pages. On a Cluster the uses sit in ~2,200 slots' indexes; a page per index sent
+      // thousands.
+      const exec = jest.spyOn(Pipeline.prototype, 'exec');
+      counter.reset();
+      const stats = await flush.flushNow();
+      const pipelines = exec.mock.calls.length;
+      exec.mockRestore();
+      expect(stats).toMatchObject({ scanned: n, taken: n, updated: n, dropped: 0 });
+      expect(counter.count(UPDATES)).toBe(Math.ceil(n / 1000));
+      // Per page its index read and its GETs (a page per 1,000 uses, and on a Cluster up to one short page
+      // more per master), the deletes after each UPDATE, and a few more (the SCARDs, the walk's cursor).
+      expect(pipelines).toBeLessThanOrEqual(3 * (Math.ceil(n / 1000) + 3) + 10);
       expect(await activeKeys()).toEqual([]);
     });
 

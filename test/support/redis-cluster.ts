@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
+import { isFree } from './ports';
 
 const run = promisify(execFile);
 
@@ -52,4 +53,14 @@ export async function startRedisCluster(ports: number[]): Promise<PrivateRedisCl
     await stop();
     throw error;
   }
+}
+
+/** Three ports from `from` up (below `from` + 500) whose cluster bus ports (+10000) are free too. */
+export async function clusterPorts(from = 7101): Promise<number[]> {
+  const ports: number[] = [];
+  for (let port = from; ports.length < 3 && port < from + 500; port++) {
+    if ((await isFree(port)) && (await isFree(port + 10_000))) ports.push(port);
+  }
+  if (ports.length < 3) throw new Error(`no three free ports (and bus ports) between ${from} and ${from + 500} for a Redis Cluster`);
+  return ports;
 }

@@ -33,6 +33,14 @@ async function masters(cluster: Cluster): Promise<Redis[]> {
   return cluster.nodes('master');
 }
 
+/** Calls of `command` the suite's Redis has run since it started, summed over every master of a Cluster (`INFO commandstats`). */
+export async function commandCalls(redis: Redis, command: string): Promise<number> {
+  const nodes = redis.isCluster ? await masters(redis as unknown as Cluster) : [redis];
+  let calls = 0;
+  for (const node of nodes) calls += Number(new RegExp(`^cmdstat_${command}:calls=(\\d+)`, 'm').exec(await node.info('commandstats'))?.[1] ?? 0);
+  return calls;
+}
+
 /** How many of the keys exist, one EXISTS per key (keys of several slots on a Cluster). */
 export async function countExisting(redis: Redis, ...keys: string[]): Promise<number> {
   const found = await Promise.all(keys.map((key) => redis.exists(key)));

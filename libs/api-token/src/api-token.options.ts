@@ -57,6 +57,13 @@ export interface ApiTokenModuleOptions {
   /** Uses the usage flush writes per UPDATE statement (and SCAN COUNT hint). Default 1000. */
   flushPageSize?: number;
   /**
+   * Milliseconds one flush run spends walking a shared Redis for usage keys nobody indexed (Dify's):
+   * the SCAN pages that found none count, the walk resumes where it stopped at the next run. A larger
+   * budget covers a large keyspace in fewer runs, a smaller one keeps each run short (see
+   * docs/usage-flush.md, "Bounds on a shared Redis"). Default 100.
+   */
+  flushScanBudgetMs?: number;
+  /**
    * The shape of the module's refusals (401, 429, 503): `'nest'`, Nest's `{message, error, statusCode}`
    * with `WWW-Authenticate: Bearer`; or `'dify'`, Dify's service API `{code, message, status}` with
    * `WWW-Authenticate: Bearer realm="api"`, for clients written against Dify. Default `'nest'`.
@@ -182,6 +189,7 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   redisCooldownMs: 1_000,
   flushCron: DEFAULT_FLUSH_CRON,
   flushPageSize: 1_000,
+  flushScanBudgetMs: 100,
   errorFormat: 'nest',
   defaultRateLimit: null,
   rateLimitMode: 'approximate',
@@ -215,6 +223,7 @@ const INTEGER_RANGES: Partial<Record<keyof ApiTokenModuleOptions, [min: number, 
   redisCommandTimeoutMs: [1, MINUTE_MS],
   redisCooldownMs: [0, MINUTE_MS],
   flushPageSize: [1, 50_000],
+  flushScanBudgetMs: [1, MINUTE_MS],
   rateLimitSyncIntervalMs: [1, MINUTE_MS],
   revocationPollIntervalMs: [0, MINUTE_MS],
   maxConcurrentLookups: [1, 10_000],

@@ -1,6 +1,6 @@
 import { resolveApiTokenOptions } from '../api-token.options';
 import { DEFAULT_FLUSH_CRON, longestCronGapSeconds, MAX_FLUSH_GAP_SECONDS } from './flush.schedule';
-import { parseActiveEntry } from './usage-flush.service';
+import { parseActiveEntry, takePage } from './usage-flush.service';
 
 describe('longestCronGapSeconds', () => {
   it.each([
@@ -87,5 +87,23 @@ describe('parseActiveEntry', () => {
     expect(parseActiveEntry('api_token_active:app:t', '2026-02-03T10:04:59', now)?.lastUsedAt).toBe('2026-02-03T10:04:59');
     expect(parseActiveEntry('api_token_active:app:t', '2026-02-03T10:05:01', now)).toBeNull();
     expect(parseActiveEntry('api_token_active:app:t', '2099-01-01T00:00:00', now)).toBeNull();
+  });
+});
+
+describe('takePage', () => {
+  const at = (index: string, size: number) => ({ index, cursor: '0', size });
+
+  it('fills a page from several indexes, in order, by their sizes', () => {
+    const pending = [at('a', 3), at('b', 1), at('c', 5), at('d', 2)];
+    expect(takePage(pending, 6).map((s) => s.index)).toEqual(['a', 'b', 'c']);
+    expect(pending).toEqual([at('d', 2)]);
+    expect(takePage(pending, 6)).toEqual([at('d', 2)]);
+    expect(pending).toEqual([]);
+  });
+
+  it('takes one large index alone', () => {
+    const pending = [at('a', 2500), at('b', 1)];
+    expect(takePage(pending, 1000)).toEqual([at('a', 2500)]);
+    expect(pending).toEqual([at('b', 1)]);
   });
 });

@@ -38,14 +38,6 @@ const WALK_TIMEOUT_MS = 5 * 60_000;
  */
 export const FLUSH_CURSOR_KEY = 'api_token_flush_cursor';
 const FLUSH_CURSOR_TTL_SECONDS = 86_400;
-/**
- * What a run spends on that walk: at most {@link SCAN_IDLE_PAGES} SCAN pages that found no usage key
- * (the walk over a shared Redis's unrelated keys, a fraction of a millisecond each), and at most
- * {@link SCAN_BUDGET_MS} in all. Pages that found keys do not count against the first bound: a Redis
- * full of Dify's uses is flushed in one run, one full page per statement.
- */
-export const SCAN_IDLE_PAGES = 200;
-export const SCAN_BUDGET_MS = 60_000;
 
 /** What one flush did. */
 export interface UsageFlushStats {
@@ -293,15 +285,26 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
             held.lock = await this.extend(held.lock, step);
           };
           // The library's own uses: named by the index, no SCAN. SSCAN, not SPOP: a name leaves the
-          // index with its key (see Release), so a run that stops leaves the rest indexed.
+          // index with its key (see Release), so a run that stops leaves the rest indexed. A page is read
+          // from as many of the node's indexes as it takes (one pipeline): on a Cluster a thousand uses
+          // sit in about a thousand slots' indexes, and a page per index cost a thousand pages' round trips.
           for (const node of keyNodes(client)) {
-            for (const index of await nonEmpty(node, nodeIndexKeys(client, node), step)) {
-              let cursor = '0';
-              do {
-                const [next, keys] = await step(() => node.sscan(index, cursor, 'COUNT', walk.pageSize)).catch(movedIsEmpty);
-                cursor = next;
-                if (keys.length) await onPage(node, keys);
-              } while (cursor !== '0');
+            const pending = await nonEmpty(node, nodeIndexKeys(client, node), step);
+            while (pending.length) {
+              const batch = takePage(pending, walk.pageSize);
+              const replies = await step(() => {
+                const pipeline = node.pipeline();
+                for (const { index, cursor, size } of batch) pipeline.sscan(index, cursor, 'COUNT', Math.min(size, walk.pageSize));
+                return pipeline.exec();
+              });
+              const keys: string[] = [];
+              batch.forEach(({ index, size }, i) => {
+                const [error, reply] = replies?.[i] ?? [null, ['0', []]];
+                const [next, members] = error ? movedIsEmpty(error) : (reply as [string, string[]]);
+                keys.push(...members);
+                if (next !== '0') pending.push({ index, cursor: next, size: Math.max(1, size - members.length) });
+              });
+              if (keys.length) await onPage(node, keys);
             }
           }
           // Written and deleted before the SCAN starts, so it does not find them again.
@@ -349,31 +352,36 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
 
   /**
    * One run's share of the walk for keys nobody indexed (Dify's): SCAN pages of `api_token_active:*`
-   * from the cursor the last run left in {@link FLUSH_CURSOR_KEY} (one per node), for at most
-   * {@link SCAN_IDLE_PAGES} empty pages (and {@link SCAN_BUDGET_MS}); the cursor is saved after each
-   * page, so the walk resumes there next run. A keyspace of K keys is covered in about
-   * K / ({@link SCAN_IDLE_PAGES} × `flushPageSize`, the SCAN COUNT) runs: 5 for 1M keys, 50 for 10M
-   * at the default 1,000.
+   * from the cursor the last run left in {@link FLUSH_CURSOR_KEY} (one per node), until the pages that
+   * found no usage key have taken `flushScanBudgetMs` (at least one page a run, so a walk always moves
+   * on); pages that found keys do not count, so a Redis full of Dify's uses is flushed in one run, a
+   * page per statement. The cursor is saved once, at the end: a run that dies walks its share again.
+   * A keyspace of K keys is covered in about K / (keys SCAN visits in the budget) runs
+   * (docs/usage-flush.md states the figures measured here).
    */
   private async scanSlice(client: RedisClient, step: RedisStep, count: number, onPage: (node: Redis, keys: string[]) => Promise<void>): Promise<void> {
-    const stopAt = Date.now() + SCAN_BUDGET_MS;
     const nodes = keyNodes(client);
     const names = nodes.map((node) => `${node.options.host}:${node.options.port}`);
     const saved = await step(() => client.hgetall(FLUSH_CURSOR_KEY));
     let at = Math.max(0, names.indexOf(saved.node ?? ''));
     let cursor = saved.node && names[at] === saved.node ? (saved.cursor ?? '0') : '0';
-    let idle = 0;
-    for (let visited = 0; visited < nodes.length && idle < SCAN_IDLE_PAGES && Date.now() < stopAt; ) {
-      const node = nodes[at];
-      const [next, keys] = await step(() => node.scan(cursor, 'MATCH', `${ACTIVE_KEY_PREFIX}:*`, 'COUNT', count));
-      if (keys.length) await onPage(node, keys);
-      else idle++;
-      cursor = next;
-      if (cursor === '0') {
-        at = (at + 1) % nodes.length;
-        visited++;
+    let idleMs = 0;
+    try {
+      for (let visited = 0; visited < nodes.length && idleMs < this.options.flushScanBudgetMs; ) {
+        const node = nodes[at];
+        const started = performance.now();
+        const [next, keys] = await step(() => node.scan(cursor, 'MATCH', `${ACTIVE_KEY_PREFIX}:*`, 'COUNT', count));
+        if (keys.length) await onPage(node, keys);
+        else idleMs += performance.now() - started;
+        cursor = next;
+        if (cursor === '0') {
+          at = (at + 1) % nodes.length;
+          visited++;
+        }
       }
-      await step(() => client.hset(FLUSH_CURSOR_KEY, 'node', names[at], 'cursor', cursor).then(() => client.expire(FLUSH_CURSOR_KEY, FLUSH_CURSOR_TTL_SECONDS)));
+    } finally {
+      // Not saved (Redis stalled): the next run walks this share again, nothing is lost.
+      await step(() => client.multi().hset(FLUSH_CURSOR_KEY, 'node', names[at], 'cursor', cursor).expire(FLUSH_CURSOR_KEY, FLUSH_CURSOR_TTL_SECONDS).exec()).catch(() => undefined);
     }
   }
 
@@ -539,13 +547,39 @@ function movedIsEmpty(error: unknown): [string, string[]] {
 }
 
 /**
- * The index keys that hold members, asked in one pipeline of SCARD (on a Cluster a master has some
- * 5,000 slots, and one SSCAN round trip per empty slot would cost seconds per run).
+ * The index keys that hold members, with their sizes, asked in one pipeline of SCARD (on a Cluster a
+ * master has some 5,000 slots, and one SSCAN round trip per empty slot would cost seconds per run).
  */
-async function nonEmpty(node: Redis, keys: string[], step: RedisStep): Promise<string[]> {
-  if (keys.length <= 1) return keys;
+async function nonEmpty(node: Redis, keys: string[], step: RedisStep): Promise<IndexScan[]> {
   const pipeline = node.pipeline();
   for (const key of keys) pipeline.scard(key);
   const replies = (await step(() => pipeline.exec())) ?? [];
-  return keys.filter((_, i) => !replies[i]?.[0] && Number(replies[i]?.[1]) > 0);
+  const found: IndexScan[] = [];
+  keys.forEach((index, i) => {
+    const size = replies[i]?.[0] ? 0 : Number(replies[i]?.[1]);
+    if (size > 0) found.push({ index, cursor: '0', size });
+  });
+  return found;
+}
+
+/** Where the flush is in one index set: its SSCAN cursor, and about how many names are left. */
+export interface IndexScan {
+  index: string;
+  cursor: string;
+  size: number;
+}
+
+/**
+ * Takes from the front of `pending` the indexes that fill one page (by their sizes); an index the
+ * page does not finish comes back with its cursor (see the caller).
+ */
+export function takePage(pending: IndexScan[], pageSize: number): IndexScan[] {
+  const page: IndexScan[] = [];
+  let total = 0;
+  while (pending.length && total < pageSize) {
+    const next = pending.shift()!;
+    page.push(next);
+    total += next.size;
+  }
+  return page;
 }
