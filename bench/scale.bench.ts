@@ -26,6 +26,10 @@ export interface ScaleBenchResult {
   flush1kMs: number;
   flush1kScans: number;
   redisDownAtEnd: boolean;
+  /** Keys one SCAN (COUNT 1000, the flush's MATCH) visits per millisecond on this Redis, from 50 pages. */
+  scanKeysPerMs: number;
+  /** Runs the flush takes to reach every Dify key at the default `flushScanBudgetMs` (100): ⌈K / (rate × 100)⌉ + 1. */
+  difyRunsBound: number;
   flush1m: Awaited<ReturnType<typeof runFlushBench>> | null;
 }
 
@@ -141,6 +145,12 @@ export async function runScaleBench(cleanup: Cleanup, redisKind: 'single' | 'clu
   const flush1kScans = (await scans()) - flushScansBefore;
   const redisDownAtEnd = app.get(ApiTokenRedisService).isDown;
 
+  // The walk's speed on this keyspace: 50 pages as the flush sends them, on the first master.
+  let cursor = '0';
+  const scanStarted = performance.now();
+  for (let i = 0; i < 50; i++) [cursor] = await redis.masters[0].scan(cursor, 'MATCH', 'api_token_active:*', 'COUNT', 1000);
+  const scanKeysPerMs = Math.round(50_000 / (performance.now() - scanStarted));
+
   const flush1m = flushKeys > 0 && redis.flushPort !== undefined ? await runFlushBench({ keys: flushKeys, redisPort: redis.flushPort, redisDb: 8 }) : null;
   return {
     redis: redisKind,
@@ -154,6 +164,8 @@ export async function runScaleBench(cleanup: Cleanup, redisKind: 'single' | 'clu
     flush1kMs: ms(flush1kMs),
     flush1kScans,
     redisDownAtEnd,
+    scanKeysPerMs,
+    difyRunsBound: Math.ceil(unrelatedKeys / (scanKeysPerMs * 100)) + 1,
     flush1m,
   };
 }
@@ -172,6 +184,7 @@ export function renderScaleResults(r: ScaleBenchResult): string {
     `| invalidateTenant p99 | ${r.tenantP99Ms} ms | ≤ 20 ms |`,
     `| flush of 1,000 library uses | ${r.flush1kMs} ms, ${r.flush1kScans} SCANs | ≤ 200 ms |`,
     `| request path taken off Redis at the end | ${r.redisDownAtEnd ? 'yes' : 'no'} | no |`,
+    `| the walk for Dify's keys: keys SCAN visits per ms; runs to reach every one (flushScanBudgetMs 100) | ${r.scanKeysPerMs}; ${r.difyRunsBound} runs | |`,
     f
       ? `| flush of ${f.keys.toLocaleString('en')} Dify keys / one UPDATE of the same rows | ${f.seconds} s / ${f.floorSeconds} s = **${f.ratio}×**, ${f.runs} runs, ${f.statements} statements, RSS +${f.rssGrowthMb} MB | ≤ 1.5×, ≤ 1,000 statements, ≤ 150 MB |`
       : `| 1M flush | not run${r.redis === 'cluster' ? ' on the Cluster (the single-server section has it)' : ''} | |`,
