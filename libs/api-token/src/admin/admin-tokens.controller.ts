@@ -17,7 +17,9 @@ import { swagger } from './swagger.optional';
 
 /** One page of {@link ApiTokenAdminTokensHandlers.list}. */
 export interface AdminTokenPage {
+  /** The page's tokens, newest first, masked. */
   items: ApiTokenSummary[];
+  /** The `cursor` of the next page; null on the last page. */
   nextCursor: string | null;
 }
 

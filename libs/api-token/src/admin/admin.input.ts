@@ -15,9 +15,13 @@ import { SCOPE_RULE, isScope } from '../tokens/token.scope';
 
 /** The body of a 400: Nest's shape, plus the field at fault. */
 export interface AdminInputRefusal {
+  /** Always 400. */
   statusCode: 400;
+  /** Always `Bad Request`. */
   error: 'Bad Request';
+  /** What the field must be, e.g. `"appId" must be a UUID`; never the value given. */
   message: string;
+  /** The field at fault (`body` for the body as a whole, or a field whose name cannot be repeated). */
   field: string;
 }
 
