@@ -15,7 +15,7 @@ import {
 } from './admin.schemas';
 import { swagger } from './swagger.optional';
 
-/** One page of {@link ApiTokenAdminTokensHandlers.list}. */
+/** One page of `GET <path>/tokens`. */
 export interface AdminTokenPage {
   /** The page's tokens, newest first, masked. */
   items: ApiTokenSummary[];

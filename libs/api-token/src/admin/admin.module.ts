@@ -52,7 +52,7 @@ function adminControllers(options: ResolvedAdminOptions): Type[] {
  * or remove their rate limit, invalidate a tenant's cache, JSON in and out, each action written to
  * an audit log line (context `ApiTokenAdmin`). Mounted under the path the application chooses,
  * behind the guards it chooses; with `@nestjs/swagger` installed, the routes carry OpenAPI metadata.
- * Needs {@link ApiTokenModule} registered globally (its default).
+ * Needs `ApiTokenModule` registered globally (its default).
  *
  * ```ts
  * imports: [ApiTokenModule.forRoot({}), ApiTokenAdminModule.register({ path: 'admin', guards: [ApiTokenGuard('admin')] })]
