@@ -225,6 +225,12 @@ describe.each(['express', 'fastify'] as const)('admin API (%s)', (adapter) => {
     });
   });
 
+  it("malformed JSON is the framework's 400, which quotes nothing of the body either", async () => {
+    const res = await asAdmin(http().post('/admin/tokens')).set('Content-Type', 'application/json').send(`{"scope":"app","appId":"${HOSTILE}`);
+    expect(res.status).toBe(400);
+    expect(hostileParts(res.text)).toEqual([]);
+  });
+
   describe('the guard', () => {
     const routes = () => {
       const id = randomUUID();
@@ -267,5 +273,31 @@ describe.each(['express', 'fastify'] as const)('admin API (%s)', (adapter) => {
     secrets.push(created.token);
     expect(created).toMatchObject({ scope: 'app', token: expect.stringMatching(/^app-[A-Za-z0-9]{24}$/) });
     expect((await whoami(app, created.token)).status).toBe(200);
+  });
+});
+
+describe('admin API: the path and guards are per registration; rotation by id in hashed mode', () => {
+  const suite = suiteFixture();
+
+  it('serves under the path it was given, behind its own guards, beside another application in the process', async () => {
+    // Nest's static logger is the last application's: the one whose audit lines are read starts last.
+    const standard = await suite.app({});
+    const logger = new CapturingLogger();
+    const ops = await suite.app({ logger, admin: { path: '/ops/keys/', guards: [{ canActivate: () => true }], actor: () => 'ops-bot' }, apiToken: { hashTokens: true } });
+    expect((await request(ops.getHttpServer()).get('/ops/keys/tokens')).status).toBe(200);
+    expect((await request(ops.getHttpServer()).get('/admin/tokens')).status).toBe(404);
+    // The other application keeps /admin and ApiTokenGuard('admin').
+    expect((await request(standard.getHttpServer()).get('/admin/tokens')).status).toBe(401);
+    expect((await request(standard.getHttpServer()).get('/ops/keys/tokens')).status).toBe(404);
+
+    // Hashed mode stores no prefix: the successor of a rotation by id gets the scope's default.
+    const old = await ops.get(ApiTokenService).create({ scope: 'app', prefix: 'custom' });
+    const res = await request(ops.getHttpServer()).post(`/ops/keys/tokens/${old.id}/rotate`).send({ graceSeconds: 0 });
+    expect(res.status).toBe(201);
+    expect(res.body.successor.token).toMatch(/^app-[A-Za-z0-9]{24}$/);
+    expect(res.body.successor.maskedToken).toBe('*'.repeat(24));
+    expect((await whoami(ops, res.body.successor.token)).status).toBe(200);
+    expect((await whoami(ops, old.token)).status).toBe(401);
+    expect(logger.matching(/ApiTokenAdmin/).map((l) => l.text)).toContainEqual(expect.stringContaining(`admin=ops-bot action=rotate token=${old.id}`));
   });
 });
