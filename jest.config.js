@@ -6,6 +6,7 @@ const common = {
     // The demo imports the library by its package name, like an application; the source stands in for the build.
     '^nestjs-api-token$': '<rootDir>/libs/api-token/src',
     '^nestjs-api-token/env$': '<rootDir>/libs/api-token/src/env',
+    '^nestjs-api-token/admin$': '<rootDir>/libs/api-token/src/admin',
   },
   transform: { '^.+\\.ts$': 'ts-jest' },
   // Stryker's sandboxes and its report (npm run mutate) hold copies of the sources and specs.

@@ -62,7 +62,7 @@ const options = {
   skipLibCheck: true,
   noEmit: true,
   baseUrl: root,
-  paths: { 'nestjs-api-token': ['libs/api-token/src/index.ts'], 'nestjs-api-token/env': ['libs/api-token/src/env.ts'] },
+  paths: { 'nestjs-api-token': ['libs/api-token/src/index.ts'], 'nestjs-api-token/env': ['libs/api-token/src/env.ts'], 'nestjs-api-token/admin': ['libs/api-token/src/admin.ts'] },
 };
 // The library's ambient declarations (types of dependencies that ship none) are roots too, as in its tsconfig.
 const ambient = ts.sys.readDirectory(join(root, 'libs/api-token/src'), ['.d.ts']);

@@ -1,4 +1,5 @@
-import { ApiTokenModule, type ApiTokenModuleOptions } from '../../libs/api-token/src';
+import { ApiTokenGuard, ApiTokenModule, type ApiTokenModuleOptions } from '../../libs/api-token/src';
+import { ApiTokenAdminModule, type ApiTokenAdminOptions } from '../../libs/api-token/src/admin';
 import type { ApiTokenStoresEnv } from '../../libs/api-token/src/env/stores.env';
 import { type ApiTokenStoresOptions, storeModules } from '../../libs/api-token/src/env/stores.modules';
 import { type DynamicModule, Module } from '@nestjs/common';
@@ -15,13 +16,15 @@ export interface TestAppConfig {
   apiToken?: ApiTokenModuleOptions;
   /** Extra TypeORM options (a counting pg client in `extra.Client`, the pool size). */
   typeorm?: ApiTokenStoresOptions['typeorm'];
+  /** The admin API's options; default: the demo's (under `/admin`, behind `ApiTokenGuard('admin')`). */
+  admin?: Partial<ApiTokenAdminOptions>;
 }
 
 /**
  * The application the end-to-end suites and the benchmarks run (as @nestjs/throttler's test/app):
  * the library wired like the demo, with options of the test's choosing, so the demo's own
  * configuration carries nothing for tests. It serves the demo's controllers, whose routes
- * (`/app/whoami`, `/dataset/whoami`, `/health`, `/metrics`) are the contract the suites check.
+ * (`/app/whoami`, `/dataset/whoami`, `/health`, `/metrics`, and the admin API under `/admin`) are the contract the suites check.
  */
 @Module({})
 export class TestAppModule {
@@ -32,6 +35,7 @@ export class TestAppModule {
         ScheduleModule.forRoot(),
         ...storeModules(config.stores, { typeorm: config.typeorm }),
         ApiTokenModule.forRoot(config.apiToken ?? {}),
+        ApiTokenAdminModule.register({ path: 'admin', guards: [ApiTokenGuard('admin')], ...config.admin }),
         TerminusModule,
       ],
       controllers: [HealthController, MetricsController, WhoamiController, GuardExtrasController],

@@ -120,6 +120,7 @@ import {
   CurrentApiToken,
 } from 'nestjs-api-token';
 import type { ApiTokenStoresOptions } from 'nestjs-api-token/env';
+import { ApiTokenAdminModule } from 'nestjs-api-token/admin';
 
 // The env entry resolves through the exports map (a type is enough to prove it compiles).
 export type StoresOptions = ApiTokenStoresOptions;
@@ -263,6 +264,8 @@ export class WhoamiController {
     RedisModule.forRoot({ type: 'single', url: process.env.REDIS_URL }),
     TypeOrmModule.forRoot({ type: 'postgres', url: process.env.DATABASE_URL, migrations: [ApiTokenMigration], migrationsRun: true, logging: 'all', logger: new PrintingTypeOrmLogger() }),
     ApiTokenModule.forRoot(options),
+    // The admin API without the optional peer @nestjs/swagger (not installed here).
+    ApiTokenAdminModule.register({ path: 'ops', guards: [ApiTokenGuard('admin')] }),
   ],
   controllers: [WhoamiController],
 })
@@ -459,6 +462,22 @@ async function main() {
     const refused = await ask(`app-${'x'.repeat(24)}`);
     const no = { admitted: false, unauthorized: true };
     assert(JSON.stringify(refused) === JSON.stringify({ graphql: no, carrier: no }), `unexpected ${JSON.stringify(refused)}`);
+  });
+
+  await check('nestjs-api-token/admin works without the optional @nestjs/swagger: an admin token from the bin creates a token over HTTP', async () => {
+    assert(!existsSync(join(appDir, 'node_modules', '@nestjs', 'swagger')), '@nestjs/swagger was installed: the check proves nothing');
+    const admin = await bin(['create', '--scope', 'admin']);
+    assert(admin.code === 0, `create exited ${admin.code}: ${admin.stderr}`);
+    made.push(admin.stdout.trim());
+    const headers = { authorization: `Bearer ${admin.stdout.trim()}`, 'content-type': 'application/json' };
+    const refused = await fetch(`http://127.0.0.1:${port}/ops/tokens`, { method: 'POST', headers: { ...headers, authorization: `Bearer ${token}` }, body: '{"scope":"app"}', signal: AbortSignal.timeout(5000) });
+    assert(refused.status === 401, `POST /ops/tokens with an app token answered ${refused.status}`);
+    const created = await fetch(`http://127.0.0.1:${port}/ops/tokens`, { method: 'POST', headers, body: '{"scope":"app"}', signal: AbortSignal.timeout(5000) });
+    assert(created.status === 201, `POST /ops/tokens answered ${created.status}`);
+    const madeOverHttp = (await created.json()).token;
+    made.push(madeOverHttp);
+    const response = await whoami(madeOverHttp);
+    assert(response.status === 200, `GET /whoami with the token made over HTTP answered ${response.status}`);
   });
 
   await check('TypeORM logging on, a statement failing: no piece of a token in what the application wrote', async () => {

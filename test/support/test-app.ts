@@ -20,6 +20,10 @@ export interface TestAppOptions {
   typeorm?: TestAppConfig['typeorm'];
   /** Nest's logger for the app; default: off. */
   logger?: LoggerService | LogLevel[] | false;
+  /** The admin API's options (default: the demo's). */
+  admin?: TestAppConfig['admin'];
+  /** Runs before `init()`: routes added later would come after the adapter's not-found handler (the demo's `/docs`). */
+  beforeInit?: (app: INestApplication) => void;
 }
 
 /** The test application on the test's own database and Redis database, ready to take requests. */
@@ -33,16 +37,19 @@ export async function createTestApp(options: TestAppOptions): Promise<INestAppli
     },
     apiToken: { flushCron: options.flushCron, ...options.apiToken },
     typeorm: { ...options.counter?.typeorm, ...options.typeorm },
+    admin: options.admin,
   };
   const logger = options.logger ?? false;
   const moduleRef = await Test.createTestingModule({ imports: [TestAppModule.forRoot(config)] }).compile();
   if (options.adapter === 'fastify') {
     const app = moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger });
+    options.beforeInit?.(app);
     await app.init();
     await app.getHttpAdapter().getInstance().ready();
     return quitRedisOnClose(app);
   }
   const app = moduleRef.createNestApplication({ logger });
+  options.beforeInit?.(app);
   await app.init();
   return quitRedisOnClose(app);
 }

@@ -1,4 +1,5 @@
-import { ApiTokenModule } from 'nestjs-api-token';
+import { ApiTokenGuard, ApiTokenModule } from 'nestjs-api-token';
+import { ApiTokenAdminModule } from 'nestjs-api-token/admin';
 import { apiTokenStoresFromEnv } from 'nestjs-api-token/env';
 import { DynamicModule, Module } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
@@ -19,6 +20,8 @@ export class AppModule {
         // The stores where the token command line (the package's bin) finds them: one reading of the env for both.
         ...apiTokenStoresFromEnv(),
         ApiTokenModule.forRoot({ flushCron: config.flushCron, errorFormat: config.errorFormat }),
+        // The admin HTTP API under /admin, for tokens of scope admin (made with `token -- create --scope admin`).
+        ApiTokenAdminModule.register({ path: 'admin', guards: [ApiTokenGuard('admin')] }),
         TerminusModule,
       ],
       controllers: [HealthController, MetricsController, WhoamiController],

@@ -1,6 +1,7 @@
 import { ApiTokenHealthIndicator, ApiTokenService } from 'nestjs-api-token';
 import { ApiTokenStartupLogger, describeDatabaseFailure, describeRedisDown } from 'nestjs-api-token/env';
 import { NestFactory } from '@nestjs/core';
+import { serveApiDocs } from './api.docs';
 import { AppModule } from './app.module';
 import { type DemoConfig, loadDemoConfig } from './demo.settings';
 import { demoTokenNotice } from './demo.token';
@@ -13,6 +14,7 @@ async function bootstrap(config: DemoConfig): Promise<void> {
   // abortOnError: false hands the start-up error to the catch below instead of exiting with Nest's dump of it.
   const app = await NestFactory.create(AppModule.forRoot(config), { logger, abortOnError: false });
   app.enableShutdownHooks();
+  serveApiDocs(app);
   await app.listen(config.port);
   const redis = await app.get(ApiTokenHealthIndicator).checkRedis('redis', { timeoutMs: REDIS_CHECK_MS });
   const redisDown = redis.redis.status === 'down';

@@ -7,8 +7,10 @@ import { ApiTokenModule } from '../api-token.module';
 import { type ApiTokenStoresEnv, readStoresEnv } from '../env/stores.env';
 import { storeModules } from '../env/stores.modules';
 import { ApiTokenStartupLogger, describeDatabaseFailure } from '../env/stores.startup';
-import { type RateLimitPolicy, toNaiveUtc } from '../store/api-token.record';
+import { isRateLimitPolicy } from '../limits/rate-limit.policy';
+import type { RateLimitPolicy } from '../store/api-token.record';
 import { ApiTokenService, isUuid, type ApiTokenSummary } from '../tokens/api-token.service';
+import { UTC_DATE_RULE, parseUtcDate } from '../tokens/token.input';
 import { SCOPE_RULE, isScope } from '../tokens/token.scope';
 
 /** Exit codes of the token command. */
@@ -98,11 +100,11 @@ function durationSeconds(value: string, option: string): number {
   return Number(match[1]) * DURATION_UNITS[match[2]];
 }
 
-/** An ISO-8601 datetime; one without an offset is UTC, like every time in the table. */
+/** An ISO-8601 datetime; one without an offset is UTC, like every time in the table (the admin API reads it the same way). */
 function isoDate(value: string, option: string): Date {
-  const naive = toNaiveUtc(value);
-  if (!naive) throw new CliError(`${option} must be an ISO-8601 date and time (UTC unless it has an offset), e.g. 2027-01-31T00:00:00Z`, EXIT.usage);
-  return new Date(`${naive.slice(0, 23)}Z`);
+  const date = parseUtcDate(value);
+  if (!date) throw new CliError(`${option} must be ${UTC_DATE_RULE}`, EXIT.usage);
+  return date;
 }
 
 /** A token given as an argument, or read from stdin for `-` (keeping it out of the shell history). */
@@ -128,7 +130,8 @@ function rateLimit(value: string | undefined, option: string): RateLimitPolicy |
   if (value === undefined) return undefined;
   const match = /^(\d{1,10})\/(\d{1,5})([smhd])$/.exec(value);
   const policy = match && { limit: Number(match[1]), windowSeconds: Number(match[2]) * DURATION_UNITS[match[3]] };
-  if (!policy || policy.limit < 1 || policy.limit > 2 ** 31 - 1 || policy.windowSeconds < 1 || policy.windowSeconds > 86_400) {
+  // The policy's bounds are the library's (isRateLimitPolicy), as for the admin API and the service.
+  if (!policy || !isRateLimitPolicy(policy)) {
     throw new CliError(`${option} must be <limit>/<n>s|m|h|d, e.g. 100/1m: a limit of 1 to 2147483647 per 1 s to 1 d`, EXIT.usage);
   }
   return policy;

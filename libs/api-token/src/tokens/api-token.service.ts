@@ -7,6 +7,7 @@ import { TOKEN_RANDOM_LENGTH, generateApiToken } from './token.generator';
 import { storedToken } from './token.hash';
 import { ACTIVE_KEY_PREFIX, activeKey, cacheKey } from '../api-token.keys';
 import { checkScope } from './token.scope';
+import { MAX_EXPIRY_SECONDS, isWholeSeconds, wholeSecondsRule } from './token.input';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
 import { type ApiTokenRecord, type RateLimitPolicy, formatNaiveUtc, isExpired, naiveUtcToMs } from '../store/api-token.record';
 import { checkRateLimitPolicy } from '../limits/rate-limit.policy';
@@ -144,8 +145,6 @@ const DEFAULT_PREFIXES: Record<string, string> = { app: 'app', dataset: 'dataset
 /** A token of the generated shape: a prefix, `-`, then the random part. Only the prefix is ever shown. */
 const GENERATED_SHAPE = new RegExp(`^([A-Za-z][A-Za-z0-9_.-]{0,31})-[A-Za-z0-9]{${TOKEN_RANDOM_LENGTH}}$`);
 const MASK = '*'.repeat(TOKEN_RANDOM_LENGTH);
-/** The longest expiry or grace accepted: 100 years (a date past year 9999 has no naive ISO-8601 form). */
-const MAX_EXPIRY_SECONDS = 100 * 365 * 24 * 3600;
 const CREATE_ATTEMPTS = 5;
 const RETRY_INTERVAL_MS = 1000;
 /** Revocations whose cache invalidation waits for Redis; past this, the oldest are given up (and logged). */
@@ -228,7 +227,11 @@ export class ApiTokenService implements OnApplicationShutdown {
     const type = filter.scope === undefined ? undefined : checkScope(filter.scope, 'ApiTokenService: "scope"');
     const limit = checkPageNumber(filter.limit, 'limit', 1);
     const offset = checkPageNumber(filter.offset, 'offset', 0);
-    const records = await this.repository.list({ appId, tenantId, type, limit, offset });
+    return this.withEffectiveUse(await this.repository.list({ appId, tenantId, type, limit, offset }));
+  }
+
+  /** Summaries whose `lastUsedAt` is the effective last use: the stored one, or a newer use not flushed yet. */
+  private async withEffectiveUse(records: readonly ApiTokenRecord[]): Promise<ApiTokenSummary[]> {
     const pending = await this.pendingUses(records);
     return records.map((record, i) => ({ ...this.summarize(record), lastUsedAt: newerUse(record.lastUsedAt, pending[i]) }));
   }
@@ -248,12 +251,12 @@ export class ApiTokenService implements OnApplicationShutdown {
     });
   }
 
-  /** The token with this id (UUID), masked, or null. */
+  /** The token with this id (UUID), masked, or null; its `lastUsedAt` counts uses not flushed yet, as in {@link list}. */
   async findById(id: string): Promise<ApiTokenSummary | null> {
     const uuid = checkUuid(id, 'id');
     if (!uuid) throw new ApiTokenInputError('ApiTokenService.findById: "id" must be a UUID');
-    const [record] = await this.repository.list({ id: uuid });
-    return record ? this.summarize(record) : null;
+    const [summary] = await this.withEffectiveUse(await this.repository.list({ id: uuid }));
+    return summary ?? null;
   }
 
   /** The stored row of `token` in `scope` (expired tokens included), masked, or null; straight from the database. */
@@ -288,8 +291,28 @@ export class ApiTokenService implements OnApplicationShutdown {
     const stored = storedToken(token, this.options);
     const current = await this.repository.findByToken(stored, null);
     if (!current || isExpired(current)) return null;
+    return this.replace(current, GENERATED_SHAPE.exec(token)?.[1], graceSeconds);
+  }
+
+  /**
+   * {@link rotate}, given the token's id (UUID) rather than the token: for an operator who holds only
+   * the id (the admin API). The successor's prefix is the old token's when it is stored in clear,
+   * else the scope's default. Returns null, creating nothing, when no valid token has this id.
+   */
+  async rotateById(id: string, options: RotateApiTokenOptions = {}): Promise<ApiTokenRotation | null> {
+    const uuid = checkUuid(id, 'id');
+    if (!uuid) throw new ApiTokenInputError('ApiTokenService.rotateById: "id" must be a UUID');
+    const graceSeconds = checkSeconds(options?.graceSeconds ?? 0, 'graceSeconds', 0);
+    const [current] = await this.repository.list({ id: uuid });
+    if (!current || isExpired(current)) return null;
+    return this.replace(current, this.options.hashTokens ? undefined : GENERATED_SHAPE.exec(current.token)?.[1], graceSeconds);
+  }
+
+  /** The rotation of a valid stored token, with the successor's prefix when known. */
+  private async replace(current: ApiTokenRecord, prefix: string | undefined, graceSeconds: number): Promise<ApiTokenRotation> {
+    const stored = current.token;
     const lifetimeMs = current.expiresAtMs != null && current.createdAt ? current.expiresAtMs - Date.parse(`${current.createdAt}Z`) : null;
-    const successor = await this.issue(GENERATED_SHAPE.exec(token)?.[1] ?? DEFAULT_PREFIXES[current.type] ?? current.type, {
+    const successor = await this.issue(prefix ?? DEFAULT_PREFIXES[current.type] ?? current.type, {
       type: current.type,
       appId: current.appId,
       tenantId: current.tenantId,
@@ -523,9 +546,7 @@ function checkToken(token: unknown, method: string): asserts token is string {
 
 /** A whole number of seconds from `min` to {@link MAX_EXPIRY_SECONDS}. */
 function checkSeconds(value: unknown, name: string, min: number): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > MAX_EXPIRY_SECONDS) {
-    throw new ApiTokenInputError(`ApiTokenService: "${name}" must be a whole number of seconds from ${min} to ${MAX_EXPIRY_SECONDS}`);
-  }
+  if (!isWholeSeconds(value, min)) throw new ApiTokenInputError(`ApiTokenService: "${name}" must be ${wholeSecondsRule(min)}`);
   return value;
 }
 
