@@ -24,6 +24,7 @@ const config = {
     'libs/api-token/src/tokens/token.scope.ts',
     'libs/api-token/src/auth/refusal.ts',
     'libs/api-token/src/api-token.options.ts',
+    'libs/api-token/src/usage/flush.page.ts',
   ],
   ignorePatterns: ['.tmp', 'coverage', 'dist', 'libs/api-token/dist', 'bench', 'test'],
   incremental: true,
@@ -32,8 +33,8 @@ const config = {
   htmlReporter: { fileName: '.tmp/mutation/index.html' },
   tempDirName: '.tmp/stryker',
   concurrency: 2,
-  // Today's score (ignoring static mutants): 87.74 % (89.54 % before the options of #24 and #25, whose
-  // validation has survivors). Raise `break` with the score, never lower it.
-  thresholds: { high: 90, low: 85, break: 87 },
+  // Today's score (ignoring static mutants): 88.72 % with the flush's page logic (97.78 %); the options
+  // of #24 and #25 have survivors (75 %). Raise `break` with the score, never lower it.
+  thresholds: { high: 90, low: 85, break: 88 },
 };
 export default config;

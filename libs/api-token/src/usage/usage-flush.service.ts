@@ -5,14 +5,14 @@ import { CronTime } from 'cron';
 import type { Redis } from 'ioredis';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { ApiTokenStoreError } from '../api-token.errors';
-import { ACTIVE_KEY_PREFIX, parseScopedKey } from '../api-token.keys';
+import { ACTIVE_KEY_PREFIX } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
-import { toNaiveUtc } from '../store/api-token.record';
 import { type RedisClient, deleteIfUnchanged, keyNodes } from '../redis/redis.commands';
 import { activeIndexKey, nodeIndexKeys } from './usage.index';
+import { type IndexScan, type TakenUse, takePage, usesOf } from './flush.page';
 import { describeError } from '../api-token.errors';
 import { ApiTokenRedisService, LOCKED, type RedisStep, UNCONFIRMED, boundedStep } from '../redis/redis-access.service';
-import { ApiTokenRepository, type LastUsedUpdate } from '../store/api-token.repository';
+import { ApiTokenRepository } from '../store/api-token.repository';
 import { ApiTokenUsageRecorder } from './usage.recorder';
 import { DEFAULT_FLUSH_CRON, MAX_FLUSH_GAP_SECONDS, longestCronGapSeconds } from './flush.schedule';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
@@ -64,12 +64,6 @@ export interface UsageFlushStats {
  * Resolves to the number of expired tokens removed.
  */
 export type FlushFollowUp = (keepLock: () => Promise<boolean>) => Promise<number>;
-
-interface TakenUse extends LastUsedUpdate {
-  key: string;
-  /** The value read, exactly: the key is deleted only while it still holds it. */
-  value: string;
-}
 
 /** Ends a walk early without it passing for a Redis failure. */
 class WalkStopped extends Error {
@@ -480,47 +474,6 @@ class Release {
 }
 
 /**
- * The usable uses of a page of GET replies, counted in `stats`, and the keys to delete now: missing
- * ('' : only the index names them) or unusable (counted as dropped). A key answered with an error
- * (a slot that moved, a key of another type) is left alone.
- */
-function usesOf(keys: string[], replies: [Error | null, unknown][], stats: UsageFlushStats, now: number) {
-  const uses: TakenUse[] = [];
-  const discard: { key: string; value: string }[] = [];
-  replies.forEach(([error, value], i) => {
-    if (error) return;
-    if (value == null) {
-      discard.push({ key: keys[i], value: '' });
-      return;
-    }
-    stats.taken++;
-    const use = parseActiveEntry(keys[i], String(value), now);
-    if (use) uses.push(use);
-    else {
-      stats.dropped++;
-      discard.push({ key: keys[i], value: String(value) });
-    }
-  });
-  return { uses, discard };
-}
-
-/** How far ahead of Redis's clock a use time may be (clock skew between hosts); later ones are dropped. */
-export const MAX_FUTURE_SKEW_MS = 5 * 60_000;
-
-/**
- * Reads one taken `api_token_active:{scope}:{token}` entry (scope `None` or `any`: every scope), or
- * null when the key or its time is unusable: a token PostgreSQL text cannot hold, or a time more than
- * {@link MAX_FUTURE_SKEW_MS} ahead of `now` (updates only move forward, so it would stick).
- */
-export function parseActiveEntry(key: string, value: string, now = Date.now()): TakenUse | null {
-  const parsed = parseScopedKey(ACTIVE_KEY_PREFIX, key);
-  const lastUsedAt = toNaiveUtc(value);
-  if (!parsed || !lastUsedAt || key.includes('\u0000')) return null;
-  if (Date.parse(`${lastUsedAt}Z`) > now + MAX_FUTURE_SKEW_MS) return null;
-  return { key, value, token: parsed.token, scope: parsed.scope, lastUsedAt };
-}
-
-/**
  * Entries grouped by their index key: one group on a single node; on a Cluster one per slot (the
  * index's hash tag names the slot), so each group's script has its keys in one slot. An index page
  * is one slot, one group; a SCAN page of a master spreads over its slots.
@@ -560,26 +513,4 @@ async function nonEmpty(node: Redis, keys: string[], step: RedisStep): Promise<I
     if (size > 0) found.push({ index, cursor: '0', size });
   });
   return found;
-}
-
-/** Where the flush is in one index set: its SSCAN cursor, and about how many names are left. */
-export interface IndexScan {
-  index: string;
-  cursor: string;
-  size: number;
-}
-
-/**
- * Takes from the front of `pending` the indexes that fill one page (by their sizes); an index the
- * page does not finish comes back with its cursor (see the caller).
- */
-export function takePage(pending: IndexScan[], pageSize: number): IndexScan[] {
-  const page: IndexScan[] = [];
-  let total = 0;
-  while (pending.length && total < pageSize) {
-    const next = pending.shift()!;
-    page.push(next);
-    total += next.size;
-  }
-  return page;
 }
