@@ -66,7 +66,7 @@ export const ATTR = {
   keysUnusable: 'api_token.flush.keys_dropped',
   /** Expired tokens removed (by the expiry sweep, or after a flush). */
   expiredRemoved: 'api_token.expired_removed',
-  /** What started the expiry sweep: `timer` (a token's expiry) or `flush` (after a usage flush). */
+  /** What started the run: a flush's `schedule` or `manual` (flushNow); an expiry sweep's `timer` (a token's expiry) or `flush` (after a usage flush). */
   trigger: 'api_token.trigger',
   /** Revocation-log read: revocations read. */
   revocations: 'api_token.revocation_log.revocations',
@@ -81,7 +81,7 @@ export const ATTR = {
 } as const;
 
 /** An attribute's value, as OpenTelemetry takes it. */
-export type TraceValue = string | number | boolean | readonly string[];
+export type TraceValue = string | number | boolean | string[];
 /** Attributes by name. */
 export type TraceAttributes = Record<string, TraceValue>;
 
@@ -153,13 +153,16 @@ export function inSpan<T>(name: string, attributes: TraceAttributes, work: (span
     try {
       return await work(span);
     } catch (error) {
-      recordFailure(span, error);
+      if (!failed.has(span)) recordFailure(span, error);
       throw error;
     } finally {
       span.end();
     }
   });
 }
+
+/** Spans whose failure the work recorded itself (with an outcome of its own): not recorded twice. */
+const failed = new WeakSet<TraceSpan>();
 
 /** An error class name as written in code; anything else is not repeated. */
 const ERROR_NAME = /^[A-Za-z_$][\w$]{0,63}$/;
@@ -172,16 +175,17 @@ const ERROR_CODE = /^[A-Z0-9_]{1,32}$/;
 /**
  * Marks a span failed without the error's message or stack (a driver's message may quote a key, and keys
  * hold tokens): status ERROR with no description, `error.type` the class, `api_token.error_code` the
- * code when it has a code's shape, an `exception` event with `exception.type` only, and outcome
- * `unavailable` for a store error (PostgreSQL did not answer, or the lookup budget shed it), else `error`.
+ * code when it has a code's shape, an `exception` event with `exception.type` only, and `outcome`
+ * (default: `unavailable` for a store error, PostgreSQL did not answer or the lookup budget shed it; else `error`).
  */
-export function recordFailure(span: TraceSpan, error: unknown): void {
+export function recordFailure(span: TraceSpan, error: unknown, outcome?: string): void {
   if (span === NO_SPAN || api == null) return;
+  failed.add(span);
   const name = error instanceof Error && ERROR_NAME.test(error.name) ? error.name : error instanceof Error ? 'Error' : typeof error;
   const code = errorCode(error);
   const attributes: TraceAttributes = {
     [ATTR.errorType]: name,
-    [ATTR.outcome]: error instanceof ApiTokenStoreError ? 'unavailable' : 'error',
+    [ATTR.outcome]: outcome ?? (error instanceof ApiTokenStoreError ? 'unavailable' : 'error'),
   };
   if (code !== undefined && ERROR_CODE.test(code)) attributes[ATTR.errorCode] = code;
   const real = span as OtelApi.Span;

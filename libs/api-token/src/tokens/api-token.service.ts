@@ -16,6 +16,7 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRevokedTokens, knownPolicy } from '../cache/revoked-tokens';
 import { ApiTokenScopeSweep } from '../cache/scope.sweep';
 import { revocationWindowMs } from './revocation-log.service';
+import { ATTR, SPAN, type TraceSpan, inSpan } from '../metrics/api-token.tracing';
 
 /** What {@link ApiTokenService.create} needs. */
 export interface CreateApiTokenInput {
@@ -285,9 +286,19 @@ export class ApiTokenService implements OnApplicationShutdown {
   async rotate(token: string, options: RotateApiTokenOptions = {}): Promise<ApiTokenRotation | null> {
     checkToken(token, 'rotate');
     const graceSeconds = checkSeconds(options?.graceSeconds ?? 0, 'graceSeconds', 0);
+    return inSpan(SPAN.rotate, { [ATTR.graceSeconds]: graceSeconds }, async (span) => {
+      const rotation = await this.rotateChecked(token, graceSeconds, span);
+      span.setAttribute(ATTR.outcome, rotation ? 'rotated' : 'not_found');
+      if (rotation) span.setAttribute(ATTR.cacheCleared, rotation.cacheCleared);
+      return rotation;
+    });
+  }
+
+  private async rotateChecked(token: string, graceSeconds: number, span: TraceSpan): Promise<ApiTokenRotation | null> {
     const stored = storedToken(token, this.options);
     const current = await this.repository.findByToken(stored, null);
     if (!current || isExpired(current)) return null;
+    span.setAttribute(ATTR.scope, current.type);
     const lifetimeMs = current.expiresAtMs != null && current.createdAt ? current.expiresAtMs - Date.parse(`${current.createdAt}Z`) : null;
     const successor = await this.issue(GENERATED_SHAPE.exec(token)?.[1] ?? DEFAULT_PREFIXES[current.type] ?? current.type, {
       type: current.type,
@@ -366,8 +377,17 @@ export class ApiTokenService implements OnApplicationShutdown {
    * {@link ApiTokenRevocationLogService}). A token target drops its cache entries even when no row held it.
    * @internal not for applications: call {@link revoke} or {@link revokeById}.
    */
-  async revokeStored(target: RevocationTarget): Promise<ApiTokenRevocation> {
+  revokeStored(target: RevocationTarget): Promise<ApiTokenRevocation> {
+    return inSpan(SPAN.revoke, { [ATTR.target]: 'token' in target ? 'token' : 'id' }, (span) => this.revokeRows(target, span));
+  }
+
+  private async revokeRows(target: RevocationTarget, span: TraceSpan): Promise<ApiTokenRevocation> {
     const rows = await this.repository.revoke(target);
+    span.setAttributes({
+      [ATTR.outcome]: rows.length ? 'revoked' : 'not_found',
+      [ATTR.rows]: rows.length,
+      [ATTR.scopes]: [...new Set(rows.map((row) => row.type))],
+    });
     this.metrics?.revocation(rows.length > 0);
     const byToken = new Map<string, ApiTokenRecord[]>('token' in target ? [[target.token, []]] : []);
     for (const row of rows) {
@@ -383,6 +403,7 @@ export class ApiTokenService implements OnApplicationShutdown {
       outcome.revoked.push(...revoked);
       outcome.cacheCleared &&= cacheCleared;
     }
+    span.setAttribute(ATTR.cacheCleared, outcome.cacheCleared);
     return outcome;
   }
 
@@ -390,10 +411,13 @@ export class ApiTokenService implements OnApplicationShutdown {
   async invalidateTenant(tenantId: string): Promise<TenantInvalidation> {
     const uuid = checkUuid(tenantId, 'tenantId');
     if (!uuid) throw new ApiTokenInputError('ApiTokenService.invalidateTenant: "tenantId" must be a UUID');
-    const { keys, cleared: cacheCleared } = await this.cache.invalidateTenant(uuid);
-    this.metrics?.tenantInvalidation();
-    if (!cacheCleared) this.metrics?.invalidationFailed('tenant');
-    return { dropped: keys.length, cacheCleared };
+    return inSpan(SPAN.invalidateTenant, { [ATTR.tenantId]: uuid }, async (span) => {
+      const { keys, cleared: cacheCleared } = await this.cache.invalidateTenant(uuid);
+      this.metrics?.tenantInvalidation();
+      if (!cacheCleared) this.metrics?.invalidationFailed('tenant');
+      span.setAttributes({ [ATTR.outcome]: cacheCleared ? 'cleared' : 'unconfirmed', [ATTR.keysDropped]: keys.length, [ATTR.cacheCleared]: cacheCleared });
+      return { dropped: keys.length, cacheCleared };
+    });
   }
 
   /**

@@ -16,6 +16,7 @@ import { ApiTokenRepository, type LastUsedUpdate } from '../store/api-token.repo
 import { ApiTokenUsageRecorder } from './usage.recorder';
 import { DEFAULT_FLUSH_CRON, MAX_FLUSH_GAP_SECONDS, longestCronGapSeconds } from './flush.schedule';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
+import { ATTR, SPAN, type TraceSpan, inSpan, recordFailure } from '../metrics/api-token.tracing';
 
 /** Name of the flush job in `SchedulerRegistry`. */
 export const FLUSH_JOB_NAME = 'api-token-usage-flush';
@@ -251,6 +252,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
 
   private async run(tick: number | null): Promise<UsageFlushStats | null> {
     const started = performance.now();
+    const startedAt = Date.now();
     await this.usage.flushPending();
     const lock = await this.acquire();
     if (!lock) {
@@ -268,74 +270,92 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
         this.metrics?.flushSkipped();
         return null;
       }
-      await this.countLeftOver();
-      const walk = new Walk(this.options.flushPageSize, (page) => this.repository.updateLastUsed(page));
-      const walked = await this.redis.background('flush', async (client, step) => {
-        try {
-          const onPage = async (node: Redis, keys: string[]) => {
-            walk.add(await this.take(node, keys, walk.stats, now, step));
-            await this.markUnwritten(walk.unwrittenCount, step);
-            await walk.write(false);
-            held.lock = await this.extend(held.lock, step);
-          };
-          // The library's own uses: named by the index, no SCAN.
-          for (const node of keyNodes(client)) {
-            for (const index of await nonEmpty(node, nodeIndexKeys(client, node), step)) {
-              for (;;) {
-                const keys = await step(() => node.spop(index, walk.pageSize)).catch(movedIsEmpty);
-                if (!keys.length) break;
-                walk.stats.scanned += keys.length;
-                await onPage(node, keys);
-                if (keys.length < walk.pageSize) break;
-              }
-            }
-          }
-          // Dify's uses (not indexed): a paced SCAN, its cursor kept in Redis across runs.
-          await this.scanSlice(client, step, walk.pageSize, async (node, keys) => {
-            walk.stats.scanned += keys.length;
-            await onPage(node, keys);
-          });
-          await walk.write(true);
-          await this.markUnwritten(walk.unwrittenCount, step);
-        } catch (error) {
-          if (!(error instanceof WalkStopped)) throw error;
-          walk.stopped = error.reason;
-        }
-        return true;
-      }, { timeoutMs: WALK_TIMEOUT_MS, commandTimeoutMs: BATCH_CALL_TIMEOUT_MS });
-      if (walked === UNCONFIRMED) walk.stopped = 'Redis did not answer';
-      if (!walk.failed) await walk.write(true).catch((error) => ignoreStopped(error));
-      if (!walk.failed && walk.stopped === undefined && this.followUp) {
-        walk.stats.expired = await this.followUp(async () => {
-          try {
-            held.lock = await this.extend(held.lock, boundedStep(BATCH_CALL_TIMEOUT_MS));
-            return true;
-          } catch {
-            return false;
-          }
-        });
-      }
-      walk.stats.elapsedMs = Math.round(performance.now() - started);
-      const { scanned, taken, updated, dropped, expired, elapsedMs } = walk.stats;
-      const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} elapsed=${elapsedMs}ms expired=${expired}`;
-      this.metrics?.flushRan(walk.failed ? 'failed' : walk.stopped === undefined ? 'completed' : 'stopped', walk.stats);
-      if (walk.failed) {
-        const kept = await this.putBack(walk.unwritten);
-        // Lost uses are counted by putBack; a marker left behind must not count them twice.
-        this.markerCounted = !(await this.markUnwritten(0));
-        this.logger.error(`Usage flush failed: ${line}; ${walk.failed.message}; ${kept}`);
-        throw walk.failed;
-      }
-      this.markerCounted = !(await this.markUnwritten(0));
-      const reason = typeof walk.stopped === 'string' ? walk.stopped : describeError(walk.stopped);
-      const note = walk.stopped === undefined ? '' : `; stopped early (${reason})`;
-      this.logger.log(`Usage flush${tick === null ? '' : ` tick=${tick}`}: ${line}${note}`);
-      return walk.stats;
+      // A span only for a run that holds the lock and the tick: every instance skips most ticks, and each
+      // skip is a lock attempt, nothing more. It starts when the run did (lock attempt included).
+      const trigger = tick === null ? 'manual' : 'schedule';
+      return await inSpan(SPAN.flush, { [ATTR.trigger]: trigger }, (span) => this.walkAll(tick, now, held, started, span), startedAt);
     } finally {
       // Not answered in time: the lock expires by itself.
       // On the background path: a run that outlasted a stalled Redis must not open the request path's circuit.
       await this.redis.background('unlock', (_, step) => step(() => held.lock.release()), { timeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 });
     }
+  }
+
+  /** The run, under its lock and with its tick: the walk, the writes, the follow-up (expiry sweep), the report. */
+  private async walkAll(tick: number | null, now: number, held: { lock: Lock }, started: number, span: TraceSpan): Promise<UsageFlushStats> {
+    await this.countLeftOver();
+    const walk = new Walk(this.options.flushPageSize, (page) => this.repository.updateLastUsed(page));
+    const walked = await this.redis.background('flush', async (client, step) => {
+      try {
+        const onPage = async (node: Redis, keys: string[]) => {
+          walk.add(await this.take(node, keys, walk.stats, now, step));
+          await this.markUnwritten(walk.unwrittenCount, step);
+          await walk.write(false);
+          held.lock = await this.extend(held.lock, step);
+        };
+        // The library's own uses: named by the index, no SCAN.
+        for (const node of keyNodes(client)) {
+          for (const index of await nonEmpty(node, nodeIndexKeys(client, node), step)) {
+            for (;;) {
+              const keys = await step(() => node.spop(index, walk.pageSize)).catch(movedIsEmpty);
+              if (!keys.length) break;
+              walk.stats.scanned += keys.length;
+              await onPage(node, keys);
+              if (keys.length < walk.pageSize) break;
+            }
+          }
+        }
+        // Dify's uses (not indexed): a paced SCAN, its cursor kept in Redis across runs.
+        await this.scanSlice(client, step, walk.pageSize, async (node, keys) => {
+          walk.stats.scanned += keys.length;
+          await onPage(node, keys);
+        });
+        await walk.write(true);
+        await this.markUnwritten(walk.unwrittenCount, step);
+      } catch (error) {
+        if (!(error instanceof WalkStopped)) throw error;
+        walk.stopped = error.reason;
+      }
+      return true;
+    }, { timeoutMs: WALK_TIMEOUT_MS, commandTimeoutMs: BATCH_CALL_TIMEOUT_MS });
+    if (walked === UNCONFIRMED) walk.stopped = 'Redis did not answer';
+    if (!walk.failed) await walk.write(true).catch((error) => ignoreStopped(error));
+    if (!walk.failed && walk.stopped === undefined && this.followUp) {
+      walk.stats.expired = await this.followUp(async () => {
+        try {
+          held.lock = await this.extend(held.lock, boundedStep(BATCH_CALL_TIMEOUT_MS));
+          return true;
+        } catch {
+          return false;
+        }
+      });
+    }
+    walk.stats.elapsedMs = Math.round(performance.now() - started);
+    const { scanned, taken, updated, dropped, expired, elapsedMs } = walk.stats;
+    const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} elapsed=${elapsedMs}ms expired=${expired}`;
+    const outcome = walk.failed ? 'failed' : walk.stopped === undefined ? 'completed' : 'stopped';
+    this.metrics?.flushRan(outcome, walk.stats);
+    span.setAttributes({
+      [ATTR.outcome]: outcome,
+      [ATTR.keysScanned]: scanned,
+      [ATTR.keysTaken]: taken,
+      [ATTR.rowsWritten]: updated,
+      [ATTR.keysUnusable]: dropped,
+      [ATTR.expiredRemoved]: expired,
+    });
+    if (walk.failed) {
+      recordFailure(span, walk.failed, outcome);
+      const kept = await this.putBack(walk.unwritten);
+      // Lost uses are counted by putBack; a marker left behind must not count them twice.
+      this.markerCounted = !(await this.markUnwritten(0));
+      this.logger.error(`Usage flush failed: ${line}; ${walk.failed.message}; ${kept}`);
+      throw walk.failed;
+    }
+    this.markerCounted = !(await this.markUnwritten(0));
+    const reason = typeof walk.stopped === 'string' ? walk.stopped : describeError(walk.stopped);
+    const note = walk.stopped === undefined ? '' : `; stopped early (${reason})`;
+    this.logger.log(`Usage flush${tick === null ? '' : ` tick=${tick}`}: ${line}${note}`);
+    return walk.stats;
   }
 
   /**
