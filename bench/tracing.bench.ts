@@ -5,7 +5,8 @@ import { ATTR, inSpan } from '../libs/api-token/src/metrics/api-token.tracing';
 
 /**
  * What the tracing wrapper costs per span, in process, against the same work called directly:
- * `npx ts-node -r tsconfig-paths/register --transpile-only bench/tracing.bench.ts`. Three variants take
+ * `NODE_OPTIONS=--expose-gc npx ts-node -r tsconfig-paths/register --transpile-only bench/tracing.bench.ts`
+ * (with --expose-gc, a collection between rounds keeps one variant's garbage out of the next). Three variants take
  * turns round by round (BENCH_ROUNDS, default 15; BENCH_CALLS per round, default 20,000): the work
  * called directly (an async function that awaits nothing, as cheap as a span's body can be), through
  * `inSpan` with no SDK registered, and through `inSpan` with an SDK registered (batched, spans
@@ -27,12 +28,13 @@ async function wrapped(): Promise<void> {
 }
 
 let provider: NodeTracerProvider | undefined;
-function sdk(on: boolean): void {
+async function sdk(on: boolean): Promise<void> {
   if (on) {
     const discard = { export: (_: unknown, done: (result: { code: number }) => void) => done({ code: 0 }), shutdown: async () => undefined };
     provider = new NodeTracerProvider({ spanProcessors: [new BatchSpanProcessor(discard)] });
     provider.register();
   } else if (provider) {
+    await provider.shutdown();
     trace.disable();
     context.disable();
     propagation.disable();
@@ -54,9 +56,11 @@ async function main(): Promise<void> {
   for (let round = -1; round < rounds; round++) {
     const order = (['direct', 'off', 'on'] as const).map((_, i, all) => all[(i + Math.max(round, 0)) % all.length]);
     for (const variant of order) {
-      sdk(variant === 'on');
+      // A round's garbage (the SDK's spans) is collected before the next round, not inside it.
+      (globalThis as { gc?: () => void }).gc?.();
+      await sdk(variant === 'on');
       const ns = await time(variant === 'direct' ? direct : wrapped);
-      sdk(false);
+      await sdk(false);
       if (round >= 0) figures[variant].push(ns);
     }
   }
