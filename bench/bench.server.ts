@@ -13,6 +13,8 @@ import Redis from 'ioredis';
 import { Client } from 'pg';
 import { type TestAppConfig, TestAppModule } from '../test/app/app.module';
 import { NaiveTokenGuard } from './naive.guard';
+import { BatchSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { NodeTracerProvider } from '@opentelemetry/sdk-trace-node';
 import { BENCH_CLIENT_HEADER, requiredEnv, stopServer } from './server.process';
 
 /**
@@ -184,8 +186,18 @@ class BenchController {
   }
 }
 
+/**
+ * BENCH_TRACING=1: an OpenTelemetry SDK is registered (batched, to an exporter that drops the spans),
+ * so the module's spans are made and ended as in production; the cost of tracing, side by side with a run without.
+ */
+function registerTracing(): void {
+  const discard = { export: (_: unknown, done: (result: { code: number }) => void) => done({ code: 0 }), shutdown: async () => undefined };
+  new NodeTracerProvider({ spanProcessors: [new BatchSpanProcessor(discard)] }).register();
+}
+
 /** The bench application (not yet listening), configured from the environment as bench/run.ts sets it; also used by bench/instructions.ts. */
 export async function createBenchApp(variant: Variant, adapter: Adapter, overrides: ApiTokenModuleOptions = {}): Promise<INestApplication> {
+  if (process.env.BENCH_TRACING === '1') registerTracing();
   const config: TestAppConfig = {
     stores: { databaseUrl: requiredEnv('DATABASE_URL', 'bench server'), redisUrl: requiredEnv('REDIS_URL', 'bench server') },
     // No scheduled usage flush: no flush tick lands in a measurement.

@@ -6,7 +6,8 @@
 //    `<!-- ts-prelude … -->`, which is prepended to the snippet.
 // 2. Every option, environment variable, CLI command and flag, metric and `api_token_*` name the docs
 //    mention exists in the code; every module option is in the README's table, every metric in
-//    docs/observability.md, every variable the demo and the CLI read in the README.
+//    docs/observability.md, every span and span attribute in docs/tracing.md, every variable the demo
+//    and the CLI read in the README.
 // Prints `docs:check: …` last; exits 1 on any problem.
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -236,6 +237,18 @@ const optionsTable = /^\| option \|[\s\S]*?\n\n/m.exec(readme)?.[0] ?? '';
 for (const name of moduleOptions) if (!optionsTable.includes(`\`${name}\``)) problem('README.md', 0, `option ${name} is missing from the options table`);
 const observability = read('docs/observability.md');
 for (const name of metrics) if (!observability.includes(name)) problem('docs/observability.md', 0, `metric ${name} is not documented`);
+// Spans and their attributes: every name the tracing module declares is in docs/tracing.md, and every
+// dotted `api_token.*` name a page quotes is one it declares.
+const tracingCode = read('libs/api-token/src/metrics/api-token.tracing.ts');
+const traceNames = new Set([...tracingCode.matchAll(/'(api_token\.[a-z_.]+|error\.type)'/g)].map((m) => m[1]));
+const tracingDoc = read('docs/tracing.md');
+for (const name of traceNames) if (!tracingDoc.includes(`\`${name}\``)) problem('docs/tracing.md', 0, `span or attribute ${name} is not documented`);
+for (const { file, text } of docs) {
+  for (const m of text.matchAll(/`(api_token\.[a-z_.]*[a-z_])`/g)) {
+    checkedNames++;
+    if (!traceNames.has(m[1])) problem(file, lineAt(text, m.index), `span or attribute ${m[1]} is not declared in libs/api-token/src/metrics/api-token.tracing.ts`);
+  }
+}
 for (const name of envRead) if (!readme.includes(`\`${name}\``)) problem('README.md', 0, `environment variable ${name} (read by the demo or the CLI) is not named`);
 for (const name of commands.keys()) if (!read('docs/cli.md').includes(`-- ${name}`)) problem('docs/cli.md', 0, `CLI command ${name} is not documented`);
 

@@ -382,6 +382,12 @@ async function main() {
     assert(result.code === 0, `tsc exited ${result.code}:\n${result.stdout.slice(0, 3000)}`);
   });
 
+  await check('the optional peer @opentelemetry/api is not installed (the checks below run without tracing)', async () => {
+    const probe = "try { require.resolve('@opentelemetry/api'); process.exit(1) } catch (e) { process.exit(e.code === 'MODULE_NOT_FOUND' ? 0 : 2) }";
+    const result = await runProcess(process.execPath, ['-e', probe], { cwd: appDir, env: process.env });
+    assert(result.code === 0, result.code === 1 ? '@opentelemetry/api was installed' : `unexpected: ${result.stderr}`);
+  });
+
   await check("the exports map hides the package's internals", async () => {
     const probe = "try { require.resolve('nestjs-api-token/dist/api-token.keys'); process.exit(1) } catch (e) { process.exit(e.code === 'ERR_PACKAGE_PATH_NOT_EXPORTED' ? 0 : 2) }";
     const result = await runProcess(process.execPath, ['-e', probe], { cwd: appDir, env: process.env });

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ApiTokenCacheService, type CacheRead, type LocalHit } from '../cache/token-cache.service';
 import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { storedToken } from '../tokens/token.hash';
-import { cacheKey } from '../api-token.keys';
+import { ANY_SCOPE, cacheKey } from '../api-token.keys';
 import { MAX_TOKEN_LENGTH, type ResolvedApiTokenOptions } from '../api-token.options';
 import { checkScope } from '../tokens/token.scope';
 import { BEARER_PREFIX } from './authorization.header';
@@ -15,9 +15,26 @@ import { ApiTokenUsageRecorder } from '../usage/usage.recorder';
 import { ApiTokenStoreError } from '../api-token.errors';
 import { ApiTokenMetrics, type LookupCounts } from '../metrics/api-token.metrics';
 import { ApiTokenLookupShedError, LookupBudget } from './lookup-budget';
+import { ATTR, NO_SPAN, SPAN, type TraceSpan, inSpan } from '../metrics/api-token.tracing';
 
 /** The longest usual `Authorization` value: `Bearer ` and a token of the longest length accepted. */
 const MAX_HEADER_LENGTH = BEARER_PREFIX.length + MAX_TOKEN_LENGTH;
+
+/**
+ * What a lookup past the in-process cache found, and how (the `api_token.lookup` span's attributes):
+ * where the answer came from, why a row found was refused, the lookup lock, the lookup budget's queue.
+ */
+interface Resolved {
+  readonly record: ApiTokenRecord | null;
+  readonly source: 'redis' | 'negative' | 'postgres';
+  /** Set when the database's row was not the answer: expired, revoked (the log lists it), or changed during the lookup. */
+  readonly refused?: 'expired' | 'revoked' | 'changed';
+  /** `acquired`: this lookup held the lookup lock; `waited`: another did, and this one waited; `none`: Redis did not answer. */
+  readonly lock?: 'acquired' | 'waited' | 'none';
+  readonly queued?: boolean;
+}
+
+const NEGATIVE: Resolved = { record: null, source: 'negative' };
 
 /**
  * The request path: shape check, in-process cache, Redis, then one database lookup per token at a
@@ -29,7 +46,7 @@ const MAX_HEADER_LENGTH = BEARER_PREFIX.length + MAX_TOKEN_LENGTH;
 @Injectable()
 export class ApiTokenAuthenticator {
   private readonly logger = new Logger(ApiTokenAuthenticator.name);
-  private readonly inflight = new Map<string, Promise<ApiTokenRecord | null>>();
+  private readonly inflight = new Map<string, Promise<Resolved>>();
   private countsScope: string | null = null;
   private counts: LookupCounts | undefined;
   private readonly budget: LookupBudget;
@@ -129,14 +146,19 @@ export class ApiTokenAuthenticator {
    * @internal the guard's step; applications call {@link authenticate}.
    */
   async authenticateRemote(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
-    token = storedToken(token, this.options);
-    const record = await this.shared(token, scope).catch((error: unknown) => {
-      if (error instanceof ApiTokenLookupShedError) this.metrics.scope(scope).lookupsShed++;
-      else if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
-      throw error;
+    const stored = storedToken(token, this.options);
+    // The one span of the request path: an in-process hit never gets here.
+    return inSpan(SPAN.lookup, { [ATTR.scope]: scope ?? ANY_SCOPE }, async (span) => {
+      const found = await this.shared(stored, scope, span).catch((error: unknown) => {
+        if (error instanceof ApiTokenLookupShedError) this.metrics.scope(scope).lookupsShed++;
+        else if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
+        throw error;
+      });
+      // A record from Redis (read here, or by a lock holder this lookup waited for) may be of an expired token.
+      const expired = found.record !== null && isExpired(found.record);
+      if (span !== NO_SPAN) traceLookup(span, found, expired);
+      return found.record && !expired ? this.used(found.record, scope) : null;
     });
-    // A record from Redis (read here, or by a lock holder this lookup waited for) may be of an expired token.
-    return record && !isExpired(record) ? this.used(record, scope) : null;
   }
 
   private used(record: ApiTokenRecord, scope: string | null): ApiTokenRecord {
@@ -145,11 +167,13 @@ export class ApiTokenAuthenticator {
   }
 
   /** Single flight in the process: concurrent lookups of one key share one Redis read and, on a miss, one fill. */
-  private shared(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+  private shared(token: string, scope: string | null, span: TraceSpan): Promise<Resolved> {
     const key = cacheKey(scope, token);
     let pending = this.inflight.get(key);
-    if (pending) this.metrics.scope(scope).singleFlightJoins++;
-    else {
+    if (pending) {
+      this.metrics.scope(scope).singleFlightJoins++;
+      span.setAttribute(ATTR.joined, true);
+    } else {
       pending = this.resolve(token, scope).finally(() => this.inflight.delete(key));
       this.inflight.set(key, pending);
     }
@@ -163,7 +187,7 @@ export class ApiTokenAuthenticator {
    * sent without waiting. Only a lookup that finds the lock taken by another (a stampede across
    * instances) waits: it watches the cache for the holder's answer.
    */
-  private async resolve(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+  private async resolve(token: string, scope: string | null): Promise<Resolved> {
     const owner = randomUUID();
     let read = await this.cache.lookupRedis(scope, token, { owner, ttlMs: this.options.lockTtlMs });
     // The fill's guards count from here, before the database read (what they protect), as they did when
@@ -173,24 +197,29 @@ export class ApiTokenAuthenticator {
     const lookups = this.metrics.scope(scope).lookups;
     if (read.status === 'hit') {
       lookups[isExpired(read.record) ? 'expired' : 'redis_hit']++;
-      return read.record;
+      return { record: read.record, source: 'redis' };
     }
     if (read.status === 'negative') {
       lookups.redis_negative++;
-      return null;
+      return NEGATIVE;
     }
     lookups.miss++;
+    const lock = read.locked === undefined ? 'none' : read.locked ? 'acquired' : 'waited';
     if (read.locked === false) {
       read = await this.waitForHolder(token, scope, owner);
-      if (read.status !== 'miss') return read.status === 'hit' ? read.record : null;
+      if (read.status === 'hit') return { record: read.record, source: 'redis', lock };
+      if (read.status === 'negative') return { ...NEGATIVE, lock };
     }
     try {
-      const found = await this.lookUp(token, scope);
+      let queued = false;
+      const found = await this.lookUp(token, scope, () => (queued = true));
       // An expired row is cached as "no such token", never as a record: Dify, reading the same Redis, ignores
       // `expires_at`. Nor is a row read before its revocation committed, once the revocation log lists the token.
-      const record = found && (isExpired(found) || this.cache.isRevoked(token)) ? null : found;
+      const refused = found === null ? undefined : isExpired(found) ? 'expired' : this.cache.isRevoked(token) ? 'revoked' : undefined;
+      const record = refused ? null : found;
       const outcome = await this.cache.fill(scope, token, record, read.generation ?? UNCONFIRMED, epoch, started);
-      return outcome === 'changed' ? null : record;
+      const changed = outcome === 'changed' && record !== null;
+      return { record: changed ? null : record, source: 'postgres', refused: changed ? 'changed' : refused, lock, queued };
     } finally {
       if (read.locked) this.cache.releaseLookupLock(scope, token, owner);
     }
@@ -202,34 +231,42 @@ export class ApiTokenAuthenticator {
    * `lockWaitMs` runs out; then the lookup queries the database itself, so a dead holder delays a
    * lookup but never fails it.
    */
-  private async waitForHolder(token: string, scope: string | null, owner: string): Promise<CacheRead> {
-    const { lockTtlMs, lockWaitMs, lockRetryDelayMs } = this.options;
-    const deadline = Date.now() + lockWaitMs;
-    const since = performance.now();
-    for (;;) {
-      if (Date.now() >= deadline) {
-        this.metrics.lockWaited(scope, (performance.now() - since) / 1000, true);
-        this.logger.warn(`Lookup lock not had within ${lockWaitMs} ms; querying the database without it`);
-        // A fresh generation, read before the query; the lock is not taken (`owner` empty).
-        return this.cache.lookupRedis(scope, token, { owner: '', ttlMs: lockTtlMs });
+  private waitForHolder(token: string, scope: string | null, owner: string): Promise<CacheRead> {
+    return inSpan(SPAN.lockWait, { [ATTR.scope]: scope ?? ANY_SCOPE }, async (span) => {
+      const { lockTtlMs, lockWaitMs, lockRetryDelayMs } = this.options;
+      const deadline = Date.now() + lockWaitMs;
+      const since = performance.now();
+      for (;;) {
+        if (Date.now() >= deadline) {
+          this.metrics.lockWaited(scope, (performance.now() - since) / 1000, true);
+          this.logger.warn(`Lookup lock not had within ${lockWaitMs} ms; querying the database without it`);
+          span.setAttribute(ATTR.outcome, 'timed_out');
+          // A fresh generation, read before the query; the lock is not taken (`owner` empty).
+          return this.cache.lookupRedis(scope, token, { owner: '', ttlMs: lockTtlMs });
+        }
+        await sleep(lockRetryDelayMs / 2 + Math.random() * lockRetryDelayMs);
+        const seen = await this.cache.lookupRedis(scope, token, { owner, ttlMs: lockTtlMs });
+        if (seen.status !== 'miss' || seen.locked !== false) {
+          this.metrics.lockWaited(scope, (performance.now() - since) / 1000, false);
+          // The holder's answer is in the cache, or the lock is this lookup's now (the holder gave up or died).
+          span.setAttribute(ATTR.outcome, seen.status === 'miss' ? 'acquired' : 'answered');
+          return seen;
+        }
       }
-      await sleep(lockRetryDelayMs / 2 + Math.random() * lockRetryDelayMs);
-      const seen = await this.cache.lookupRedis(scope, token, { owner, ttlMs: lockTtlMs });
-      if (seen.status !== 'miss' || seen.locked !== false) {
-        this.metrics.lockWaited(scope, (performance.now() - since) / 1000, false);
-        return seen;
-      }
-    }
+    });
   }
 
   /**
    * The database lookup, within the lookup budget (`maxConcurrentLookups`, then `maxQueuedLookups`
    * waiting, then {@link ApiTokenLookupShedError}), counted and timed from when it has its place.
    */
-  private lookUp(token: string, scope: string | null): Promise<ApiTokenRecord | null> {
+  private lookUp(token: string, scope: string | null, onQueued: () => void): Promise<ApiTokenRecord | null> {
     return this.budget.run(
       () => this.query(token, scope),
-      () => this.metrics.scope(scope).lookupsQueued++,
+      () => {
+        this.metrics.scope(scope).lookupsQueued++;
+        onQueued();
+      },
     );
   }
 
@@ -244,4 +281,15 @@ export class ApiTokenAuthenticator {
       throw error;
     }
   }
+}
+
+/**
+ * The lookup span's attributes: where the answer came from, and the outcome (`valid`, `not_found`,
+ * `expired`, `revoked`, `changed`); the lock and queue when the lookup went to PostgreSQL.
+ */
+function traceLookup(span: TraceSpan, found: Resolved, expired: boolean): void {
+  const outcome = found.record ? (expired ? 'expired' : 'valid') : (found.refused ?? 'not_found');
+  span.setAttributes({ [ATTR.source]: found.source, [ATTR.outcome]: outcome });
+  if (found.lock !== undefined) span.setAttribute(ATTR.lock, found.lock);
+  if (found.queued) span.setAttribute(ATTR.queued, true);
 }

@@ -17,6 +17,7 @@ import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRevokedTokens, knownPolicy } from '../cache/revoked-tokens';
 import { ApiTokenScopeSweep } from '../cache/scope.sweep';
 import { revocationWindowMs } from './revocation-log.service';
+import { ATTR, SPAN, type TraceSpan, inSpan } from '../metrics/api-token.tracing';
 
 /** What {@link ApiTokenService.create} needs. */
 export interface CreateApiTokenInput {
@@ -288,10 +289,10 @@ export class ApiTokenService implements OnApplicationShutdown {
   async rotate(token: string, options: RotateApiTokenOptions = {}): Promise<ApiTokenRotation | null> {
     checkToken(token, 'rotate');
     const graceSeconds = checkSeconds(options?.graceSeconds ?? 0, 'graceSeconds', 0);
-    const stored = storedToken(token, this.options);
-    const current = await this.repository.findByToken(stored, null);
-    if (!current || isExpired(current)) return null;
-    return this.replace(current, GENERATED_SHAPE.exec(token)?.[1], graceSeconds);
+    return this.traceRotation(graceSeconds, async () => {
+      const current = await this.repository.findByToken(storedToken(token, this.options), null);
+      return current && !isExpired(current) ? { current, prefix: GENERATED_SHAPE.exec(token)?.[1] } : null;
+    });
   }
 
   /**
@@ -303,9 +304,25 @@ export class ApiTokenService implements OnApplicationShutdown {
     const uuid = checkUuid(id, 'id');
     if (!uuid) throw new ApiTokenInputError('ApiTokenService.rotateById: "id" must be a UUID');
     const graceSeconds = checkSeconds(options?.graceSeconds ?? 0, 'graceSeconds', 0);
-    const [current] = await this.repository.list({ id: uuid });
-    if (!current || isExpired(current)) return null;
-    return this.replace(current, this.options.hashTokens ? undefined : GENERATED_SHAPE.exec(current.token)?.[1], graceSeconds);
+    return this.traceRotation(graceSeconds, async () => {
+      const [current] = await this.repository.list({ id: uuid });
+      return current && !isExpired(current) ? { current, prefix: this.options.hashTokens ? undefined : GENERATED_SHAPE.exec(current.token)?.[1] } : null;
+    });
+  }
+
+  /** A rotation in its span: `find` names the valid token to replace (and its successor's prefix), or null. */
+  private traceRotation(
+    graceSeconds: number,
+    find: () => Promise<{ current: ApiTokenRecord; prefix: string | undefined } | null>,
+  ): Promise<ApiTokenRotation | null> {
+    return inSpan(SPAN.rotate, { [ATTR.graceSeconds]: graceSeconds }, async (span) => {
+      const found = await find();
+      if (found) span.setAttribute(ATTR.scope, found.current.type);
+      const rotation = found ? await this.replace(found.current, found.prefix, graceSeconds) : null;
+      span.setAttribute(ATTR.outcome, rotation ? 'rotated' : 'not_found');
+      if (rotation) span.setAttribute(ATTR.cacheCleared, rotation.cacheCleared);
+      return rotation;
+    });
   }
 
   /** The rotation of a valid stored token, with the successor's prefix when known. */
@@ -389,8 +406,17 @@ export class ApiTokenService implements OnApplicationShutdown {
    * {@link ApiTokenRevocationLogService}). A token target drops its cache entries even when no row held it.
    * @internal not for applications: call {@link revoke} or {@link revokeById}.
    */
-  async revokeStored(target: RevocationTarget): Promise<ApiTokenRevocation> {
+  revokeStored(target: RevocationTarget): Promise<ApiTokenRevocation> {
+    return inSpan(SPAN.revoke, { [ATTR.target]: 'token' in target ? 'token' : 'id' }, (span) => this.revokeRows(target, span));
+  }
+
+  private async revokeRows(target: RevocationTarget, span: TraceSpan): Promise<ApiTokenRevocation> {
     const rows = await this.repository.revoke(target);
+    span.setAttributes({
+      [ATTR.outcome]: rows.length ? 'revoked' : 'not_found',
+      [ATTR.rows]: rows.length,
+      [ATTR.scopes]: [...new Set(rows.map((row) => row.type))],
+    });
     this.metrics?.revocation(rows.length > 0);
     const byToken = new Map<string, ApiTokenRecord[]>('token' in target ? [[target.token, []]] : []);
     for (const row of rows) {
@@ -406,6 +432,7 @@ export class ApiTokenService implements OnApplicationShutdown {
       outcome.revoked.push(...revoked);
       outcome.cacheCleared &&= cacheCleared;
     }
+    span.setAttribute(ATTR.cacheCleared, outcome.cacheCleared);
     return outcome;
   }
 
@@ -413,10 +440,13 @@ export class ApiTokenService implements OnApplicationShutdown {
   async invalidateTenant(tenantId: string): Promise<TenantInvalidation> {
     const uuid = checkUuid(tenantId, 'tenantId');
     if (!uuid) throw new ApiTokenInputError('ApiTokenService.invalidateTenant: "tenantId" must be a UUID');
-    const { keys, cleared: cacheCleared } = await this.cache.invalidateTenant(uuid);
-    this.metrics?.tenantInvalidation();
-    if (!cacheCleared) this.metrics?.invalidationFailed('tenant');
-    return { dropped: keys.length, cacheCleared };
+    return inSpan(SPAN.invalidateTenant, { [ATTR.tenantId]: uuid }, async (span) => {
+      const { keys, cleared: cacheCleared } = await this.cache.invalidateTenant(uuid);
+      this.metrics?.tenantInvalidation();
+      if (!cacheCleared) this.metrics?.invalidationFailed('tenant');
+      span.setAttributes({ [ATTR.outcome]: cacheCleared ? 'cleared' : 'unconfirmed', [ATTR.keysDropped]: keys.length, [ATTR.cacheCleared]: cacheCleared });
+      return { dropped: keys.length, cacheCleared };
+    });
   }
 
   /**

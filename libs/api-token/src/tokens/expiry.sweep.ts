@@ -6,6 +6,7 @@ import { ApiTokenRedisService, LOCKED } from '../redis/redis-access.service';
 import { ApiTokenUsageFlushService } from '../usage/usage-flush.service';
 import { ApiTokenService } from './api-token.service';
 import { ApiTokenRevocationLogService } from './revocation-log.service';
+import { ATTR, SPAN, inSpan, recordFailure } from '../metrics/api-token.tracing';
 
 /**
  * Expired tokens deleted per page. Each goes through the revocation path (a DELETE, then the deletes
@@ -49,7 +50,7 @@ export class ApiTokenExpirySweep implements OnModuleInit, OnModuleDestroy {
   ) {}
 
   onModuleInit(): void {
-    this.flush.setFollowUp((keepLock) => this.sweep(keepLock));
+    this.flush.setFollowUp((keepLock) => this.sweep(keepLock, 'flush'));
     this.log.onNextExpiry((inMs) => this.scheduleAt(inMs));
   }
 
@@ -60,22 +61,32 @@ export class ApiTokenExpirySweep implements OnModuleInit, OnModuleDestroy {
 
   /**
    * Deletes expired tokens a page at a time while `keepLock` holds; returns how many. A database
-   * failure is logged and leaves the rest for the next run.
+   * failure is logged and leaves the rest for the next run. `trigger`: what started it (for its span).
    */
-  async sweep(keepLock: () => Promise<boolean> = async () => true): Promise<number> {
-    const page = Math.min(SWEEP_PAGE, this.options.flushPageSize);
-    let removed = 0;
-    try {
-      for (;;) {
-        const count = await this.tokens.removeExpired(page);
-        removed += count;
-        if (count < page || !(await keepLock())) return removed;
+  sweep(keepLock: () => Promise<boolean> = async () => true, trigger: 'timer' | 'flush' = 'timer'): Promise<number> {
+    return inSpan(SPAN.expirySweep, { [ATTR.trigger]: trigger }, async (span) => {
+      const page = Math.min(SWEEP_PAGE, this.options.flushPageSize);
+      let removed = 0;
+      try {
+        let outcome = 'completed';
+        for (;;) {
+          const count = await this.tokens.removeExpired(page);
+          removed += count;
+          if (count < page) break;
+          if (!(await keepLock())) {
+            outcome = 'stopped';
+            break;
+          }
+        }
+        span.setAttribute(ATTR.outcome, outcome);
+      } catch (error) {
+        if (!(error instanceof ApiTokenStoreError)) throw error;
+        recordFailure(span, error);
+        this.logger.error(`Expired tokens not removed: ${error.message}; the next run tries again`);
       }
-    } catch (error) {
-      if (!(error instanceof ApiTokenStoreError)) throw error;
-      this.logger.error(`Expired tokens not removed: ${error.message}; the next run tries again`);
+      span.setAttribute(ATTR.expiredRemoved, removed);
       return removed;
-    }
+    });
   }
 
   /** Sets the timer for the next expiry (`inMs` from now; null: none), unless it is already set as early. */

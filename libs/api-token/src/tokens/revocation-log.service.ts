@@ -7,6 +7,7 @@ import { ApiTokenRevokedTokens, knownPolicy } from '../cache/revoked-tokens';
 import { describeError } from '../api-token.errors';
 import { ApiTokenRepository, type LogPage } from '../store/api-token.repository';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
+import { ATTR, SPAN, inSpan } from '../metrics/api-token.tracing';
 
 /**
  * How much longer than `cacheTtlSeconds` a revoked token stays refused: a fill that read the row just
@@ -215,6 +216,7 @@ export class ApiTokenRevocationLogService implements OnModuleInit, OnModuleDestr
       let nextExpiryInMs: number | null = null;
       for (;;) {
         this.reads++;
+        const readAt = Date.now();
         // Two statements, so a missing or broken policy-change log (a rollback's migration down())
         // never stops revocations from being read.
         const [revocations, policyRead] = await Promise.all([
@@ -226,7 +228,11 @@ export class ApiTokenRevocationLogService implements OnModuleInit, OnModuleDestr
         const policyChanges = 'error' in policyRead ? this.policyLogFailed(policyRead.error) : policyRead;
         nextExpiryInMs = revocations.nextExpiryInMs;
         if (this.sawReset(revocations, policyChanges)) continue;
-        await this.apply(revocations, policyChanges, initial);
+        const found = { [ATTR.revocations]: revocations.entries.length, [ATTR.policyChanges]: policyChanges?.entries.length ?? 0, [ATTR.initial]: initial };
+        // A span only for a read that found entries, from the read on: an empty poll (one statement per
+        // instance every revocationPollIntervalMs, nearly all of them) would bury the ones that matter.
+        if (revocations.entries.length === 0 && found[ATTR.policyChanges] === 0) await this.apply(revocations, policyChanges, initial);
+        else await inSpan(SPAN.revocationLogRead, found, async (span) => span.setAttribute(ATTR.keysDropped, await this.apply(revocations, policyChanges, initial)), readAt);
         if (revocations.entries.length < PAGE_SIZE && (policyChanges?.entries.length ?? 0) < PAGE_SIZE) break;
       }
       this.loaded = true;
@@ -276,8 +282,9 @@ export class ApiTokenRevocationLogService implements OnModuleInit, OnModuleDestr
    * Lists each revocation still inside the window as revoked, and notes each policy change's policy
    * (the newest change of a token wins, whatever order the entries arrive in); after start-up (when L1
    * is empty and the entries are old news), evicts their keys from L1 and deletes them from Redis again.
+   * Answers how many keys it dropped.
    */
-  private async apply(revocations: LogPage, policyChanges: LogPage | undefined, initial: boolean): Promise<void> {
+  private async apply(revocations: LogPage, policyChanges: LogPage | undefined, initial: boolean): Promise<number> {
     const now = performance.now();
     this.revocations.advance(revocations, PAGE_SIZE, now);
     if (policyChanges) {
@@ -300,6 +307,7 @@ export class ApiTokenRevocationLogService implements OnModuleInit, OnModuleDestr
     this.revocations.expireGaps(now);
     this.policyChanges.expireGaps(now);
     await this.cache.dropRevoked(keys);
+    return keys.length;
   }
 
   private async prune(): Promise<void> {

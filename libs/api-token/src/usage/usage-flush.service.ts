@@ -16,6 +16,7 @@ import { ApiTokenRepository } from '../store/api-token.repository';
 import { ApiTokenUsageRecorder } from './usage.recorder';
 import { DEFAULT_FLUSH_CRON, MAX_FLUSH_GAP_SECONDS, longestCronGapSeconds } from './flush.schedule';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
+import { ATTR, SPAN, type TraceSpan, inSpan, recordFailure } from '../metrics/api-token.tracing';
 
 /** Name of the flush job in `SchedulerRegistry`. */
 export const FLUSH_JOB_NAME = 'api-token-usage-flush';
@@ -244,6 +245,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
 
   private async run(tick: number | null): Promise<UsageFlushStats | null> {
     const started = performance.now();
+    const startedAt = Date.now();
     await this.usage.flushPending();
     const lock = await this.acquire();
     if (!lock) {
@@ -261,87 +263,105 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
         this.metrics?.flushSkipped();
         return null;
       }
-      const release = new Release(this.redis);
-      const walk = new Walk(this.options.flushPageSize, async (page) => {
-        const updated = await this.repository.updateLastUsed(page);
-        await release.delete(page);
-        return updated;
-      });
-      const walked = await this.redis.background('flush', async (client, step) => {
-        try {
-          const onPage = async (node: Redis, found: string[]) => {
-            const keys = walk.unread(found);
-            walk.stats.scanned += keys.length;
-            if (!keys.length) return;
-            walk.add(await this.read(node, keys, walk.stats, now, step, release));
-            await walk.write(false);
-            release.check();
-            held.lock = await this.extend(held.lock, step);
-          };
-          // The library's own uses: named by the index, no SCAN. SSCAN, not SPOP: a name leaves the
-          // index with its key (see Release), so a run that stops leaves the rest indexed. A page is read
-          // from as many of the node's indexes as it takes (one pipeline): on a Cluster a thousand uses
-          // sit in about a thousand slots' indexes, and a page per index cost a thousand pages' round trips.
-          for (const node of keyNodes(client)) {
-            const pending = await nonEmpty(node, nodeIndexKeys(client, node), step);
-            while (pending.length) {
-              const batch = takePage(pending, walk.pageSize);
-              const replies = await step(() => {
-                const pipeline = node.pipeline();
-                for (const { index, cursor, size } of batch) pipeline.sscan(index, cursor, 'COUNT', Math.min(size, walk.pageSize));
-                return pipeline.exec();
-              });
-              const keys: string[] = [];
-              batch.forEach(({ index, size }, i) => {
-                const [error, reply] = replies?.[i] ?? [null, ['0', []]];
-                const [next, members] = error ? movedIsEmpty(error) : (reply as [string, string[]]);
-                keys.push(...members);
-                if (next !== '0') pending.push({ index, cursor: next, size: Math.max(1, size - members.length) });
-              });
-              if (keys.length) await onPage(node, keys);
-            }
-          }
-          // Written and deleted before the SCAN starts, so it does not find them again.
-          await walk.write(true);
-          release.check();
-          // Dify's uses (not indexed): a paced SCAN, its cursor kept in Redis across runs.
-          await this.scanSlice(client, step, walk.pageSize, onPage);
-          await walk.write(true);
-        } catch (error) {
-          if (!(error instanceof WalkStopped)) throw error;
-          walk.stopped = error.reason;
-        }
-        return true;
-      }, { timeoutMs: WALK_TIMEOUT_MS, commandTimeoutMs: BATCH_CALL_TIMEOUT_MS });
-      if (walked === UNCONFIRMED) walk.stopped = 'Redis did not answer';
-      if (!walk.failed) await walk.write(true).catch((error) => ignoreStopped(error));
-      if (!walk.failed && walk.stopped === undefined && this.followUp) {
-        walk.stats.expired = await this.followUp(async () => {
-          try {
-            held.lock = await this.extend(held.lock, boundedStep(BATCH_CALL_TIMEOUT_MS));
-            return true;
-          } catch {
-            return false;
-          }
-        });
-      }
-      walk.stats.elapsedMs = Math.round(performance.now() - started);
-      const { scanned, taken, updated, dropped, expired, elapsedMs } = walk.stats;
-      const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} elapsed=${elapsedMs}ms expired=${expired}`;
-      this.metrics?.flushRan(walk.failed ? 'failed' : walk.stopped === undefined ? 'completed' : 'stopped', walk.stats);
-      if (walk.failed) {
-        this.logger.error(`Usage flush failed: ${line}; ${walk.failed.message}; ${walk.unwrittenCount} uses left in Redis for the next run`);
-        throw walk.failed;
-      }
-      const reason = typeof walk.stopped === 'string' ? walk.stopped : describeError(walk.stopped);
-      const note = walk.stopped === undefined ? '' : `; stopped early (${reason})`;
-      this.logger.log(`Usage flush${tick === null ? '' : ` tick=${tick}`}: ${line}${note}`);
-      return walk.stats;
+      // A span only for a run that holds the lock and the tick: every instance skips most ticks, and each
+      // skip is a lock attempt, nothing more. It starts when the run did (lock attempt included).
+      const trigger = tick === null ? 'manual' : 'schedule';
+      return await inSpan(SPAN.flush, { [ATTR.trigger]: trigger }, (span) => this.walkAll(tick, now, held, started, span), startedAt);
     } finally {
       // Not answered in time: the lock expires by itself.
       // On the background path: a run that outlasted a stalled Redis must not open the request path's circuit.
       await this.redis.background('unlock', (_, step) => step(() => held.lock.release()), { timeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 });
     }
+  }
+
+  /** The run, under its lock and with its tick: the walk, the writes, the follow-up (expiry sweep), the report. */
+  private async walkAll(tick: number | null, now: number, held: { lock: Lock }, started: number, span: TraceSpan): Promise<UsageFlushStats> {
+    const release = new Release(this.redis);
+    const walk = new Walk(this.options.flushPageSize, async (page) => {
+      const updated = await this.repository.updateLastUsed(page);
+      await release.delete(page);
+      return updated;
+    });
+    const walked = await this.redis.background('flush', async (client, step) => {
+      try {
+        const onPage = async (node: Redis, found: string[]) => {
+          const keys = walk.unread(found);
+          walk.stats.scanned += keys.length;
+          if (!keys.length) return;
+          walk.add(await this.read(node, keys, walk.stats, now, step, release));
+          await walk.write(false);
+          release.check();
+          held.lock = await this.extend(held.lock, step);
+        };
+        // The library's own uses: named by the index, no SCAN. SSCAN, not SPOP: a name leaves the
+        // index with its key (see Release), so a run that stops leaves the rest indexed. A page is read
+        // from as many of the node's indexes as it takes (one pipeline): on a Cluster a thousand uses
+        // sit in about a thousand slots' indexes, and a page per index cost a thousand pages' round trips.
+        for (const node of keyNodes(client)) {
+          const pending = await nonEmpty(node, nodeIndexKeys(client, node), step);
+          while (pending.length) {
+            const batch = takePage(pending, walk.pageSize);
+            const replies = await step(() => {
+              const pipeline = node.pipeline();
+              for (const { index, cursor, size } of batch) pipeline.sscan(index, cursor, 'COUNT', Math.min(size, walk.pageSize));
+              return pipeline.exec();
+            });
+            const keys: string[] = [];
+            batch.forEach(({ index, size }, i) => {
+              const [error, reply] = replies?.[i] ?? [null, ['0', []]];
+              const [next, members] = error ? movedIsEmpty(error) : (reply as [string, string[]]);
+              keys.push(...members);
+              if (next !== '0') pending.push({ index, cursor: next, size: Math.max(1, size - members.length) });
+            });
+            if (keys.length) await onPage(node, keys);
+          }
+        }
+        // Written and deleted before the SCAN starts, so it does not find them again.
+        await walk.write(true);
+        release.check();
+        // Dify's uses (not indexed): a paced SCAN, its cursor kept in Redis across runs.
+        await this.scanSlice(client, step, walk.pageSize, onPage);
+        await walk.write(true);
+      } catch (error) {
+        if (!(error instanceof WalkStopped)) throw error;
+        walk.stopped = error.reason;
+      }
+      return true;
+    }, { timeoutMs: WALK_TIMEOUT_MS, commandTimeoutMs: BATCH_CALL_TIMEOUT_MS });
+    if (walked === UNCONFIRMED) walk.stopped = 'Redis did not answer';
+    if (!walk.failed) await walk.write(true).catch((error) => ignoreStopped(error));
+    if (!walk.failed && walk.stopped === undefined && this.followUp) {
+      walk.stats.expired = await this.followUp(async () => {
+        try {
+          held.lock = await this.extend(held.lock, boundedStep(BATCH_CALL_TIMEOUT_MS));
+          return true;
+        } catch {
+          return false;
+        }
+      });
+    }
+    walk.stats.elapsedMs = Math.round(performance.now() - started);
+    const { scanned, taken, updated, dropped, expired, elapsedMs } = walk.stats;
+    const line = `scanned=${scanned} taken=${taken} updated=${updated} dropped=${dropped} elapsed=${elapsedMs}ms expired=${expired}`;
+    const outcome = walk.failed ? 'failed' : walk.stopped === undefined ? 'completed' : 'stopped';
+    this.metrics?.flushRan(outcome, walk.stats);
+    span.setAttributes({
+      [ATTR.outcome]: outcome,
+      [ATTR.keysScanned]: scanned,
+      [ATTR.keysTaken]: taken,
+      [ATTR.rowsWritten]: updated,
+      [ATTR.keysUnusable]: dropped,
+      [ATTR.expiredRemoved]: expired,
+    });
+    if (walk.failed) {
+      recordFailure(span, walk.failed, outcome);
+      this.logger.error(`Usage flush failed: ${line}; ${walk.failed.message}; ${walk.unwrittenCount} uses left in Redis for the next run`);
+      throw walk.failed;
+    }
+    const reason = typeof walk.stopped === 'string' ? walk.stopped : describeError(walk.stopped);
+    const note = walk.stopped === undefined ? '' : `; stopped early (${reason})`;
+    this.logger.log(`Usage flush${tick === null ? '' : ` tick=${tick}`}: ${line}${note}`);
+    return walk.stats;
   }
 
   /**
