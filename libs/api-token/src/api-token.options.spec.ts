@@ -49,6 +49,8 @@ describe('resolveApiTokenOptions', () => {
     [{ failedAttemptLimit: { limit: 2.5, windowSeconds: 60 } }, /failedAttemptLimit": "limit" must be an integer/],
     [{ failedAttemptLimit: { limit: 100 } as never }, /failedAttemptLimit": "windowSeconds" must be an integer >= 1 and <= 86400/],
     [{ failedAttemptLimit: { limit: 100, windowSeconds: 0 } }, /failedAttemptLimit": "windowSeconds"/],
+    [{ failedAttemptLimit: { limit: 100, windowSeconds: 1.5 } }, /failedAttemptLimit": "windowSeconds" must be an integer/],
+    [{ failedAttemptLimit: { limit: '100' as never, windowSeconds: 60 } }, /failedAttemptLimit": "limit" must be an integer/],
     [{ failedAttemptLimit: { limit: 100, windowSeconds: 86_401 } }, /failedAttemptLimit": "windowSeconds".*<= 86400/],
     [{ failedAttemptLimit: { limit: 100, windowSeconds: 60, clientKey: 'x-forwarded-for' as never } }, /failedAttemptLimit": "clientKey" must be a function/],
   ])('refuses %p with an ApiTokenInputError naming the option', (options, message) => {
@@ -76,6 +78,12 @@ describe('resolveApiTokenOptions', () => {
     const resolved = resolveApiTokenOptions({ failedAttemptLimit: given }).failedAttemptLimit;
     expect(resolved).toEqual({ limit: 100, windowSeconds: 60, clientKey: null });
     expect(resolved).not.toBe(given);
+    // The bounds themselves are allowed, and a client key left null is the default.
+    expect(resolveApiTokenOptions({ failedAttemptLimit: { limit: 1_000_000, windowSeconds: 1, clientKey: null } }).failedAttemptLimit).toEqual({
+      limit: 1_000_000,
+      windowSeconds: 1,
+      clientKey: null,
+    });
     const clientKey = () => 'client';
     expect(resolveApiTokenOptions({ failedAttemptLimit: { limit: 1, windowSeconds: 86_400, clientKey } }).failedAttemptLimit?.clientKey).toBe(clientKey);
   });

@@ -262,16 +262,19 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
 /** Most failed attempts a limit may allow per window. */
 const MAX_FAILED_ATTEMPTS = 1_000_000;
 
+/** Whether a value is an integer from `min` to `max` (Number.isInteger is false for anything but a number). */
+const isIntegerIn = (value: unknown, min: number, max: number): value is number => Number.isInteger(value) && (value as number) >= min && (value as number) <= max;
+
 /** The `failedAttemptLimit` option as a fresh object, or null; a clear error (never echoing a value) otherwise. */
 function checkFailedAttemptLimit(value: unknown): FailedAttemptLimit | null {
   if (value === null) return null;
   const name = 'ApiTokenModule: option "failedAttemptLimit"';
   if (typeof value !== 'object') throw new ApiTokenInputError(`${name} must be null or { limit, windowSeconds, clientKey? }`);
   const { limit, windowSeconds, clientKey } = value as Partial<FailedAttemptLimit>;
-  if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > MAX_FAILED_ATTEMPTS) {
+  if (!isIntegerIn(limit, 1, MAX_FAILED_ATTEMPTS)) {
     throw new ApiTokenInputError(`${name}: "limit" must be an integer >= 1 and <= ${MAX_FAILED_ATTEMPTS}`);
   }
-  if (typeof windowSeconds !== 'number' || !Number.isInteger(windowSeconds) || windowSeconds < 1 || windowSeconds > DAY_SECONDS) {
+  if (!isIntegerIn(windowSeconds, 1, DAY_SECONDS)) {
     throw new ApiTokenInputError(`${name}: "windowSeconds" must be an integer >= 1 and <= ${DAY_SECONDS}`);
   }
   if (clientKey !== undefined && clientKey !== null && typeof clientKey !== 'function') {
