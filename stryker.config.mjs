@@ -33,7 +33,7 @@ const config = {
   htmlReporter: { fileName: '.tmp/mutation/index.html' },
   tempDirName: '.tmp/stryker',
   concurrency: 2,
-  // Today's score (ignoring static mutants): 88.72 % with the flush's page logic (97.78 %); the options
+  // Today's score (ignoring static mutants): 89.01 % with the flush's page logic (97.78 %); the options
   // of #24 and #25 have survivors (75 %). Raise `break` with the score, never lower it.
   thresholds: { high: 90, low: 85, break: 88 },
 };
