@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { ApiTokenService, ApiTokenUsageFlushService } from '../libs/api-token/src';
 import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
 import { ApiTokenUsageRecorder } from '../libs/api-token/src/usage/usage.recorder';
+import { DEFAULT_API_TOKEN_OPTIONS } from '../libs/api-token/src/api-token.options';
 import type { ApiTokenStoresEnv } from '../libs/api-token/src/env/stores.env';
 import { TestAppModule } from '../test/app/app.module';
 import { clusterPorts, startRedisCluster } from '../test/support/redis-cluster';
@@ -28,7 +29,7 @@ export interface ScaleBenchResult {
   redisDownAtEnd: boolean;
   /** Keys one SCAN (COUNT 1000, the flush's MATCH) visits per millisecond on this Redis, from 50 pages. */
   scanKeysPerMs: number;
-  /** Runs the flush takes to reach every Dify key at the default `flushScanBudgetMs` (100): ⌈K / (rate × 100)⌉ + 1. */
+  /** Runs the flush takes to reach every Dify key at the default `flushScanBudgetMs`: ⌈K / (rate × budget)⌉ + 1. */
   difyRunsBound: number;
   flush1m: Awaited<ReturnType<typeof runFlushBench>> | null;
 }
@@ -165,7 +166,7 @@ export async function runScaleBench(cleanup: Cleanup, redisKind: 'single' | 'clu
     flush1kScans,
     redisDownAtEnd,
     scanKeysPerMs,
-    difyRunsBound: Math.ceil(unrelatedKeys / (scanKeysPerMs * 100)) + 1,
+    difyRunsBound: Math.ceil(unrelatedKeys / (scanKeysPerMs * DEFAULT_API_TOKEN_OPTIONS.flushScanBudgetMs)) + 1,
     flush1m,
   };
 }
@@ -184,7 +185,7 @@ export function renderScaleResults(r: ScaleBenchResult): string {
     `| invalidateTenant p99 | ${r.tenantP99Ms} ms | ≤ 20 ms |`,
     `| flush of 1,000 library uses | ${r.flush1kMs} ms, ${r.flush1kScans} SCANs | ≤ 200 ms |`,
     `| request path taken off Redis at the end | ${r.redisDownAtEnd ? 'yes' : 'no'} | no |`,
-    `| the walk for Dify's keys: keys SCAN visits per ms; runs to reach every one (flushScanBudgetMs 100) | ${r.scanKeysPerMs}; ${r.difyRunsBound} runs | |`,
+    `| the walk for Dify's keys: keys SCAN visits per ms; runs to reach every one (flushScanBudgetMs ${DEFAULT_API_TOKEN_OPTIONS.flushScanBudgetMs}) | ${r.scanKeysPerMs}; ${r.difyRunsBound} runs | |`,
     f
       ? `| flush of ${f.keys.toLocaleString('en')} Dify keys / one UPDATE of the same rows | ${f.seconds} s / ${f.floorSeconds} s = **${f.ratio}×**, ${f.runs} runs, ${f.statements} statements, RSS +${f.rssGrowthMb} MB | ≤ 1.5×, ≤ 1,000 statements, ≤ 150 MB |`
       : `| 1M flush | not run${r.redis === 'cluster' ? ' on the Cluster (the single-server section has it)' : ''} | |`,

@@ -26,14 +26,9 @@ describe('the PostgreSQL lookup budget (maxConcurrentLookups, maxQueuedLookups)'
 
   const counters = () => app.get(ApiTokenMetrics).snapshot().scopes.app;
 
-  it('past its queue a lookup is answered 503 with Retry-After, while in-process and Redis hits pass', async () => {
-    const repository = app.get(ApiTokenRepository);
-    const local = await repository.insert({ token: generateApiToken('app'), type: 'app' });
-    const inRedis = await repository.insert({ token: generateApiToken('app'), type: 'app' });
-    expect((await whoami(app, local.token)).status).toBe(200); // in this instance's L1
-    expect((await whoami(other, inRedis.token)).status).toBe(200); // in Redis, not in this instance's L1
-
-    // Every database lookup of this instance waits at the gate: the first one holds the only place.
+  /** Holds every database lookup of `instance` at a gate (released after each test); counts those started. */
+  const holdLookups = (instance: INestApplication): { started: () => number; open: () => void } => {
+    const repository = instance.get(ApiTokenRepository);
     const find = repository.findByToken.bind(repository);
     const held = gate();
     release = () => held.open();
@@ -43,8 +38,20 @@ describe('the PostgreSQL lookup budget (maxConcurrentLookups, maxQueuedLookups)'
       await held.promise;
       return find(...args);
     });
+    return { started: () => started, open: () => held.open() };
+  };
+
+  it('past its queue a lookup is answered 503 with Retry-After, while in-process and Redis hits pass', async () => {
+    const repository = app.get(ApiTokenRepository);
+    const local = await repository.insert({ token: generateApiToken('app'), type: 'app' });
+    const inRedis = await repository.insert({ token: generateApiToken('app'), type: 'app' });
+    expect((await whoami(app, local.token)).status).toBe(200); // in this instance's L1
+    expect((await whoami(other, inRedis.token)).status).toBe(200); // in Redis, not in this instance's L1
+
+    // Every database lookup of this instance waits at the gate: the first one holds the only place.
+    const held = holdLookups(app);
     const first = whoami(app, generateApiToken('app')).then((res) => res.status);
-    await until('the first lookup holds the only place', () => started === 1);
+    await until('the first lookup holds the only place', () => held.started() === 1);
     const second = whoami(app, generateApiToken('app')).then((res) => res.status);
     await until('the second lookup waits in the queue', () => counters()?.lookupsQueued === 1, 2_000);
 
@@ -58,15 +65,15 @@ describe('the PostgreSQL lookup budget (maxConcurrentLookups, maxQueuedLookups)'
     // Hits are served untouched while the budget is full.
     expect((await whoami(app, local.token)).status).toBe(200);
     expect((await whoami(app, inRedis.token)).status).toBe(200);
-    expect(started).toBe(1);
+    expect(held.started()).toBe(1);
 
     held.open();
     expect(await first).toBe(401);
     expect(await second).toBe(401);
-    expect(started).toBe(2);
+    expect(held.started()).toBe(2);
     // A shed lookup cached nothing: the same token is looked up once there is room.
     expect((await whoami(app, shedToken)).status).toBe(401);
-    expect(started).toBe(3);
+    expect(held.started()).toBe(3);
   });
 
   it('a valid token waiting in the queue is accepted once a place frees', async () => {
@@ -93,20 +100,11 @@ describe('the PostgreSQL lookup budget (maxConcurrentLookups, maxQueuedLookups)'
   it('a valid token created on another instance mid-flood is accepted on its first request', async () => {
     // Room to queue the flood: 2 lookups at once, 64 waiting.
     const roomy = await suite.app({ apiToken: { maxConcurrentLookups: 2, maxQueuedLookups: 64 } });
-    const repository = roomy.get(ApiTokenRepository);
-    const find = repository.findByToken.bind(repository);
-    const held = gate();
-    release = () => held.open();
-    let started = 0;
-    jest.spyOn(repository, 'findByToken').mockImplementation(async (...args) => {
-      started++;
-      await held.promise;
-      return find(...args);
-    });
+    const held = holdLookups(roomy);
     const queued = () => roomy.get(ApiTokenMetrics).snapshot().scopes.app?.lookupsQueued ?? 0;
     // A flood of 20 unknown tokens: 2 lookups held at the gate, 18 waiting.
     const flood = Array.from({ length: 20 }, () => whoami(roomy, generateApiToken('app')).then((res) => res.status));
-    await until('the flood fills the lookups and waits in the queue', () => started === 2 && queued() === 18);
+    await until('the flood fills the lookups and waits in the queue', () => held.started() === 2 && queued() === 18);
 
     const { token } = await other.get(ApiTokenService).create({ scope: 'app' });
     const first = whoami(roomy, token).then((res) => res.status);

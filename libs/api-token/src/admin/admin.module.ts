@@ -1,4 +1,4 @@
-import { Controller, type DynamicModule, Module, type Type, UseGuards } from '@nestjs/common';
+import { Controller, type DynamicModule, Module, type Type, UseGuards, applyDecorators } from '@nestjs/common';
 import { ApiTokenAdminAudit } from './admin.audit';
 import { API_TOKEN_ADMIN_OPTIONS, type ApiTokenAdminOptions, type ResolvedAdminOptions, resolveAdminOptions } from './admin.options';
 import { ApiTokenAdminTenantsHandlers } from './admin-tenants.controller';
@@ -26,21 +26,22 @@ const TAG = 'api-token admin';
 function adminControllers(options: ResolvedAdminOptions): Type[] {
   const at = (tail: string) => (options.path ? `${options.path}/${tail}` : tail);
 
-  @Controller(at('tokens'))
-  @UseGuards(...options.guards)
-  @swagger.ApiTags(TAG)
-  @swagger.ApiBearerAuth()
-  @swagger.ApiUnauthorizedResponse({ description: 'No token, or not one the guards accept' })
-  @swagger.ApiForbiddenResponse({ description: 'A guard refused the token' })
+  // What both controllers carry: this registration's path and guards, and their OpenAPI tag and answers.
+  const admin = (tail: string) =>
+    applyDecorators(
+      Controller(at(tail)),
+      UseGuards(...options.guards),
+      swagger.ApiTags(TAG),
+      swagger.ApiBearerAuth(),
+      swagger.ApiUnauthorizedResponse({ description: 'No token, or not one the guards accept' }),
+      swagger.ApiForbiddenResponse({ description: 'A guard refused the token' }),
+    );
+
+  @admin('tokens')
   @swagger.ApiExtraModels(TokenSummarySchema, CreatedTokenSchema, TokenPageSchema, RevocationSchema, RotationSchema, RateLimitSchema, InputRefusalSchema)
   class ApiTokenAdminTokensController extends ApiTokenAdminTokensHandlers {}
 
-  @Controller(at('tenants'))
-  @UseGuards(...options.guards)
-  @swagger.ApiTags(TAG)
-  @swagger.ApiBearerAuth()
-  @swagger.ApiUnauthorizedResponse({ description: 'No token, or not one the guards accept' })
-  @swagger.ApiForbiddenResponse({ description: 'A guard refused the token' })
+  @admin('tenants')
   @swagger.ApiExtraModels(TenantInvalidationSchema)
   class ApiTokenAdminTenantsController extends ApiTokenAdminTenantsHandlers {}
 
