@@ -26,7 +26,8 @@ describe('token lifecycle and revocation across two instances', () => {
 
   beforeAll(async () => {
     // An in-process TTL far longer than any wait below: an entry that goes must have been evicted, not expired.
-    const apiToken = { localCacheTtlMs: 300_000 };
+    // Unknown tokens take the usual path here (its negatives are under test); the filter has its own suite.
+    const apiToken = { localCacheTtlMs: 300_000, membershipFilterRebuildMs: 0 };
     a = await suite.app({ counter, apiToken });
     b = await suite.app({ counter, apiToken });
   });

@@ -13,8 +13,9 @@ describe('the PostgreSQL lookup budget (maxConcurrentLookups, maxQueuedLookups)'
   let other: INestApplication;
 
   beforeAll(async () => {
-    app = await suite.app({ apiToken: { maxConcurrentLookups: 1, maxQueuedLookups: 1 } });
-    other = await suite.app();
+    // Unknown tokens fill the budget here by the usual path; the filter's statements have their own suite.
+    app = await suite.app({ apiToken: { maxConcurrentLookups: 1, maxQueuedLookups: 1, membershipFilterRebuildMs: 0 } });
+    other = await suite.app({ apiToken: { membershipFilterRebuildMs: 0 } });
   });
 
   // A failing test must not leave a lookup held: its request would keep the app from closing.
@@ -99,7 +100,7 @@ describe('the PostgreSQL lookup budget (maxConcurrentLookups, maxQueuedLookups)'
 
   it('a valid token created on another instance mid-flood is accepted on its first request', async () => {
     // Room to queue the flood: 2 lookups at once, 64 waiting.
-    const roomy = await suite.app({ apiToken: { maxConcurrentLookups: 2, maxQueuedLookups: 64 } });
+    const roomy = await suite.app({ apiToken: { maxConcurrentLookups: 2, maxQueuedLookups: 64, membershipFilterRebuildMs: 0 } });
     const held = holdLookups(roomy);
     const queued = () => roomy.get(ApiTokenMetrics).snapshot().scopes.app?.lookupsQueued ?? 0;
     // A flood of 20 unknown tokens: 2 lookups held at the gate, 18 waiting.

@@ -28,7 +28,8 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
     repository.insert({ token: generateApiToken(scope), type: scope, tenantId });
 
   beforeAll(async () => {
-    app = await suite.app({ counter, adapter });
+    // Unknown tokens take the usual path here (negatives, single flight); the filter has its own suite.
+    app = await suite.app({ counter, adapter, apiToken: { membershipFilterRebuildMs: 0 } });
     repository = app.get(ApiTokenRepository);
   });
 

@@ -15,7 +15,8 @@ import { suiteFixture } from './support/suite-fixture';
 
 const POLL_MS = 200;
 /** Long enough that only the log (never a TTL) can explain a refusal within a test. */
-const apiToken = { revocationPollIntervalMs: POLL_MS, localCacheTtlMs: 60_000 };
+// Deleted rows' tokens take the usual path here (where stale entries are found); the filter has its own suite.
+const apiToken = { revocationPollIntervalMs: POLL_MS, localCacheTtlMs: 60_000, membershipFilterRebuildMs: 0 };
 
 /**
  * The revocation log is the guarantee behind pub/sub. Instance A uses the suite's Redis; instance B

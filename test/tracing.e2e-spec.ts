@@ -64,7 +64,8 @@ describe('tracing', () => {
     app = await suite.app({
       databaseUrl: pgProxy.proxied(suite.db.url),
       // The revocation log is read only when the test says (poll()), so no read of the timer's takes its entries.
-      apiToken: { flushCron: false, lockWaitMs: 200, revocationPollIntervalMs: 0 },
+      // Unknown tokens take the usual path (its spans are under test); the filter's span has a test of its own.
+      apiToken: { flushCron: false, lockWaitMs: 200, revocationPollIntervalMs: 0, membershipFilterRebuildMs: 0 },
       typeorm: { connectTimeoutMS: 500, extra: { query_timeout: 1000 } },
     });
     port = await listen(app);
@@ -141,7 +142,7 @@ describe('tracing', () => {
   });
 
   it('marks a lookup that waited for a place under maxConcurrentLookups, and one shed past the queue', async () => {
-    const budgeted = await suite.app({ apiToken: { flushCron: false, revocationPollIntervalMs: 0, maxConcurrentLookups: 1, maxQueuedLookups: 1 } });
+    const budgeted = await suite.app({ apiToken: { flushCron: false, revocationPollIntervalMs: 0, maxConcurrentLookups: 1, maxQueuedLookups: 1, membershipFilterRebuildMs: 0 } });
     const budgetedRepository = budgeted.get(ApiTokenRepository);
     // Every database lookup waits at the gate: the first holds the only place, the second the queue's.
     const find = budgetedRepository.findByToken.bind(budgetedRepository);

@@ -1,5 +1,6 @@
 import { Module } from '@nestjs/common';
 import { ApiTokenAuthenticator } from './auth/api-token.authenticator';
+import { ApiTokenKnownTokens } from './auth/known-tokens.service';
 import { ApiTokenRefusals } from './auth/refusal';
 import { ApiTokenCacheService } from './cache/token-cache.service';
 import { API_TOKEN_OPTIONS } from './api-token.constants';
@@ -26,6 +27,7 @@ const services = [
   PublicApiTokenCache,
   PublicApiTokenRepository,
   ApiTokenAuthenticator,
+  ApiTokenKnownTokens,
   ApiTokenRefusals,
   ApiTokenCacheService,
   ApiTokenRedisService,

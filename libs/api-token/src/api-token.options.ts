@@ -104,6 +104,16 @@ export interface ApiTokenModuleOptions {
    */
   maxQueuedLookups?: number;
   /**
+   * Milliseconds between two builds of the membership filter: the fingerprints (4 bytes each) of every
+   * stored token, read from the table in pages when the application starts and then at this interval
+   * (to forget revoked tokens). A token the filter does not hold skips Redis and the lookup lock: it is
+   * checked against the table in one statement with the other such tokens waiting (within the lookup
+   * budget), so a flood of unknown tokens costs one statement per batch; a token a row holds (created
+   * since the build, on any instance or by Dify) then takes the usual path. 0: no filter (a CLI, or a
+   * table too large to read at start). Default 3600000 (an hour).
+   */
+  membershipFilterRebuildMs?: number;
+  /**
    * A limit of failed authentications per client, across every instance: after `limit` refused tokens
    * (unknown, revoked, expired or malformed) from one client within a window of `windowSeconds`, that
    * client's requests get 429 with `Retry-After` (seconds until the window ends) before any lookup,
@@ -198,6 +208,7 @@ export const DEFAULT_API_TOKEN_OPTIONS: ResolvedApiTokenOptions = {
   revocationPollIntervalMs: 1_000,
   maxConcurrentLookups: 8,
   maxQueuedLookups: 256,
+  membershipFilterRebuildMs: 3_600_000,
   failedAttemptLimit: null,
   validate: null,
 };
@@ -228,6 +239,7 @@ const INTEGER_RANGES: Partial<Record<keyof ApiTokenModuleOptions, [min: number, 
   revocationPollIntervalMs: [0, MINUTE_MS],
   maxConcurrentLookups: [1, 10_000],
   maxQueuedLookups: [0, 1_000_000],
+  membershipFilterRebuildMs: [0, DAY_SECONDS * 1000],
 };
 
 /** Applies defaults and refuses values that cannot work, naming the option. */
@@ -242,6 +254,9 @@ export function resolveApiTokenOptions(options: ApiTokenModuleOptions = {}): Res
   }
   if (resolved.localCacheTtlMs > resolved.cacheTtlSeconds * 1000) {
     throw new ApiTokenInputError('ApiTokenModule: option "localCacheTtlMs" must not be longer than "cacheTtlSeconds"');
+  }
+  if (resolved.membershipFilterRebuildMs > 0 && resolved.membershipFilterRebuildMs < MINUTE_MS) {
+    throw new ApiTokenInputError(`ApiTokenModule: option "membershipFilterRebuildMs" must be 0 (no filter) or at least ${MINUTE_MS} (each build reads the whole table)`);
   }
   assertTokenPattern(resolved.tokenPattern);
   if (typeof resolved.hashTokens !== 'boolean') {

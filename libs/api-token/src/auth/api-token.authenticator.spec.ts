@@ -27,6 +27,7 @@ function setUp(entry: LocalHit | null | undefined, hashTokens = false) {
     { recordKey } as unknown as ApiTokenUsageRecorder,
     {} as never,
     options,
+    {} as never,
     metrics,
   );
   return { authenticator, test, peekLocal, peekLocalHeader, recordKey, lookups: () => metrics.snapshot().scopes.app.lookups };

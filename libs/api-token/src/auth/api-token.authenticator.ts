@@ -15,6 +15,8 @@ import { ApiTokenUsageRecorder } from '../usage/usage.recorder';
 import { ApiTokenStoreError } from '../api-token.errors';
 import { ApiTokenMetrics, type LookupCounts } from '../metrics/api-token.metrics';
 import { ApiTokenLookupShedError, LookupBudget } from './lookup-budget';
+import { ApiTokenKnownTokens, type WithinBudget } from './known-tokens.service';
+import { fingerprint } from './known-tokens.filter';
 import { ATTR, NO_SPAN, SPAN, type TraceSpan, inSpan } from '../metrics/api-token.tracing';
 
 /** The longest usual `Authorization` value: `Bearer ` and a token of the longest length accepted. */
@@ -26,7 +28,7 @@ const MAX_HEADER_LENGTH = BEARER_PREFIX.length + MAX_TOKEN_LENGTH;
  */
 interface Resolved {
   readonly record: ApiTokenRecord | null;
-  readonly source: 'redis' | 'negative' | 'postgres';
+  readonly source: 'redis' | 'negative' | 'postgres' | 'filter';
   /** Set when the database's row was not the answer: expired, revoked (the log lists it), or changed during the lookup. */
   readonly refused?: 'expired' | 'revoked' | 'changed';
   /** `acquired`: this lookup held the lookup lock; `waited`: another did, and this one waited; `none`: Redis did not answer. */
@@ -58,6 +60,7 @@ export class ApiTokenAuthenticator {
     private readonly usage: ApiTokenUsageRecorder,
     private readonly redis: ApiTokenRedisService,
     @Inject(API_TOKEN_OPTIONS) private readonly options: ResolvedApiTokenOptions,
+    private readonly known: ApiTokenKnownTokens,
     @Optional() private readonly metrics: ApiTokenMetrics = new ApiTokenMetrics(),
   ) {
     this.budget = new LookupBudget(options.maxConcurrentLookups, options.maxQueuedLookups);
@@ -149,6 +152,8 @@ export class ApiTokenAuthenticator {
     const stored = storedToken(token, this.options);
     // The one span of the request path: an in-process hit never gets here.
     return inSpan(SPAN.lookup, { [ATTR.scope]: scope ?? ANY_SCOPE }, async (span) => {
+      const print = fingerprint(stored);
+      if (!this.known.mayHold(print) && (await this.confirmedUnknown(stored, print, scope, span))) return null;
       const found = await this.shared(stored, scope, span).catch((error: unknown) => {
         if (error instanceof ApiTokenLookupShedError) this.metrics.scope(scope).lookupsShed++;
         else if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
@@ -159,6 +164,27 @@ export class ApiTokenAuthenticator {
       if (span !== NO_SPAN) traceLookup(span, found, expired);
       return found.record && !expired ? this.used(found.record, scope) : null;
     });
+  }
+
+  /**
+   * A token the membership filter does not hold: true when the table confirms that no row holds it
+   * (one statement for every such token waiting), refused then with no Redis command and remembered in
+   * L1; false when a row holds it or the table did not answer: the usual path decides.
+   */
+  private async confirmedUnknown(token: string, print: number, scope: string | null, span: TraceSpan): Promise<boolean> {
+    // As for a fill: an eviction during the check (the token created meanwhile) keeps the negative out of L1.
+    const epoch = this.cache.localEpoch;
+    const started = this.cache.localClock();
+    if ((await this.known.check(token, print, this.withinBudget(scope))) !== true) return false;
+    this.lookupCounts(scope).filtered++;
+    this.cache.rememberUnknown(scope, token, epoch, started);
+    if (span !== NO_SPAN) traceLookup(span, { record: null, source: 'filter' }, false);
+    return true;
+  }
+
+  /** The membership filter's statements take a place in the lookup budget like a lookup, and wait counted. */
+  private withinBudget(scope: string | null): WithinBudget {
+    return (lookup) => this.budget.run(lookup, () => this.metrics.scope(scope).lookupsQueued++);
   }
 
   private used(record: ApiTokenRecord, scope: string | null): ApiTokenRecord {

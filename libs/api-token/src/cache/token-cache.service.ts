@@ -290,6 +290,14 @@ export class ApiTokenCacheService {
   }
 
   /**
+   * Remembers in L1 only that no row holds this token (the membership filter's confirmed unknowns:
+   * Redis is left alone), unless an eviction came since `epoch`.
+   */
+  rememberUnknown(scope: string | null, token: string, epoch: number, started: number): void {
+    if (epoch === this.epoch) this.setLocal(cacheKey(scope, token), null, scope, started, token);
+  }
+
+  /**
    * Drops cache keys in Redis and L1, then tells the {@link onEviction} listeners. True only when
    * Redis confirmed the deletes and every listener its part (an error reply or a timeout is false).
    */

@@ -35,7 +35,7 @@ class TokenCliModule {
       imports: [
         ...storeModules(config, { retryAttempts: 1 }),
         // A one-shot command serves no requests: no flush schedule, no revocation log to read.
-        ApiTokenModule.forRoot({ flushCron: false, revocationPollIntervalMs: 0 }),
+        ApiTokenModule.forRoot({ flushCron: false, revocationPollIntervalMs: 0, membershipFilterRebuildMs: 0 }),
       ],
     };
   }

@@ -5,11 +5,13 @@ import { ANY_SCOPE } from '../api-token.keys';
  * How one authentication ended, first step that answered: the guard refused the `Authorization`
  * header, the shape check refused the token, the in-process cache or Redis answered (a record or a
  * cached "no such token"), both caches missed and the token was looked up, or a cached record (in
- * process or in Redis) was refused because its token has expired (no I/O beyond that cache read).
+ * process or in Redis) was refused because its token has expired (no I/O beyond that cache read), or
+ * the membership filter did not hold the token and the table confirmed that no row does (`filtered`:
+ * no Redis command, one statement shared by every such token waiting).
  */
-export type LookupOutcome = 'bad_header' | 'malformed' | 'local_hit' | 'local_negative' | 'redis_hit' | 'redis_negative' | 'miss' | 'expired';
+export type LookupOutcome = 'bad_header' | 'malformed' | 'local_hit' | 'local_negative' | 'redis_hit' | 'redis_negative' | 'miss' | 'expired' | 'filtered';
 /** @internal */
-export const LOOKUP_OUTCOMES: readonly LookupOutcome[] = ['bad_header', 'malformed', 'local_hit', 'local_negative', 'redis_hit', 'redis_negative', 'miss', 'expired'];
+export const LOOKUP_OUTCOMES: readonly LookupOutcome[] = ['bad_header', 'malformed', 'local_hit', 'local_negative', 'redis_hit', 'redis_negative', 'miss', 'expired', 'filtered'];
 
 /** The result of one database lookup on the request path. */
 export type DatabaseResult = 'found' | 'not_found' | 'error';
@@ -66,6 +68,7 @@ export class LookupCounts implements Record<LookupOutcome, number> {
   redis_negative = 0;
   miss = 0;
   expired = 0;
+  filtered = 0;
 }
 
 /** Database lookups of the request path by result (keys are the `result` label values). */

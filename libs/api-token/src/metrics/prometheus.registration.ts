@@ -31,7 +31,7 @@ const each = <K extends string>(label: string, keys: readonly K[], read: (s: Api
 export const API_TOKEN_COUNTERS: readonly Family[] = [
   {
     name: 'api_token_lookups_total',
-    help: 'Authentications by scope and by the step that answered: bad_header, malformed (no I/O), local_hit, local_negative, redis_hit, redis_negative, miss (looked up), expired (a cached record of an expired token, refused).',
+    help: 'Authentications by scope and by the step that answered: bad_header, malformed (no I/O), local_hit, local_negative, redis_hit, redis_negative, miss (looked up), expired (a cached record of an expired token, refused), filtered (not in the membership filter, no row confirmed in one batched statement).',
     labelNames: ['scope', 'outcome'],
     samples: (s) =>
       Object.entries(s.scopes).flatMap(([scope, c]) => LOOKUP_OUTCOMES.map((outcome): Sample => [{ scope, outcome }, c.lookups[outcome]])),

@@ -167,6 +167,26 @@ export class ApiTokenRepository {
     return (await this.query('lookup', 'SELECT 1 FROM api_tokens WHERE token = $1 LIMIT 1', [token])).length > 0;
   }
 
+  /**
+   * Which of these stored tokens a row holds, in any scope: one statement for many tokens (the
+   * membership filter's check of the tokens it does not hold).
+   * @internal
+   */
+  async existing(tokens: readonly string[]): Promise<Set<string>> {
+    const rows = await this.query<{ token: string }>('lookup', 'SELECT DISTINCT token FROM api_tokens WHERE token = ANY($1::varchar[])', [tokens]);
+    return new Set(rows.map((row) => row.token));
+  }
+
+  /**
+   * Up to `limit` stored tokens after `after` in the index's order (`''`: from the first), each once:
+   * the pages the membership filter is built from.
+   * @internal
+   */
+  async tokenPage(after: string, limit: number): Promise<string[]> {
+    const rows = await this.query<{ token: string }>('filter load', 'SELECT DISTINCT token FROM api_tokens WHERE token > $1 ORDER BY token LIMIT $2', [after, limit]);
+    return rows.map((row) => row.token);
+  }
+
   /** Reads one row of `api_tokens` (none needed): throws {@link ApiTokenStoreError} when the table cannot be read. */
   async checkTable(): Promise<void> {
     await this.query('health check', 'SELECT 1 FROM api_tokens LIMIT 1', []);

@@ -16,6 +16,7 @@ import { ApiTokenRepository, type NewApiToken, type RevocationTarget } from '../
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 import { ApiTokenRevokedTokens, knownPolicy } from '../cache/revoked-tokens';
 import { ApiTokenScopeSweep } from '../cache/scope.sweep';
+import { ApiTokenKnownTokens } from '../auth/known-tokens.service';
 import { revocationWindowMs } from './revocation-log.service';
 import { ATTR, SPAN, type TraceSpan, inSpan } from '../metrics/api-token.tracing';
 
@@ -180,6 +181,7 @@ export class ApiTokenService implements OnApplicationShutdown {
     @Optional() private readonly metrics?: ApiTokenMetrics,
     @Optional() private readonly revokedTokens?: ApiTokenRevokedTokens,
     @Optional() private readonly scopeSweep?: ApiTokenScopeSweep,
+    @Optional() private readonly known?: ApiTokenKnownTokens,
   ) {}
 
   /**
@@ -213,6 +215,8 @@ export class ApiTokenService implements OnApplicationShutdown {
       const stored = storedToken(token, this.options);
       if (await this.repository.exists(stored)) continue;
       const record = await this.repository.insert({ ...values, token: stored });
+      // This instance's membership filter holds it at once; the others find it with one statement.
+      this.known?.add(stored);
       const bumped = await this.cache.bumpGeneration([values.type, null], stored, randomUUID());
       const deleted = await this.cache.deleteKeys([cacheKey(values.type, stored), cacheKey(null, stored)]);
       if (!bumped || !deleted) this.metrics?.invalidationFailed('create');

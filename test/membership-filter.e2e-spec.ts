@@ -1,0 +1,209 @@
+import type { INestApplication } from '@nestjs/common';
+import { ApiTokenMetrics, ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenCacheService } from '../libs/api-token/src/cache/token-cache.service';
+import { ApiTokenKnownTokens } from '../libs/api-token/src/auth/known-tokens.service';
+import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import * as generator from '../libs/api-token/src/tokens/token.generator';
+import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
+import { gate } from './support/gate';
+import { commandCalls } from './support/redis';
+import { whoami } from './support/requests';
+import { suiteFixture } from './support/suite-fixture';
+import { until } from './support/until';
+
+/** The Redis commands a request's usual path sends (the read-or-lock script, reads, fills). */
+const PATH_COMMANDS = ['evalsha', 'eval', 'get', 'mget', 'set'];
+
+/**
+ * The membership filter (on by default): unknown tokens are refused after one batched statement and
+ * no Redis command, while a token it does not hold yet (created by Dify or another instance after it
+ * was built) is accepted on its first request, and a table that does not answer sends the token the
+ * usual way (503, never 401).
+ */
+describe('the membership filter of stored tokens', () => {
+  const suite = suiteFixture();
+  let app: INestApplication;
+  let other: INestApplication;
+  let before: string;
+
+  beforeAll(async () => {
+    other = await suite.app({ apiToken: { flushCron: false } }); // creates the table
+    before = generateApiToken('app');
+    await suite.db.query("INSERT INTO api_tokens (type, token) VALUES ('app', $1)", [before]);
+    app = await suite.app({ apiToken: { flushCron: false, maxConcurrentLookups: 1, maxQueuedLookups: 1 } });
+  });
+
+  let release: (() => void) | undefined;
+  afterEach(() => {
+    release?.();
+    jest.restoreAllMocks();
+  });
+
+  const lookups = () => app.get(ApiTokenMetrics).snapshot().scopes.app?.lookups;
+  const pathCommands = async () => (await Promise.all(PATH_COMMANDS.map((command) => commandCalls(suite.redis, command)))).reduce((a, b) => a + b, 0);
+  const insertBySql = async (): Promise<string> => {
+    const token = generateApiToken('app');
+    await suite.db.query("INSERT INTO api_tokens (type, token, created_at) VALUES ('app', $1, now() AT TIME ZONE 'UTC')", [token]);
+    return token;
+  };
+
+  /** Holds the first membership statement at a gate until `open()` (or the test's end). */
+  const holdFirstStatement = () => {
+    const repository = app.get(ApiTokenRepository);
+    const existing = repository.existing.bind(repository);
+    const held = gate();
+    release = () => held.open();
+    const spy = jest.spyOn(repository, 'existing').mockImplementationOnce(async (tokens) => {
+      await held.promise;
+      return existing(tokens);
+    });
+    return { spy, open: () => held.open() };
+  };
+
+  it('is built before the application serves: a token stored before the start needs no statement of its own', async () => {
+    expect(app.get(ApiTokenKnownTokens).size).toBe(1);
+    const existing = jest.spyOn(app.get(ApiTokenRepository), 'existing');
+    expect((await whoami(app, before)).status).toBe(200);
+    expect(existing).not.toHaveBeenCalled();
+  });
+
+  it('refuses a flood of distinct unknown tokens with no Redis command and one statement per batch', async () => {
+    const repository = app.get(ApiTokenRepository);
+    const existing = holdFirstStatement();
+    const find = jest.spyOn(repository, 'findByToken');
+    const filteredBefore = lookups()?.filtered ?? 0;
+    const sent = await pathCommands();
+
+    const flood = Array.from({ length: 200 }, () => whoami(app, generateApiToken('app')).then((res) => res.status));
+    await until('the first statement is held and the other tokens wait for the next', () => app.get(ApiTokenKnownTokens).waiting === 199);
+    existing.open();
+
+    expect(await Promise.all(flood)).toEqual(Array(200).fill(401));
+    expect(await pathCommands()).toBe(sent);
+    expect(find).not.toHaveBeenCalled();
+    // The first token's statement, then one for the 199 that came while it ran.
+    expect(existing.spy.mock.calls.map(([tokens]) => tokens.length)).toEqual([1, 199]);
+    expect((lookups()?.filtered ?? 0) - filteredBefore).toBe(200);
+  });
+
+  it('remembers a refused unknown token in L1: its next request makes no statement', async () => {
+    const token = generateApiToken('app');
+    expect((await whoami(app, token)).status).toBe(401);
+    const existing = jest.spyOn(app.get(ApiTokenRepository), 'existing');
+    expect((await whoami(app, token)).status).toBe(401);
+    expect(existing).not.toHaveBeenCalled();
+  });
+
+  it('accepts on its first request a token Dify inserted after the build, and a token another instance created', async () => {
+    const fromDify = await insertBySql();
+    expect((await whoami(app, fromDify)).status).toBe(200);
+    const { token } = await other.get(ApiTokenService).create({ scope: 'app' });
+    expect((await whoami(app, token)).status).toBe(200);
+    // Both are held now: their next lookups (L1 cleared) make no membership statement.
+    app.get(ApiTokenCacheService).clearLocal();
+    const existing = jest.spyOn(app.get(ApiTokenRepository), 'existing');
+    expect((await whoami(app, fromDify)).status).toBe(200);
+    expect((await whoami(app, token)).status).toBe(200);
+    expect(existing).not.toHaveBeenCalled();
+  });
+
+  it('holds a token created on this instance at once', async () => {
+    const { token } = await app.get(ApiTokenService).create({ scope: 'app' });
+    const existing = jest.spyOn(app.get(ApiTokenRepository), 'existing');
+    expect((await whoami(app, token)).status).toBe(200);
+    expect(existing).not.toHaveBeenCalled();
+  });
+
+  it('a stampede on a new token: one membership statement, then one lookup', async () => {
+    const token = await insertBySql();
+    const existing = holdFirstStatement();
+    const find = jest.spyOn(app.get(ApiTokenRepository), 'findByToken');
+    const stampede = Array.from({ length: 30 }, () => whoami(app, token).then((res) => res.status));
+    await until('the first statement is held and the other requests wait for the next', () => app.get(ApiTokenKnownTokens).waiting === 29);
+    existing.open();
+    expect(await Promise.all(stampede)).toEqual(Array(30).fill(200));
+    // The first statement found it: the 29 waiting need none of their own.
+    expect(existing.spy).toHaveBeenCalledTimes(1);
+    expect(find).toHaveBeenCalledTimes(1);
+  });
+
+  it('keeps a refusal out of L1 when the token was created while its statement ran', async () => {
+    const token = generateApiToken('app');
+    const repository = app.get(ApiTokenRepository);
+    const existing = repository.existing.bind(repository);
+    const read = gate();
+    const held = gate();
+    release = () => held.open();
+    jest.spyOn(repository, 'existing').mockImplementationOnce(async (tokens) => {
+      const found = await existing(tokens);
+      read.open();
+      await held.promise;
+      return found;
+    });
+    const refused = whoami(app, token).then((res) => res.status);
+    await read.promise; // the table said: no row holds it
+
+    const cache = app.get(ApiTokenCacheService);
+    const epoch = cache.localEpoch;
+    jest.spyOn(generator, 'generateApiToken').mockReturnValueOnce(token);
+    await other.get(ApiTokenService).create({ scope: 'app' });
+    await until('the creation evicts on this instance', () => cache.localEpoch !== epoch);
+    held.open();
+
+    expect(await refused).toBe(401); // answered from what the table said when it was asked
+    expect((await whoami(app, token)).status).toBe(200);
+  });
+
+  it('runs its statement within the lookup budget: a flood waits in one place of the queue, none is shed', async () => {
+    const valid = await insertBySql();
+    const repository = app.get(ApiTokenRepository);
+    const find = repository.findByToken.bind(repository);
+    const held = gate();
+    release = () => held.open();
+    let started = 0;
+    jest.spyOn(repository, 'findByToken').mockImplementation(async (...args) => {
+      started++;
+      await held.promise;
+      return find(...args);
+    });
+    const existing = jest.spyOn(repository, 'existing');
+    const counters = () => app.get(ApiTokenMetrics).snapshot().scopes.app;
+    const queued = counters()?.lookupsQueued ?? 0;
+
+    // The valid token's lookup holds the budget's only place (maxConcurrentLookups 1).
+    const first = whoami(app, valid).then((res) => res.status);
+    await until('the lookup holds the only place', () => started === 1);
+    const flood = Array.from({ length: 50 }, () => whoami(app, generateApiToken('app')).then((res) => res.status));
+    await until('one statement waits in the queue', () => counters()?.lookupsQueued === queued + 1);
+    await until('the other tokens wait for the next statement', () => app.get(ApiTokenKnownTokens).waiting === 49);
+
+    held.open();
+    expect(await first).toBe(200);
+    expect(await Promise.all(flood)).toEqual(Array(50).fill(401));
+    expect(counters()?.lookupsShed ?? 0).toBe(0);
+    // The valid token's statement, the first flood token's (queued), then the other 49 in one.
+    expect(existing).toHaveBeenCalledTimes(3);
+  });
+});
+
+describe('the membership filter while PostgreSQL does not answer', () => {
+  const suite = suiteFixture();
+
+  it('sends an unknown token the usual way (503 with Retry-After, never 401), then filters again', async () => {
+    const proxy = await suite.proxy(suite.db.url);
+    const app = await suite.app({ databaseUrl: proxy.proxied(suite.db.url), apiToken: { flushCron: false, localCacheMax: 0 } });
+    expect(app.get(ApiTokenKnownTokens).size).toBe(0); // built, empty
+
+    proxy.cut('refuse');
+    try {
+      const answer = await whoami(app, generateApiToken('app'));
+      expect([answer.status, answer.headers['retry-after']]).toEqual([503, expect.stringMatching(/^\d+$/)]);
+    } finally {
+      proxy.restore();
+    }
+    const filtered = () => app.get(ApiTokenMetrics).snapshot().scopes.app?.lookups.filtered ?? 0;
+    const before = filtered();
+    await until('the table answers again', async () => (await whoami(app, generateApiToken('app'))).status === 401);
+    expect(filtered()).toBeGreaterThan(before);
+  });
+});
