@@ -87,8 +87,9 @@ export interface InjectStats {
 /** The HTTP adapters the benchmark compares: Nest's default (Express) and Fastify. */
 export type Adapter = 'express' | 'fastify';
 
-// The library's lookup (`FROM api_tokens t LEFT JOIN api_token_policies … WHERE t.token = $1`) and the naive guard's.
-const LOOKUP_SQL = /\bFROM api_tokens\b(?: t\b[^;]*?)? WHERE (?:t\.)?token = \$1/;
+// The library's lookup (`FROM api_tokens t LEFT JOIN api_token_policies … WHERE t.token = $1`), the
+// membership filter's check of many tokens (`WHERE token = ANY($1::varchar[])`), and the naive guard's.
+const LOOKUP_SQL = /\bFROM api_tokens\b(?: t\b[^;]*?)? WHERE (?:t\.)?token = (?:\$1|ANY\(\$1)/;
 const counts = { statements: 0, lookups: 0 };
 /** Lookups sent and not yet answered, and the most at once since the last stats. */
 const inFlight = { now: 0, max: 0 };

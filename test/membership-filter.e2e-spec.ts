@@ -75,14 +75,16 @@ describe('the membership filter of stored tokens', () => {
     const sent = await pathCommands();
 
     const flood = Array.from({ length: 200 }, () => whoami(app, generateApiToken('app')).then((res) => res.status));
-    await until('the first statement is held and the other tokens wait for the next', () => app.get(ApiTokenKnownTokens).waiting === 199);
+    await until('the first statement is held and the other tokens wait for the next', () => existing.spy.mock.calls.length === 1 && app.get(ApiTokenKnownTokens).waiting === 200);
     existing.open();
 
     expect(await Promise.all(flood)).toEqual(Array(200).fill(401));
     expect(await pathCommands()).toBe(sent);
     expect(find).not.toHaveBeenCalled();
-    // The first token's statement, then one for the 199 that came while it ran.
-    expect(existing.spy.mock.calls.map(([tokens]) => tokens.length)).toEqual([1, 199]);
+    // The first statement (the tokens that came within its linger), then one for those that came while it ran.
+    const sizes = existing.spy.mock.calls.map(([tokens]) => tokens.length);
+    expect(sizes).toHaveLength(2);
+    expect(sizes[0] + sizes[1]).toBe(200);
     expect((lookups()?.filtered ?? 0) - filteredBefore).toBe(200);
   });
 
@@ -119,7 +121,7 @@ describe('the membership filter of stored tokens', () => {
     const existing = holdFirstStatement();
     const find = jest.spyOn(app.get(ApiTokenRepository), 'findByToken');
     const stampede = Array.from({ length: 30 }, () => whoami(app, token).then((res) => res.status));
-    await until('the first statement is held and the other requests wait for the next', () => app.get(ApiTokenKnownTokens).waiting === 29);
+    await until('the first statement is held and the other requests wait', () => existing.spy.mock.calls.length === 1 && app.get(ApiTokenKnownTokens).waiting === 30);
     existing.open();
     expect(await Promise.all(stampede)).toEqual(Array(30).fill(200));
     // The first statement found it: the 29 waiting need none of their own.
@@ -175,14 +177,15 @@ describe('the membership filter of stored tokens', () => {
     await until('the lookup holds the only place', () => started === 1);
     const flood = Array.from({ length: 50 }, () => whoami(app, generateApiToken('app')).then((res) => res.status));
     await until('one statement waits in the queue', () => counters()?.lookupsQueued === queued + 1);
-    await until('the other tokens wait for the next statement', () => app.get(ApiTokenKnownTokens).waiting === 49);
+    await until('the other tokens wait for the next statement', () => app.get(ApiTokenKnownTokens).waiting === 50);
 
     held.open();
     expect(await first).toBe(200);
     expect(await Promise.all(flood)).toEqual(Array(50).fill(401));
     expect(counters()?.lookupsShed ?? 0).toBe(0);
-    // The valid token's statement, the first flood token's (queued), then the other 49 in one.
-    expect(existing).toHaveBeenCalledTimes(3);
+    // The valid token's statement, the queued one, then one for the flood's other tokens (if any came after it).
+    expect(existing.mock.calls.length).toBeLessThanOrEqual(3);
+    expect(existing.mock.calls.slice(1).flatMap(([tokens]) => tokens)).toHaveLength(50);
   });
 });
 

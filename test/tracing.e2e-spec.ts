@@ -103,6 +103,12 @@ describe('tracing', () => {
     expect(only(SPAN.lookup).attributes).toEqual({ [ATTR.scope]: 'app', [ATTR.source]: 'negative', [ATTR.outcome]: 'not_found' });
   });
 
+  it("traces an unknown token the membership filter refused: source filter, no lock (no Redis command)", async () => {
+    const filtered = await suite.app({ apiToken: { flushCron: false, revocationPollIntervalMs: 0 } });
+    expect((await request(filtered, unknownToken())).status).toBe(401);
+    expect(only(SPAN.lookup).attributes).toEqual({ [ATTR.scope]: 'app', [ATTR.source]: 'filter', [ATTR.outcome]: 'not_found' });
+  });
+
   it('marks the lookups that joined one under way, one span each', async () => {
     const { token } = await newToken();
     const authenticator = app.get(ApiTokenAuthenticator);

@@ -9,6 +9,13 @@ import { KnownTokensFilter, fingerprint } from './known-tokens.filter';
 const LOAD_PAGE = 10_000;
 /** Tokens checked per statement by {@link ApiTokenKnownTokens.check}; more wait for the next one. */
 const CHECK_BATCH = 500;
+/**
+ * Milliseconds the first unknown token waits for others before its statement is sent. Under a flood
+ * the statement would otherwise come back before more than a request or two has arrived, and each
+ * statement's client-side cost (a pooled connection, pg's protocol) would be paid by a couple of
+ * tokens; 1 ms lets every connection's next request join. Paid once by a token made since the build.
+ */
+const CHECK_LINGER_MS = 1;
 /** The longest the application's start waits for the first build. */
 const START_WAIT_MS = 2_000;
 /** Milliseconds before a build that failed (PostgreSQL down) is tried again. */
@@ -50,6 +57,8 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
   private stopped = false;
   private pending: PendingCheck[] = [];
   private checking = false;
+  /** Tokens given to {@link check} and not answered yet. */
+  private unanswered = 0;
 
   /** @internal Nest's injection. */
   constructor(
@@ -77,9 +86,9 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
     return this.filter?.size ?? 0;
   }
 
-  /** Tokens waiting for a statement of {@link check} (not counting those in the statement running). @internal */
+  /** Tokens given to {@link check} and not answered yet (those in the statement under way included). @internal */
   get waiting(): number {
-    return this.pending.length;
+    return this.unanswered;
   }
 
   /** False when the filter is built and holds no token of this fingerprint: {@link check} it before refusing. */
@@ -100,17 +109,24 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
   /**
    * Whether no row holds this stored token: true (none does), false (one does; it is added), or
    * undefined when the table could not say (the caller takes the usual path). One statement, within
-   * `within`, checks every token waiting at that moment; tokens that come meanwhile wait for the next.
+   * `within`, checks every token waiting at that moment (sent {@link CHECK_LINGER_MS} after the first
+   * came); tokens that come meanwhile wait for the next.
    */
   check(token: string, print: number, within: WithinBudget): Promise<boolean | undefined> {
+    this.unanswered++;
     return new Promise((resolve) => {
-      this.pending.push({ token, print, within, resolve });
-      if (!this.checking) void this.checkPending();
+      const answer = (absent: boolean | undefined) => {
+        this.unanswered--;
+        resolve(absent);
+      };
+      this.pending.push({ token, print, within, resolve: answer });
+      if (this.checking) return;
+      this.checking = true;
+      setTimeout(() => void this.checkPending(), CHECK_LINGER_MS);
     });
   }
 
   private async checkPending(): Promise<void> {
-    this.checking = true;
     try {
       while (this.pending.length > 0) {
         // A token the last statement found (a stampede on a new token) needs no second one: its waiters
