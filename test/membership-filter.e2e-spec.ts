@@ -1,5 +1,7 @@
 import type { INestApplication } from '@nestjs/common';
-import { ApiTokenMetrics, ApiTokenService } from '../libs/api-token/src';
+import type Redis from 'ioredis';
+import { ApiTokenAuthenticator, ApiTokenMetrics, ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenLookupShedError } from '../libs/api-token/src/auth/lookup-budget';
 import { ApiTokenCacheService } from '../libs/api-token/src/cache/token-cache.service';
 import { ApiTokenKnownTokens } from '../libs/api-token/src/auth/known-tokens.service';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
@@ -13,6 +15,9 @@ import { until } from './support/until';
 
 /** The Redis commands a request's usual path sends (the read-or-lock script, reads, fills). */
 const PATH_COMMANDS = ['evalsha', 'eval', 'get', 'mget', 'set'];
+
+/** The Redis commands of the usual path this Redis has run. */
+const pathCommands = async (redis: Redis): Promise<number> => (await Promise.all(PATH_COMMANDS.map((command) => commandCalls(redis, command)))).reduce((a, b) => a + b, 0);
 
 /**
  * The membership filter (on by default): unknown tokens are refused after one batched statement and
@@ -40,7 +45,6 @@ describe('the membership filter of stored tokens', () => {
   });
 
   const lookups = () => app.get(ApiTokenMetrics).snapshot().scopes.app?.lookups;
-  const pathCommands = async () => (await Promise.all(PATH_COMMANDS.map((command) => commandCalls(suite.redis, command)))).reduce((a, b) => a + b, 0);
   const insertBySql = async (): Promise<string> => {
     const token = generateApiToken('app');
     await suite.db.query("INSERT INTO api_tokens (type, token, created_at) VALUES ('app', $1, now() AT TIME ZONE 'UTC')", [token]);
@@ -72,14 +76,14 @@ describe('the membership filter of stored tokens', () => {
     const existing = holdFirstStatement();
     const find = jest.spyOn(repository, 'findByToken');
     const filteredBefore = lookups()?.filtered ?? 0;
-    const sent = await pathCommands();
+    const sent = await pathCommands(suite.redis);
 
     const flood = Array.from({ length: 200 }, () => whoami(app, generateApiToken('app')).then((res) => res.status));
     await until('the first statement is held and the other tokens wait for the next', () => existing.spy.mock.calls.length === 1 && app.get(ApiTokenKnownTokens).waiting === 200);
     existing.open();
 
     expect(await Promise.all(flood)).toEqual(Array(200).fill(401));
-    expect(await pathCommands()).toBe(sent);
+    expect(await pathCommands(suite.redis)).toBe(sent);
     expect(find).not.toHaveBeenCalled();
     // The first statement (the tokens that came within its linger), then one for those that came while it ran.
     const sizes = existing.spy.mock.calls.map(([tokens]) => tokens.length);
@@ -186,6 +190,51 @@ describe('the membership filter of stored tokens', () => {
     // The valid token's statement, the queued one, then one for the flood's other tokens (if any came after it).
     expect(existing.mock.calls.length).toBeLessThanOrEqual(3);
     expect(existing.mock.calls.slice(1).flatMap(([tokens]) => tokens)).toHaveLength(50);
+  });
+
+  it('sheds a token past 1,000 waiting for an answer, at once and counted (a stalled table does not pile requests up)', async () => {
+    const existing = holdFirstStatement();
+    const authenticator = app.get(ApiTokenAuthenticator);
+    const shedBefore = app.get(ApiTokenMetrics).snapshot().scopes.app?.lookupsShed ?? 0;
+    const waiting = Array.from({ length: 1_000 }, () => authenticator.authenticate(generateApiToken('app'), 'app'));
+    await until('the first statement is held', () => existing.spy.mock.calls.length === 1);
+    await expect(authenticator.authenticate(generateApiToken('app'), 'app')).rejects.toBeInstanceOf(ApiTokenLookupShedError);
+    expect((app.get(ApiTokenMetrics).snapshot().scopes.app?.lookupsShed ?? 0) - shedBefore).toBe(1);
+    existing.open();
+    expect(await Promise.all(waiting)).toEqual(Array(1_000).fill(null));
+  });
+});
+
+describe('the membership filter under a full lookup budget', () => {
+  const suite = suiteFixture();
+  afterEach(() => jest.restoreAllMocks());
+
+  it('answers 503 for the tokens of a statement the budget shed, counted, without sending them the usual way', async () => {
+    const app = await suite.app({ apiToken: { flushCron: false, maxConcurrentLookups: 1, maxQueuedLookups: 0 } });
+    const valid = generateApiToken('app');
+    await suite.db.query("INSERT INTO api_tokens (type, token) VALUES ('app', $1)", [valid]);
+    const repository = app.get(ApiTokenRepository);
+    const find = repository.findByToken.bind(repository);
+    const held = gate();
+    let started = 0;
+    jest.spyOn(repository, 'findByToken').mockImplementation(async (...args) => {
+      started++;
+      await held.promise;
+      return find(...args);
+    });
+    try {
+      const first = whoami(app, valid).then((res) => res.status);
+      await until('the lookup holds the only place', () => started === 1);
+      const sent = await pathCommands(suite.redis);
+      const shed = await whoami(app, generateApiToken('app'));
+      expect([shed.status, shed.headers['retry-after']]).toEqual([503, expect.stringMatching(/^\d+$/)]);
+      expect(app.get(ApiTokenMetrics).snapshot().scopes.app?.lookupsShed).toBe(1);
+      expect(await pathCommands(suite.redis)).toBe(sent);
+      held.open();
+      expect(await first).toBe(200);
+    } finally {
+      held.open();
+    }
   });
 });
 

@@ -153,12 +153,13 @@ export class ApiTokenAuthenticator {
     // The one span of the request path: an in-process hit never gets here.
     return inSpan(SPAN.lookup, { [ATTR.scope]: scope ?? ANY_SCOPE }, async (span) => {
       const print = fingerprint(stored);
-      if (!this.known.mayHold(print) && (await this.confirmedUnknown(stored, print, scope, span))) return null;
-      const found = await this.shared(stored, scope, span).catch((error: unknown) => {
+      const failed = (error: unknown): never => {
         if (error instanceof ApiTokenLookupShedError) this.metrics.scope(scope).lookupsShed++;
         else if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
         throw error;
-      });
+      };
+      if (!this.known.mayHold(print) && (await this.confirmedUnknown(stored, print, scope, span).catch(failed))) return null;
+      const found = await this.shared(stored, scope, span).catch(failed);
       // A record from Redis (read here, or by a lock holder this lookup waited for) may be of an expired token.
       const expired = found.record !== null && isExpired(found.record);
       if (span !== NO_SPAN) traceLookup(span, found, expired);
@@ -169,7 +170,8 @@ export class ApiTokenAuthenticator {
   /**
    * A token the membership filter does not hold: true when the table confirms that no row holds it
    * (one statement for every such token waiting), refused then with no Redis command and remembered in
-   * L1; false when a row holds it or the table did not answer: the usual path decides.
+   * L1; false when a row holds it or the table did not answer: the usual path decides. Throws
+   * {@link ApiTokenLookupShedError} when the check was shed (too many waiting, or the budget full).
    */
   private async confirmedUnknown(token: string, print: number, scope: string | null, span: TraceSpan): Promise<boolean> {
     // As for a fill: an eviction during the check (the token created meanwhile) keeps the negative out of L1.

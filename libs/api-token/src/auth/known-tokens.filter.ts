@@ -1,11 +1,11 @@
-import { hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 
 /**
- * A token's fingerprint: 32 bits of its SHA-1 (`crypto.hash`, one call, no hasher object). Not a
- * secret and not a security boundary: two tokens sharing one only cost a lookup the filter could have
- * spared.
+ * A token's fingerprint: 32 bits of its SHA-1 (`createHash`: `crypto.hash` would spare the hasher
+ * object but needs Node 20.12, and the package supports 20.0). Not a secret and not a security
+ * boundary: two tokens sharing one only cost a statement the filter could have spared.
  */
-export const fingerprint = (stored: string): number => hash('sha1', stored, 'buffer').readUInt32LE(0);
+export const fingerprint = (stored: string): number => createHash('sha1').update(stored).digest().readUInt32LE(0);
 
 /**
  * The fingerprints of the tokens the table held when it was read, sorted, and those added since.

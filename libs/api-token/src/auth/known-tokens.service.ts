@@ -4,11 +4,18 @@ import { describeError } from '../api-token.errors';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { ApiTokenRepository } from '../store/api-token.repository';
 import { KnownTokensFilter, fingerprint } from './known-tokens.filter';
+import { ApiTokenLookupShedError } from './lookup-budget';
 
 /** Tokens read per statement while the filter is built. */
 const LOAD_PAGE = 10_000;
 /** Tokens checked per statement by {@link ApiTokenKnownTokens.check}; more wait for the next one. */
 const CHECK_BATCH = 500;
+/**
+ * Tokens that may wait for an answer of {@link ApiTokenKnownTokens.check}; past that a token is shed
+ * (503) at once, as a lookup past `maxQueuedLookups` is: when PostgreSQL stalls, waiting requests stay
+ * bounded instead of piling up behind the statement under way.
+ */
+const MAX_WAITING = 2 * CHECK_BATCH;
 /**
  * Milliseconds the first unknown token waits for others before its statement is sent. Under a flood
  * the statement would otherwise come back before more than a request or two has arrived, and each
@@ -31,6 +38,7 @@ interface PendingCheck {
   /** The budget the statement runs within (a statement holding several tokens: its first token's). */
   readonly within: WithinBudget;
   readonly resolve: (absent: boolean | undefined) => void;
+  readonly reject: (error: ApiTokenLookupShedError) => void;
 }
 
 /**
@@ -51,7 +59,7 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
   private readonly logger = new Logger(ApiTokenKnownTokens.name);
   private filter: KnownTokensFilter | null = null;
   /** Fingerprints added while a build runs: the new filter gets them too. */
-  private addedDuringBuild: number[] | null = null;
+  private addedDuringBuild: Set<number> | null = null;
   private timer: NodeJS.Timeout | undefined;
   private building: Promise<void> | undefined;
   private stopped = false;
@@ -103,26 +111,36 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
 
   private addPrint(print: number): void {
     this.filter?.add(print);
-    this.addedDuringBuild?.push(print);
+    this.addedDuringBuild?.add(print);
   }
 
   /**
    * Whether no row holds this stored token: true (none does), false (one does; it is added), or
    * undefined when the table could not say (the caller takes the usual path). One statement, within
    * `within`, checks every token waiting at that moment (sent {@link CHECK_LINGER_MS} after the first
-   * came); tokens that come meanwhile wait for the next.
+   * came); tokens that come meanwhile wait for the next. Rejects with {@link ApiTokenLookupShedError}
+   * past {@link MAX_WAITING} waiting tokens, or when the lookup budget shed the statement.
    */
   check(token: string, print: number, within: WithinBudget): Promise<boolean | undefined> {
+    if (this.unanswered >= MAX_WAITING) return Promise.reject(new ApiTokenLookupShedError());
     this.unanswered++;
-    return new Promise((resolve) => {
-      const answer = (absent: boolean | undefined) => {
-        this.unanswered--;
-        resolve(absent);
-      };
-      this.pending.push({ token, print, within, resolve: answer });
+    return new Promise((resolve, reject) => {
+      this.pending.push({
+        token,
+        print,
+        within,
+        resolve: (absent) => {
+          this.unanswered--;
+          resolve(absent);
+        },
+        reject: (error) => {
+          this.unanswered--;
+          reject(error);
+        },
+      });
       if (this.checking) return;
       this.checking = true;
-      setTimeout(() => void this.checkPending(), CHECK_LINGER_MS);
+      setTimeout(() => void this.checkPending(), CHECK_LINGER_MS).unref();
     });
   }
 
@@ -134,10 +152,17 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
         this.pending = this.pending.filter((check) => !this.heldSince(check));
         const batch = this.pending.splice(0, CHECK_BATCH);
         if (batch.length === 0) break;
-        const found = await batch[0].within(() => this.repository.existing(batch.map((check) => check.token))).catch(() => undefined);
+        const found = await batch[0].within(() => this.repository.existing(batch.map((check) => check.token))).catch((error: unknown) => error);
+        if (found instanceof ApiTokenLookupShedError) {
+          // Shed as their lookups would be: sent the usual way, each would only be shed again, after Redis.
+          for (const check of batch) check.reject(found);
+          continue;
+        }
+        // Any other failure: the table could not say, the usual path decides (and answers 503 if it cannot either).
+        const rows = found instanceof Set ? (found as Set<string>) : undefined;
         for (const { token, print, resolve } of batch) {
-          if (found?.has(token)) this.addPrint(print);
-          resolve(found && !found.has(token));
+          if (rows?.has(token)) this.addPrint(print);
+          resolve(rows && !rows.has(token));
         }
       }
     } finally {
@@ -162,7 +187,7 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
 
   /** Reads every stored token, page by page, into a new filter; keeps the old one if the table does not answer. */
   private async load(): Promise<void> {
-    this.addedDuringBuild = [];
+    this.addedDuringBuild = new Set();
     try {
       // 4 bytes a token while it loads too: a typed array doubled when full, not an array of numbers.
       let prints = new Uint32Array(LOAD_PAGE);
