@@ -5,7 +5,7 @@ import { ApiTokenCacheService, type SweepPosition } from './token-cache.service'
 /** Tokens waiting for the sweep; past this, new ones are not swept (their named keys were deleted all the same). */
 const MAX_QUEUED = 10_000;
 /** Time one slice may walk, then the sweep yields for {@link PAUSE_MS}: a shared Redis serves others meanwhile. */
-const SLICE_MS = 100;
+const SLICE_MS = 25;
 const PAUSE_MS = 50;
 /** Wait after a slice Redis did not answer; the walk then resumes where it was. */
 const RETRY_MS = 1000;
