@@ -2,7 +2,7 @@ import type { INestApplication } from '@nestjs/common';
 import { ApiTokenMetrics, ApiTokenService } from '../libs/api-token/src';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
-import { gate } from './support/gate';
+import { gate, holdLookups as holdAt } from './support/gate';
 import { whoami } from './support/requests';
 import { suiteFixture } from './support/suite-fixture';
 import { until } from './support/until';
@@ -27,19 +27,11 @@ describe('the PostgreSQL lookup budget (maxConcurrentLookups, maxQueuedLookups)'
 
   const counters = () => app.get(ApiTokenMetrics).snapshot().scopes.app;
 
-  /** Holds every database lookup of `instance` at a gate (released after each test); counts those started. */
-  const holdLookups = (instance: INestApplication): { started: () => number; open: () => void } => {
-    const repository = instance.get(ApiTokenRepository);
-    const find = repository.findByToken.bind(repository);
-    const held = gate();
-    release = () => held.open();
-    let started = 0;
-    jest.spyOn(repository, 'findByToken').mockImplementation(async (...args) => {
-      started++;
-      await held.promise;
-      return find(...args);
-    });
-    return { started: () => started, open: () => held.open() };
+  /** Holds every database lookup of `instance` at a gate, released after each test. */
+  const holdLookups = (instance: INestApplication) => {
+    const held = holdAt(instance.get(ApiTokenRepository));
+    release = held.open;
+    return held;
   };
 
   it('past its queue a lookup is answered 503 with Retry-After, while in-process and Redis hits pass', async () => {

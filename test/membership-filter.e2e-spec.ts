@@ -7,7 +7,7 @@ import { ApiTokenKnownTokens } from '../libs/api-token/src/auth/known-tokens.ser
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import * as generator from '../libs/api-token/src/tokens/token.generator';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
-import { gate } from './support/gate';
+import { gate, holdLookups } from './support/gate';
 import { commandCalls } from './support/redis';
 import { whoami } from './support/requests';
 import { suiteFixture } from './support/suite-fixture';
@@ -163,22 +163,15 @@ describe('the membership filter of stored tokens', () => {
   it('runs its statement within the lookup budget: a flood waits in one place of the queue, none is shed', async () => {
     const valid = await insertBySql();
     const repository = app.get(ApiTokenRepository);
-    const find = repository.findByToken.bind(repository);
-    const held = gate();
-    release = () => held.open();
-    let started = 0;
-    jest.spyOn(repository, 'findByToken').mockImplementation(async (...args) => {
-      started++;
-      await held.promise;
-      return find(...args);
-    });
+    const held = holdLookups(repository);
+    release = held.open;
     const existing = jest.spyOn(repository, 'existing');
     const counters = () => app.get(ApiTokenMetrics).snapshot().scopes.app;
     const queued = counters()?.lookupsQueued ?? 0;
 
     // The valid token's lookup holds the budget's only place (maxConcurrentLookups 1).
     const first = whoami(app, valid).then((res) => res.status);
-    await until('the lookup holds the only place', () => started === 1);
+    await until('the lookup holds the only place', () => held.started() === 1);
     const flood = Array.from({ length: 50 }, () => whoami(app, generateApiToken('app')).then((res) => res.status));
     await until('one statement waits in the queue', () => counters()?.lookupsQueued === queued + 1);
     await until('the other tokens wait for the next statement', () => app.get(ApiTokenKnownTokens).waiting === 50);
@@ -213,18 +206,10 @@ describe('the membership filter under a full lookup budget', () => {
     const app = await suite.app({ apiToken: { flushCron: false, maxConcurrentLookups: 1, maxQueuedLookups: 0 } });
     const valid = generateApiToken('app');
     await suite.db.query("INSERT INTO api_tokens (type, token) VALUES ('app', $1)", [valid]);
-    const repository = app.get(ApiTokenRepository);
-    const find = repository.findByToken.bind(repository);
-    const held = gate();
-    let started = 0;
-    jest.spyOn(repository, 'findByToken').mockImplementation(async (...args) => {
-      started++;
-      await held.promise;
-      return find(...args);
-    });
+    const held = holdLookups(app.get(ApiTokenRepository));
     try {
       const first = whoami(app, valid).then((res) => res.status);
-      await until('the lookup holds the only place', () => started === 1);
+      await until('the lookup holds the only place', () => held.started() === 1);
       const sent = await pathCommands(suite.redis);
       const shed = await whoami(app, generateApiToken('app'));
       expect([shed.status, shed.headers['retry-after']]).toEqual([503, expect.stringMatching(/^\d+$/)]);

@@ -8,7 +8,7 @@ import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.reposi
 import { ApiTokenExpirySweep } from '../libs/api-token/src/tokens/expiry.sweep';
 import { ApiTokenRevocationLogService } from '../libs/api-token/src/tokens/revocation-log.service';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
-import { gate } from './support/gate';
+import { holdLookups } from './support/gate';
 import { get, listen } from './support/http-client';
 import { whoami as request } from './support/requests';
 import { suiteFixture } from './support/suite-fixture';
@@ -149,19 +149,11 @@ describe('tracing', () => {
 
   it('marks a lookup that waited for a place under maxConcurrentLookups, and one shed past the queue', async () => {
     const budgeted = await suite.app({ apiToken: { flushCron: false, revocationPollIntervalMs: 0, maxConcurrentLookups: 1, maxQueuedLookups: 1, membershipFilterRebuildMs: 0 } });
-    const budgetedRepository = budgeted.get(ApiTokenRepository);
     // Every database lookup waits at the gate: the first holds the only place, the second the queue's.
-    const find = budgetedRepository.findByToken.bind(budgetedRepository);
-    const held = gate();
-    let started = 0;
-    const spy = jest.spyOn(budgetedRepository, 'findByToken').mockImplementation(async (...args) => {
-      started++;
-      await held.promise;
-      return find(...args);
-    });
+    const held = holdLookups(budgeted.get(ApiTokenRepository));
     try {
       const first = request(budgeted, unknownToken()).then((res) => res.status);
-      await until('the first lookup holds the only place', () => started === 1);
+      await until('the first lookup holds the only place', () => held.started() === 1);
       const second = request(budgeted, unknownToken()).then((res) => res.status);
       await until('the second lookup waits in the queue', () => budgeted.get(ApiTokenMetrics).snapshot().scopes.app.lookupsQueued === 1);
       expect((await request(budgeted, unknownToken())).status).toBe(503);
@@ -169,7 +161,7 @@ describe('tracing', () => {
       expect([await first, await second]).toEqual([401, 401]);
     } finally {
       held.open();
-      spy.mockRestore();
+      jest.restoreAllMocks();
     }
     // The two lookups that got a place end in either order.
     const seen = named(SPAN.lookup).map((span) => [span.attributes[ATTR.outcome], span.attributes[ATTR.queued] ?? false, span.attributes['error.type'] ?? '']);
