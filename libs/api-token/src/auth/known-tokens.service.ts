@@ -45,12 +45,13 @@ interface PendingCheck {
  * The membership filter: which stored tokens exist, in the process, so that a flood of unknown tokens
  * costs no Redis command and one PostgreSQL statement per batch rather than per token.
  *
- * Built from the table when the application starts (pages of {@link LOAD_PAGE}, in the background:
- * until it is built every token takes the usual path), rebuilt every `membershipFilterRebuildMs` to
- * forget revoked tokens. It never refuses a token by itself: a token it does not hold (created on
+ * Built from the table when the application starts (pages of {@link LOAD_PAGE}; the start waits at
+ * most {@link START_WAIT_MS}, and until the build ends every token takes the usual path), rebuilt every
+ * `membershipFilterRebuildMs` to forget revoked tokens. It never refuses a token by itself: a token it does not hold (created on
  * another instance, or by Dify, since the build) is checked against the table by {@link check}, in one
  * statement with the other tokens waiting, and a token a row holds goes on the usual path and is added.
- * So it can only make a lookup cheaper, never wrong.
+ * So it can only make a lookup cheaper, never wrong (the statement reads the primary, as lookups do:
+ * a replica behind it could refuse a token just created).
  *
  * @hideconstructor
  */
