@@ -15,7 +15,7 @@ const common = {
 };
 
 /** The suites that run a second time against a three-master Redis Cluster. */
-const clusterSuites = ['request-path', 'single-flight', 'usage-flush', 'lifecycle', 'rate-limit', 'expiry', 'revocation-faults'];
+const clusterSuites = ['request-path', 'single-flight', 'usage-flush', 'lifecycle', 'rate-limit', 'expiry', 'revocation-faults', 'membership-filter'];
 
 module.exports = {
   testTimeout: 60000,
