@@ -25,8 +25,7 @@ describe('the membership filter of stored tokens', () => {
 
   beforeAll(async () => {
     other = await suite.app({ apiToken: { flushCron: false } }); // creates the table
-    before = generateApiToken('app');
-    await suite.db.query("INSERT INTO api_tokens (type, token) VALUES ('app', $1)", [before]);
+    before = await insertBySql();
     app = await suite.app({ apiToken: { flushCron: false, maxConcurrentLookups: 1, maxQueuedLookups: 1 } });
   });
 

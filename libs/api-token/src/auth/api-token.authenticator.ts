@@ -152,13 +152,16 @@ export class ApiTokenAuthenticator {
     const stored = storedToken(token, this.options);
     // The one span of the request path: an in-process hit never gets here.
     return inSpan(SPAN.lookup, { [ATTR.scope]: scope ?? ANY_SCOPE }, async (span) => {
-      const print = fingerprint(stored);
       const failed = (error: unknown): never => {
         if (error instanceof ApiTokenLookupShedError) this.metrics.scope(scope).lookupsShed++;
         else if (error instanceof ApiTokenStoreError) this.metrics.scope(scope).unavailable++;
         throw error;
       };
-      if (!this.known.mayHold(print) && (await this.confirmedUnknown(stored, print, scope, span).catch(failed))) return null;
+      // The fingerprint (a SHA-1) only when there is a filter to ask.
+      if (this.known.built) {
+        const print = fingerprint(stored);
+        if (!this.known.mayHold(print) && (await this.confirmedUnknown(stored, print, scope, span).catch(failed))) return null;
+      }
       const found = await this.shared(stored, scope, span).catch(failed);
       // A record from Redis (read here, or by a lock holder this lookup waited for) may be of an expired token.
       const expired = found.record !== null && isExpired(found.record);

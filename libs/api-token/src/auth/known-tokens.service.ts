@@ -66,8 +66,8 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
   private stopped = false;
   private pending: PendingCheck[] = [];
   private checking = false;
-  /** Tokens given to {@link check} and not answered yet. */
-  private unanswered = 0;
+  /** Tokens in the statement under way. */
+  private inStatement = 0;
 
   /** @internal Nest's injection. */
   constructor(
@@ -97,10 +97,15 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
 
   /** Tokens given to {@link check} and not answered yet (those in the statement under way included). @internal */
   get waiting(): number {
-    return this.unanswered;
+    return this.pending.length + this.inStatement;
   }
 
-  /** False when the filter is built and holds no token of this fingerprint: {@link check} it before refusing. */
+  /** Whether the filter is built: until then (and when it is off) every token takes the usual path. */
+  get built(): boolean {
+    return this.filter !== null;
+  }
+
+  /** False when the filter holds no token of this fingerprint ({@link built} only): {@link check} it before refusing. */
   mayHold(print: number): boolean {
     return this.filter === null || this.filter.mayHold(print);
   }
@@ -123,22 +128,9 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
    * past {@link MAX_WAITING} waiting tokens, or when the lookup budget shed the statement.
    */
   check(token: string, print: number, within: WithinBudget): Promise<boolean | undefined> {
-    if (this.unanswered >= MAX_WAITING) return Promise.reject(new ApiTokenLookupShedError());
-    this.unanswered++;
+    if (this.waiting >= MAX_WAITING) return Promise.reject(new ApiTokenLookupShedError());
     return new Promise((resolve, reject) => {
-      this.pending.push({
-        token,
-        print,
-        within,
-        resolve: (absent) => {
-          this.unanswered--;
-          resolve(absent);
-        },
-        reject: (error) => {
-          this.unanswered--;
-          reject(error);
-        },
-      });
+      this.pending.push({ token, print, within, resolve, reject });
       if (this.checking) return;
       this.checking = true;
       setTimeout(() => void this.checkPending(), CHECK_LINGER_MS).unref();
@@ -153,7 +145,9 @@ export class ApiTokenKnownTokens implements OnApplicationBootstrap, OnModuleDest
         this.pending = this.pending.filter((check) => !this.heldSince(check));
         const batch = this.pending.splice(0, CHECK_BATCH);
         if (batch.length === 0) break;
+        this.inStatement = batch.length;
         const found = await batch[0].within(() => this.repository.existing(batch.map((check) => check.token))).catch((error: unknown) => error);
+        this.inStatement = 0;
         if (found instanceof ApiTokenLookupShedError) {
           // Shed as their lookups would be: sent the usual way, each would only be shed again, after Redis.
           for (const check of batch) check.reject(found);
