@@ -3,7 +3,7 @@ import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.reposi
 import { FLUSH_JOB_NAME, FLUSH_LOCK_KEY } from '../libs/api-token/src/usage/usage-flush.service';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { RedisModule } from '@nestjs-modules/ioredis';
-import { Pipeline } from 'ioredis';
+import { type Cluster, Pipeline } from 'ioredis';
 import type { INestApplication } from '@nestjs/common';
 import { SchedulerRegistry } from '@nestjs/schedule';
 import { Test } from '@nestjs/testing';
@@ -14,12 +14,14 @@ import { Client } from 'pg';
 import request from 'supertest';
 import { CapturingLogger } from './support/capturing-logger';
 import { QueryCounter } from './support/query-counter';
-import { clearLibraryKeys } from './support/redis';
+import { clearLibraryKeys, commandCalls } from './support/redis';
 import { REDIS_CLUSTER_NODES, REDIS_TEST_DB, REDIS_TEST_URL } from './support/servers';
 import { redisModuleOptions } from '../libs/api-token/src/env/stores.modules';
 import { createTestApp } from './support/test-app';
 import { until } from './support/until';
-import { ACTIVE_INDEX_KEY, activeIndexKey } from '../libs/api-token/src/usage/usage.index';
+import { ACTIVE_INDEX_KEY, INDEXES_CHECKED_KEY, LISTED_INDEXES_KEY, activeIndexKey, indexesToDrain, writeUses } from '../libs/api-token/src/usage/usage.index';
+import calculateSlot from 'cluster-key-slot';
+import { gate } from './support/gate';
 import { setIfNewer } from '../libs/api-token/src/redis/redis.commands';
 import { suiteFixture } from './support/suite-fixture';
 
@@ -117,12 +119,11 @@ describe('usage flush', () => {
       // Written as the recorder writes them (the key and its index entry in one script), from the test's
       // client: the app's 100 ms request-path bound would make a cold Cluster write flaky on a loaded machine.
       for (let from = 1; from <= n; from += 500) {
-        const writes: Promise<number>[] = [];
+        const uses: [string, string][] = [];
         for (let i = from; i < from + 500; i++) {
-          const key = `api_token_active:app:app-slots${String(i).padStart(20, '0')}`;
-          writes.push(setIfNewer(suite.redis, key, NAIVE_MS(Date.parse('2026-03-01T00:00:00Z') + i), 3600, activeIndexKey(suite.redis, key)));
+          uses.push([`api_token_active:app:app-slots${String(i).padStart(20, '0')}`, NAIVE_MS(Date.parse('2026-03-01T00:00:00Z') + i)]);
         }
-        await Promise.all(writes);
+        await writeUses(suite.redis, uses, 3600);
       }
       // Each page the run reads is one pipeline of GETs (and its index reads one more): the pipelines
       // count the pages. On a Cluster the uses sit in ~2,200 slots' indexes; a page per index sent
@@ -300,6 +301,109 @@ describe('usage flush', () => {
       const got = Object.fromEntries(rows.map((r) => [r.token, r.last_used_at]));
       expect(tokens.map((token) => got[token])).toEqual(tokens.map((_, i) => NAIVE_MS(base + rounds * 1000 + i)));
       expect(await activeKeys()).toEqual([]);
+    });
+  });
+
+  // Which of the 16,384 slot indexes a run asks (issue 23): the ones the list names, every one hourly.
+  (REDIS_CLUSTER_NODES ? describe : describe.skip)('on a Cluster, the list of indexes with uses', () => {
+    let app: INestApplication;
+    let flush: ApiTokenUsageFlushService;
+    const T = '2026-10-01T00:00:00.100000';
+    /** A token whose usage key sits in `slot` (the i-th found), with its row. */
+    const tokenInSlot = async (slot: number, from = 0): Promise<string> => {
+      for (let i = from; ; i++) {
+        const token = `app-slotmate-${i}`;
+        if (calculateSlot(`api_token_active:app:${token}`) !== slot) continue;
+        await suite.db.query(`INSERT INTO api_tokens (type, token) VALUES ('app', $1) ON CONFLICT DO NOTHING`, [token]);
+        return token;
+      }
+    };
+    const newToken = async () => {
+      const token = generateApiToken('app');
+      await suite.db.query(`INSERT INTO api_tokens (type, token) VALUES ('app', $1)`, [token]);
+      return token;
+    };
+    const scards = () => commandCalls(suite.redis, 'scard');
+
+    beforeAll(async () => {
+      app = await createTestApp({ databaseUrl: suite.db.url, logger, apiToken: { flushCron: false, usageWriteIntervalMs: 60_000 } });
+      flush = app.get(ApiTokenUsageFlushService);
+    });
+    afterAll(() => app?.close());
+
+    beforeEach(async () => {
+      // The hourly pass over every index runs first (the marker was cleared), so each test starts from a
+      // run that reads the list. The walk for Dify's keys would find any usage key the index path
+      // missed in a Redis this small: it is off here, so these tests see the index path alone.
+      await until('a flush runs', async () => (await flush.flushNow()) !== null);
+      jest.spyOn(flush as unknown as { scanSlice: () => Promise<void> }, 'scanSlice').mockResolvedValue(undefined);
+    });
+    afterEach(() => jest.restoreAllMocks());
+
+    it('asks only the listed slots\' indexes, not all 16,384, and writes their uses', async () => {
+      const tokens = [await newToken(), await newToken(), await newToken()];
+      await writeUses(suite.redis, tokens.map((t) => [`api_token_active:app:${t}`, T]), 3600);
+      const slots = new Set(tokens.map((t) => calculateSlot(`api_token_active:app:${t}`))).size;
+      const before = await scards();
+      expect(await flush.flushNow()).toMatchObject({ scanned: 3, taken: 3, updated: 3 });
+      expect((await scards()) - before).toBe(slots);
+      expect(await Promise.all(tokens.map(lastUsed))).toEqual([T, T, T]);
+      expect(await suite.redis.exists(LISTED_INDEXES_KEY)).toBe(0);
+    });
+
+    it('a name listed while a run takes the list is drained by that run or stays listed for the next', async () => {
+      const first = await newToken();
+      await writeUses(suite.redis, [[`api_token_active:app:${first}`, T]], 3600);
+      const slot = calculateSlot(`api_token_active:app:${first}`);
+      const [mate, other] = [await tokenInSlot(slot), await newToken()];
+      // The run's read of the list answers; it is held before it takes the names it read off the list.
+      const read = gate();
+      const resume = gate();
+      let calls = 0;
+      const taking = indexesToDrain(suite.redis, async (send) => {
+        const reply = await send();
+        if (++calls === 1) {
+          read.open();
+          await resume.promise;
+        }
+        return reply;
+      });
+      await read.promise;
+      await writeUses(suite.redis, [[`api_token_active:app:${mate}`, T], [`api_token_active:app:${other}`, T]], 3600);
+      resume.open();
+      const drain = await taking;
+      // The held run drains the first slot (both uses in it: written before the run reads the index);
+      // the other slot was listed after its read, so it stays listed for the next run.
+      const drained = (suite.redis as unknown as Cluster).nodes('master').flatMap((node) => drain(node));
+      expect(drained).toEqual([activeIndexKey(suite.redis, `api_token_active:app:${first}`)]);
+      expect(await suite.redis.smembers(LISTED_INDEXES_KEY)).toEqual([activeIndexKey(suite.redis, `api_token_active:app:${other}`)]);
+      // The next run drains it (the held run, which this test plays by hand, would drain the first slot).
+      expect(await flush.flushNow()).toMatchObject({ taken: 1, updated: 1 });
+      expect(await lastUsed(other)).toBe(T);
+    });
+
+    it('an index nobody listed (a 0.2 instance\'s write) waits for the hourly pass over every index', async () => {
+      const token = await newToken();
+      const key = `api_token_active:app:${token}`;
+      await setIfNewer(suite.redis, key, T, 3600, activeIndexKey(suite.redis, key));
+      expect(await flush.flushNow()).toMatchObject({ taken: 0 });
+      expect(await lastUsed(token)).toBeNull();
+      await suite.redis.del(INDEXES_CHECKED_KEY); // the hour is up
+      const before = await scards();
+      expect(await flush.flushNow()).toMatchObject({ taken: 1, updated: 1 });
+      expect((await scards()) - before).toBe(16_384);
+      expect(await lastUsed(token)).toBe(T);
+    });
+
+    it('after a run that took names from the list and failed, the next run asks every index', async () => {
+      const token = await newToken();
+      await writeUses(suite.redis, [[`api_token_active:app:${token}`, T]], 3600);
+      const repository = app.get(ApiTokenRepository);
+      jest.spyOn(repository, 'updateLastUsed').mockRejectedValueOnce(new ApiTokenStoreError('update last_used_at', new Error('test')));
+      await expect(flush.flushNow()).rejects.toBeInstanceOf(ApiTokenStoreError);
+      expect([await suite.redis.exists(LISTED_INDEXES_KEY), await suite.redis.exists(INDEXES_CHECKED_KEY)]).toEqual([0, 0]);
+      expect(await flush.flushNow()).toMatchObject({ taken: 1, updated: 1 });
+      expect(await lastUsed(token)).toBe(T);
     });
   });
 

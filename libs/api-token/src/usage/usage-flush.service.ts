@@ -8,7 +8,7 @@ import { ApiTokenStoreError } from '../api-token.errors';
 import { ACTIVE_KEY_PREFIX } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { type RedisClient, deleteIfUnchanged, keyNodes } from '../redis/redis.commands';
-import { activeIndexKey, nodeIndexKeys } from './usage.index';
+import { activeIndexKey, indexesToDrain, recheckIndexes } from './usage.index';
 import { type IndexScan, type TakenUse, takePage, usesOf } from './flush.page';
 import { describeError } from '../api-token.errors';
 import { ApiTokenRedisService, LOCKED, type RedisStep, UNCONFIRMED, boundedStep } from '../redis/redis-access.service';
@@ -85,6 +85,8 @@ class Walk {
   stopped: unknown;
   /** The database error that ended the run, if one did. */
   failed: ApiTokenStoreError | undefined;
+  /** An index read answered MOVED: its slot's new master drains it once a run asks every index. */
+  slotMoved = false;
   private buffer: TakenUse[] = [];
   private writing: TakenUse[] = [];
   /** The keys of `buffer` and `writing`: still in Redis until written, so a SCAN or SSCAN may name them again. */
@@ -297,8 +299,9 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
         // index with its key (see Release), so a run that stops leaves the rest indexed. A page is read
         // from as many of the node's indexes as it takes (one pipeline): on a Cluster a thousand uses
         // sit in about a thousand slots' indexes, and a page per index cost a thousand pages' round trips.
+        const indexes = await indexesToDrain(client, step);
         for (const node of keyNodes(client)) {
-          const pending = await nonEmpty(node, nodeIndexKeys(client, node), step);
+          const pending = await nonEmpty(node, indexes(node), step, walk);
           while (pending.length) {
             const batch = takePage(pending, walk.pageSize);
             const replies = await step(() => {
@@ -309,7 +312,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
             const keys: string[] = [];
             batch.forEach(({ index, size }, i) => {
               const [error, reply] = replies?.[i] ?? [null, ['0', []]];
-              const [next, members] = error ? movedIsEmpty(error) : (reply as [string, string[]]);
+              const [next, members] = error ? moved(error, walk) : (reply as [string, string[]]);
               keys.push(...members);
               if (next !== '0') pending.push({ index, cursor: next, size: Math.max(1, size - members.length) });
             });
@@ -330,6 +333,11 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     }, { timeoutMs: WALK_TIMEOUT_MS, commandTimeoutMs: BATCH_CALL_TIMEOUT_MS });
     if (walked === UNCONFIRMED) walk.stopped = 'Redis did not answer';
     if (!walk.failed) await walk.write(true).catch((error) => ignoreStopped(error));
+    // Names this run took from the list and did not drain (it stopped, a database failure included, or a
+    // slot moved): the next run asks every slot's index.
+    if (walk.stopped !== undefined || walk.slotMoved) {
+      await this.redis.background('flush', recheckIndexes, { timeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 });
+    }
     if (!walk.failed && walk.stopped === undefined && this.followUp) {
       walk.stats.expired = await this.followUp(async () => {
         try {
@@ -513,23 +521,32 @@ function ignoreStopped(error: unknown): void {
   if (!(error instanceof WalkStopped)) throw error;
 }
 
-/** A slot that moved answers MOVED to an SSCAN sent to its old master: nothing to drain there now. */
-function movedIsEmpty(error: unknown): [string, string[]] {
-  if (error instanceof Error && /^MOVED|^ASK/.test(error.message)) return ['0', []];
-  throw error;
+/** A slot that moved answers MOVED (or ASK, while it moves) to a read sent to its old master. */
+const isMoved = (error: unknown): boolean => error instanceof Error && /^MOVED|^ASK/.test(error.message);
+
+/** An SSCAN of a slot that moved: nothing to drain there now; its new master drains it (see `slotMoved`). */
+function moved(error: unknown, walk: { slotMoved: boolean }): [string, string[]] {
+  if (!isMoved(error)) throw error;
+  walk.slotMoved = true;
+  return ['0', []];
 }
 
 /**
  * The index keys that hold members, with their sizes, asked in one pipeline of SCARD (on a Cluster a
- * master has some 5,000 slots, and one SSCAN round trip per empty slot would cost seconds per run).
+ * listed slot's index may have been drained already, and an hourly pass asks some 5,000 slots per
+ * master: one SSCAN round trip per empty slot would cost seconds). An index that answers an error is
+ * skipped (MOVED noted: see `slotMoved`).
  */
-async function nonEmpty(node: Redis, keys: string[], step: RedisStep): Promise<IndexScan[]> {
+async function nonEmpty(node: Redis, keys: string[], step: RedisStep, walk: { slotMoved: boolean }): Promise<IndexScan[]> {
+  if (!keys.length) return [];
   const pipeline = node.pipeline();
   for (const key of keys) pipeline.scard(key);
   const replies = (await step(() => pipeline.exec())) ?? [];
   const found: IndexScan[] = [];
   keys.forEach((index, i) => {
-    const size = replies[i]?.[0] ? 0 : Number(replies[i]?.[1]);
+    const [error, reply] = replies[i] ?? [null, 0];
+    if (error && isMoved(error)) walk.slotMoved = true;
+    const size = error ? 0 : Number(reply);
     if (size > 0) found.push({ index, cursor: '0', size });
   });
   return found;

@@ -1,7 +1,8 @@
 import calculateSlot from 'cluster-key-slot';
 import type { Cluster, Redis } from 'ioredis';
 import { ACTIVE_KEY_TTL_SECONDS } from '../api-token.keys';
-import type { RedisClient } from '../redis/redis.commands';
+import { type RedisClient, setIfNewer } from '../redis/redis.commands';
+import type { RedisStep } from '../redis/redis-access.service';
 
 /**
  * The set of the `api_token_active:*` keys this library wrote, which the flush reads (SSCAN) instead of
@@ -14,6 +15,19 @@ export const ACTIVE_INDEX_KEY = 'api_token_active_index';
 /** An index lives as long as the keys it names (refreshed by every write). */
 export const ACTIVE_INDEX_TTL_SECONDS = ACTIVE_KEY_TTL_SECONDS;
 const SLOTS = 16384;
+/**
+ * Cluster only: the names of the slot indexes a use was written to since the flush last read this set.
+ * A run drains those, not all 16,384 (asking every slot's index cost 75–300 ms a run on a loaded
+ * three-master Cluster, more than the rest of a 1,000-use flush).
+ */
+export const LISTED_INDEXES_KEY = 'api_token_active_indexes';
+/**
+ * Cluster only: set (for {@link CHECK_ALL_EVERY_SECONDS}) by the run that asks every slot's index, the
+ * once-an-hour pass that finds what the list missed: uses of writers that do not list (0.2 instances),
+ * slots that moved, a run that stopped after it took the list.
+ */
+export const INDEXES_CHECKED_KEY = 'api_token_active_indexes_checked';
+export const CHECK_ALL_EVERY_SECONDS = 3600;
 
 let slotTags: string[] | undefined;
 
@@ -46,16 +60,46 @@ export function activeIndexKey(redis: RedisClient, key: string): string {
 }
 
 /**
- * The index keys a node holds: the one set on a single node; on a Cluster those of the slots the
- * client's slot map gives this master (a slot that moved answers MOVED, and is drained by its new
- * master in the same run or the next).
+ * Writes uses as the recorder does: each key (unless it holds a newer time) with its index entry, in
+ * one script; then, on a Cluster, the names of their indexes in {@link LISTED_INDEXES_KEY}. The list
+ * comes after the scripts, never before: a run that takes the list between the two finds the name
+ * again next run, and one that takes it after drains an index that already holds the use.
  */
-export function nodeIndexKeys(redis: RedisClient, node: Redis): string[] {
-  if (!redis.isCluster) return [ACTIVE_INDEX_KEY];
-  const name = `${node.options.host}:${node.options.port}`;
-  const keys: string[] = [];
-  (redis as Cluster).slots.forEach((owners: string[] | undefined, slot: number) => {
-    if (owners?.[0] === name) keys.push(slotIndexKey(slot));
-  });
-  return keys;
+export async function writeUses(redis: RedisClient, uses: readonly [key: string, value: string][], ttlSeconds: number): Promise<void> {
+  await Promise.all(uses.map(([key, value]) => setIfNewer(redis, key, value, ttlSeconds, activeIndexKey(redis, key))));
+  if (!redis.isCluster || !uses.length) return;
+  const names = new Set(uses.map(([key]) => activeIndexKey(redis, key)));
+  await redis.multi().sadd(LISTED_INDEXES_KEY, ...names).expire(LISTED_INDEXES_KEY, ttlSeconds).exec();
+}
+
+/**
+ * The index keys a run drains on each node: the one set on a single node. On a Cluster, those the list
+ * names (taken from it: SMEMBERS, then SREM of what was read, so a name listed meanwhile stays for the
+ * next run), or, once an hour ({@link INDEXES_CHECKED_KEY}), every slot's; each on the master the
+ * client's slot map gives it (a slot that moved answers MOVED: see `recheckIndexes`).
+ */
+export async function indexesToDrain(redis: RedisClient, step: RedisStep): Promise<(node: Redis) => string[]> {
+  if (!redis.isCluster) return () => [ACTIVE_INDEX_KEY];
+  const [listed, checkAll] = await step(() =>
+    Promise.all([redis.smembers(LISTED_INDEXES_KEY), redis.set(INDEXES_CHECKED_KEY, '1', 'EX', CHECK_ALL_EVERY_SECONDS, 'NX')]),
+  );
+  if (listed.length) await step(() => redis.srem(LISTED_INDEXES_KEY, ...listed));
+  // Slots, not the names read: a key is only ever drained by the name this module builds.
+  const slots = checkAll === 'OK' ? undefined : new Set(listed.filter((name) => name.startsWith(`${ACTIVE_INDEX_KEY}:{`)).map((name) => calculateSlot(name)));
+  return (node) => {
+    const owner = `${node.options.host}:${node.options.port}`;
+    const keys: string[] = [];
+    (redis as Cluster).slots.forEach((owners: string[] | undefined, slot: number) => {
+      if (owners?.[0] === owner && (!slots || slots.has(slot))) keys.push(slotIndexKey(slot));
+    });
+    return keys;
+  };
+}
+
+/**
+ * Cluster only: makes the next run ask every slot's index (this one took names from the list it did
+ * not drain: it stopped, or a slot moved). Best effort: else the hourly pass finds them.
+ */
+export async function recheckIndexes(redis: RedisClient, step: RedisStep): Promise<void> {
+  if (redis.isCluster) await step(() => redis.del(INDEXES_CHECKED_KEY)).catch(() => undefined);
 }

@@ -4,9 +4,8 @@ import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { ACTIVE_KEY_TTL_SECONDS, activeKey } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { formatNaiveUtc } from '../store/api-token.record';
-import { setIfNewer } from '../redis/redis.commands';
 import { ApiTokenRedisService } from '../redis/redis-access.service';
-import { activeIndexKey } from './usage.index';
+import { writeUses } from './usage.index';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 const MAX_TRACKED = 100_000;
@@ -111,7 +110,7 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
   /** Writes uses dated by the wall clock (milliseconds); what Redis refused waits for the timer again. */
   private async write(entries: [key: string, ms: number][]): Promise<void> {
     const done = await this.redis.call('set', (r) =>
-      Promise.all(entries.map(([key, ms]) => setIfNewer(r, key, formatNaiveUtc(new Date(ms)), ACTIVE_KEY_TTL_SECONDS, activeIndexKey(r, key)))),
+      writeUses(r, entries.map(([key, ms]) => [key, formatNaiveUtc(new Date(ms))]), ACTIVE_KEY_TTL_SECONDS).then(() => true),
     );
     if (done !== undefined) return;
     const lead = wallClockLead();
