@@ -3,7 +3,7 @@ import { NestFactory } from '@nestjs/core';
 import calculateSlot from 'cluster-key-slot';
 import Redis from 'ioredis';
 import { randomUUID } from 'node:crypto';
-import { ApiTokenService, ApiTokenUsageFlushService } from '../libs/api-token/src';
+import { ApiTokenService, ApiTokenUsageFlushService, type UsageFlushStats } from '../libs/api-token/src';
 import { ApiTokenRedisService } from '../libs/api-token/src/redis/redis-access.service';
 import { ApiTokenUsageRecorder } from '../libs/api-token/src/usage/usage.recorder';
 import { INDEXES_CHECKED_KEY } from '../libs/api-token/src/usage/usage.index';
@@ -35,6 +35,11 @@ export interface ScaleBenchResult {
   /** Runs the flush takes to reach every Dify key at the default `flushScanBudgetMs`: ⌈K / (rate × budget)⌉ + 1. */
   difyRunsBound: number;
   flush1m: Awaited<ReturnType<typeof runFlushBench>> | null;
+}
+
+/** A timed flush that was skipped, or did not take the 1,000 uses, would time nothing worth printing. */
+function tookAll(stats: UsageFlushStats | null): void {
+  if (!stats || stats.taken < 1000) throw new Error(`scale bench: the timed flush ${stats ? `took ${stats.taken} of 1,000 uses` : 'was skipped'}`);
 }
 
 const p = (values: number[], q: number) => [...values].sort((a, b) => a - b)[Math.min(values.length - 1, Math.floor(values.length * q))];
@@ -144,7 +149,7 @@ export async function runScaleBench(cleanup: Cleanup, redisKind: 'single' | 'clu
   await recorder.flushPending();
   const flushScansBefore = await scans();
   const flushStarted = performance.now();
-  await flush.flushNow();
+  tookAll(await flush.flushNow());
   const flush1kMs = performance.now() - flushStarted;
   const flush1kScans = (await scans()) - flushScansBefore;
   // The hourly run that asks every slot's index (a Cluster; on one server there is one index): the marker cleared.
@@ -152,7 +157,7 @@ export async function runScaleBench(cleanup: Cleanup, redisKind: 'single' | 'clu
   await recorder.flushPending();
   await app.get(ApiTokenRedisService).client.del(INDEXES_CHECKED_KEY);
   const checkAllStarted = performance.now();
-  await flush.flushNow();
+  tookAll(await flush.flushNow());
   const flush1kCheckAllMs = performance.now() - checkAllStarted;
   const redisDownAtEnd = app.get(ApiTokenRedisService).isDown;
 

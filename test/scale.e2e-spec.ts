@@ -135,6 +135,21 @@ async function dropUnrelated(redis: Redis): Promise<void> {
     expect(await suite.redis.exists(...rows.map((r) => `api_token_active:app:${r.token}`))).toBe(0);
   });
 
+  it('keeps the request path on Redis when the flush\'s TIME goes unanswered: that run is skipped, nothing else', async () => {
+    const { token } = await tokens.create({ scope: 'app' });
+    expect((await whoami(token)).status).toBe(200);
+    const stalled = proxy.fault({ match: /^TIME\b/, action: 'hold-reply' });
+    const run = flush.flushNow();
+    await stalled.hit;
+    expect(await run).toBeNull();
+    stalled.release();
+    expect(app.get(ApiTokenRedisService).isDown).toBe(false);
+    app.get(ApiTokenCacheService).clearLocal();
+    counter.reset();
+    expect((await whoami(token)).status).toBe(200);
+    expect(counter.count()).toBe(0);
+  });
+
   it('keeps the request path on Redis when a background walk times out', async () => {
     const { token } = await tokens.create({ scope: 'app' });
     expect((await whoami(token)).status).toBe(200);

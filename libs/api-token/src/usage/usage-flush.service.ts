@@ -272,7 +272,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     } finally {
       // Not answered in time: the lock expires by itself.
       // On the background path: a run that outlasted a stalled Redis must not open the request path's circuit.
-      await this.redis.background('unlock', (_, step) => step(() => held.lock.release()), { timeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 });
+      await this.bounded('unlock', () => held.lock.release());
     }
   }
 
@@ -336,7 +336,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     // Names this run took from the list and did not drain (it stopped, a database failure included, or a
     // slot moved): the next run asks every slot's index.
     if (walk.stopped !== undefined || walk.slotMoved) {
-      await this.redis.background('flush', recheckIndexes, { timeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 });
+      await this.bounded('flush', (r) => recheckIndexes(r));
     }
     if (!walk.failed && walk.stopped === undefined && this.followUp) {
       walk.stats.expired = await this.followUp(async () => {
@@ -422,12 +422,12 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
    * the lock. The record lives two schedule gaps, so a host whose clock ran ahead blocks no tick for long.
    */
   private async claimTick(tick: number): Promise<boolean> {
-    const last = await this.redis.call('get', (r) => r.get(FLUSH_TICK_KEY));
-    if (last === undefined || Number(last) >= tick) {
-      this.logger.debug(`Usage flush skipped: tick ${tick} ${last === undefined ? 'unknown (Redis did not answer)' : 'already ran'}`);
+    const last = await this.bounded('flush', (r) => r.get(FLUSH_TICK_KEY));
+    if (last === UNCONFIRMED || Number(last) >= tick) {
+      this.logger.debug(`Usage flush skipped: tick ${tick} ${last === UNCONFIRMED ? 'unknown (Redis did not answer)' : 'already ran'}`);
       return false;
     }
-    await this.redis.call('set', (r) => r.set(FLUSH_TICK_KEY, String(tick), 'EX', this.tickTtlSeconds));
+    await this.bounded('flush', (r) => r.set(FLUSH_TICK_KEY, String(tick), 'EX', this.tickTtlSeconds));
     return true;
   }
 
@@ -436,8 +436,16 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
    * against, so an instance whose own clock is behind does not drop the others' uses.
    */
   private async redisTime(): Promise<number | undefined> {
-    const time = await this.redis.call('time', (r) => r.time());
-    return time && Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000);
+    const time = await this.bounded('time', (r) => r.time());
+    return time === UNCONFIRMED ? undefined : Number(time[0]) * 1000 + Math.floor(Number(time[1]) / 1000);
+  }
+
+  /**
+   * One command of the run outside its walk, on the background path: a run's TIME or tick read that
+   * goes unanswered skips the run, and never takes the request path off Redis.
+   */
+  private bounded<T>(operation: string, send: (redis: RedisClient) => Promise<T>): Promise<T | typeof UNCONFIRMED> {
+    return this.redis.background(operation, (r, step) => step(() => send(r)), { timeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 });
   }
 
   private async extend(lock: Lock, step: RedisStep): Promise<Lock> {

@@ -100,6 +100,6 @@ export async function indexesToDrain(redis: RedisClient, step: RedisStep): Promi
  * Cluster only: makes the next run ask every slot's index (this one took names from the list it did
  * not drain: it stopped, or a slot moved). Best effort: else the hourly pass finds them.
  */
-export async function recheckIndexes(redis: RedisClient, step: RedisStep): Promise<void> {
-  if (redis.isCluster) await step(() => redis.del(INDEXES_CHECKED_KEY)).catch(() => undefined);
+export async function recheckIndexes(redis: RedisClient): Promise<void> {
+  if (redis.isCluster) await redis.del(INDEXES_CHECKED_KEY);
 }
