@@ -135,10 +135,14 @@ async function dropUnrelated(redis: Redis): Promise<void> {
     expect(await suite.redis.exists(...rows.map((r) => `api_token_active:app:${r.token}`))).toBe(0);
   });
 
-  it('keeps the request path on Redis when the flush\'s TIME goes unanswered: that run is skipped, nothing else', async () => {
+  it.each([
+    ['lock', /^EVALSHA\b/],
+    ['TIME', /^TIME\b/],
+  ])('keeps the request path on Redis when the flush\'s %s goes unanswered: that run is skipped, nothing else', async (_, match) => {
     const { token } = await tokens.create({ scope: 'app' });
     expect((await whoami(token)).status).toBe(200);
-    const stalled = proxy.fault({ match: /^TIME\b/, action: 'hold-reply' });
+    await app.get(ApiTokenUsageRecorder).flushPending(); // the lock's script is the run's first
+    const stalled = proxy.fault({ match, action: 'hold-reply' });
     const run = flush.flushNow();
     await stalled.hit;
     expect(await run).toBeNull();

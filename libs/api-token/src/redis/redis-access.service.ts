@@ -253,27 +253,32 @@ export class ApiTokenRedisService implements OnApplicationShutdown {
   }
 
   /**
-   * One attempt (no retry) at a Redlock lock, through {@link call} so a dead Redis costs no more than
-   * any other call: the lock, {@link LOCKED} when another holder has it, undefined when Redis failed or
-   * is skipped. A lock granted after the call gave up on it is released at once.
+   * One attempt (no retry) at a Redlock lock for a background job (the usage flush, the expiry sweep),
+   * bounded by `timeoutMs` (default `redisCommandTimeoutMs`) on the {@link background} path: a lock
+   * that goes unanswered skips the job's run and never takes the request path off Redis. Answers the
+   * lock, {@link LOCKED} when another holder has it, undefined when Redis failed. A lock granted after
+   * the attempt gave up on it is released at once.
    */
-  async tryLock(resource: string, ttlMs: number, options?: RedisCallOptions): Promise<Lock | typeof LOCKED | undefined> {
-    this.redlock ??= new Redlock([this.client], { retryCount: 0, db: redisDb(this.client) });
-    const redlock = this.redlock;
+  async tryLock(resource: string, ttlMs: number, options: { timeoutMs?: number } = {}): Promise<Lock | typeof LOCKED | undefined> {
+    const timeoutMs = options.timeoutMs || this.options.redisCommandTimeoutMs;
     let attempt: Promise<Lock> | undefined;
-    const result = await this.call(
+    const result = await this.background(
       'lock',
-      () => {
-        attempt = redlock.acquire([resource], ttlMs);
-        return attempt.catch(async (error: unknown): Promise<typeof LOCKED> => {
-          if (await refusedByScript(error)) return LOCKED;
-          throw error;
-        });
-      },
-      options,
+      // On the background connection: a lock's reply that is held up holds no request's command behind it.
+      (redis, step) =>
+        step(() => {
+          const redlock = (this.redlock ??= new Redlock([redis], { retryCount: 0, db: redisDb(redis) }));
+          attempt = redlock.acquire([resource], ttlMs);
+          return attempt.catch(async (error: unknown): Promise<typeof LOCKED> => {
+            if (await refusedByScript(error)) return LOCKED;
+            throw error;
+          });
+        }),
+      { timeoutMs, commandTimeoutMs: timeoutMs, retries: 0 },
     );
-    if (result === undefined) attempt?.then((lock) => lock.release()).catch(() => undefined);
-    return result;
+    if (result !== UNCONFIRMED) return result;
+    attempt?.then((lock) => lock.release()).catch(() => undefined);
+    return undefined;
   }
 
   /**
