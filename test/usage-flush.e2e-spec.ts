@@ -1,5 +1,6 @@
 import { ApiTokenMigration, ApiTokenModule, ApiTokenStoreError, ApiTokenUsageFlushService, type UsageFlushStats } from '../libs/api-token/src';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
+import { ApiTokenUsageRecorder } from '../libs/api-token/src/usage/usage.recorder';
 import { FLUSH_JOB_NAME, FLUSH_LOCK_KEY } from '../libs/api-token/src/usage/usage-flush.service';
 import { generateApiToken } from '../libs/api-token/src/tokens/token.generator';
 import { RedisModule } from '@nestjs-modules/ioredis';
@@ -349,6 +350,16 @@ describe('usage flush', () => {
       expect((await scards()) - before).toBe(slots);
       expect(await Promise.all(tokens.map(lastUsed))).toEqual([T, T, T]);
       expect(await suite.redis.exists(LISTED_INDEXES_KEY)).toBe(0);
+    });
+
+    it('a burst of first uses lists its indexes in a few transactions on the list\'s master, not one per use', async () => {
+      const tokens = await Promise.all(Array.from({ length: 200 }, () => newToken()));
+      const recorder = app.get(ApiTokenUsageRecorder);
+      const before = await commandCalls(suite.redis, 'exec');
+      for (const token of tokens) recorder.record('app', token); // each token's first use: written at once
+      await recorder.flushPending();
+      expect((await commandCalls(suite.redis, 'exec')) - before).toBeLessThanOrEqual(5);
+      expect(await flush.flushNow()).toMatchObject({ taken: 200, updated: 200 });
     });
 
     it('a name listed while a run takes the list is drained by that run or stays listed for the next', async () => {

@@ -63,13 +63,35 @@ export function activeIndexKey(redis: RedisClient, key: string): string {
  * Writes uses as the recorder does: each key (unless it holds a newer time) with its index entry, in
  * one script; then, on a Cluster, the names of their indexes in {@link LISTED_INDEXES_KEY}. The list
  * comes after the scripts, never before: a run that takes the list between the two finds the name
- * again next run, and one that takes it after drains an index that already holds the use.
+ * again next run, and one that takes it after drains an index that already holds the use. Rejects
+ * when Redis refused any of it (the uses are then written again: both steps are idempotent).
  */
-export async function writeUses(redis: RedisClient, uses: readonly [key: string, value: string][], ttlSeconds: number): Promise<void> {
+export async function writeUses(redis: RedisClient, uses: readonly [key: string, value: string][], ttlSeconds: number, list = new IndexList()): Promise<void> {
   await Promise.all(uses.map(([key, value]) => setIfNewer(redis, key, value, ttlSeconds, activeIndexKey(redis, key))));
-  if (!redis.isCluster || !uses.length) return;
-  const names = new Set(uses.map(([key]) => activeIndexKey(redis, key)));
-  await redis.multi().sadd(LISTED_INDEXES_KEY, ...names).expire(LISTED_INDEXES_KEY, ttlSeconds).exec();
+  if (redis.isCluster && uses.length) await list.add(redis, uses.map(([key]) => activeIndexKey(redis, key)), ttlSeconds);
+}
+
+/**
+ * Adds names to {@link LISTED_INDEXES_KEY}, those of every write that ends in one turn of the event
+ * loop in one MULTI (SADD, EXPIRE): the list is one key on one master, and a burst of a thousand
+ * first uses sent it a thousand transactions.
+ */
+export class IndexList {
+  private batch: { names: Set<string>; sent: Promise<unknown> } | undefined;
+
+  /** Resolves when Redis has listed the names (with the others of their batch); rejects when it did not. */
+  add(redis: RedisClient, indexes: readonly string[], ttlSeconds: number): Promise<unknown> {
+    if (!this.batch) {
+      const names = new Set<string>();
+      const sent = new Promise((resolve) => setImmediate(resolve)).then(() => {
+        this.batch = undefined;
+        return redis.multi().sadd(LISTED_INDEXES_KEY, ...names).expire(LISTED_INDEXES_KEY, ttlSeconds).exec();
+      });
+      this.batch = { names, sent };
+    }
+    for (const index of indexes) this.batch.names.add(index);
+    return this.batch.sent;
+  }
 }
 
 /**

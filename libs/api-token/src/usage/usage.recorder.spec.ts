@@ -29,6 +29,24 @@ describe('ApiTokenUsageRecorder', () => {
     expect(jest.getTimerCount()).toBe(0);
   });
 
+  it('flushPending() waits for a first use\'s write still under way, so a flush that follows finds it', async () => {
+    let answer: (() => void) | undefined;
+    const client = {
+      apiTokenSetIfNewer: () => Promise.resolve(1),
+      apiTokenSetIfNewerIndexed: () => new Promise<number>((resolve) => (answer = () => resolve(1))),
+    };
+    const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => send(client) };
+    const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
+    recorder.record('app', 'app-aaaaaaaaaaaaaaaaaaaaaaaa'); // written at once: the write is in flight
+    let flushed = false;
+    const flushing = recorder.flushPending().then(() => (flushed = true));
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(flushed).toBe(false);
+    answer!();
+    await flushing;
+    expect(flushed).toBe(true);
+  });
+
   it('a token already waiting for the timer costs no LRU read per use, and the timer writes its newest time once', async () => {
     const { recorder, written, key } = recordingAt(Date.UTC(2026, 1, 3, 10, 0, 0));
     recorder.recordKey(key, performance.now()); // written at once

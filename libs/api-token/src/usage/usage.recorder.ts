@@ -5,7 +5,7 @@ import { ACTIVE_KEY_TTL_SECONDS, activeKey } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { formatNaiveUtc } from '../store/api-token.record';
 import { ApiTokenRedisService } from '../redis/redis-access.service';
-import { writeUses } from './usage.index';
+import { IndexList, writeUses } from './usage.index';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 const MAX_TRACKED = 100_000;
@@ -40,6 +40,7 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
   private pending = new Map<string, PendingUse>();
   private timer: NodeJS.Timeout | undefined;
   private readonly writing = new Set<Promise<void>>();
+  private readonly indexList = new IndexList();
 
   constructor(
     private readonly redis: ApiTokenRedisService,
@@ -82,8 +83,12 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
     this.writing.add(write);
   }
 
-  /** Writes every pending use now; resolves when Redis has answered. */
+  /**
+   * Writes every use recorded so far: waits for the writes under way (one Redis refused leaves its use
+   * pending), then writes what is pending; resolves when Redis has answered.
+   */
   async flushPending(): Promise<void> {
+    await Promise.all(this.writing);
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     if (this.pending.size === 0) return;
@@ -94,12 +99,11 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
   }
 
   /**
-   * Waits for the writes under way, then writes what is pending, so closing the application loses no
+   * Writes the uses under way and pending ({@link flushPending}), so closing the application loses no
    * use. Before shutdown, not on it: `@nestjs-modules/ioredis` may quit the connection in its own
    * `onApplicationShutdown` first.
    */
   async beforeApplicationShutdown(): Promise<void> {
-    await Promise.all(this.writing);
     await this.flushPending();
   }
 
@@ -110,7 +114,7 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
   /** Writes uses dated by the wall clock (milliseconds); what Redis refused waits for the timer again. */
   private async write(entries: [key: string, ms: number][]): Promise<void> {
     const done = await this.redis.call('set', (r) =>
-      writeUses(r, entries.map(([key, ms]) => [key, formatNaiveUtc(new Date(ms))]), ACTIVE_KEY_TTL_SECONDS).then(() => true),
+      writeUses(r, entries.map(([key, ms]) => [key, formatNaiveUtc(new Date(ms))]), ACTIVE_KEY_TTL_SECONDS, this.indexList).then(() => true),
     );
     if (done !== undefined) return;
     const lead = wallClockLead();
