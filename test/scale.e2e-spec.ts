@@ -154,6 +154,23 @@ async function dropUnrelated(redis: Redis): Promise<void> {
     expect(counter.count()).toBe(0);
   });
 
+  it('keeps the request path on Redis when a use\'s write goes unanswered past the request path\'s bound', async () => {
+    const { token } = await tokens.create({ scope: 'app' });
+    expect((await whoami(token)).status).toBe(200);
+    const recorder = app.get(ApiTokenUsageRecorder);
+    await recorder.flushPending();
+    const stalled = proxy.fault({ match: /^EVALSHA\b/, action: 'hold-reply' });
+    recorder.record('app', generateApiToken('app')); // a first use: written at once, its reply held
+    await stalled.hit;
+    await recorder.flushPending(); // resolves once the write has given up (it stays pending)
+    expect(app.get(ApiTokenRedisService).isDown).toBe(false);
+    stalled.release();
+    app.get(ApiTokenCacheService).clearLocal();
+    counter.reset();
+    expect((await whoami(token)).status).toBe(200);
+    expect(counter.count()).toBe(0);
+  });
+
   it('keeps the request path on Redis when a background walk times out', async () => {
     const { token } = await tokens.create({ scope: 'app' });
     expect((await whoami(token)).status).toBe(200);

@@ -1,6 +1,10 @@
 import { ApiTokenUsageRecorder } from './usage.recorder';
 import { resolveApiTokenOptions } from '../api-token.options';
-import type { ApiTokenRedisService } from '../redis/redis-access.service';
+import { type ApiTokenRedisService, UNCONFIRMED } from '../redis/redis-access.service';
+
+/** What the recorder hands the Redis stub: a write, given the client and a step (here: no bound). */
+type Write = (redis: unknown, step: (send: () => Promise<unknown>) => Promise<unknown>) => Promise<unknown>;
+const unbounded = (send: () => Promise<unknown>) => send();
 
 /** A recorder over a Redis stub that keeps the arguments of each write, with fake timers from `now`. */
 function recordingAt(now: number) {
@@ -11,7 +15,7 @@ function recordingAt(now: number) {
     apiTokenSetIfNewer: async (...args: unknown[]) => (written.push(args.map(String)), 1),
     apiTokenSetIfNewerIndexed: async (key: unknown, _index: unknown, ...rest: unknown[]) => (written.push([key, ...rest].map(String)), 1),
   };
-  const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => send(client) };
+  const redis = { background: async (_op: string, write: Write) => write(client, unbounded) };
   const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
   return { recorder, written, key: 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa' };
 }
@@ -21,7 +25,7 @@ describe('ApiTokenUsageRecorder', () => {
 
   it('coalesces a burst of uses behind one timer, and starts no other (lru-cache clock timers cost every busy millisecond)', async () => {
     jest.useFakeTimers();
-    const redis = { call: async () => [] };
+    const redis = { background: async () => [] };
     const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
     for (let i = 0; i < 5; i++) recorder.record('app', 'app-aaaaaaaaaaaaaaaaaaaaaaaa');
     expect(jest.getTimerCount()).toBe(1);
@@ -35,7 +39,7 @@ describe('ApiTokenUsageRecorder', () => {
       apiTokenSetIfNewer: () => Promise.resolve(1),
       apiTokenSetIfNewerIndexed: () => new Promise<number>((resolve) => (answer = () => resolve(1))),
     };
-    const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => send(client) };
+    const redis = { background: async (_op: string, write: Write) => write(client, unbounded) };
     const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
     recorder.record('app', 'app-aaaaaaaaaaaaaaaaaaaaaaaa'); // written at once: the write is in flight
     let flushed = false;
@@ -83,10 +87,10 @@ describe('ApiTokenUsageRecorder', () => {
     };
     const redis = {
       // The first write (the first use, written at once) waits until the test lets it fail; later ones answer.
-      call: (_op: string, send: (r: unknown) => Promise<unknown>) =>
+      background: (_op: string, write: Write) =>
         fail === undefined && written.length === 0
-          ? new Promise((resolve) => (fail = () => resolve(undefined)))
-          : send(client),
+          ? new Promise((resolve) => (fail = () => resolve(UNCONFIRMED)))
+          : write(client, unbounded),
     };
     const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
     const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
@@ -109,7 +113,7 @@ describe('ApiTokenUsageRecorder', () => {
       apiTokenSetIfNewerIndexed: async (_key: string, _index: string, value: string) => (written.push(value), 1),
     };
     let down = true;
-    const redis = { call: async (_op: string, send: (r: unknown) => Promise<unknown>) => (down ? undefined : send(client)) };
+    const redis = { background: async (_op: string, write: Write) => (down ? UNCONFIRMED : write(client, unbounded)) };
     const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
     const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
     recorder.recordKey(key, performance.now()); // written at once, refused: pending at 10:00:00.000

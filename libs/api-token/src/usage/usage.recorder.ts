@@ -4,12 +4,14 @@ import { API_TOKEN_OPTIONS } from '../api-token.constants';
 import { ACTIVE_KEY_TTL_SECONDS, activeKey } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { formatNaiveUtc } from '../store/api-token.record';
-import { ApiTokenRedisService } from '../redis/redis-access.service';
+import { ApiTokenRedisService, UNCONFIRMED } from '../redis/redis-access.service';
 import { IndexList, writeUses } from './usage.index';
 import { ApiTokenMetrics } from '../metrics/api-token.metrics';
 
 const MAX_TRACKED = 100_000;
 const RETRY_MS = 1000;
+/** Bound of one write of uses (a script per key, then on a Cluster the list of their indexes). */
+const WRITE_TIMEOUT_MS = 1000;
 
 /**
  * A use waiting for the timer: its newest time on the monotonic clock (`performance.now()`), which later
@@ -113,10 +115,17 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
 
   /** Writes uses dated by the wall clock (milliseconds); what Redis refused waits for the timer again. */
   private async write(entries: [key: string, ms: number][]): Promise<void> {
-    const done = await this.redis.call('set', (r) =>
-      writeUses(r, entries.map(([key, ms]) => [key, formatNaiveUtc(new Date(ms))]), ACTIVE_KEY_TTL_SECONDS, this.indexList).then(() => true),
-    );
-    if (done !== undefined) return;
+    // Nobody waits on a use's write: on the background path (its own connection on a single node), so
+    // a burst of first uses whose tail outlasts the request path's bound never takes requests off
+    // Redis. While the request path finds Redis down, the use waits for the timer instead.
+    const done =
+      !this.redis.isDown &&
+      (await this.redis.background(
+        'set',
+        (r, step) => step(() => writeUses(r, entries.map(([key, ms]) => [key, formatNaiveUtc(new Date(ms))]), ACTIVE_KEY_TTL_SECONDS, this.indexList)),
+        { timeoutMs: WRITE_TIMEOUT_MS, commandTimeoutMs: WRITE_TIMEOUT_MS, retries: 0 },
+      )) !== UNCONFIRMED;
+    if (done) return;
     const lead = wallClockLead();
     for (let i = 0; i < entries.length; i++) {
       if (this.pending.size >= MAX_TRACKED) {
