@@ -22,6 +22,10 @@ export interface ScaleBenchResult {
   revokes: number;
   revokeP50Ms: number;
   revokeP99Ms: number;
+  /** 100 more revocations while the every-scope sweep of the first 200 walks. */
+  revokeDuringSweepP50Ms: number;
+  revokeDuringSweepP99Ms: number;
+  /** Of all 300. */
   revokesConfirmed: number;
   revokeScans: number;
   tenantP99Ms: number;
@@ -114,24 +118,33 @@ export async function runScaleBench(cleanup: Cleanup, redisKind: 'single' | 'clu
   const tokens = app.get(ApiTokenService);
   const tenantId = randomUUID();
   const created = [];
-  for (let i = 0; i < 200; i++) created.push(await tokens.create({ scope: 'app', tenantId }));
+  for (let i = 0; i < 300; i++) created.push(await tokens.create({ scope: 'app', tenantId }));
   const scans = async () => {
     let total = 0;
     for (const master of redis.masters) total += (await commandStats(master)).get('scan') ?? 0;
     return total;
   };
 
-  const revokeTimes: number[] = [];
   let confirmed = 0;
+  const revokeAll = async (batch: { token: string }[]): Promise<number[]> => {
+    const times: number[] = [];
+    for (const { token } of batch) {
+      const started = performance.now();
+      const outcome = await tokens.revoke(token);
+      times.push(performance.now() - started);
+      if (outcome.cacheCleared) confirmed++;
+    }
+    return times;
+  };
   const scansBefore = await scans();
-  for (const { token } of created) {
-    const started = performance.now();
-    const outcome = await tokens.revoke(token);
-    revokeTimes.push(performance.now() - started);
-    if (outcome.cacheCleared) confirmed++;
-  }
+  const revokeTimes = await revokeAll(created.slice(0, 200));
   // Read before the background sweep has had a turn on most of them: what the revocations sent.
   const revokeScans = (await scans()) - scansBefore;
+  // The sweep of those 200 starts once they have paused (250 ms) and walks every master: 100 more
+  // revocations while it walks, their DELs queued behind its SCANs on a shared Redis.
+  const sweepStarted = await scans();
+  for (const giveUp = Date.now() + 10_000; (await scans()) === sweepStarted && Date.now() < giveUp; ) await new Promise((resolve) => setTimeout(resolve, 20));
+  const duringSweepTimes = await revokeAll(created.slice(200));
 
   const tenantTimes: number[] = [];
   for (let i = 0; i < 50; i++) {
@@ -173,9 +186,11 @@ export async function runScaleBench(cleanup: Cleanup, redisKind: 'single' | 'clu
   return {
     redis: redisKind,
     unrelatedKeys,
-    revokes: created.length,
+    revokes: revokeTimes.length,
     revokeP50Ms: ms(p(revokeTimes, 0.5)),
     revokeP99Ms: ms(p(revokeTimes, 0.99)),
+    revokeDuringSweepP50Ms: ms(p(duringSweepTimes, 0.5)),
+    revokeDuringSweepP99Ms: ms(p(duringSweepTimes, 0.99)),
     revokesConfirmed: confirmed,
     revokeScans,
     tenantP99Ms: ms(p(tenantTimes, 0.99)),
@@ -198,7 +213,8 @@ export function renderScaleResults(r: ScaleBenchResult): string {
     '| measure | result | target |',
     '|---|---:|---|',
     `| revoke() p50 / p99 (${r.revokes} revokes) | ${r.revokeP50Ms} / ${r.revokeP99Ms} ms | p99 ≤ 20 ms |`,
-    `| revocations confirmed (cacheCleared) | ${r.revokesConfirmed} / ${r.revokes} | all |`,
+    `| revoke() p50 / p99, 100 more while the background sweep of the first 200 walks | ${r.revokeDuringSweepP50Ms} / ${r.revokeDuringSweepP99Ms} ms | |`,
+    `| revocations confirmed (cacheCleared) | ${r.revokesConfirmed} / ${r.revokes + 100} | all |`,
     `| SCANs sent while revoking (background sweep included if it ran) | ${r.revokeScans} | 0 from the revocations |`,
     `| invalidateTenant p99 | ${r.tenantP99Ms} ms | ≤ 20 ms |`,
     `| flush of 1,000 library uses | ${r.flush1kMs} ms, ${r.flush1kScans} SCANs | ≤ 200 ms |`,

@@ -9,6 +9,14 @@ const SLICE_MS = 25;
 const PAUSE_MS = 50;
 /** Wait after a slice Redis did not answer; the walk then resumes where it was. */
 const RETRY_MS = 1000;
+/**
+ * A walk starts once revocations have paused for this long, and at most {@link MAX_WAIT_MS} after the
+ * first token queued for it: a burst of revocations is swept by one walk, after the burst, instead of
+ * one walk for its first token and another for the rest while the burst's own DELs queue behind the
+ * first walk's SCANs.
+ */
+const QUIET_MS = 250;
+const MAX_WAIT_MS = 5000;
 
 /**
  * The every-scope sweep, in the background: after a revocation has deleted the keys its token can be
@@ -26,6 +34,8 @@ export class ApiTokenScopeSweep implements OnApplicationShutdown {
   private walking: Set<string> | null = null;
   private position: SweepPosition = { node: 0, cursor: '0' };
   private timer: NodeJS.Timeout | undefined;
+  /** When the first token waiting for a walk that has not started was queued (`Date.now()`). */
+  private firstQueuedAt: number | undefined;
   private running: Promise<void> | undefined;
   private closing = false;
   private walks = 0;
@@ -50,7 +60,13 @@ export class ApiTokenScopeSweep implements OnApplicationShutdown {
       return;
     }
     this.queued.add(token);
-    this.schedule(0);
+    // A walk under way goes on at its pace and then starts the next, which takes this token.
+    if (this.walking) return;
+    const now = Date.now();
+    this.firstQueuedAt ??= now;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.schedule(Math.max(0, Math.min(QUIET_MS, this.firstQueuedAt + MAX_WAIT_MS - now)));
   }
 
   /** Runs slices until nothing waits (for tests and tools; the sweep runs by itself otherwise). */
@@ -80,6 +96,7 @@ export class ApiTokenScopeSweep implements OnApplicationShutdown {
       if (this.queued.size === 0) return;
       this.walking = this.queued;
       this.queued = new Set();
+      this.firstQueuedAt = undefined;
       this.position = { node: 0, cursor: '0' };
     }
     const done = await this.cache.sweepSlice(this.walking, this.position, SLICE_MS);

@@ -48,7 +48,13 @@ export interface LocalHit extends LocalEntry {
 }
 const MISS: CacheLookup = { status: 'miss' };
 const NEGATIVE_ANSWER: CacheLookup = { status: 'negative' };
-const SCAN_COUNT = 1000;
+/**
+ * Buckets one SCAN of the every-scope sweep visits. Redis runs a command at a time, so a revocation's
+ * DEL sent while the sweep walks waits for the SCAN ahead of it: at COUNT 1000 on a master of 3.3M keys
+ * that SCAN took 3–13 ms (SLOWLOG), and a revocation's p99 beside the sweep was 21–39 ms against 8 ms
+ * without it. At 100 a SCAN holds Redis a tenth as long; the sweep, paced by time, walks a little slower.
+ */
+const SWEEP_SCAN_COUNT = 100;
 const GENERATION_TTL_SECONDS = 3600;
 /**
  * A fill's write is refused once this late by Redis's clock: well below the generation's TTL, so an
@@ -352,7 +358,7 @@ export class ApiTokenCacheService {
       const stopAt = Date.now() + budgetMs;
       while (position.node < nodes.length) {
         const node = nodes[position.node];
-        const [next, keys] = await step(() => node.scan(position.cursor, 'MATCH', pattern, 'COUNT', SCAN_COUNT));
+        const [next, keys] = await step(() => node.scan(position.cursor, 'MATCH', pattern, 'COUNT', SWEEP_SCAN_COUNT));
         const mine = keys.filter((key) => tokens.has(parseScopedKey(CACHE_KEY_PREFIX, key)?.token ?? ''));
         if (mine.length) {
           await step(() => Promise.all(mine.map((key) => node.del(key))));
