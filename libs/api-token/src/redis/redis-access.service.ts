@@ -209,6 +209,7 @@ export class ApiTokenRedisService implements OnApplicationShutdown {
   onApplicationShutdown(): void {
     this.background$?.disconnect();
     this.background$ = undefined;
+    this.redlock = undefined; // it held the connection just closed
   }
 
   private async run<T, F>(
