@@ -1,4 +1,5 @@
-import { ApiTokenAuthenticator, ApiTokenGuard } from '../libs/api-token/src';
+import { ApiTokenAuthenticator, ApiTokenGuard, ApiTokenService } from '../libs/api-token/src';
+import { ApiTokenScopeSweep } from '../libs/api-token/src/cache/scope.sweep';
 import { ApiTokenCacheService } from '../libs/api-token/src/cache/token-cache.service';
 import { ApiTokenRepository } from '../libs/api-token/src/store/api-token.repository';
 import { type ApiTokenRecord, parseRecord, toNaiveUtc } from '../libs/api-token/src/store/api-token.record';
@@ -225,6 +226,27 @@ describe.each(['express', 'fastify'] as const)('request path (%s)', (adapter) =>
       expect(res.body.message).toBe(INVALID);
       expect(counter.count(/api_tokens/)).toBe(0);
       expect(await suite.redis.exists(`api_token:app:${token}`)).toBe(0);
+    });
+
+    it('the sweep after a revocation deletes the entry in a scope the token never had, not one filled after it in its own', async () => {
+      const { token } = await newToken('app');
+      expect((await whoami('/dataset/whoami', `Bearer ${token}`)).status).toBe(401); // cached refused under dataset
+      await app.get(ApiTokenService).revoke(token);
+      expect((await whoami('/app/whoami', `Bearer ${token}`)).status).toBe(401); // refused, filled after the revocation
+      expect(await suite.redis.exists(`api_token:app:${token}`)).toBe(1);
+      // What the sweep itself deletes (the revocation log's poll may also drop the refilled entry).
+      const cache = app.get(ApiTokenCacheService);
+      const sweepSlice = cache.sweepSlice.bind(cache);
+      const swept: string[] = [];
+      jest.spyOn(cache, 'sweepSlice').mockImplementation((tokens, position, budgetMs) => sweepSlice(tokens, position, budgetMs, swept));
+      try {
+        await app.get(ApiTokenScopeSweep).drain();
+      } finally {
+        jest.restoreAllMocks();
+      }
+      // Not the app entry: deleting it would only cost the next request a query for an answer it already has.
+      expect(swept).toEqual([`api_token:dataset:${token}`]);
+      expect(await suite.redis.exists(`api_token:dataset:${token}`)).toBe(0);
     });
 
     it('deleting by a token with glob characters deletes nothing else', async () => {

@@ -1,6 +1,6 @@
 import { Injectable, Logger, OnApplicationShutdown } from '@nestjs/common';
 import { UNCONFIRMED } from '../redis/redis-access.service';
-import { ApiTokenCacheService, type SweepPosition } from './token-cache.service';
+import { ApiTokenCacheService, type SweepPosition, namedKeys } from './token-cache.service';
 
 /** Tokens waiting for the sweep; past this, new ones are not swept (their named keys were deleted all the same). */
 const MAX_QUEUED = 10_000;
@@ -30,8 +30,9 @@ const MAX_WAIT_MS = 5000;
 @Injectable()
 export class ApiTokenScopeSweep implements OnApplicationShutdown {
   private readonly logger = new Logger(ApiTokenScopeSweep.name);
-  private queued = new Set<string>();
-  private walking: Set<string> | null = null;
+  /** Tokens waiting for a walk, each with the keys its invalidations deleted by name (not swept). */
+  private queued = new Map<string, Set<string>>();
+  private walking: Map<string, Set<string>> | null = null;
   private position: SweepPosition = { node: 0, cursor: '0' };
   private timer: NodeJS.Timeout | undefined;
   /** When the first token waiting for a walk that has not started was queued (`Date.now()`). */
@@ -52,14 +53,20 @@ export class ApiTokenScopeSweep implements OnApplicationShutdown {
     return this.walking !== null || this.queued.size > 0;
   }
 
-  /** Adds a (stored) token to the next walk. */
-  enqueue(token: string): void {
+  /**
+   * Adds a (stored) token to the next walk, after an invalidation deleted its entries in `scopes` by
+   * name (`ApiTokenCacheService.deleteNamed`): the walk deletes its entries in every other scope.
+   */
+  enqueue(token: string, scopes: readonly (string | null)[]): void {
     if (this.closing) return;
     if (this.queued.size >= MAX_QUEUED) {
       this.logger.warn('Every-scope sweep queue full; a revoked token\'s entries in scopes it never had live until their TTL');
       return;
     }
-    this.queued.add(token);
+    // Queued twice (a policy change, then a revocation): only keys both deleted by name are skipped.
+    const named = new Set(namedKeys(token, scopes));
+    const earlier = this.queued.get(token);
+    this.queued.set(token, earlier ? new Set([...earlier].filter((key) => named.has(key))) : named);
     // A walk under way goes on at its pace and then starts the next, which takes this token.
     if (this.walking) return;
     const now = Date.now();
@@ -95,7 +102,7 @@ export class ApiTokenScopeSweep implements OnApplicationShutdown {
     if (!this.walking) {
       if (this.queued.size === 0) return;
       this.walking = this.queued;
-      this.queued = new Set();
+      this.queued = new Map();
       this.firstQueuedAt = undefined;
       this.position = { node: 0, cursor: '0' };
     }

@@ -55,6 +55,10 @@ const NEGATIVE_ANSWER: CacheLookup = { status: 'negative' };
  * without it. At 100 a SCAN holds Redis a tenth as long; the sweep, paced by time, walks a little slower.
  */
 const SWEEP_SCAN_COUNT = 100;
+/** The keys a token's entries can be named by: one per scope of `scopes` (null: `any`), and Dify's scope-less `None`. */
+export const namedKeys = (token: string, scopes: readonly (string | null)[]): string[] => [
+  ...new Set([...scopes.map((scope) => cacheKey(scope, token)), `${CACHE_KEY_PREFIX}:${DIFY_NO_SCOPE}:${token}`]),
+];
 const GENERATION_TTL_SECONDS = 3600;
 /**
  * A fill's write is refused once this late by Redis's clock: well below the generation's TTL, so an
@@ -332,7 +336,7 @@ export class ApiTokenCacheService {
    * when Redis confirmed the deletes and every {@link onEviction} listener its part.
    */
   async deleteNamed(token: string, scopes: readonly (string | null)[], tenantIds: readonly string[] = []): Promise<boolean> {
-    const keys = [...new Set([...scopes.map((scope) => cacheKey(scope, token)), `${CACHE_KEY_PREFIX}:${DIFY_NO_SCOPE}:${token}`])];
+    const keys = namedKeys(token, scopes);
     this.evictLocal(keys);
     const deleted = await this.redis.attempt(
       'del',
@@ -346,20 +350,24 @@ export class ApiTokenCacheService {
   /**
    * One slice of the every-scope sweep (see `ApiTokenScopeSweep`): walks `api_token:*` from `position`
    * on the background path (bounded, retried, never the request path's circuit) for at most `budgetMs`,
-   * deleting the entries whose token part is one of `tokens` exactly (tokens are literals, never
-   * patterns). Moves `position` on; answers whether the walk reached the end of the keyspace, or
+   * deleting the entries whose token part is a key of `tokens` exactly (tokens are literals, never
+   * patterns), except the keys its set names: those the revocation deleted by name, so an entry there
+   * now was filled after it, from the row as it is (deleting it would only cost a query). Moves `position` on; answers whether the walk reached the end of the keyspace, or
    * {@link UNCONFIRMED} when Redis did not answer (the position stays where the last page was done).
    */
-  async sweepSlice(tokens: ReadonlySet<string>, position: SweepPosition, budgetMs: number, deleted: string[] = []): Promise<boolean | Unconfirmed> {
+  async sweepSlice(tokens: ReadonlyMap<string, ReadonlySet<string>>, position: SweepPosition, budgetMs: number, deleted: string[] = []): Promise<boolean | Unconfirmed> {
     const found: string[] = [];
-    const pattern = tokens.size === 1 ? `${CACHE_KEY_PREFIX}:*:${escapeGlob([...tokens][0])}` : `${CACHE_KEY_PREFIX}:*`;
+    const pattern = tokens.size === 1 ? `${CACHE_KEY_PREFIX}:*:${escapeGlob([...tokens.keys()][0])}` : `${CACHE_KEY_PREFIX}:*`;
     const done = await this.redis.background('scan', async (r, step) => {
       const nodes = keyNodes(r);
       const stopAt = Date.now() + budgetMs;
       while (position.node < nodes.length) {
         const node = nodes[position.node];
         const [next, keys] = await step(() => node.scan(position.cursor, 'MATCH', pattern, 'COUNT', SWEEP_SCAN_COUNT));
-        const mine = keys.filter((key) => tokens.has(parseScopedKey(CACHE_KEY_PREFIX, key)?.token ?? ''));
+        const mine = keys.filter((key) => {
+          const named = tokens.get(parseScopedKey(CACHE_KEY_PREFIX, key)?.token ?? '');
+          return named !== undefined && !named.has(key);
+        });
         if (mine.length) {
           await step(() => Promise.all(mine.map((key) => node.del(key))));
           found.push(...mine);
@@ -386,7 +394,7 @@ export class ApiTokenCacheService {
     const deleted: string[] = [];
     const position: SweepPosition = { node: 0, cursor: '0' };
     for (;;) {
-      const done = await this.sweepSlice(new Set([token]), position, 1000, deleted);
+      const done = await this.sweepSlice(new Map([[token, new Set<string>()]]), position, 1000, deleted);
       if (done === UNCONFIRMED) return UNCONFIRMED;
       if (done) return deleted;
     }

@@ -500,7 +500,7 @@ export class ApiTokenService implements OnApplicationShutdown {
     // costs a revocation nothing. Entries in scopes it never had go to the background sweep, which
     // decides neither the answer nor the retry.
     const deleted = await this.cache.deleteNamed(stored, scopes, tenants);
-    this.scopeSweep?.enqueue(stored);
+    this.scopeSweep?.enqueue(stored, scopes);
     return bumped && deleted;
   }
 
