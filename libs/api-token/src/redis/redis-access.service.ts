@@ -191,6 +191,14 @@ export class ApiTokenRedisService implements OnApplicationShutdown {
   }
 
   /**
+   * One call on the {@link background} path, sent once (no retry): for a call nobody on the request
+   * path waits on (a job's lock, `TIME` or tick; a write of uses). The answer, or {@link UNCONFIRMED}.
+   */
+  backgroundCall<T>(operation: string, call: (redis: RedisClient) => Promise<T>, options: Omit<RedisBackgroundOptions, 'retries'>): Promise<T | Unconfirmed> {
+    return this.background(operation, (redis, step) => step(() => call(redis)), { ...options, retries: 0 });
+  }
+
+  /**
    * The background path's own connection (a duplicate of the application's client, made on first use):
    * a stalled SCAN or a large page of the flush's reads then holds up no request's GET behind it on one socket
    * (single node and Sentinel; see below for a Cluster).
@@ -263,19 +271,18 @@ export class ApiTokenRedisService implements OnApplicationShutdown {
   async tryLock(resource: string, ttlMs: number, options: { timeoutMs?: number } = {}): Promise<Lock | typeof LOCKED | undefined> {
     const timeoutMs = options.timeoutMs || this.options.redisCommandTimeoutMs;
     let attempt: Promise<Lock> | undefined;
-    const result = await this.background(
+    const result = await this.backgroundCall(
       'lock',
       // On the background connection: a lock's reply that is held up holds no request's command behind it.
-      (redis, step) =>
-        step(() => {
-          const redlock = (this.redlock ??= new Redlock([redis], { retryCount: 0, db: redisDb(redis) }));
-          attempt = redlock.acquire([resource], ttlMs);
-          return attempt.catch(async (error: unknown): Promise<typeof LOCKED> => {
-            if (await refusedByScript(error)) return LOCKED;
-            throw error;
-          });
-        }),
-      { timeoutMs, commandTimeoutMs: timeoutMs, retries: 0 },
+      (redis) => {
+        const redlock = (this.redlock ??= new Redlock([redis], { retryCount: 0, db: redisDb(redis) }));
+        attempt = redlock.acquire([resource], ttlMs);
+        return attempt.catch(async (error: unknown): Promise<typeof LOCKED> => {
+          if (await refusedByScript(error)) return LOCKED;
+          throw error;
+        });
+      },
+      { timeoutMs, commandTimeoutMs: timeoutMs },
     );
     if (result !== UNCONFIRMED) return result;
     attempt?.then((lock) => lock.release()).catch(() => undefined);

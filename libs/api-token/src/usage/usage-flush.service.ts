@@ -445,7 +445,7 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
    * goes unanswered skips the run, and never takes the request path off Redis.
    */
   private bounded<T>(operation: string, send: (redis: RedisClient) => Promise<T>): Promise<T | typeof UNCONFIRMED> {
-    return this.redis.background(operation, (r, step) => step(() => send(r)), { timeoutMs: BATCH_CALL_TIMEOUT_MS, retries: 0 });
+    return this.redis.backgroundCall(operation, send, { timeoutMs: BATCH_CALL_TIMEOUT_MS });
   }
 
   private async extend(lock: Lock, step: RedisStep): Promise<Lock> {

@@ -2,9 +2,8 @@ import { ApiTokenUsageRecorder } from './usage.recorder';
 import { resolveApiTokenOptions } from '../api-token.options';
 import { type ApiTokenRedisService, UNCONFIRMED } from '../redis/redis-access.service';
 
-/** What the recorder hands the Redis stub: a write, given the client and a step (here: no bound). */
-type Write = (redis: unknown, step: (send: () => Promise<unknown>) => Promise<unknown>) => Promise<unknown>;
-const unbounded = (send: () => Promise<unknown>) => send();
+/** What the recorder hands the Redis stub: a write, given the client. */
+type Write = (redis: unknown) => Promise<unknown>;
 
 /** A recorder over a Redis stub that keeps the arguments of each write, with fake timers from `now`. */
 function recordingAt(now: number) {
@@ -15,7 +14,7 @@ function recordingAt(now: number) {
     apiTokenSetIfNewer: async (...args: unknown[]) => (written.push(args.map(String)), 1),
     apiTokenSetIfNewerIndexed: async (key: unknown, _index: unknown, ...rest: unknown[]) => (written.push([key, ...rest].map(String)), 1),
   };
-  const redis = { background: async (_op: string, write: Write) => write(client, unbounded) };
+  const redis = { backgroundCall: async (_op: string, write: Write) => write(client) };
   const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
   return { recorder, written, key: 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa' };
 }
@@ -25,7 +24,7 @@ describe('ApiTokenUsageRecorder', () => {
 
   it('coalesces a burst of uses behind one timer, and starts no other (lru-cache clock timers cost every busy millisecond)', async () => {
     jest.useFakeTimers();
-    const redis = { background: async () => [] };
+    const redis = { backgroundCall: async () => [] };
     const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
     for (let i = 0; i < 5; i++) recorder.record('app', 'app-aaaaaaaaaaaaaaaaaaaaaaaa');
     expect(jest.getTimerCount()).toBe(1);
@@ -39,7 +38,7 @@ describe('ApiTokenUsageRecorder', () => {
       apiTokenSetIfNewer: () => Promise.resolve(1),
       apiTokenSetIfNewerIndexed: () => new Promise<number>((resolve) => (answer = () => resolve(1))),
     };
-    const redis = { background: async (_op: string, write: Write) => write(client, unbounded) };
+    const redis = { backgroundCall: async (_op: string, write: Write) => write(client) };
     const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
     recorder.record('app', 'app-aaaaaaaaaaaaaaaaaaaaaaaa'); // written at once: the write is in flight
     let flushed = false;
@@ -87,10 +86,10 @@ describe('ApiTokenUsageRecorder', () => {
     };
     const redis = {
       // The first write (the first use, written at once) waits until the test lets it fail; later ones answer.
-      background: (_op: string, write: Write) =>
+      backgroundCall: (_op: string, write: Write) =>
         fail === undefined && written.length === 0
           ? new Promise((resolve) => (fail = () => resolve(UNCONFIRMED)))
-          : write(client, unbounded),
+          : write(client),
     };
     const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
     const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
@@ -113,7 +112,7 @@ describe('ApiTokenUsageRecorder', () => {
       apiTokenSetIfNewerIndexed: async (_key: string, _index: string, value: string) => (written.push(value), 1),
     };
     let down = true;
-    const redis = { background: async (_op: string, write: Write) => (down ? UNCONFIRMED : write(client, unbounded)) };
+    const redis = { backgroundCall: async (_op: string, write: Write) => (down ? UNCONFIRMED : write(client)) };
     const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
     const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
     recorder.recordKey(key, performance.now()); // written at once, refused: pending at 10:00:00.000

@@ -120,10 +120,10 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
     // Redis. While the request path finds Redis down, the use waits for the timer instead.
     const done =
       !this.redis.isDown &&
-      (await this.redis.background(
+      (await this.redis.backgroundCall(
         'set',
-        (r, step) => step(() => writeUses(r, entries.map(([key, ms]) => [key, formatNaiveUtc(new Date(ms))]), ACTIVE_KEY_TTL_SECONDS, this.indexList)),
-        { timeoutMs: WRITE_TIMEOUT_MS, commandTimeoutMs: WRITE_TIMEOUT_MS, retries: 0 },
+        (r) => writeUses(r, entries.map(([key, ms]) => [key, formatNaiveUtc(new Date(ms))]), ACTIVE_KEY_TTL_SECONDS, this.indexList),
+        { timeoutMs: WRITE_TIMEOUT_MS, commandTimeoutMs: WRITE_TIMEOUT_MS },
       )) !== UNCONFIRMED;
     if (done) return;
     const lead = wallClockLead();
