@@ -305,7 +305,7 @@ describe('usage flush', () => {
     });
   });
 
-  // Which of the 16,384 slot indexes a run asks (issue 23): the ones the list names, every one hourly.
+  // Which of the 16,384 slot indexes a run asks (issue 23): the ones the list names, every one each half hour.
   (REDIS_CLUSTER_NODES ? describe : describe.skip)('on a Cluster, the list of indexes with uses', () => {
     let app: INestApplication;
     let flush: ApiTokenUsageFlushService;
@@ -333,7 +333,7 @@ describe('usage flush', () => {
     afterAll(() => app?.close());
 
     beforeEach(async () => {
-      // The hourly pass over every index runs first (the marker was cleared), so each test starts from a
+      // The pass over every index runs first (the marker was cleared), so each test starts from a
       // run that reads the list. The walk for Dify's keys would find any usage key the index path
       // missed in a Redis this small: it is off here, so these tests see the index path alone.
       await until('a flush runs', async () => (await flush.flushNow()) !== null);
@@ -382,7 +382,7 @@ describe('usage flush', () => {
       await read.promise;
       await writeUses(suite.redis, [[`api_token_active:app:${mate}`, T], [`api_token_active:app:${other}`, T]], 3600);
       resume.open();
-      const drain = await taking;
+      const { drain } = await taking;
       // The held run drains the first slot (both uses in it: written before the run reads the index);
       // the other slot was listed after its read, so it stays listed for the next run.
       const drained = (suite.redis as unknown as Cluster).nodes('master').flatMap((node) => drain(node));
@@ -393,7 +393,7 @@ describe('usage flush', () => {
       expect(await lastUsed(other)).toBe(T);
     });
 
-    it('an index nobody listed (a 0.2 instance\'s write) waits for the hourly pass over every index', async () => {
+    it('an index nobody listed (a 0.2 instance\'s write) waits for the pass over every index', async () => {
       const token = await newToken();
       const key = `api_token_active:app:${token}`;
       await setIfNewer(suite.redis, key, T, 3600, activeIndexKey(suite.redis, key));
@@ -404,6 +404,18 @@ describe('usage flush', () => {
       expect(await flush.flushNow()).toMatchObject({ taken: 1, updated: 1 });
       expect((await scards()) - before).toBe(16_384);
       expect(await lastUsed(token)).toBe(T);
+    });
+
+    it('marks the pass over every index only once it has drained them all, for half a key\'s life', async () => {
+      await suite.redis.del(INDEXES_CHECKED_KEY);
+      // A run's reads: the pass is due, and nothing marks it yet (a run that stops now leaves it due).
+      const { all } = await indexesToDrain(suite.redis, (send) => send());
+      expect(all).toBe(true);
+      expect(await suite.redis.exists(INDEXES_CHECKED_KEY)).toBe(0);
+      expect(await flush.flushNow()).not.toBeNull();
+      const ttl = await suite.redis.ttl(INDEXES_CHECKED_KEY);
+      expect(ttl).toBeGreaterThan(1700);
+      expect(ttl).toBeLessThanOrEqual(1800);
     });
 
     it('after a run that took names from the list and failed, the next run asks every index', async () => {

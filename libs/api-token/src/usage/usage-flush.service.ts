@@ -8,7 +8,7 @@ import { ApiTokenStoreError } from '../api-token.errors';
 import { ACTIVE_KEY_PREFIX } from '../api-token.keys';
 import type { ResolvedApiTokenOptions } from '../api-token.options';
 import { type RedisClient, deleteIfUnchanged, keyNodes } from '../redis/redis.commands';
-import { activeIndexKey, indexesToDrain, recheckIndexes } from './usage.index';
+import { activeIndexKey, indexesChecked, indexesToDrain, recheckIndexes } from './usage.index';
 import { type IndexScan, type TakenUse, takePage, usesOf } from './flush.page';
 import { describeError } from '../api-token.errors';
 import { ApiTokenRedisService, LOCKED, type RedisStep, UNCONFIRMED, boundedStep } from '../redis/redis-access.service';
@@ -87,6 +87,8 @@ class Walk {
   failed: ApiTokenStoreError | undefined;
   /** An index read answered MOVED: its slot's new master drains it once a run asks every index. */
   slotMoved = false;
+  /** This run asks every slot's index (on a Cluster, the pass due every `CHECK_ALL_EVERY_SECONDS`). */
+  checkingAll = false;
   private buffer: TakenUse[] = [];
   private writing: TakenUse[] = [];
   /** The keys of `buffer` and `writing`: still in Redis until written, so a SCAN or SSCAN may name them again. */
@@ -300,8 +302,9 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
         // from as many of the node's indexes as it takes (one pipeline): on a Cluster a thousand uses
         // sit in about a thousand slots' indexes, and a page per index cost a thousand pages' round trips.
         const indexes = await indexesToDrain(client, step);
+        walk.checkingAll = indexes.all;
         for (const node of keyNodes(client)) {
-          const pending = await nonEmpty(node, indexes(node), step, walk);
+          const pending = await nonEmpty(node, indexes.drain(node), step, walk);
           while (pending.length) {
             const batch = takePage(pending, walk.pageSize);
             const replies = await step(() => {
@@ -337,6 +340,8 @@ export class ApiTokenUsageFlushService implements OnApplicationBootstrap, Before
     // slot moved): the next run asks every slot's index.
     if (walk.stopped !== undefined || walk.slotMoved) {
       await this.bounded('flush', (r) => recheckIndexes(r));
+    } else if (walk.checkingAll) {
+      await this.bounded('flush', (r) => indexesChecked(r));
     }
     if (!walk.failed && walk.stopped === undefined && this.followUp) {
       walk.stats.expired = await this.followUp(async () => {
@@ -541,7 +546,7 @@ function moved(error: unknown, walk: { slotMoved: boolean }): [string, string[]]
 
 /**
  * The index keys that hold members, with their sizes, asked in one pipeline of SCARD (on a Cluster a
- * listed slot's index may have been drained already, and an hourly pass asks some 5,000 slots per
+ * listed slot's index may have been drained already, and the pass over every index asks some 5,000 slots per
  * master: one SSCAN round trip per empty slot would cost seconds). An index that answers an error is
  * skipped (MOVED noted: see `slotMoved`).
  */

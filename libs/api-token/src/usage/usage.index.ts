@@ -1,6 +1,7 @@
 import calculateSlot from 'cluster-key-slot';
 import type { Cluster, Redis } from 'ioredis';
 import { ACTIVE_KEY_TTL_SECONDS } from '../api-token.keys';
+import { MAX_FLUSH_GAP_SECONDS } from './flush.schedule';
 import { type RedisClient, setIfNewer } from '../redis/redis.commands';
 import type { RedisStep } from '../redis/redis-access.service';
 
@@ -22,12 +23,17 @@ const SLOTS = 16384;
  */
 export const LISTED_INDEXES_KEY = 'api_token_active_indexes';
 /**
- * Cluster only: set (for {@link CHECK_ALL_EVERY_SECONDS}) by the run that asks every slot's index, the
- * once-an-hour pass that finds what the list missed: uses of writers that do not list (0.2 instances),
- * slots that moved, a run that stopped after it took the list.
+ * Cluster only: set (for {@link CHECK_ALL_EVERY_SECONDS}) once a run has asked every slot's index and
+ * drained it, never before: a run that stops midway leaves it unset, so the next run asks them all
+ * again. That pass finds what the list missed: uses of writers that do not list (0.2 instances),
+ * slots that moved, names taken by a run that stopped.
  */
 export const INDEXES_CHECKED_KEY = 'api_token_active_indexes_checked';
-export const CHECK_ALL_EVERY_SECONDS = 3600;
+/**
+ * Half the life of a usage key: a use nobody listed, written just after the pass drained its slot,
+ * is reached by the next pass (this, plus at most one schedule gap) before its key expires.
+ */
+export const CHECK_ALL_EVERY_SECONDS = ACTIVE_KEY_TTL_SECONDS - 2 * MAX_FLUSH_GAP_SECONDS;
 
 let slotTags: string[] | undefined;
 
@@ -95,20 +101,19 @@ export class IndexList {
 }
 
 /**
- * The index keys a run drains on each node: the one set on a single node. On a Cluster, those the list
- * names (taken from it: SMEMBERS, then SREM of what was read, so a name listed meanwhile stays for the
- * next run), or, once an hour ({@link INDEXES_CHECKED_KEY}), every slot's; each on the master the
- * client's slot map gives it (a slot that moved answers MOVED: see `recheckIndexes`).
+ * The index keys a run drains on each node (`drain`): the one set on a single node. On a Cluster, those
+ * the list names (taken from it: SMEMBERS, then SREM of what was read, so a name listed meanwhile
+ * stays for the next run), or every slot's (`all`) while {@link INDEXES_CHECKED_KEY} is unset; each on
+ * the master the client's slot map gives it (a slot that moved answers MOVED: see `recheckIndexes`).
+ * Only reads and a removal of what was read: a command the background path sends again changes nothing.
  */
-export async function indexesToDrain(redis: RedisClient, step: RedisStep): Promise<(node: Redis) => string[]> {
-  if (!redis.isCluster) return () => [ACTIVE_INDEX_KEY];
-  const [listed, checkAll] = await step(() =>
-    Promise.all([redis.smembers(LISTED_INDEXES_KEY), redis.set(INDEXES_CHECKED_KEY, '1', 'EX', CHECK_ALL_EVERY_SECONDS, 'NX')]),
-  );
+export async function indexesToDrain(redis: RedisClient, step: RedisStep): Promise<{ drain: (node: Redis) => string[]; all: boolean }> {
+  if (!redis.isCluster) return { drain: () => [ACTIVE_INDEX_KEY], all: true };
+  const [listed, checked] = await step(() => Promise.all([redis.smembers(LISTED_INDEXES_KEY), redis.exists(INDEXES_CHECKED_KEY)]));
   if (listed.length) await step(() => redis.srem(LISTED_INDEXES_KEY, ...listed));
   // Slots, not the names read: a key is only ever drained by the name this module builds.
-  const slots = checkAll === 'OK' ? undefined : new Set(listed.filter((name) => name.startsWith(`${ACTIVE_INDEX_KEY}:{`)).map((name) => calculateSlot(name)));
-  return (node) => {
+  const slots = checked ? new Set(listed.filter((name) => name.startsWith(`${ACTIVE_INDEX_KEY}:{`)).map((name) => calculateSlot(name))) : undefined;
+  const drain = (node: Redis) => {
     const owner = `${node.options.host}:${node.options.port}`;
     const keys: string[] = [];
     (redis as Cluster).slots.forEach((owners: string[] | undefined, slot: number) => {
@@ -116,11 +121,17 @@ export async function indexesToDrain(redis: RedisClient, step: RedisStep): Promi
     });
     return keys;
   };
+  return { drain, all: !slots };
+}
+
+/** Cluster only: a run asked every slot's index and drained it; the next such run is due in {@link CHECK_ALL_EVERY_SECONDS}. */
+export async function indexesChecked(redis: RedisClient): Promise<void> {
+  if (redis.isCluster) await redis.set(INDEXES_CHECKED_KEY, '1', 'EX', CHECK_ALL_EVERY_SECONDS);
 }
 
 /**
  * Cluster only: makes the next run ask every slot's index (this one took names from the list it did
- * not drain: it stopped, or a slot moved). Best effort: else the hourly pass finds them.
+ * not drain: it stopped, or a slot moved). Best effort: else the next pass over every index finds them.
  */
 export async function recheckIndexes(redis: RedisClient): Promise<void> {
   if (redis.isCluster) await redis.del(INDEXES_CHECKED_KEY);

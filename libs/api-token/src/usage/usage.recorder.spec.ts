@@ -50,6 +50,31 @@ describe('ApiTokenUsageRecorder', () => {
     expect(flushed).toBe(true);
   });
 
+  it('shutdown waits for a write the timer started (its uses are not pending any more while it runs)', async () => {
+    jest.useFakeTimers();
+    let answer: (() => void) | undefined;
+    let calls = 0;
+    const client = { apiTokenSetIfNewer: () => Promise.resolve(1), apiTokenSetIfNewerIndexed: () => Promise.resolve(1) };
+    const redis = {
+      // The first write (a first use) answers; the timer's write hangs until the test answers it.
+      backgroundCall: (_op: string, write: Write) => (++calls === 1 ? write(client) : new Promise((resolve) => (answer = () => resolve(write(client))))),
+    };
+    const recorder = new ApiTokenUsageRecorder(redis as unknown as ApiTokenRedisService, resolveApiTokenOptions({}));
+    const key = 'api_token_active:app:app-aaaaaaaaaaaaaaaaaaaaaaaa';
+    recorder.recordKey(key, performance.now()); // written at once
+    await recorder.flushPending();
+    recorder.recordKey(key, performance.now()); // waits for the timer
+    await jest.advanceTimersByTimeAsync(1000); // the timer's write starts, and hangs
+    expect(answer).toBeDefined();
+    let closed = false;
+    const closing = recorder.beforeApplicationShutdown().then(() => (closed = true));
+    await jest.advanceTimersByTimeAsync(0);
+    expect(closed).toBe(false);
+    answer!();
+    await closing;
+    expect(closed).toBe(true);
+  });
+
   it('a token already waiting for the timer costs no LRU read per use, and the timer writes its newest time once', async () => {
     const { recorder, written, key } = recordingAt(Date.UTC(2026, 1, 3, 10, 0, 0));
     recorder.recordKey(key, performance.now()); // written at once

@@ -81,8 +81,7 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
     }
     this.recent?.set(key, true);
     // Written at once: dated by the wall clock itself (one read per token per window).
-    const write = this.write([[key, Date.now()]]).finally(() => this.writing.delete(write));
-    this.writing.add(write);
+    void this.track(this.write([[key, Date.now()]]));
   }
 
   /**
@@ -97,7 +96,14 @@ export class ApiTokenUsageRecorder implements BeforeApplicationShutdown {
     const batch = this.pending;
     this.pending = new Map();
     for (const key of batch.keys()) this.recent?.set(key, true);
-    await this.write(Array.from(batch, ([key, use]): [string, number] => [key, use.at + use.toWallClock]));
+    await this.track(this.write(Array.from(batch, ([key, use]): [string, number] => [key, use.at + use.toWallClock])));
+  }
+
+  /** Keeps a write in {@link writing} until it ends, so a flush or shutdown that follows waits for it. */
+  private track(write: Promise<void>): Promise<void> {
+    const tracked = write.finally(() => this.writing.delete(tracked));
+    this.writing.add(tracked);
+    return tracked;
   }
 
   /**
